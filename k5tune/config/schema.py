@@ -1,0 +1,297 @@
+"""Schema of `config/config.json`: every training setting, declared once.
+
+Each field's description is its documentation: it feeds `k5tune train --help-config`, the web form
+and the wizard. Unknown keys are errors (see loading.py for the "did you mean" message).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from k5tune.config.frames import frame_count_problem, parse_resolution, snap_resolution
+from k5tune.models.flavours import DEFAULT_FLAVOUR, FLAVOUR_NAMES
+
+
+class TreadRoute(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    selection_ratio: float = Field(..., gt=0.0, lt=1.0, description="Share of video tokens routed past the blocks.")
+    start_layer_idx: int = Field(..., description="First routed block (negative counts from the end).")
+    end_layer_idx: int = Field(..., description="Last routed block (negative counts from the end).")
+
+
+class TreadConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    routes: list[TreadRoute] = Field(..., min_length=1, description="One or more token routes.")
+
+
+def _f(default, description: str, **kwargs):
+    return Field(default, description=description, **kwargs)
+
+
+class TrainConfig(BaseModel):
+    """All of config.json. Defaults follow the quick-start guide."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+    # --- model -------------------------------------------------------------------------------
+    model_family: Literal["kandinsky5-video"] = _f("kandinsky5-video", "Model family; only kandinsky5-video.")
+    model_flavour: str = _f(DEFAULT_FLAVOUR, "Which Kandinsky 5.0 Video checkpoint: " + ", ".join(FLAVOUR_NAMES))
+    pretrained_model_name_or_path: str | None = _f(
+        None, "Hub id or local folder (diffusers layout) overriding the flavour's repository."
+    )
+    model_type: Literal["lora"] = _f("lora", "What is trained; k5tune trains LoRA adapters.")
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit) of the model.")
+
+    # --- data ----------------------------------------------------------------------------------
+    data_backend_config: str = _f("config/multidatabackend.json", "The dataset file (list of backends).")
+    frame_rate: float = Field(
+        24.0,
+        gt=0,
+        validation_alias=AliasChoices("frame_rate", "framerate"),
+        description="Frames per second for training clips and validation videos (alias: framerate).",
+    )
+    caption_dropout_probability: float = _f(
+        0.0, "Chance of training a sample with an empty caption (helps guidance).", ge=0.0, le=1.0
+    )
+
+    # --- output --------------------------------------------------------------------------------
+    output_dir: str = _f("output/models", "Where checkpoints, the LoRA, logs and validation videos go.")
+    lora_format: Literal["diffusers", "comfyui"] = _f("diffusers", "Key layout of the saved LoRA file.")
+    push_to_hub: bool = _f(False, "Upload the final LoRA to the Hugging Face Hub.")
+    hub_model_id: str | None = _f(None, "Repository for push_to_hub.")
+
+    # --- LoRA ------------------------------------------------------------------------------------
+    lora_rank: int = _f(16, "LoRA rank.", gt=0)
+    lora_alpha: float | None = _f(None, "LoRA alpha (scale = alpha / rank). Default: equal to lora_rank.")
+    lora_dropout: float = _f(0.0, "Dropout on the LoRA branch.", ge=0.0, lt=1.0)
+    lora_target_modules: list[str] = _f(
+        ["to_query", "to_key", "to_value", "out_layer"],
+        "Attention projections to adapt. 'out_layer' means the attentions' output projections only. "
+        "Add 'feed_forward' to include the feed-forward layers.",
+    )
+
+    # --- optimisation ---------------------------------------------------------------------------
+    train_batch_size: int = _f(1, "Clips per step per GPU. Keep 1 unless you have an A100/H100.", gt=0)
+    gradient_accumulation_steps: int = _f(1, "Steps whose gradients are summed before an update.", gt=0)
+    learning_rate: float = _f(1e-4, "Peak learning rate.", gt=0)
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = _f(
+        "constant_with_warmup", "Learning-rate schedule."
+    )
+    lr_warmup_steps: int = _f(0, "Warm-up steps of the schedule.", ge=0)
+    optimizer: Literal["adamw", "adamw_8bit"] = _f("adamw", "AdamW, or bitsandbytes' 8-bit AdamW where it works.")
+    adam_beta1: float = _f(0.9, "AdamW beta1.", ge=0, lt=1)
+    adam_beta2: float = _f(0.999, "AdamW beta2.", ge=0, lt=1)
+    adam_weight_decay: float = _f(1e-2, "AdamW weight decay.", ge=0)
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon.", gt=0)
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).", ge=0)
+    max_train_steps: int | None = _f(
+        None, "Optimizer steps to train. Wins over num_train_epochs when both are set.", gt=0
+    )
+    num_train_epochs: int | None = _f(None, "Epochs to train when max_train_steps is not set.", gt=0)
+    seed: int = _f(42, "Seed for everything random: the same seed gives the same LoRA.")
+    mixed_precision: Literal["bf16", "fp16", "no"] = _f(
+        "bf16", "Compute dtype on GPU (CPU always trains in fp32)."
+    )
+    gradient_checkpointing: bool = _f(True, "Recompute activations in backward to save memory.")
+    base_model_precision: Literal["no_change", "int8", "fp8"] = _f(
+        "no_change", "Weight-only quantisation of the frozen transformer (torchao)."
+    )
+    attention_backend: Literal["auto", "sdpa", "cudnn", "flash", "flash3"] = _f(
+        "auto", "Attention kernel; auto picks the fastest correct one for the GPU."
+    )
+    max_nonfinite_steps: int = _f(
+        5, "Stop after this many NaN/inf losses in a row (each one skips its update).", gt=0
+    )
+
+    # --- flow matching --------------------------------------------------------------------------
+    flow_schedule_shift: float | None = _f(
+        None, "Shift of the sigma distribution. Default: the `shift` in the model's scheduler config.", gt=0
+    )
+    flow_sigma_sampling: Literal["logit_normal", "uniform"] = _f(
+        "logit_normal", "How training noise levels are drawn."
+    )
+    flow_logit_mean: float = _f(0.0, "Mean of the logit-normal sigma distribution.")
+    flow_logit_std: float = _f(1.0, "Std of the logit-normal sigma distribution.", gt=0)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    checkpointing_steps: int = Field(
+        500,
+        gt=0,
+        validation_alias=AliasChoices("checkpointing_steps", "checkpoint_step_interval"),
+        description="Save a checkpoint every N steps (alias: checkpoint_step_interval).",
+    )
+    checkpoints_total_limit: int | None = _f(3, "Keep at most this many checkpoints (oldest removed).", gt=0)
+    resume_from_checkpoint: str | None = _f(None, "'latest' or a checkpoint folder to resume from.")
+
+    # --- logging -----------------------------------------------------------------------------------
+    report_to: Literal["tensorboard", "wandb", "none"] = _f("tensorboard", "Where metrics are logged.")
+    tracker_project_name: str = _f("k5tune", "Project name for the tracker.")
+    tracker_run_name: str | None = _f(None, "Run name for the tracker. Default: a timestamp.")
+    logging_dir: str = _f("logs", "Tracker files, under output_dir.")
+
+    # --- validation ------------------------------------------------------------------------------
+    validation_prompt: str | None = _f(None, "Prompt for validation videos (none: no validation).")
+    validation_prompt_library: str | None = _f(None, "A text file of prompts, one per line, also validated.")
+    validation_negative_prompt: str | None = _f(
+        None, "Negative prompt. Default: the diffusers pipeline's own negative prompt."
+    )
+    validation_steps: int = Field(
+        100,
+        gt=0,
+        validation_alias=AliasChoices("validation_steps", "validation_step_interval"),
+        description="Validate every N steps and at the end (alias: validation_step_interval).",
+    )
+    validation_resolution: str = _f(
+        "512x768", "HEIGHTxWIDTH of validation videos (512x768, 720x1280 = 720p); or tagged, e.g. w768xh512."
+    )
+    validation_num_video_frames: int = _f(61, "Frames of validation videos; must be 4k+1 (49, 61, ...).")
+    validation_guidance: float = _f(5.0, "Classifier-free guidance scale; 2-6 works, 5.0 recommended.", ge=0)
+    validation_num_inference_steps: int = _f(30, "Denoising steps of validation videos.", gt=0)
+    validation_seed: int = _f(42, "Seed of validation noise.")
+    validation_image: str | list[str] | None = _f(
+        None, "I2V: conditioning image, or one per prompt. Default: first frame of a T2V generation."
+    )
+    disable_validation: bool = _f(False, "Never run validation.")
+
+    # --- memory ----------------------------------------------------------------------------------
+    offload_during_startup: bool = _f(
+        False, "Keep the VAE and the text encoders off the GPU at the same time while caching."
+    )
+    vae_enable_patch_conv: bool = _f(False, "Slice the VAE's 3D convolutions: lower peak memory, a bit slower.")
+    vae_enable_tiling: bool = _f(False, "Encode/decode the VAE in overlapping tiles (blended, not exact).")
+    vae_batch_size: int = _f(1, "Clips encoded by the VAE at once while caching.", gt=0)
+    enable_group_offload: bool = _f(False, "Stream transformer blocks between CPU and GPU (needed for Pro on one GPU).")
+    group_offload_type: Literal["block_level", "leaf_level"] = _f("block_level", "Granularity of group offload.")
+    group_offload_blocks_per_group: int = _f(1, "Blocks moved together with block_level offload.", gt=0)
+    group_offload_use_stream: bool = _f(False, "Prefetch the next group on a side CUDA stream from pinned memory.")
+
+    # --- distributed -----------------------------------------------------------------------------
+    num_processes: int = _f(1, "GPUs to launch on (k5tune starts the processes).", gt=0)
+    fsdp_enable: bool = _f(False, "Shard the transformer with FSDP2 (for Pro on several GPUs).")
+    fsdp_reshard_after_forward: bool = _f(True, "FSDP2: free gathered weights after each block's forward.")
+
+    # --- TREAD -----------------------------------------------------------------------------------
+    tread_config: TreadConfig | None = _f(None, "Token routing: {'routes': [{selection_ratio, start_layer_idx, end_layer_idx}]}.")
+
+    # --- CREPA -----------------------------------------------------------------------------------
+    crepa_enabled: bool = _f(False, "CREPA temporal regulariser (less flicker, steadier subjects).")
+    crepa_block_index: int = _f(8, "Transformer block whose hidden states are aligned.", ge=0)
+    crepa_lambda: float = _f(0.5, "Weight of the CREPA loss.", ge=0)
+    crepa_adjacent_distance: int = _f(1, "How many neighbouring frames each frame is aligned with.", ge=0)
+    crepa_adjacent_tau: float = _f(1.0, "Temporal decay of the neighbour weights.", gt=0)
+    crepa_encoder: Literal["dinov2_vitg14", "dinov2_vits14"] = _f("dinov2_vitg14", "Vision encoder (DINOv2).")
+    crepa_encoder_image_size: int = _f(518, "Input size of the vision encoder (518 for vitg14, 224 for vits14).", gt=0)
+    crepa_drop_vae_encoder: bool = _f(
+        False, "Free the VAE encoder after caching; only when training purely from cached latents."
+    )
+
+    # --- scheduled sampling (rollout) --------------------------------------------------------------
+    scheduled_sampling_max_step_offset: int = _f(
+        0, "Max denoising steps rolled out by the model before a training step (0 = off).", ge=0
+    )
+    scheduled_sampling_probability: float = _f(1.0, "Chance that a sample is rolled out.", ge=0, le=1)
+    scheduled_sampling_sampler: Literal["euler"] = _f("euler", "Sampler used for the rollout.")
+
+    # --- validators ---------------------------------------------------------------------------------
+    @field_validator("model_flavour")
+    @classmethod
+    def _known_flavour(cls, value: str) -> str:
+        if value not in FLAVOUR_NAMES:
+            raise ValueError(f"unknown flavour '{value}'; valid flavours: {', '.join(FLAVOUR_NAMES)}")
+        return value
+
+    @field_validator("validation_num_video_frames")
+    @classmethod
+    def _frames_4k1(cls, value: int) -> int:
+        problem = frame_count_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("validation_resolution")
+    @classmethod
+    def _resolution_parses(cls, value: str) -> str:
+        parse_resolution(value)
+        return value
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _targets_known(cls, value: list[str]) -> list[str]:
+        known = {"to_query", "to_key", "to_value", "out_layer", "feed_forward"}
+        unknown = [v for v in value if v not in known]
+        if unknown:
+            raise ValueError(f"unknown LoRA target(s) {unknown}; choose from {sorted(known)}")
+        if not value:
+            raise ValueError("at least one LoRA target is needed")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id (the repository to upload to)")
+        return self
+
+    # --- derived values --------------------------------------------------------------------------
+    @property
+    def validation_size(self) -> tuple[int, int]:
+        """(height, width) of validation videos, snapped to multiples of 16."""
+        return snap_resolution(*parse_resolution(self.validation_resolution))
+
+    @property
+    def effective_lora_alpha(self) -> float:
+        return float(self.lora_alpha if self.lora_alpha is not None else self.lora_rank)
+
+    def notices(self) -> list[str]:
+        """Warnings for settings that are adjusted or have no effect in the current mode."""
+        notes: list[str] = []
+        raw = parse_resolution(self.validation_resolution)
+        if raw != self.validation_size:
+            notes.append(
+                f"validation_resolution {self.validation_resolution} is rounded down to multiples of 16: "
+                f"{self.validation_size[0]}x{self.validation_size[1]}"
+            )
+        if not 2.0 <= self.validation_guidance <= 6.0:
+            notes.append(
+                f"validation_guidance {self.validation_guidance} is outside 2-6: expect black or noisy "
+                "validation videos; 5.0 is recommended"
+            )
+        set_keys = self.model_fields_set
+        if not self.enable_group_offload:
+            ignored = sorted(set_keys & {"group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream"})
+            if ignored:
+                notes.append(f"{', '.join(ignored)} ha{'s' if len(ignored) == 1 else 've'} no effect "
+                             "without enable_group_offload")
+        if not self.crepa_enabled:
+            ignored = sorted(k for k in set_keys if k.startswith("crepa_") and k != "crepa_enabled")
+            if ignored:
+                notes.append(f"{', '.join(ignored)} ha{'s' if len(ignored) == 1 else 've'} no effect without crepa_enabled")
+        if self.scheduled_sampling_max_step_offset == 0:
+            ignored = sorted(k for k in set_keys if k.startswith("scheduled_sampling_") and k != "scheduled_sampling_max_step_offset")
+            if ignored:
+                notes.append(f"{', '.join(ignored)} ha{'s' if len(ignored) == 1 else 've'} no effect while "
+                             "scheduled_sampling_max_step_offset is 0")
+        if self.validation_prompt is None and self.validation_prompt_library is None and not self.disable_validation:
+            notes.append("no validation_prompt: no validation videos will be made")
+        if self.max_train_steps is not None and self.num_train_epochs is not None:
+            notes.append("max_train_steps and num_train_epochs are both set: max_train_steps wins")
+        if not self.fsdp_enable and "fsdp_reshard_after_forward" in set_keys:
+            notes.append("fsdp_reshard_after_forward has no effect without fsdp_enable")
+        if self.report_to == "none" and "tracker_project_name" in set_keys:
+            notes.append("tracker_project_name has no effect with report_to none")
+        return notes
+
+    @classmethod
+    def known_keys(cls) -> dict[str, str]:
+        """Every accepted key (aliases included) mapped to its field name."""
+        keys: dict[str, str] = {}
+        for name, info in cls.model_fields.items():
+            keys[name] = name
+            alias = info.validation_alias
+            if isinstance(alias, AliasChoices):
+                for choice in alias.choices:
+                    keys[str(choice)] = name
+        return keys
