@@ -1,0 +1,215 @@
+"""The `k5tune` command: parse arguments and call one function per subcommand.
+
+User mistakes (K5TuneError) become one line on stderr and exit code 2; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from k5tune import __version__
+from k5tune.errors import K5TuneError, NotYetAvailable
+
+# Subcommands whose implementation is still tracked by an open issue.
+PENDING: dict[str, tuple[int, str]] = {
+    "train": (4, "training (flow-matching LoRA loop, validation, saved LoRA)"),
+    "cache": (3, "dataset discovery and latent/text caching"),
+    "demo": (4, "the end-to-end demo run"),
+    "generate": (8, "video generation (T2V and I2V)"),
+    "bench": (7, "the training-step benchmark"),
+    "estimate": (6, "the GPU memory estimator"),
+    "server": (9, "the web UI"),
+    "configure": (9, "the interactive wizard (use `k5tune configure --example` to copy the example files)"),
+    "convert-lora": (5, "LoRA format conversion"),
+}
+
+
+def _pending(command: str) -> Callable[[argparse.Namespace, list[str]], int]:
+    def run(args: argparse.Namespace, extra: list[str]) -> int:
+        issue, what = PENDING[command]
+        raise NotYetAvailable(f"`k5tune {command}` is not available yet: {what} is tracked in issue {issue}")
+
+    return run
+
+
+def _config_keys_epilog() -> str:
+    from k5tune.config.schema import TrainConfig
+
+    lines = ["config keys (any of them can be given as --key=value or --key value; bare --flag means true):"]
+    for name, info in TrainConfig.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        shown = json.dumps(default.model_dump() if hasattr(default, "model_dump") else default, default=str)
+        lines.append(f"  --{name} (default {shown})\n      {info.description}")
+    return "\n".join(lines)
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="config/config.json", help="config file (default: config/config.json)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="validate both files, print the resolved settings and exit"
+    )
+
+
+def _load(args: argparse.Namespace, extra: list[str]):
+    from k5tune.config import load_config, parse_overrides
+
+    return load_config(args.config, parse_overrides(extra))
+
+
+def _print_dry_run(loaded) -> int:
+    print(json.dumps(loaded.resolved(), indent=2))
+    for notice in loaded.notices():
+        print(f"note: {notice}", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    loaded = _load(args, extra)
+    if args.dry_run:
+        return _print_dry_run(loaded)
+    return _pending("train")(args, extra)
+
+
+def cmd_cache(args: argparse.Namespace, extra: list[str]) -> int:
+    loaded = _load(args, extra)
+    if args.dry_run:
+        return _print_dry_run(loaded)
+    return _pending("cache")(args, extra)
+
+
+def cmd_make_tiny_model(args: argparse.Namespace, extra: list[str]) -> int:
+    from k5tune.models.tiny import make_tiny_model
+
+    path = make_tiny_model(args.directory, i2v=args.i2v, seed=args.seed)
+    kind = "image-to-video" if args.i2v else "text-to-video"
+    print(f"tiny {kind} model written to {path}")
+    return 0
+
+
+def cmd_configure(args: argparse.Namespace, extra: list[str]) -> int:
+    if not args.example:
+        return _pending("configure")(args, extra)
+    from k5tune.config.loading import EXAMPLES_DIR
+
+    target = Path(args.directory)
+    target.mkdir(parents=True, exist_ok=True)
+    for example in sorted(EXAMPLES_DIR.glob("*.example")):
+        destination = target / example.name
+        if destination.exists() and not args.force:
+            print(f"kept existing {destination}")
+            continue
+        destination.write_text(example.read_text(encoding="utf-8"), encoding="utf-8")
+        print(f"wrote {destination}")
+    print(f"next: cp {target}/config.json.example {target}/config.json and "
+          f"cp {target}/multidatabackend.json.example {target}/multidatabackend.json, then edit them")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="k5tune",
+        description="Train LoRA adapters for the Kandinsky 5.0 Video models (T2V/I2V, Lite/Pro).",
+    )
+    parser.add_argument("--version", action="version", version=f"k5tune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    formatter = argparse.RawDescriptionHelpFormatter
+
+    train = sub.add_parser(
+        "train", help="cache, train, validate and save a LoRA from config/config.json",
+        description="Read config/config.json and the dataset file it names, cache latents and text "
+        "embeddings, train the LoRA, validate and save.",
+        epilog=_config_keys_epilog(), formatter_class=formatter,
+    )
+    _add_config_arguments(train)
+    train.set_defaults(func=cmd_train, takes_overrides=True)
+
+    cache = sub.add_parser(
+        "cache", help="discover, probe and cache the dataset only; print the dataset report",
+        description="Discover and probe the clips, cache VAE latents and text embeddings, print the report.",
+        epilog="Config keys can be overridden as in `k5tune train` (see `k5tune train --help`).",
+    )
+    _add_config_arguments(cache)
+    cache.set_defaults(func=cmd_cache, takes_overrides=True)
+
+    demo = sub.add_parser(
+        "demo", help="train a tiny random-weight model on synthetic clips, on CPU, in minutes",
+        description="Build a tiny Kandinsky 5 model and synthetic captioned clips, then run the whole "
+        "training pipeline (cache, train, validate, save) on CPU.",
+    )
+    demo.add_argument("--workdir", default="k5tune-demo", help="folder for the demo's files (default: k5tune-demo)")
+    demo.set_defaults(func=_pending("demo"))
+
+    generate = sub.add_parser(
+        "generate", help="generate a video from a base model (+ LoRA, + image for I2V)",
+        description="Generate a video with the diffusers Kandinsky 5 pipeline, optionally with a LoRA.",
+    )
+    generate.set_defaults(func=_pending("generate"), takes_overrides=True)
+
+    bench = sub.add_parser(
+        "bench", help="time training steps at full model size with random weights, beside stock diffusers",
+        description="Build the full-size transformer with random weights and time LoRA training steps.",
+    )
+    bench.set_defaults(func=_pending("bench"), takes_overrides=True)
+
+    estimate = sub.add_parser(
+        "estimate", help="predict peak GPU memory for a config and propose settings that fit",
+        description="Predict peak GPU memory of caching and training and propose settings for a card.",
+    )
+    estimate.set_defaults(func=_pending("estimate"), takes_overrides=True)
+
+    server = sub.add_parser(
+        "server", help="web UI at http://localhost:8001",
+        description="Edit config and datasets, start/stop/watch training, see loss and validation videos.",
+    )
+    server.set_defaults(func=_pending("server"), takes_overrides=True)
+
+    configure = sub.add_parser(
+        "configure", help="interactive wizard that writes config/config.json and config/multidatabackend.json",
+        description="Write config/config.json and config/multidatabackend.json. With --example, copy the "
+        "packaged example files instead.",
+    )
+    configure.add_argument("--example", action="store_true", help="write the packaged *.example files")
+    configure.add_argument("--directory", default="config", help="where to write (default: config)")
+    configure.add_argument("--force", action="store_true", help="overwrite existing example files")
+    configure.set_defaults(func=cmd_configure)
+
+    tiny = sub.add_parser(
+        "make-tiny-model", help="write a tiny random-weight model in diffusers layout",
+        description="Write a tiny random-weight Kandinsky 5 model (real classes, diffusers layout) for "
+        "tests, the demo and offline trials.",
+    )
+    tiny.add_argument("directory", help="output folder")
+    tiny.add_argument("--i2v", action="store_true", help="an image-to-video model (Kandinsky5I2VPipeline)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    tiny.set_defaults(func=cmd_make_tiny_model)
+
+    convert = sub.add_parser(
+        "convert-lora", help="convert a LoRA between the diffusers and ComfyUI key layouts",
+        description="Convert a LoRA file between the diffusers and ComfyUI key layouts.",
+    )
+    convert.set_defaults(func=_pending("convert-lora"), takes_overrides=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return int(args.func(args, extra) or 0)
+    except K5TuneError as exc:
+        print(f"k5tune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("k5tune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

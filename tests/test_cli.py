@@ -1,0 +1,72 @@
+"""The console script: help texts, pending commands, make-tiny-model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from k5tune.cli import PENDING, build_parser, main
+
+COMMANDS = ["train", "cache", "generate", "bench", "estimate", "server", "configure", "demo", "make-tiny-model",
+            "convert-lora"]
+
+
+def k5tune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    executable = Path(sys.executable).with_name("k5tune")
+    return subprocess.run([str(executable), *args], capture_output=True, text=True, cwd=cwd, check=False)
+
+
+def test_help_lists_every_command():
+    result = k5tune("--help")
+    assert result.returncode == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([command, "--help"])
+    assert info.value.code == 0
+    assert len(capsys.readouterr().out) > 100
+
+
+def test_train_help_documents_every_config_key(capsys):
+    from k5tune.config.schema import TrainConfig
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    out = capsys.readouterr().out
+    for name in TrainConfig.model_fields:
+        assert f"--{name} " in out
+
+
+@pytest.mark.parametrize("command", sorted(set(PENDING) - {"train", "cache", "configure"}))
+def test_pending_commands_say_so_in_one_line_and_exit_2(command, capsys):
+    assert main([command]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"issue {PENDING[command][0]}" in err
+
+
+def test_configure_example_writes_the_example_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["configure", "--example"]) == 0
+    assert (tmp_path / "config" / "config.json.example").is_file()
+    assert (tmp_path / "config" / "multidatabackend.json.example").is_file()
+
+
+def test_make_tiny_model_command(tmp_path):
+    result = k5tune("make-tiny-model", str(tmp_path / "m"), "--i2v")
+    assert result.returncode == 0, result.stderr
+    assert "image-to-video" in result.stdout
+    assert (tmp_path / "m" / "model_index.json").read_text().count("Kandinsky5I2VPipeline") == 1
+
+
+def test_unknown_argument_to_a_plain_command_is_rejected(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["make-tiny-model", "x", "--bogus"])
+    assert info.value.code == 2
