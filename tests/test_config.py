@@ -11,7 +11,7 @@ import pytest
 
 from k5tune.cli import main
 from k5tune.config import load_config, parse_overrides
-from k5tune.config.loading import EXAMPLES_DIR, build_datasets, build_train_config
+from k5tune.config.loading import EXAMPLES_DIR, build_train_config
 from k5tune.config.schema import TrainConfig
 from k5tune.errors import ConfigError
 

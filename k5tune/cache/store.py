@@ -1,0 +1,121 @@
+"""A folder of safetensors files addressed by content keys.
+
+Every entry is written to a temporary file in the same folder and renamed into place, so a process
+killed mid-write leaves either the old state or the new entry, never a half file under a trusted
+name. Leftover temporary files are ignored and removed on the next open. The manifest (one JSON
+file) records what each entry was made from, for people and reports; the files themselves are the
+truth, so a lost manifest costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+_TMP_PREFIX = ".tmp-"
+MANIFEST = "manifest.json"
+
+
+def content_key(**parts: Any) -> str:
+    """A stable hex key from everything that changes a cached result."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:40]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write_bytes(path, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
+
+
+class TensorStore:
+    """Entries `<key>.safetensors` under `root/<key[:2]>/`, plus `manifest.json`."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._remove_leftovers()
+        self._manifest: dict[str, Any] = self._read_manifest()
+        self._dirty = False
+
+    def _remove_leftovers(self) -> None:
+        for leftover in self.root.rglob(f"{_TMP_PREFIX}*"):
+            leftover.unlink(missing_ok=True)
+
+    def _read_manifest(self) -> dict[str, Any]:
+        path = self.root / MANIFEST
+        try:
+            return json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            return {}  # the manifest is descriptive only; entries are verified from their files
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def put(self, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+        os.close(fd)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._manifest[key] = meta or {}
+        self._dirty = True
+
+    def get(self, key: str) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(self.path(key))
+        except (SafetensorError, OSError) as exc:
+            raise KeyError(f"cache entry {key} in {self.root} is unreadable: {exc}") from exc
+
+    def verified(self, key: str) -> bool:
+        """True when the entry exists and its header parses (a torn file from another tool fails)."""
+        if not self.has(key):
+            return False
+        try:
+            from safetensors import safe_open
+
+            with safe_open(self.path(key), framework="pt") as handle:
+                handle.keys()
+            return True
+        except (SafetensorError, OSError):
+            self.path(key).unlink(missing_ok=True)
+            return False
+
+    def save_manifest(self) -> None:
+        if self._dirty:
+            atomic_write_json(self.root / MANIFEST, self._manifest)
+            self._dirty = False
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*.safetensors"))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.root.rglob("*.safetensors"))

@@ -1,0 +1,80 @@
+"""Prompt and video encoding with the conventions of the diffusers Kandinsky 5 pipelines.
+
+Prompts go through the pipeline's own `encode_prompt` (template, cleaning, truncation, cut of the
+template tokens), so cached embeddings are exactly what inference would use. Video latents follow
+the pipeline's decode path in reverse: pixels in [-1, 1], `vae.encode`, times the VAE config's
+scaling factor, channel-last `(B, T, H, W, C)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MAX_CAPTION_TOKENS = 256  # Qwen tokens kept after the template (SPEC §2)
+
+
+@dataclass
+class PromptEmbedding:
+    """One caption: Qwen last hidden state (unpadded, template cut) and CLIP pooled output."""
+
+    qwen: torch.Tensor  # (tokens, text_dim)
+    clip: torch.Tensor  # (clip_dim,)
+
+
+def text_pipeline(components, text_encoder, text_encoder_2):
+    """A pipeline holding only the text parts, to call its encode_prompt."""
+    from diffusers import Kandinsky5T2VPipeline
+
+    pipe = Kandinsky5T2VPipeline(
+        transformer=None,
+        vae=None,
+        text_encoder=text_encoder,
+        tokenizer=components.tokenizer(),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=components.tokenizer_2(),
+        scheduler=None,
+    )
+    pipe.prompt_template_encode_start_idx = components.prompt_start_index
+    return pipe
+
+
+@torch.no_grad()
+def encode_prompts(pipe, captions: list[str], device: torch.device, dtype: torch.dtype) -> list[PromptEmbedding]:
+    """Encode captions in one batch and split them back into unpadded per-caption embeddings.
+
+    Qwen is causal and the tokenizer pads on the right, so a caption's tokens never see padding:
+    batching gives the same embedding as encoding alone.
+    """
+    qwen, clip, cu_seqlens = pipe.encode_prompt(
+        captions, max_sequence_length=MAX_CAPTION_TOKENS, device=device, dtype=dtype
+    )
+    lengths = cu_seqlens.diff().tolist()
+    return [
+        PromptEmbedding(qwen=qwen[i, :length].detach().to("cpu").clone(), clip=clip[i].detach().to("cpu").clone())
+        for i, length in enumerate(lengths)
+    ]
+
+
+@torch.no_grad()
+def encode_video(vae, pixels: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
+    """Pixels (B, 3, F, H, W) in [-1, 1] -> scaled latents (B, F', H/8, W/8, C), channel-last.
+
+    The posterior mean is used by default so a cache is deterministic; `sample=True` draws from the
+    posterior as the I2V pipeline does for its conditioning image.
+    """
+    parameter = next(vae.parameters())
+    pixels = pixels.to(device=parameter.device, dtype=parameter.dtype)
+    posterior = vae.encode(pixels).latent_dist
+    latents = posterior.sample(generator=generator) if sample else posterior.mode()
+    latents = latents * vae.config.scaling_factor
+    return latents.permute(0, 2, 3, 4, 1).contiguous()
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Inverse of encode_video, with the pipeline's de-normalisation: (B, F', h, w, C) -> (B, 3, F, H, W)."""
+    parameter = next(vae.parameters())
+    latents = latents.permute(0, 4, 1, 2, 3).to(device=parameter.device, dtype=parameter.dtype)
+    return vae.decode(latents / vae.config.scaling_factor).sample
