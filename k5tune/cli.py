@@ -16,9 +16,6 @@ from k5tune.errors import K5TuneError, NotYetAvailable
 
 # Subcommands whose implementation is still tracked by an open issue.
 PENDING: dict[str, tuple[int, str]] = {
-    "train": (4, "training (flow-matching LoRA loop, validation, saved LoRA)"),
-    "cache": (3, "dataset discovery and latent/text caching"),
-    "demo": (4, "the end-to-end demo run"),
     "generate": (8, "video generation (T2V and I2V)"),
     "bench": (7, "the training-step benchmark"),
     "estimate": (6, "the GPU memory estimator"),
@@ -71,14 +68,34 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     loaded = _load(args, extra)
     if args.dry_run:
         return _print_dry_run(loaded)
-    return _pending("train")(args, extra)
+    from k5tune.progress import TqdmProgress
+    from k5tune.train.trainer import describe_outputs, train
+
+    print(describe_outputs(train(loaded, progress=TqdmProgress())))
+    return 0
 
 
 def cmd_cache(args: argparse.Namespace, extra: list[str]) -> int:
     loaded = _load(args, extra)
     if args.dry_run:
         return _print_dry_run(loaded)
-    return _pending("cache")(args, extra)
+    from k5tune.cache.stage import run_cache_stage
+    from k5tune.progress import TqdmProgress
+    from k5tune.runtime import Runtime
+
+    stage = run_cache_stage(loaded, Runtime.detect(loaded.train.mixed_precision), TqdmProgress())
+    print(stage.summary())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
+    from k5tune.demo import run_demo
+    from k5tune.train.trainer import describe_outputs
+
+    workdir, result = run_demo(args.workdir)
+    print(f"demo finished in {workdir} (its config is {workdir}/config/config.json)")
+    print(describe_outputs(result))
+    return 0
 
 
 def cmd_make_tiny_model(args: argparse.Namespace, extra: list[str]) -> int:
@@ -141,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "training pipeline (cache, train, validate, save) on CPU.",
     )
     demo.add_argument("--workdir", default="k5tune-demo", help="folder for the demo's files (default: k5tune-demo)")
-    demo.set_defaults(func=_pending("demo"))
+    demo.set_defaults(func=cmd_demo)
 
     generate = sub.add_parser(
         "generate", help="generate a video from a base model (+ LoRA, + image for I2V)",

@@ -182,20 +182,25 @@ class Kandinsky5Components:
     def vae_scaling_factor(self) -> float:
         return float(self.vae().config.scaling_factor)
 
-    def pipeline(self, **overrides):
-        """A diffusers pipeline over the loaded components (the reference for every convention)."""
+    def pipeline(self, **given):
+        """A diffusers pipeline over these components (the reference for every convention).
+
+        Components passed by keyword are used as given (None included: a pipeline fed cached prompt
+        embeddings needs no text encoders); the others are loaded.
+        """
         from diffusers import Kandinsky5I2VPipeline, Kandinsky5T2VPipeline
 
         pipeline_cls = Kandinsky5I2VPipeline if self.source.flavour.is_i2v else Kandinsky5T2VPipeline
-        parts = {
-            "transformer": overrides.get("transformer") or self.transformer(),
-            "vae": overrides.get("vae") or self.vae(),
-            "text_encoder": overrides.get("text_encoder") or self.text_encoder(),
-            "tokenizer": self.tokenizer(),
-            "text_encoder_2": overrides.get("text_encoder_2") or self.text_encoder_2(),
-            "tokenizer_2": self.tokenizer_2(),
-            "scheduler": self.scheduler(),
+        loaders = {
+            "transformer": self.transformer,
+            "vae": self.vae,
+            "text_encoder": self.text_encoder,
+            "tokenizer": self.tokenizer,
+            "text_encoder_2": self.text_encoder_2,
+            "tokenizer_2": self.tokenizer_2,
+            "scheduler": self.scheduler,
         }
+        parts = {name: given[name] if name in given else load() for name, load in loaders.items()}
         pipe = pipeline_cls(**parts)
         pipe.prompt_template_encode_start_idx = self.prompt_start_index
         return pipe

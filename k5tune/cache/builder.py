@@ -1,0 +1,177 @@
+"""The caching stage: encode every clip's latents and every caption's embedding once.
+
+Runs before training; the training loop reads only what this writes. Keys are content hashes of
+everything that changes a result, so a second run encodes nothing, a new resolution re-encodes only
+latents, and an edited caption re-encodes only that caption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from k5tune.cache.store import TensorStore, content_key
+from k5tune.models.kandinsky5.encoding import MAX_CAPTION_TOKENS, encode_prompts, encode_video, text_pipeline
+from k5tune.models.kandinsky5.patch_conv import enable_patch_conv
+from k5tune.progress import Progress, SilentProgress
+from k5tune.runtime import Runtime
+
+EMPTY_CAPTION = ""  # cached for caption dropout and as the fallback negative prompt
+
+
+@dataclass
+class CacheResult:
+    """What the training loop needs to find every cached tensor."""
+
+    latent_keys: dict[str, str]  # record.key -> latent entry key
+    latent_stores: dict[str, TensorStore]  # backend id -> store
+    text_keys: dict[str, str]  # caption -> text entry key
+    text_store: TensorStore
+    encoded_latents: int = 0
+    encoded_captions: int = 0
+    seconds: float = 0.0
+    extra_prompts: list[str] = field(default_factory=list)
+
+    def size_bytes(self) -> int:
+        stores = {id(s): s for s in [*self.latent_stores.values(), self.text_store]}
+        return sum(s.size_bytes() for s in stores.values())
+
+    def latents(self, record_key: str, backend_id: str) -> torch.Tensor:
+        return self.latent_stores[backend_id].get(self.latent_keys[record_key])["latents"]
+
+    def prompt(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        entry = self.text_store.get(self.text_keys[caption])
+        return entry["qwen"], entry["clip"]
+
+
+def _folder_identity(source, subfolder: str) -> dict:
+    """What identifies one component's weights: hub id + revision, or a local folder's files."""
+    identity = {"source": source.path_or_id, "revision": source.revision, "part": subfolder}
+    folder = Path(source.path_or_id) / subfolder
+    if folder.is_dir():
+        digest = hashlib.sha256()
+        for path in sorted(folder.iterdir()):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            if path.suffix == ".json":
+                digest.update(path.read_bytes())
+        identity["files"] = digest.hexdigest()
+    return identity
+
+
+def latent_key(record, vae_identity: dict, vae_dtype: torch.dtype, seed: int) -> str:
+    random_choice = record.crop_style == "random" or record.random_start
+    return content_key(
+        kind="latent",
+        sample=record.sample_signature(),  # clip bytes, bucket, fps, crop, rotation, frame pipeline
+        vae=vae_identity,
+        dtype=str(vae_dtype),
+        seed=seed if random_choice else None,  # the random crop/start is drawn from the seed
+    )
+
+
+def text_key(caption: str, text_identity: dict, text_dtype: torch.dtype, start_index: int) -> str:
+    return content_key(
+        kind="text", caption=caption, model=text_identity, dtype=str(text_dtype), start=start_index,
+        max_tokens=MAX_CAPTION_TOKENS,
+    )
+
+
+def _record_generator(seed: int, record_key: str) -> torch.Generator:
+    """A per-clip generator, so random crops/starts do not depend on the order clips are cached in."""
+    mixed = int.from_bytes(hashlib.sha256(f"{seed}:{record_key}".encode()).digest()[:8], "little")
+    return torch.Generator().manual_seed(mixed)
+
+
+def build_caches(
+    train_config,
+    media_backends,
+    text_backend,
+    records,
+    components,
+    runtime: Runtime,
+    extra_prompts: list[str] | None = None,
+    progress: Progress | None = None,
+) -> CacheResult:
+    """Encode what is missing: text first, then latents (never both encoders needlessly on the GPU)."""
+    from k5tune.data import load_clip_frames
+
+    progress = progress or SilentProgress()
+    started = time.perf_counter()
+    text_store = TensorStore(text_backend.cache_dir)
+    latent_stores = {b.id: TensorStore(b.vae_cache_dir) for b in media_backends}
+
+    # 1. Text embeddings: every caption variant, the empty caption and the validation prompts.
+    captions = sorted({c for r in records for c in r.captions} | {EMPTY_CAPTION} | set(extra_prompts or []))
+    text_identity = {"qwen": _folder_identity(components.source, "text_encoder"),
+                     "clip": _folder_identity(components.source, "text_encoder_2")}
+    text_keys = {c: text_key(c, text_identity, runtime.text_dtype, components.prompt_start_index) for c in captions}
+    missing_captions = [c for c in captions if not text_store.verified(text_keys[c])]
+    if missing_captions:
+        pipe = text_pipeline(
+            components,
+            components.text_encoder(dtype=runtime.text_dtype, device=runtime.device),
+            components.text_encoder_2(dtype=runtime.text_dtype, device=runtime.device),
+        )
+        progress.start("caching text embeddings", len(missing_captions))
+        batch = 8
+        for offset in range(0, len(missing_captions), batch):
+            chunk = missing_captions[offset : offset + batch]
+            for caption, embedding in zip(chunk, encode_prompts(pipe, chunk, runtime.device, runtime.text_dtype), strict=True):
+                text_store.put(text_keys[caption], {"qwen": embedding.qwen, "clip": embedding.clip},
+                               {"caption": caption})
+            text_store.save_manifest()
+            progress.advance(len(chunk))
+        progress.end()
+    if train_config.offload_during_startup:
+        # The text encoders are done: free them before the VAE comes to the GPU.
+        components.unload("text_encoder", "text_encoder_2")
+        runtime.empty_cache()
+
+    # 2. VAE latents, one clip at a time (the memory peak of the whole run).
+    vae_identity = _folder_identity(components.source, "vae")
+    latent_keys = {r.key: latent_key(r, vae_identity, runtime.vae_dtype, train_config.seed) for r in records}
+    missing = [r for r in records if not latent_stores[r.backend_id].verified(latent_keys[r.key])]
+    if missing:
+        vae = components.vae(dtype=runtime.vae_dtype, device=runtime.device)
+        if train_config.vae_enable_patch_conv:
+            enable_patch_conv(vae)
+        if train_config.vae_enable_tiling:
+            vae.enable_tiling()
+        progress.start("caching video latents", len(missing))
+        for record in missing:
+            pixels = load_clip_frames(record, generator=_record_generator(train_config.seed, record.key))
+            latents = encode_video(vae, pixels.unsqueeze(0))[0]
+            store = latent_stores[record.backend_id]
+            store.put(latent_keys[record.key], {"latents": latents},
+                      {"clip": str(record.path), "bucket": record.bucket.name})
+            progress.advance(1)
+        progress.end()
+        for store in latent_stores.values():
+            store.save_manifest()
+    if train_config.offload_during_startup or missing:
+        components.unload("vae")
+        runtime.empty_cache()
+
+    return CacheResult(
+        latent_keys=latent_keys,
+        latent_stores=latent_stores,
+        text_keys=text_keys,
+        text_store=text_store,
+        encoded_latents=len(missing),
+        encoded_captions=len(missing_captions),
+        seconds=time.perf_counter() - started,
+        extra_prompts=list(extra_prompts or []),
+    )
+
+
+def report_path(text_backend, media_backends) -> Path:
+    """The dataset report goes beside the caches: their common parent folder."""
+    folders = [os.path.abspath(text_backend.cache_dir), *(os.path.abspath(b.vae_cache_dir) for b in media_backends)]
+    common = Path(os.path.commonpath(folders))
+    return common / "dataset_report.json"

@@ -1,0 +1,49 @@
+"""The whole caching stage as one call: scan the datasets, write the report, encode what is missing.
+
+Used by `k5tune cache` (which stops here) and by `k5tune train` (which goes on to train).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from k5tune.cache.builder import CacheResult, build_caches, report_path
+from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
+from k5tune.progress import Progress, SilentProgress
+from k5tune.runtime import Runtime
+from k5tune.validate.runner import negative_prompt, validation_prompts
+
+
+@dataclass
+class CacheStage:
+    records: list
+    report: object  # k5tune.data.DatasetReport
+    report_json: Path
+    cache: CacheResult
+    components: Kandinsky5Components
+
+    def summary(self) -> str:
+        return (
+            f"cache: {self.cache.encoded_latents} clip(s) and {self.cache.encoded_captions} caption(s) encoded, "
+            f"the rest reused; {self.cache.size_bytes() / 2**20:.1f} MiB on disk; {self.cache.seconds:.1f} s\n"
+            f"dataset report: {self.report_json}"
+        )
+
+
+def run_cache_stage(loaded, runtime: Runtime, progress: Progress | None = None) -> CacheStage:
+    from k5tune.data import scan_backends
+
+    progress = progress or SilentProgress()
+    cfg = loaded.train
+    records, report = scan_backends(loaded.media_backends, cfg.frame_rate)
+    report_json = report.write_json(report_path(loaded.text_embeds_backend, loaded.media_backends))
+    progress.log(report.format())
+    components = Kandinsky5Components(
+        resolve_model_source(cfg.model_flavour, cfg.pretrained_model_name_or_path, cfg.revision)
+    )
+    prompts = [] if cfg.disable_validation else validation_prompts(cfg)
+    extra = [*prompts, negative_prompt(cfg)] if prompts else []
+    cache = build_caches(cfg, loaded.media_backends, loaded.text_embeds_backend, records, components, runtime,
+                         extra_prompts=extra, progress=progress)
+    return CacheStage(records=records, report=report, report_json=report_json, cache=cache, components=components)

@@ -1,0 +1,1 @@
+"""Training: the loop, the flow-matching objective, LoRA set-up and saving."""

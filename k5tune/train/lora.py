@@ -1,0 +1,88 @@
+"""LoRA on the transformer (peft), and its file in the layout diffusers' `load_lora_weights` reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+
+# Config target names -> module-name patterns. 'out_layer' means the attentions' output projections
+# only: a bare "out_layer" would also match the final Kandinsky5OutLayer (not a Linear) and the
+# time/text embedding layers.
+_TARGET_PATTERNS = {
+    "to_query": r"(self_attention|cross_attention)\.to_query",
+    "to_key": r"(self_attention|cross_attention)\.to_key",
+    "to_value": r"(self_attention|cross_attention)\.to_value",
+    "out_layer": r"(self_attention|cross_attention)\.out_layer",
+    "feed_forward": r"feed_forward\.(in_layer|out_layer)",
+}
+
+
+def target_regex(targets: list[str]) -> str:
+    return r"^.*(" + "|".join(_TARGET_PATTERNS[t] for t in targets) + r")$"
+
+
+def add_lora(transformer, rank: int, alpha: float, dropout: float, targets: list[str], seed: int) -> list[str]:
+    """Freeze the base, add a LoRA adapter and return the names of the adapted modules."""
+    from peft import LoraConfig
+
+    transformer.requires_grad_(False)
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights=True, target_modules=target_regex(targets)
+    )
+    # peft draws the LoRA A matrices from the global RNG: seed it so the same seed gives the same LoRA
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer.add_adapter(config)
+    return sorted({name.rsplit(".lora_", 1)[0] for name, _ in transformer.named_parameters() if ".lora_" in name})
+
+
+def lora_parameters(transformer) -> list[torch.nn.Parameter]:
+    return [p for name, p in transformer.named_parameters() if ".lora_" in name]
+
+
+def lora_state_dict(transformer) -> dict[str, torch.Tensor]:
+    """The adapter's weights with diffusers' `transformer.` key prefix."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(transformer)
+    return {f"transformer.{key}": value.detach().to("cpu").contiguous() for key, value in state.items()}
+
+
+def adapter_metadata(transformer) -> str:
+    """The adapter's peft config, packed as diffusers' `load_lora_weights` expects (rank, alpha, ...)."""
+    config = transformer.peft_config["default"].to_dict()
+    packed = {f"transformer.{k}": (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+    return json.dumps(packed, indent=2, sort_keys=True, default=str)
+
+
+def save_lora(
+    transformer, directory: str | Path, metadata: dict[str, object], dtype: torch.dtype = torch.float32
+) -> Path:
+    """Write `pytorch_lora_weights.safetensors` atomically.
+
+    Metadata: diffusers' `lora_adapter_metadata` (so alpha != rank loads right) plus k5tune's own
+    training facts under `k5tune.*` keys (flavour, rank, alpha, targets, steps, trigger word).
+    """
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.to(dtype) for k, v in lora_state_dict(transformer).items()}
+    header = {"format": "pt", "lora_adapter_metadata": adapter_metadata(transformer)}
+    header.update({f"k5tune.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, directory / LORA_WEIGHTS_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return directory / LORA_WEIGHTS_NAME

@@ -1,0 +1,84 @@
+"""Per-step metrics as CSV, a loss plot as PNG, and the optional tracker (tensorboard)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+COLUMNS = ["step", "epoch", "loss", "lr", "grad_norm", "step_seconds", "peak_gib"]
+
+
+class MetricsLog:
+    """Appends one row per optimizer step to `metrics.csv` (flushed, so a crash keeps the rows)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        self._handle = self.path.open("a", newline="")
+        self._writer = csv.DictWriter(self._handle, fieldnames=COLUMNS)
+        if new:
+            self._writer.writeheader()
+
+    def write(self, **row) -> None:
+        self._writer.writerow({k: row.get(k) for k in COLUMNS})
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    with Path(path).open(newline="") as handle:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+
+
+def plot_loss(csv_path: str | Path, png_path: str | Path) -> Path | None:
+    """Loss per step and its moving average, as a PNG beside the CSV."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in read_metrics(csv_path) if "loss" in r]
+    if not rows:
+        return None
+    steps = [r["step"] for r in rows]
+    losses = [r["loss"] for r in rows]
+    window = max(1, len(losses) // 20)
+    smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+              for i in range(len(losses))]
+    figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
+    axis.plot(steps, losses, alpha=0.35, label="loss")
+    axis.plot(steps, smooth, label=f"moving average ({window})")
+    axis.set_xlabel("step")
+    axis.set_ylabel("flow-matching loss")
+    axis.set_title("k5tune training loss")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(png_path)
+    plt.close(figure)
+    return Path(png_path)
+
+
+class Tracker:
+    """tensorboard or nothing (wandb comes with the logging issue)."""
+
+    def __init__(self, kind: str, directory: str | Path, run_name: str):
+        self._writer = None
+        if kind == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(Path(directory) / run_name))
+
+    def scalars(self, step: int, **values: float) -> None:
+        if self._writer is None:
+            return
+        for name, value in values.items():
+            if value is not None:
+                self._writer.add_scalar(f"train/{name}", value, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

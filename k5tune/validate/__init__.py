@@ -1,0 +1,1 @@
+"""Validation videos: generated through the diffusers pipeline, written as mp4."""
