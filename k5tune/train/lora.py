@@ -86,3 +86,14 @@ def save_lora(
         Path(tmp).unlink(missing_ok=True)
         raise
     return directory / LORA_WEIGHTS_NAME
+
+
+def load_lora_weights(transformer, state: dict[str, torch.Tensor]) -> None:
+    """Put saved LoRA weights (our file layout) back into the transformer's adapter, exactly."""
+    from peft.utils import set_peft_model_state_dict
+
+    stripped = {k.removeprefix("transformer."): v for k, v in state.items()}
+    result = set_peft_model_state_dict(transformer, stripped)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ValueError(f"checkpoint LoRA keys do not match the model: {unexpected[:3]}")

@@ -82,3 +82,19 @@ class Tracker:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def truncate_metrics(path: str | Path, last_step: int) -> None:
+    """On resume, drop rows logged after the checkpoint (they will be trained again)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    kept = [r for r in rows if r.get("step") and int(float(r["step"])) <= last_step]
+    if len(kept) == len(rows):
+        return
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: r.get(k) for k in COLUMNS} for r in kept)

@@ -1,4 +1,4 @@
-"""The training run, top to bottom: dataset, caches, model, loop, validation, outputs.
+"""The training run, top to bottom: dataset, caches, model, loop, checkpoints, validation, outputs.
 
 `train(loaded)` is everything `k5tune train` does after parsing. Each numbered stage says why it is
 where it is. The loop reads only cached tensors: no video decoding, no text encoder.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,16 +19,20 @@ import torch
 
 from k5tune.cache.builder import EMPTY_CAPTION, CacheResult
 from k5tune.cache.stage import run_cache_stage
-from k5tune.errors import K5TuneError, NotYetAvailable
+from k5tune.errors import ConfigError, K5TuneError, NotYetAvailable
 from k5tune.models.kandinsky5 import resolve_model_source
 from k5tune.models.kandinsky5.model_input import pad_prompts, transformer_kwargs, with_conditioning_channels
 from k5tune.models.kandinsky5.text_mask import install_text_mask, set_text_mask
 from k5tune.progress import Progress, SilentProgress
 from k5tune.runtime import Runtime
-from k5tune.train import objective
-from k5tune.train.lora import add_lora, lora_parameters, save_lora
-from k5tune.train.metrics import MetricsLog, Tracker, plot_loss
+from k5tune.train import checkpoint, objective
+from k5tune.train.lora import LORA_WEIGHTS_NAME, add_lora, load_lora_weights, lora_parameters, save_lora
+from k5tune.train.metrics import MetricsLog, Tracker, plot_loss, truncate_metrics
 from k5tune.validate.runner import ValidationVideo, run_validation
+
+
+class NotFiniteLoss(K5TuneError):
+    """Too many NaN/inf losses in a row."""
 
 
 @dataclass
@@ -37,6 +43,11 @@ class TrainResult:
     loss_plot: Path | None
     report_json: Path
     steps: int
+    total_steps: int = 0
+    interrupted: bool = False
+    resumed_from: Path | None = None
+    last_checkpoint: Path | None = None
+    nonfinite_skipped: int = 0
     videos: list[ValidationVideo] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
@@ -49,9 +60,7 @@ def refuse_pending_features(train_config) -> None:
         (train_config.tread_config is not None, "tread_config (TREAD routing)", 11),
         (train_config.fsdp_enable or train_config.num_processes > 1, "several GPUs (fsdp_enable / num_processes)", 10),
         (train_config.lora_format != "diffusers", f"lora_format={train_config.lora_format}", 5),
-        (train_config.resume_from_checkpoint is not None, "resume_from_checkpoint", 5),
         (train_config.report_to == "wandb", "report_to=wandb", 5),
-        (train_config.optimizer != "adamw", f"optimizer={train_config.optimizer}", 4),
         (train_config.push_to_hub, "push_to_hub", 5),
     ]
     for active, what, issue in pending:
@@ -63,154 +72,263 @@ def refuse_pending_features(train_config) -> None:
 
 
 def step_generator(seed: int, *parts: int) -> torch.Generator:
-    """A CPU generator for one (step, micro-batch): draws never depend on what ran before."""
+    """A CPU generator for one (step, micro-batch): draws never depend on what ran before, so a
+    resumed run draws exactly what the uninterrupted run would have."""
     digest = hashlib.sha256(":".join(map(str, (seed, *parts))).encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
-def _lr_scheduler(optimizer, train_config, total_steps: int):
-    from diffusers.optimization import get_scheduler
+def make_optimizer(params, cfg):
+    kwargs = {"lr": cfg.learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2),
+              "weight_decay": cfg.adam_weight_decay, "eps": cfg.adam_epsilon}
+    if cfg.optimizer == "adamw_8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise ConfigError("optimizer adamw_8bit needs bitsandbytes (pip install bitsandbytes) and a CUDA GPU; "
+                              "use 'adamw'", key="optimizer") from exc
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
 
-    return get_scheduler(
-        train_config.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=train_config.lr_warmup_steps,
-        num_training_steps=total_steps,
-    )
 
-
-def _total_steps(train_config, batches_per_epoch: int) -> tuple[int, int]:
+def plan_steps(cfg, batches_per_epoch: int) -> tuple[int, int]:
     """(optimizer steps, epochs). max_train_steps wins; with neither set, one epoch."""
-    steps_per_epoch = max(1, math.ceil(batches_per_epoch / train_config.gradient_accumulation_steps))
-    if train_config.max_train_steps is not None:
-        return train_config.max_train_steps, math.ceil(train_config.max_train_steps / steps_per_epoch)
-    epochs = train_config.num_train_epochs or 1
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps))
+    if cfg.max_train_steps is not None:
+        return cfg.max_train_steps, math.ceil(cfg.max_train_steps / steps_per_epoch)
+    epochs = cfg.num_train_epochs or 1
     return epochs * steps_per_epoch, epochs
 
 
+class StopRequests:
+    """SIGINT/SIGTERM: the first asks for a clean stop after the current step; a second aborts."""
+
+    def __init__(self, progress: Progress):
+        self.requested = False
+        self._progress = progress
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._progress.log(f"{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
+                           "(press Ctrl-C again to abort at once)")
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+
+class Trainer:
+    def __init__(self, loaded, progress: Progress | None = None, device: str | None = None):
+        self.loaded = loaded
+        self.cfg = loaded.train
+        self.progress = progress or SilentProgress()
+        self.device = device
+        self.output_dir = Path(self.cfg.output_dir).resolve()
+
+    # ------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, progress = self.cfg, self.progress
+        # 0. Refuse what is not built yet before any slow work, so the user learns at once.
+        refuse_pending_features(cfg)
+        source = resolve_model_source(cfg.model_flavour, cfg.pretrained_model_name_or_path, cfg.revision)
+        if source.flavour.is_i2v:
+            raise NotYetAvailable("image-to-video training is not available yet (tracked in issue 8)")
+        self.resume_from = (checkpoint.resolve_resume(self.output_dir, cfg.resume_from_checkpoint)
+                            if cfg.resume_from_checkpoint else None)
+        for notice in cfg.notices():
+            progress.log(f"note: {notice}")
+
+        # 1. One place decides device and dtypes; seeded generators carry all randomness.
+        self.runtime = Runtime.detect(cfg.mixed_precision, self.device)
+        torch.manual_seed(cfg.seed)
+
+        # 2-3. Dataset (discover, probe, filter, bucket; report beside the cache), then the caches:
+        #      encode once what is missing; the text encoders and the VAE are freed afterwards.
+        self.stage = run_cache_stage(self.loaded, self.runtime, progress)
+        progress.log(self.stage.summary())
+        self.records, self.cache, self.components = self.stage.records, self.stage.cache, self.stage.components
+        self.prompts = self.cache.extra_prompts[:-1]  # validation prompts (the last one is the negative)
+
+        # 4. The transformer with LoRA. The base stays frozen in the compute dtype; LoRA weights train
+        #    in fp32 under autocast, which keeps their small updates from being rounded away.
+        transformer = self.components.transformer(dtype=self.runtime.compute_dtype, device=self.runtime.device)
+        self.adapted = add_lora(transformer, cfg.lora_rank, cfg.effective_lora_alpha, cfg.lora_dropout,
+                                cfg.lora_target_modules, cfg.seed)
+        self.params = lora_parameters(transformer)
+        for p in self.params:
+            p.data = p.data.float()
+        install_text_mask(transformer)
+        if cfg.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        transformer.train()
+        self.transformer = transformer
+        self.shift = cfg.flow_schedule_shift or self.components.scheduler_shift()
+
+        # 5. Optimizer and schedule, sized from the epoch plan.
+        from k5tune.data import batches_for_epoch
+
+        self.batches_for_epoch = batches_for_epoch
+        batches_per_epoch = len(batches_for_epoch(self.records, cfg.train_batch_size, 0, cfg.seed))
+        self.total_steps, self.epochs = plan_steps(cfg, batches_per_epoch)
+        self.optimizer = make_optimizer(self.params, cfg)
+        from diffusers.optimization import get_scheduler
+
+        self.scheduler = get_scheduler(cfg.lr_scheduler, optimizer=self.optimizer,
+                                       num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=self.total_steps)
+        self.step, self.epoch, self.next_group, self.nonfinite_in_row = 0, 0, 0, 0
+
+        # 5b. Resume: LoRA, optimizer, schedule, RNG and the data position of the checkpoint.
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+        elif cfg.resume_from_checkpoint:
+            progress.log(f"resume_from_checkpoint=latest: no checkpoint in {self.output_dir} yet, starting fresh")
+
+    def _restore(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        load_lora_weights(self.transformer, load_file(folder / LORA_WEIGHTS_NAME))
+        state = checkpoint.load_state(folder)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        checkpoint.restore_rng_state(state["rng"])
+        self.step = state["step"]
+        self.epoch, self.next_group = state["position"]["epoch"], state["position"]["next_group"]
+        self.nonfinite_in_row = state.get("nonfinite_in_row", 0)
+        truncate_metrics(self.output_dir / "metrics.csv", self.step)
+        self.progress.log(f"resumed from {folder} at step {self.step}")
+
+    def _lora_meta(self) -> dict:
+        cfg = self.cfg
+        return {"flavour": cfg.model_flavour, "rank": cfg.lora_rank, "alpha": cfg.effective_lora_alpha,
+                "targets": cfg.lora_target_modules, "modules": len(self.adapted), "steps": self.step}
+
+    def save_checkpoint(self) -> Path:
+        state = {
+            "step": self.step,
+            "position": {"epoch": self.epoch, "next_group": self.next_group},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "nonfinite_in_row": self.nonfinite_in_row,
+            "seed": self.cfg.seed,
+        }
+        folder = checkpoint.save_checkpoint(
+            self.output_dir, self.step, lambda d: save_lora(self.transformer, d, self._lora_meta()), state,
+            self.cfg.checkpoints_total_limit,
+        )
+        self.progress.log(f"checkpoint saved: {folder}")
+        return folder
+
+    # ------------------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        self.setup()
+        cfg, progress = self.cfg, self.progress
+        metrics = MetricsLog(self.output_dir / "metrics.csv")
+        tracker = Tracker(cfg.report_to, self.output_dir / cfg.logging_dir,
+                          cfg.tracker_run_name or time.strftime("%Y%m%d-%H%M%S"))
+        result = TrainResult(output_dir=self.output_dir, lora_path=self.output_dir / LORA_WEIGHTS_NAME,
+                             metrics_csv=metrics.path, loss_plot=None, report_json=self.stage.report_json,
+                             steps=self.step, total_steps=self.total_steps, resumed_from=self.resume_from)
+
+        # 6. The loop: accumulate micro-batches, clip, step; NaN/inf losses skip their update.
+        progress.start("training", self.total_steps)
+        progress.advance(self.step)
+        try:
+            with StopRequests(progress) as stop:
+                while self.step < self.total_steps and self.epoch < self.epochs and not stop.requested:
+                    batches = self.batches_for_epoch(self.records, cfg.train_batch_size, self.epoch, cfg.seed)
+                    while self.next_group < len(batches) and self.step < self.total_steps and not stop.requested:
+                        group = batches[self.next_group : self.next_group + cfg.gradient_accumulation_steps]
+                        self.next_group += cfg.gradient_accumulation_steps
+                        row = self.train_step(group)
+                        if row is None:
+                            result.nonfinite_skipped += 1
+                            continue
+                        metrics.write(**row)
+                        tracker.scalars(self.step, **{k: v for k, v in row.items() if k not in ("step", "epoch")})
+                        result.losses.append(row["loss"])
+                        progress.advance(1, loss=row["loss"], lr=row["lr"])
+                        if self.step % cfg.checkpointing_steps == 0 and self.step < self.total_steps:
+                            result.last_checkpoint = self.save_checkpoint()
+                        if self.prompts and self.step % cfg.validation_steps == 0 and self.step < self.total_steps:
+                            result.videos += run_validation(self.components, self.transformer, self.cache, cfg,
+                                                            self.runtime, self.step, self.output_dir)
+                    if self.next_group >= len(batches):
+                        self.epoch, self.next_group = self.epoch + 1, 0
+                result.interrupted = stop.requested and self.step < self.total_steps
+        finally:
+            progress.end()
+            metrics.close()
+            tracker.close()
+
+        # 7. Outputs: a checkpoint (also on a clean stop), the LoRA, the loss plot, the final validation.
+        result.steps = self.step
+        result.last_checkpoint = self.save_checkpoint()
+        result.loss_plot = plot_loss(metrics.path, self.output_dir / "loss.png")
+        if result.interrupted:
+            return result
+        result.lora_path = save_lora(self.transformer, self.output_dir, self._lora_meta())
+        if self.prompts:
+            result.videos += run_validation(self.components, self.transformer, self.cache, cfg, self.runtime,
+                                            self.step, self.output_dir)
+        return result
+
+    def train_step(self, group: list[list[int]]) -> dict | None:
+        """One optimizer step over `group` (micro-batches of record indices); None when skipped."""
+        cfg = self.cfg
+        started = time.perf_counter()
+        loss_sum = 0.0
+        for micro, batch in enumerate(group):
+            generator = step_generator(cfg.seed, self.step, micro)
+            loss = micro_batch_loss(self.transformer, self.cache, [self.records[i] for i in batch], self.epoch,
+                                    generator, cfg, self.shift, self.runtime)
+            (loss / len(group)).backward()
+            loss_sum += loss.item() / len(group)
+        if not math.isfinite(loss_sum):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_in_row += 1
+            self.progress.log(f"step {self.step + 1}: loss is {loss_sum}; update skipped "
+                              f"({self.nonfinite_in_row} in a row)")
+            if self.nonfinite_in_row >= cfg.max_nonfinite_steps:
+                kept = checkpoint.list_checkpoints(self.output_dir)
+                raise NotFiniteLoss(
+                    f"{self.nonfinite_in_row} non-finite losses in a row at step {self.step + 1}: lower "
+                    f"learning_rate or check the data; last good checkpoint: {kept[-1] if kept else 'none'}")
+            return None
+        self.nonfinite_in_row = 0
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf")).item()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"step": self.step, "epoch": self.epoch, "loss": loss_sum, "lr": self.scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm, "step_seconds": time.perf_counter() - started,
+                "peak_gib": self.runtime.peak_memory_gib()}
+
+
 def train(loaded, progress: Progress | None = None, device: str | None = None) -> TrainResult:
-    from k5tune.data import batches_for_epoch
-
-    progress = progress or SilentProgress()
-    cfg = loaded.train
-    output_dir = Path(cfg.output_dir).resolve()
-
-    # 0. Refuse what is not built yet before any slow work, so the user learns at once.
-    refuse_pending_features(cfg)
-    source = resolve_model_source(cfg.model_flavour, cfg.pretrained_model_name_or_path, cfg.revision)
-    if source.flavour.is_i2v:
-        raise NotYetAvailable("image-to-video training is not available yet (tracked in issue 8)")
-    for notice in cfg.notices():
-        progress.log(f"note: {notice}")
-
-    # 1. One place decides device and dtypes; seeded generators carry all randomness.
-    runtime = Runtime.detect(cfg.mixed_precision, device)
-    torch.manual_seed(cfg.seed)
-
-    # 2-3. Dataset (discover, probe, filter, bucket; report beside the cache), then the caches:
-    #      encode once what is missing; the text encoders and the VAE are freed afterwards.
-    stage = run_cache_stage(loaded, runtime, progress)
-    progress.log(stage.summary())
-    records, cache, components = stage.records, stage.cache, stage.components
-    prompts = cache.extra_prompts[:-1]  # validation prompts (the last extra prompt is the negative)
-
-    # 4. The transformer with LoRA. The base stays frozen in the compute dtype; LoRA weights train
-    #    in fp32 under autocast, which keeps their small updates from being rounded away.
-    transformer = components.transformer(dtype=runtime.compute_dtype, device=runtime.device)
-    adapted = add_lora(transformer, cfg.lora_rank, cfg.effective_lora_alpha, cfg.lora_dropout,
-                       cfg.lora_target_modules, cfg.seed)
-    params = lora_parameters(transformer)
-    for p in params:
-        p.data = p.data.float()
-    install_text_mask(transformer)
-    if cfg.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    transformer.train()
-
-    # 5. Optimizer and schedule, sized from the epoch plan.
-    batches_per_epoch = len(batches_for_epoch(records, cfg.train_batch_size, 0, cfg.seed))
-    total_steps, epochs = _total_steps(cfg, batches_per_epoch)
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-    scheduler = _lr_scheduler(optimizer, cfg, total_steps)
-    shift = cfg.flow_schedule_shift or components.scheduler_shift()
-
-    metrics = MetricsLog(output_dir / "metrics.csv")
-    tracker = Tracker(cfg.report_to, output_dir / cfg.logging_dir, cfg.tracker_run_name or time.strftime("%Y%m%d-%H%M%S"))
-    result = TrainResult(output_dir=output_dir, lora_path=output_dir / "pytorch_lora_weights.safetensors",
-                         metrics_csv=metrics.path, loss_plot=None, report_json=stage.report_json, steps=0)
-    lora_meta = {"flavour": cfg.model_flavour, "rank": cfg.lora_rank, "alpha": cfg.effective_lora_alpha,
-                 "targets": cfg.lora_target_modules, "modules": len(adapted)}
-
-    # 6. The loop: accumulate micro-batches, clip, step; NaN/inf losses skip their update.
-    step, nonfinite_in_row = 0, 0
-    progress.start("training", total_steps)
-    try:
-        for epoch in range(epochs):
-            batches = batches_for_epoch(records, cfg.train_batch_size, epoch, cfg.seed)
-            for group_start in range(0, len(batches), cfg.gradient_accumulation_steps):
-                if step >= total_steps:
-                    break
-                started = time.perf_counter()
-                group = batches[group_start : group_start + cfg.gradient_accumulation_steps]
-                loss_sum = 0.0
-                for micro, batch in enumerate(group):
-                    generator = step_generator(cfg.seed, step, micro)
-                    loss = _micro_step(transformer, cache, [records[i] for i in batch], epoch, generator,
-                                       cfg, shift, runtime)
-                    (loss / len(group)).backward()
-                    loss_sum += loss.item() / len(group)
-                if not math.isfinite(loss_sum):
-                    optimizer.zero_grad(set_to_none=True)
-                    nonfinite_in_row += 1
-                    progress.log(f"step {step + 1}: loss is {loss_sum}; update skipped ({nonfinite_in_row} in a row)")
-                    if nonfinite_in_row >= cfg.max_nonfinite_steps:
-                        raise NotFiniteLoss(f"{nonfinite_in_row} non-finite losses in a row at step {step + 1}: "
-                                            "lower learning_rate or check the data")
-                    continue
-                nonfinite_in_row = 0
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")).item()
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                lr = scheduler.get_last_lr()[0]
-                seconds = time.perf_counter() - started
-                metrics.write(step=step, epoch=epoch, loss=loss_sum, lr=lr, grad_norm=grad_norm, step_seconds=seconds,
-                              peak_gib=runtime.peak_memory_gib())
-                tracker.scalars(step, loss=loss_sum, lr=lr, grad_norm=grad_norm, step_seconds=seconds,
-                                peak_gib=runtime.peak_memory_gib())
-                result.losses.append(loss_sum)
-                progress.advance(1, loss=loss_sum, lr=lr)
-                if prompts and step % cfg.validation_steps == 0 and step < total_steps:
-                    result.videos += run_validation(components, transformer, cache, cfg, runtime, step, output_dir)
-    finally:
-        progress.end()
-        metrics.close()
-        tracker.close()
-
-    # 7. Outputs: the LoRA, the loss plot, and the final validation.
-    result.steps = step
-    result.lora_path = save_lora(transformer, output_dir, {**lora_meta, "steps": step})
-    result.loss_plot = plot_loss(metrics.path, output_dir / "loss.png")
-    if prompts:
-        result.videos += run_validation(components, transformer, cache, cfg, runtime, step, output_dir)
-    return result
+    return Trainer(loaded, progress, device).run()
 
 
-class NotFiniteLoss(K5TuneError):
-    """Too many NaN/inf losses in a row."""
-
-
-def _micro_step(transformer, cache: CacheResult, batch, epoch: int, generator: torch.Generator, cfg, shift: float,
-                runtime: Runtime) -> torch.Tensor:
+def micro_batch_loss(transformer, cache: CacheResult, batch, epoch: int, generator: torch.Generator, cfg,
+                     shift: float, runtime: Runtime) -> torch.Tensor:
     """Loss of one micro-batch, from cached latents and prompt embeddings."""
     from k5tune.data import pick_caption
 
     latents = torch.stack([cache.latents(r.key, r.backend_id) for r in batch]).float()
     captions = []
     for record in batch:
-        dropped = cfg.caption_dropout_probability > 0 and torch.rand(1, generator=generator).item() < cfg.caption_dropout_probability
+        dropped = (cfg.caption_dropout_probability > 0
+                   and torch.rand(1, generator=generator).item() < cfg.caption_dropout_probability)
         captions.append(EMPTY_CAPTION if dropped else pick_caption(record.captions, epoch, cfg.seed, record.key))
     prompts = [cache.prompt(c) for c in captions]
     text = pad_prompts([q for q, _ in prompts], [c for _, c in prompts])
@@ -232,11 +350,18 @@ def _micro_step(transformer, cache: CacheResult, batch, epoch: int, generator: t
 
 
 def describe_outputs(result: TrainResult) -> str:
+    if result.interrupted:
+        return (f"stopped cleanly at step {result.steps} of {result.total_steps}; checkpoint: {result.last_checkpoint}\n"
+                f"resume with: k5tune train --resume_from_checkpoint latest")
     lines = [f"trained {result.steps} steps; outputs in {result.output_dir}:",
              f"  LoRA:        {result.lora_path}",
+             f"  checkpoint:  {result.last_checkpoint}",
              f"  metrics:     {result.metrics_csv}",
              f"  loss plot:   {result.loss_plot}",
              f"  data report: {result.report_json}"]
-    for video in result.videos[-len({v.prompt for v in result.videos}):] if result.videos else []:
+    if result.nonfinite_skipped:
+        lines.append(f"  note: {result.nonfinite_skipped} step(s) with a NaN/inf loss were skipped")
+    final_videos = result.videos[-len({v.prompt for v in result.videos}):] if result.videos else []
+    for video in final_videos:
         lines.append(f"  validation:  {video.path}  ({json.dumps(video.prompt)})")
     return "\n".join(lines)

@@ -22,6 +22,15 @@ from k5tune.models.tiny import PROMPT_INDEX_FILE
 DEFAULT_PROMPT_START_INDEX = 128
 
 
+def _quiet_library_progress() -> None:
+    """k5tune shows its own progress; the libraries' per-file loading bars would only add noise."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 class ModelLoadError(K5TuneError):
     """A model component that cannot be found or read."""
 
@@ -60,6 +69,7 @@ class Kandinsky5Components:
 
     def _load(self, name: str, loader, dtype: torch.dtype | None, device: torch.device | str | None):
         if name not in self._cache:
+            _quiet_library_progress()
             try:
                 self._cache[name] = loader()
             except (OSError, ValueError) as exc:

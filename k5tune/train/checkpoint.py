@@ -1,0 +1,127 @@
+"""Checkpoints: `output_dir/checkpoint-<step>/`, written whole or not at all.
+
+A checkpoint is built in a hidden temporary folder beside the others and renamed into place once
+every file is written and synced, so a crash mid-write leaves the earlier checkpoints intact and no
+half checkpoint that `resume_from_checkpoint: latest` would pick. Its manifest is written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from k5tune import __version__
+from k5tune.errors import ConfigError
+
+STATE_FILE = "training_state.pt"
+MANIFEST_FILE = "checkpoint.json"
+PREFIX = "checkpoint-"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_folder(folder: Path) -> None:
+    for path in folder.iterdir():
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def save_checkpoint(output_dir: Path, step: int, write_lora, state: dict[str, Any], limit: int | None) -> Path:
+    """Write checkpoint-<step> atomically; `write_lora(folder)` writes the LoRA file into the folder."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    final = output_dir / f"{PREFIX}{step}"
+    staging = output_dir / f".tmp-{PREFIX}{step}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        write_lora(staging)
+        torch.save(state, staging / STATE_FILE)
+        files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
+        manifest = {"step": step, "k5tune": __version__, "files": files,
+                    "epoch": state["position"]["epoch"], "next_group": state["position"]["next_group"]}
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        _fsync_folder(staging)
+        if final.exists():  # the same step saved again (e.g. interrupt right after a periodic save)
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    rotate_checkpoints(output_dir, limit)
+    return final
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a folder without a valid manifest is not one)."""
+    found = []
+    for folder in output_dir.glob(f"{PREFIX}*"):
+        suffix = folder.name[len(PREFIX):]
+        if folder.is_dir() and suffix.isdigit() and is_complete(folder):
+            found.append((int(suffix), folder))
+    return [folder for _, folder in sorted(found)]
+
+
+def is_complete(folder: Path) -> bool:
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        return all((folder / name).is_file() for name in manifest["files"])
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def rotate_checkpoints(output_dir: Path, limit: int | None) -> None:
+    for leftover in output_dir.glob(f".tmp-{PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if limit is None:
+        return
+    checkpoints = list_checkpoints(output_dir)
+    for old in checkpoints[: max(0, len(checkpoints) - limit)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_resume(output_dir: Path, value: str) -> Path | None:
+    """'latest' -> the newest complete checkpoint (None when there is none yet); else the given folder."""
+    if value == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    folder = Path(value)
+    if not folder.is_dir() or not is_complete(folder):
+        raise ConfigError(
+            f"'{value}' is not a complete checkpoint folder (it needs {MANIFEST_FILE} and its files); "
+            f"use 'latest' or one of: {', '.join(p.name for p in list_checkpoints(output_dir)) or 'none yet'}",
+            key="resume_from_checkpoint",
+        )
+    return folder
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)

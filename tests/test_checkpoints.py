@@ -1,0 +1,169 @@
+"""Checkpoints, exact resume, clean stops on signals, non-finite losses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from k5tune.cli import main
+from k5tune.config import load_config
+from k5tune.progress import SilentProgress
+from k5tune.train import checkpoint, trainer
+from k5tune.train.trainer import StopRequests, train
+from tests.test_training import make_project
+
+RUN = {"max_train_steps": 6, "train_batch_size": 1, "checkpointing_steps": 2, "checkpoints_total_limit": 10,
+       "lora_dropout": 0.1, "lr_scheduler": "cosine", "lr_warmup_steps": 1}
+
+
+class InterruptAt(SilentProgress):
+    """Sends this process SIGINT right after optimizer step `step`, like a user pressing Ctrl-C."""
+
+    def __init__(self, step: int):
+        self.target, self.done = step, 0
+
+    def advance(self, n: int = 1, **info) -> None:
+        if "loss" not in info:  # caching progress, not a training step
+            return
+        self.done += n
+        if self.done == self.target:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def lora(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "pytorch_lora_weights.safetensors")
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture
+def reference(tmp_path_factory, tiny_model_dir, monkeypatch):
+    """The uninterrupted 6-step run."""
+    folder = make_project(tmp_path_factory.mktemp("reference"), tiny_model_dir, RUN)
+    monkeypatch.chdir(folder)
+    result = train(load_config())
+    return lora(result.output_dir)
+
+
+def test_sigint_saves_and_resume_is_bit_exact(tmp_path, monkeypatch, tiny_model_dir, reference, capsys):
+    folder = make_project(tmp_path, tiny_model_dir, RUN)
+    monkeypatch.chdir(folder)
+    stopped = train(load_config(), progress=InterruptAt(3))
+    assert stopped.interrupted and stopped.steps == 3
+    assert stopped.last_checkpoint.name == "checkpoint-3"
+    assert not (folder / "output" / "pytorch_lora_weights.safetensors").exists()  # no final LoRA yet
+    # the CLI path: resume, finish, exit 0
+    assert main(["train", "--resume_from_checkpoint", "latest"]) == 0
+    assert_same(lora(folder / "output"), reference)
+    rows = (folder / "output" / "metrics.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_crash_then_resume_from_latest_is_bit_exact(tmp_path, monkeypatch, tiny_model_dir, reference):
+    folder = make_project(tmp_path, tiny_model_dir, RUN)
+    monkeypatch.chdir(folder)
+    real_step = trainer.Trainer.train_step
+
+    def crash_on_step_5(self, group):
+        if self.step == 4:
+            raise RuntimeError("power cut")
+        return real_step(self, group)
+
+    monkeypatch.setattr(trainer.Trainer, "train_step", crash_on_step_5)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(load_config())
+    monkeypatch.setattr(trainer.Trainer, "train_step", real_step)
+    assert [p.name for p in checkpoint.list_checkpoints(folder / "output")] == ["checkpoint-2", "checkpoint-4"]
+    result = train(load_config("config/config.json", {"resume_from_checkpoint": "latest"}))
+    assert result.resumed_from.name == "checkpoint-4"
+    assert_same(lora(result.output_dir), reference)
+    # metrics rows written after the checkpoint were dropped and retrained once
+    rows = (folder / "output" / "metrics.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_contents_and_rotation(tmp_path, monkeypatch, tiny_model_dir):
+    folder = make_project(tmp_path, tiny_model_dir, {**RUN, "checkpoints_total_limit": 2})
+    monkeypatch.chdir(folder)
+    train(load_config())
+    checkpoints = checkpoint.list_checkpoints(folder / "output")
+    assert [p.name for p in checkpoints] == ["checkpoint-4", "checkpoint-6"]
+    newest = checkpoints[-1]
+    manifest = json.loads((newest / checkpoint.MANIFEST_FILE).read_text())
+    assert manifest["step"] == 6 and set(manifest["files"]) == {"pytorch_lora_weights.safetensors",
+                                                                "training_state.pt"}
+    state = checkpoint.load_state(newest)
+    assert {"optimizer", "scheduler", "rng", "position", "step"} <= set(state)
+    assert state["position"]["epoch"] >= 1  # 4 clips, 6 steps: the data position moved into epoch 2
+    assert not list((folder / "output").glob(".tmp-*"))
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_ones(tmp_path, monkeypatch, tiny_model_dir):
+    folder = make_project(tmp_path, tiny_model_dir, RUN)
+    monkeypatch.chdir(folder)
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def dying_save(obj, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint (step 4) dies after its LoRA file was written
+            Path(path).write_bytes(b"half a file")
+            raise OSError("disk full")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(load_config())
+    output = folder / "output"
+    assert [p.name for p in checkpoint.list_checkpoints(output)] == ["checkpoint-2"]
+    assert not (output / "checkpoint-4").exists()
+    assert not list(output.glob(".tmp-*"))
+    assert checkpoint.resolve_resume(output, "latest").name == "checkpoint-2"
+
+
+def test_resume_errors(tmp_path, monkeypatch, tiny_model_dir):
+    folder = make_project(tmp_path, tiny_model_dir, RUN)
+    monkeypatch.chdir(folder)
+    (folder / "output" / "checkpoint-9").mkdir(parents=True)  # no manifest: not a checkpoint
+    assert main(["train", "--resume_from_checkpoint", "output/checkpoint-9"]) == 2
+    assert checkpoint.resolve_resume(folder / "output", "latest") is None
+
+
+def test_second_ctrl_c_aborts_at_once():
+    stops = StopRequests(SilentProgress())
+    stops._handle(signal.SIGINT, None)
+    assert stops.requested
+    with pytest.raises(KeyboardInterrupt):
+        stops._handle(signal.SIGINT, None)
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch, tiny_model_dir, capsys):
+    folder = make_project(tmp_path, tiny_model_dir, {**RUN, "max_nonfinite_steps": 3})
+    monkeypatch.chdir(folder)
+    real_loss = trainer.micro_batch_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] in (2, 3) else loss
+
+    monkeypatch.setattr(trainer, "micro_batch_loss", sometimes_nan)
+    result = train(load_config())
+    assert result.nonfinite_skipped == 2 and result.steps == 6
+    assert all(torch.isfinite(v).all() for v in lora(result.output_dir).values())
+
+    monkeypatch.setattr(trainer, "micro_batch_loss", lambda *a, **k: real_loss(*a, **k) * float("inf"))
+    assert main(["train", "--output_dir", "output2"]) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith("k5tune: error: 3 non-finite losses in a row at step 1")
