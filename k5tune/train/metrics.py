@@ -63,25 +63,68 @@ def plot_loss(csv_path: str | Path, png_path: str | Path) -> Path | None:
 
 
 class Tracker:
-    """tensorboard or nothing (wandb comes with the logging issue)."""
+    """Metrics and validation videos to tensorboard, wandb (works offline) or nowhere."""
 
-    def __init__(self, kind: str, directory: str | Path, run_name: str):
+    def __init__(self, kind: str, directory: str | Path, run_name: str, project: str = "k5tune",
+                 config: dict | None = None):
+        self.kind = kind
         self._writer = None
+        self._run = None
         if kind == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(Path(directory) / run_name))
+        elif kind == "wandb":
+            try:
+                import wandb
+            except ImportError as exc:
+                from k5tune.errors import ConfigError
+
+                raise ConfigError("report_to wandb needs the wandb package: pip install 'k5tune[wandb]' "
+                                  "(set WANDB_MODE=offline to log without a network)", key="report_to") from exc
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            self._run = wandb.init(project=project, name=run_name, dir=str(directory), config=config or {},
+                                   reinit="finish_previous")
 
     def scalars(self, step: int, **values: float) -> None:
-        if self._writer is None:
-            return
-        for name, value in values.items():
-            if value is not None:
+        values = {k: v for k, v in values.items() if v is not None}
+        if self._writer is not None:
+            for name, value in values.items():
                 self._writer.add_scalar(f"train/{name}", value, step)
+        if self._run is not None:
+            self._run.log({f"train/{k}": v for k, v in values.items()}, step=step)
+
+    def video(self, step: int, tag: str, path: Path, frames, fps: float, caption: str) -> None:
+        """frames: (F, H, W, 3) floats in [0, 1]."""
+        if self._writer is not None:
+            self._writer._get_file_writer().add_summary(_gif_summary(f"validation/{tag}", frames, fps), step)
+            self._writer.add_text(f"validation/{tag}", f"{caption} ({path})", step)
+        if self._run is not None:
+            import wandb
+
+            self._run.log({f"validation/{tag}": wandb.Video(str(path), caption=caption, format="mp4")}, step=step)
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+        if self._run is not None:
+            self._run.finish()
+
+
+def _gif_summary(tag: str, frames, fps: float):
+    """An animated GIF image summary: what TensorBoard's add_video writes, without needing moviepy."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    images = [Image.fromarray((np.clip(f, 0, 1) * 255 + 0.5).astype("uint8")) for f in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    height, width = frames.shape[1:3]
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
 
 
 def truncate_metrics(path: str | Path, last_step: int) -> None:

@@ -48,6 +48,7 @@ class TrainResult:
     resumed_from: Path | None = None
     last_checkpoint: Path | None = None
     nonfinite_skipped: int = 0
+    hub_url: str | None = None
     videos: list[ValidationVideo] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
@@ -60,8 +61,6 @@ def refuse_pending_features(train_config) -> None:
         (train_config.tread_config is not None, "tread_config (TREAD routing)", 11),
         (train_config.fsdp_enable or train_config.num_processes > 1, "several GPUs (fsdp_enable / num_processes)", 10),
         (train_config.lora_format != "diffusers", f"lora_format={train_config.lora_format}", 5),
-        (train_config.report_to == "wandb", "report_to=wandb", 5),
-        (train_config.push_to_hub, "push_to_hub", 5),
     ]
     for active, what, issue in pending:
         if active:
@@ -234,7 +233,8 @@ class Trainer:
         cfg, progress = self.cfg, self.progress
         metrics = MetricsLog(self.output_dir / "metrics.csv")
         tracker = Tracker(cfg.report_to, self.output_dir / cfg.logging_dir,
-                          cfg.tracker_run_name or time.strftime("%Y%m%d-%H%M%S"))
+                          cfg.tracker_run_name or time.strftime("%Y%m%d-%H%M%S"), cfg.tracker_project_name,
+                          cfg.model_dump(mode="json"))
         result = TrainResult(output_dir=self.output_dir, lora_path=self.output_dir / LORA_WEIGHTS_NAME,
                              metrics_csv=metrics.path, loss_plot=None, report_json=self.stage.report_json,
                              steps=self.step, total_steps=self.total_steps, resumed_from=self.resume_from)
@@ -261,25 +261,28 @@ class Trainer:
                             result.last_checkpoint = self.save_checkpoint()
                         if self.prompts and self.step % cfg.validation_steps == 0 and self.step < self.total_steps:
                             result.videos += run_validation(self.components, self.transformer, self.cache, cfg,
-                                                            self.runtime, self.step, self.output_dir)
+                                                            self.runtime, self.step, self.output_dir, tracker)
                     if self.next_group >= len(batches):
                         self.epoch, self.next_group = self.epoch + 1, 0
                 result.interrupted = stop.requested and self.step < self.total_steps
+
+            # 7. Outputs: a checkpoint (also on a clean stop), the LoRA, the loss plot, the final
+            #    validation, and the upload when asked.
+            result.steps = self.step
+            result.last_checkpoint = self.save_checkpoint()
+            if not result.interrupted:
+                result.lora_path = save_lora(self.transformer, self.output_dir, self._lora_meta())
+                if self.prompts:
+                    result.videos += run_validation(self.components, self.transformer, self.cache, cfg,
+                                                    self.runtime, self.step, self.output_dir, tracker)
         finally:
             progress.end()
             metrics.close()
             tracker.close()
-
-        # 7. Outputs: a checkpoint (also on a clean stop), the LoRA, the loss plot, the final validation.
-        result.steps = self.step
-        result.last_checkpoint = self.save_checkpoint()
         result.loss_plot = plot_loss(metrics.path, self.output_dir / "loss.png")
-        if result.interrupted:
-            return result
-        result.lora_path = save_lora(self.transformer, self.output_dir, self._lora_meta())
-        if self.prompts:
-            result.videos += run_validation(self.components, self.transformer, self.cache, cfg, self.runtime,
-                                            self.step, self.output_dir)
+        if cfg.push_to_hub and not result.interrupted:
+            result.hub_url = push_to_hub(cfg.hub_model_id, self.output_dir, result)
+            progress.log(f"uploaded to {result.hub_url}")
         return result
 
     def train_step(self, group: list[list[int]]) -> dict | None:
@@ -317,6 +320,19 @@ class Trainer:
 
 def train(loaded, progress: Progress | None = None, device: str | None = None) -> TrainResult:
     return Trainer(loaded, progress, device).run()
+
+
+def push_to_hub(repo_id: str, output_dir: Path, result: TrainResult) -> str:
+    """Upload the final LoRA, its loss plot and metrics (not checkpoints or caches) to the Hub."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo_id, folder_path=str(output_dir), commit_message=f"k5tune LoRA after {result.steps} steps",
+        allow_patterns=["pytorch_lora_weights.safetensors", "loss.png", "metrics.csv", "validation/**"],
+    )
+    return str(getattr(info, "commit_url", info))
 
 
 def micro_batch_loss(transformer, cache: CacheResult, batch, epoch: int, generator: torch.Generator, cfg,

@@ -42,7 +42,9 @@ class ValidationVideo:
 
 
 @torch.no_grad()
-def run_validation(components, transformer, cache, train_config, runtime, step: int, output_dir: Path) -> list[ValidationVideo]:
+def run_validation(
+    components, transformer, cache, train_config, runtime, step: int, output_dir: Path, tracker=None
+) -> list[ValidationVideo]:
     prompts = validation_prompts(train_config)
     if not prompts or train_config.disable_validation:
         return []
@@ -77,6 +79,8 @@ def run_validation(components, transformer, cache, train_config, runtime, step: 
         ).frames[0]
         path = write_mp4(frames, folder / f"prompt-{index:02d}.mp4", fps=train_config.frame_rate)
         videos.append(ValidationVideo(prompt=prompt, path=path))
+        if tracker is not None:
+            tracker.video(step, f"prompt-{index:02d}", path, frames, train_config.frame_rate, prompt)
     (folder / "prompts.txt").write_text("\n".join(f"prompt-{i:02d}.mp4\t{p}" for i, p in enumerate(prompts)) + "\n")
     components.unload("vae")
     runtime.empty_cache()
