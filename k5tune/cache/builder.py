@@ -44,6 +44,10 @@ class CacheResult:
     def latents(self, record_key: str, backend_id: str) -> torch.Tensor:
         return self.latent_stores[backend_id].get(self.latent_keys[record_key])["latents"]
 
+    def sample(self, record_key: str, backend_id: str) -> dict[str, torch.Tensor]:
+        """All cached tensors of a clip: `latents`, and `first_frame` for I2V flavours."""
+        return self.latent_stores[backend_id].get(self.latent_keys[record_key])
+
     def prompt(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.text_store.get(self.text_keys[caption])
         return entry["qwen"], entry["clip"]
@@ -64,10 +68,10 @@ def _folder_identity(source, subfolder: str) -> dict:
     return identity
 
 
-def latent_key(record, vae_identity: dict, vae_dtype: torch.dtype, seed: int) -> str:
+def latent_key(record, vae_identity: dict, vae_dtype: torch.dtype, seed: int, first_frame: bool = False) -> str:
     random_choice = record.crop_style == "random" or record.random_start
     return content_key(
-        kind="latent",
+        kind="latent+first_frame" if first_frame else "latent",
         sample=record.sample_signature(),  # clip bytes, bucket, fps, crop, rotation, frame pipeline
         vae=vae_identity,
         dtype=str(vae_dtype),
@@ -135,7 +139,9 @@ def build_caches(
 
     # 2. VAE latents, one clip at a time (the memory peak of the whole run).
     vae_identity = _folder_identity(components.source, "vae")
-    latent_keys = {r.key: latent_key(r, vae_identity, runtime.vae_dtype, train_config.seed) for r in records}
+    # I2V: the first frame is also encoded alone, as the I2V pipeline encodes its image at inference.
+    i2v = components.source.flavour.is_i2v
+    latent_keys = {r.key: latent_key(r, vae_identity, runtime.vae_dtype, train_config.seed, i2v) for r in records}
     missing = [r for r in records if not latent_stores[r.backend_id].verified(latent_keys[r.key])]
     if missing:
         vae = components.vae(dtype=runtime.vae_dtype, device=runtime.device)
@@ -144,16 +150,18 @@ def build_caches(
         if train_config.vae_enable_tiling:
             vae.enable_tiling()
         progress.start("caching video latents", len(missing))
-        for record in missing:
-            pixels = load_clip_frames(record, generator=_record_generator(train_config.seed, record.key))
-            latents = encode_video(vae, pixels.unsqueeze(0))[0]
-            store = latent_stores[record.backend_id]
-            store.put(latent_keys[record.key], {"latents": latents},
-                      {"clip": str(record.path), "bucket": record.bucket.name})
-            progress.advance(1)
+        try:
+            for record in missing:
+                pixels = load_clip_frames(record, generator=_record_generator(train_config.seed, record.key))
+                latents = encode_video(vae, pixels.unsqueeze(0))[0]
+                store = latent_stores[record.backend_id]
+                store.put(latent_keys[record.key], {"latents": latents},
+                          {"clip": str(record.path), "bucket": record.bucket.name})
+                progress.advance(1)
+        finally:  # interrupted or failed: the entries already written are described too
+            for store in latent_stores.values():
+                store.save_manifest()
         progress.end()
-        for store in latent_stores.values():
-            store.save_manifest()
     if train_config.offload_during_startup or missing:
         components.unload("vae")
         runtime.empty_cache()

@@ -40,13 +40,16 @@ def text_pipeline(components, text_encoder, text_encoder_2):
     return pipe
 
 
-@torch.no_grad()
-def encode_prompts(pipe, captions: list[str], device: torch.device, dtype: torch.dtype) -> list[PromptEmbedding]:
-    """Encode captions in one batch and split them back into unpadded per-caption embeddings.
+def _too_long(pipe, captions: list[str]) -> list[bool]:
+    """Which captions the pipeline will truncate (more than MAX_CAPTION_TOKENS after the template)."""
+    from diffusers.pipelines.kandinsky5.pipeline_kandinsky import prompt_clean
 
-    Qwen is causal and the tokenizer pads on the right, so a caption's tokens never see padding:
-    batching gives the same embedding as encoding alone.
-    """
+    texts = [pipe.prompt_template.format(prompt_clean(caption)) for caption in captions]
+    mask = pipe.tokenizer(text=texts, images=None, videos=None, return_tensors="pt", padding="longest")["attention_mask"]
+    return [int(n) > pipe.prompt_template_encode_start_idx + MAX_CAPTION_TOKENS for n in mask.sum(1)]
+
+
+def _encode_batch(pipe, captions: list[str], device, dtype) -> list[PromptEmbedding]:
     qwen, clip, cu_seqlens = pipe.encode_prompt(
         captions, max_sequence_length=MAX_CAPTION_TOKENS, device=device, dtype=dtype
     )
@@ -55,6 +58,27 @@ def encode_prompts(pipe, captions: list[str], device: torch.device, dtype: torch
         PromptEmbedding(qwen=qwen[i, :length].detach().to("cpu").clone(), clip=clip[i].detach().to("cpu").clone())
         for i, length in enumerate(lengths)
     ]
+
+
+@torch.no_grad()
+def encode_prompts(pipe, captions: list[str], device: torch.device, dtype: torch.dtype) -> list[PromptEmbedding]:
+    """Encode captions in one batch and split them back into unpadded per-caption embeddings.
+
+    Qwen is causal and the tokenizer pads on the right, so a caption's tokens never see padding:
+    batching gives the same embedding as encoding alone. Captions the pipeline truncates are encoded
+    alone: its truncation step (diffusers 0.42.1) reads the padded ids of the whole batch and cuts the
+    padding, as if it were text, off every shorter caption of the batch, leaving them empty.
+    """
+    too_long = _too_long(pipe, captions)
+    batched = [i for i, long in enumerate(too_long) if not long]
+    out: list[PromptEmbedding | None] = [None] * len(captions)
+    if batched:
+        for i, embedding in zip(batched, _encode_batch(pipe, [captions[i] for i in batched], device, dtype), strict=True):
+            out[i] = embedding
+    for i, long in enumerate(too_long):
+        if long:
+            out[i] = _encode_batch(pipe, [captions[i]], device, dtype)[0]
+    return out  # type: ignore[return-value]
 
 
 @torch.no_grad()

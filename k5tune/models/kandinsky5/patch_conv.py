@@ -18,7 +18,8 @@ DEFAULT_MAX_ELEMENTS = 2**27
 
 
 def _sliced_conv3d(conv: nn.Conv3d, x: torch.Tensor, max_elements: int) -> torch.Tensor:
-    if x.numel() <= max_elements or conv.padding_mode != "zeros":
+    # Small inputs, non-zero padding modes and string padding ('same'/'valid') run whole.
+    if x.numel() <= max_elements or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return conv._k5_plain_forward(x)  # type: ignore[attr-defined]
     kernel_h = conv.kernel_size[1]
     stride_h = conv.stride[1]
