@@ -21,7 +21,6 @@ PENDING: dict[str, tuple[int, str]] = {
     "estimate": (6, "the GPU memory estimator"),
     "server": (9, "the web UI"),
     "configure": (9, "the interactive wizard (use `k5tune configure --example` to copy the example files)"),
-    "convert-lora": (5, "LoRA format conversion"),
 }
 
 
@@ -126,6 +125,14 @@ def cmd_configure(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_convert_lora(args: argparse.Namespace, extra: list[str]) -> int:
+    from k5tune.train.lora_formats import convert_file
+
+    written, layout, modules = convert_file(args.input, args.output, args.to)
+    print(f"wrote {written}: {modules} LoRA modules, {layout} layout -> {args.to} layout")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="k5tune",
@@ -206,9 +213,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = sub.add_parser(
         "convert-lora", help="convert a LoRA between the diffusers and ComfyUI key layouts",
-        description="Convert a LoRA file between the diffusers and ComfyUI key layouts.",
+        description="Convert a LoRA file between the diffusers and ComfyUI key layouts. Reads diffusers, "
+        "ComfyUI, PEFT ('base_model.model.') and unprefixed files; tensors are copied bit for bit and the "
+        "scale (alpha / rank) is kept: as '.alpha' tensors for ComfyUI, as the peft config in the "
+        "'lora_adapter_metadata' header for diffusers. The k5tune.* header entries are kept.",
     )
-    convert.set_defaults(func=_pending("convert-lora"), takes_overrides=True)
+    convert.add_argument(
+        "input", metavar="IN",
+        help="LoRA .safetensors file, or a folder holding pytorch_lora_weights.safetensors (a training output)",
+    )
+    convert.add_argument(
+        "output", metavar="OUT",
+        help="file to write (replaced atomically), or an existing folder: then pytorch_lora_weights.safetensors "
+        "for --to diffusers, <IN name>_comfyui.safetensors for --to comfyui",
+    )
+    convert.add_argument(
+        "--to", required=True, choices=["comfyui", "diffusers"],
+        help="layout to write: 'comfyui' (diffusion_model.*.lora_down/lora_up/alpha, for ComfyUI's native "
+        "Kandinsky 5 loader) or 'diffusers' (transformer.*.lora_A/lora_B, for load_lora_weights and k5tune)",
+    )
+    convert.set_defaults(func=cmd_convert_lora)
     return parser
 
 
