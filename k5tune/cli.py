@@ -16,7 +16,6 @@ from k5tune.errors import K5TuneError, NotYetAvailable
 
 # Subcommands whose implementation is still tracked by an open issue.
 PENDING: dict[str, tuple[int, str]] = {
-    "generate": (8, "video generation (T2V and I2V)"),
     "bench": (7, "the training-step benchmark"),
     "estimate": (6, "the GPU memory estimator"),
     "server": (9, "the web UI"),
@@ -97,6 +96,19 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
+    from k5tune.generate import GenerateRequest, generate
+
+    request = GenerateRequest(
+        model=args.model, prompt=args.prompt, output=Path(args.output), flavour=args.flavour, lora=args.lora,
+        image=args.image, frames=args.frames, resolution=args.resolution, steps=args.steps, guidance=args.guidance,
+        seed=args.seed, negative_prompt=args.negative_prompt, fps=args.fps, lora_scale=args.lora_scale,
+        device=args.device,
+    )
+    print(f"wrote {generate(request)}")
+    return 0
+
+
 def cmd_make_tiny_model(args: argparse.Namespace, extra: list[str]) -> int:
     from k5tune.models.tiny import make_tiny_model
 
@@ -169,9 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = sub.add_parser(
         "generate", help="generate a video from a base model (+ LoRA, + image for I2V)",
-        description="Generate a video with the diffusers Kandinsky 5 pipeline, optionally with a LoRA.",
+        description="Generate a video with the diffusers Kandinsky 5 pipeline, optionally with a LoRA "
+        "(diffusers, ComfyUI or PEFT layout) and, for image-to-video flavours, a first-frame image.",
     )
-    generate.set_defaults(func=_pending("generate"), takes_overrides=True)
+    generate.add_argument("--model", required=True, help="hub id or local folder in diffusers layout")
+    generate.add_argument("--flavour", help="model flavour (default: from the hub id or the folder's pipeline)")
+    generate.add_argument("--lora", help="LoRA file, or a training output folder")
+    generate.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1.0)")
+    generate.add_argument("--prompt", required=True, help="what the video shows")
+    generate.add_argument("--negative-prompt", help="default: the pipeline's negative prompt")
+    generate.add_argument("--image", help="first frame for image-to-video flavours (required there)")
+    generate.add_argument("--frames", type=int, default=61, help="frame count, 4k+1 (default 61)")
+    generate.add_argument("--resolution", default="512x768", help="HEIGHTxWIDTH (default 512x768)")
+    generate.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    generate.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default 5.0)")
+    generate.add_argument("--seed", type=int, default=42, help="noise seed (default 42)")
+    generate.add_argument("--fps", type=float, default=24.0, help="frame rate of the mp4 (default 24)")
+    generate.add_argument("--device", help="cuda, cuda:1 or cpu (default: a GPU if there is one)")
+    generate.add_argument("--output", required=True, help="the mp4 to write")
+    generate.set_defaults(func=cmd_generate)
 
     bench = sub.add_parser(
         "bench", help="time training steps at full model size with random weights, beside stock diffusers",

@@ -153,9 +153,11 @@ def build_caches(
         try:
             for record in missing:
                 pixels = load_clip_frames(record, generator=_record_generator(train_config.seed, record.key))
-                latents = encode_video(vae, pixels.unsqueeze(0))[0]
+                tensors = {"latents": encode_video(vae, pixels.unsqueeze(0))[0]}
+                if i2v:  # the first frame alone, as the I2V pipeline encodes its image
+                    tensors["first_frame"] = encode_video(vae, pixels[None, :, :1])[0]
                 store = latent_stores[record.backend_id]
-                store.put(latent_keys[record.key], {"latents": latents},
+                store.put(latent_keys[record.key], tensors,
                           {"clip": str(record.path), "bucket": record.bucket.name})
                 progress.advance(1)
         finally:  # interrupted or failed: the entries already written are described too

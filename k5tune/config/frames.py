@@ -6,6 +6,8 @@ import re
 
 TEMPORAL_COMPRESSION = 4  # HunyuanVideo VAE: 4 pixel frames per latent frame (+1 for the first)
 SPATIAL_MULTIPLE = 16  # 8x VAE downscale times the transformer's 2x2 patch
+# The I2V pipeline returns NaN frames for <= 4 latent frames (<= 13 pixel frames): std of an empty slice.
+MIN_I2V_FRAMES = 17
 
 
 def is_valid_frame_count(frames: int) -> bool:

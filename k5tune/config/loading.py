@@ -25,6 +25,7 @@ from k5tune.config.datasets import (
     VideoBackend,
     VideoOptions,
 )
+from k5tune.config.frames import MIN_I2V_FRAMES
 from k5tune.config.schema import TrainConfig
 from k5tune.errors import ConfigError
 
@@ -220,6 +221,17 @@ def build_datasets(raw: Any, file: str) -> list:
     return backends
 
 
+def _check_i2v_frames(loaded: LoadedConfig) -> None:
+    if not loaded.train.model_flavour.startswith("i2v"):
+        return
+    for backend in loaded.media_backends:
+        if backend.dataset_type == "video" and backend.video.num_frames < MIN_I2V_FRAMES:
+            raise ConfigError(
+                f"backend '{backend.id}': {backend.video.num_frames} frames is too few for image-to-video "
+                f"({loaded.train.model_flavour}): the I2V pipeline returns NaN frames at 13 frames or fewer; "
+                f"use {MIN_I2V_FRAMES} or more", file=str(loaded.dataset_path), key="video.num_frames")
+
+
 def load_config(
     config_path: str | Path = DEFAULT_CONFIG_PATH,
     overrides: dict[str, Any] | None = None,
@@ -256,4 +268,5 @@ def load_config(
         )
         loaded.datasets = build_datasets(raw_datasets, str(dataset_path))
         loaded.dataset_path = dataset_path
+        _check_i2v_frames(loaded)
     return loaded

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from k5tune.config.frames import frame_count_problem, parse_resolution, snap_resolution
+from k5tune.config.frames import MIN_I2V_FRAMES, frame_count_problem, parse_resolution, snap_resolution
 from k5tune.models.flavours import DEFAULT_FLAVOUR, FLAVOUR_NAMES
 
 
@@ -60,7 +68,12 @@ class TrainConfig(BaseModel):
 
     # --- output --------------------------------------------------------------------------------
     output_dir: str = _f("output/models", "Where checkpoints, the LoRA, logs and validation videos go.")
-    lora_format: Literal["diffusers", "comfyui"] = _f("diffusers", "Key layout of the saved LoRA file.")
+    lora_format: Literal["diffusers", "comfyui"] = _f(
+        "diffusers",
+        "Key layout of the final LoRA file: diffusers (loads with load_lora_weights) or comfyui (ComfyUI's "
+        "native Kandinsky 5 names, diffusion_model. prefix, alpha tensors). Checkpoints always use diffusers.",
+    )
+    trigger_word: str | None = _f(None, "A trigger word recorded in the LoRA file's metadata.")
     push_to_hub: bool = _f(False, "Upload the final LoRA to the Hugging Face Hub.")
     hub_model_id: str | None = _f(None, "Repository for push_to_hub.")
 
@@ -206,10 +219,16 @@ class TrainConfig(BaseModel):
 
     @field_validator("validation_num_video_frames")
     @classmethod
-    def _frames_4k1(cls, value: int) -> int:
+    def _frames_4k1(cls, value: int, info: ValidationInfo) -> int:
         problem = frame_count_problem(value)
         if problem:
             raise ValueError(problem)
+        flavour = info.data.get("model_flavour", "")
+        if flavour.startswith("i2v") and value < MIN_I2V_FRAMES:
+            raise ValueError(
+                f"{value} frames is too few for image-to-video: the I2V pipeline returns NaN frames at 13 "
+                f"frames or fewer; use {MIN_I2V_FRAMES} or more"
+            )
         return value
 
     @field_validator("validation_resolution")

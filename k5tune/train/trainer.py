@@ -20,15 +20,21 @@ import torch
 from k5tune.cache.builder import EMPTY_CAPTION, CacheResult
 from k5tune.cache.stage import run_cache_stage
 from k5tune.errors import ConfigError, K5TuneError, NotYetAvailable
-from k5tune.models.kandinsky5 import resolve_model_source
-from k5tune.models.kandinsky5.model_input import pad_prompts, transformer_kwargs, with_conditioning_channels
+from k5tune.models.kandinsky5.model_input import (
+    first_frame_loss_weights,
+    pad_prompts,
+    transformer_kwargs,
+    with_conditioning_channels,
+    with_first_frame_condition,
+)
 from k5tune.models.kandinsky5.text_mask import install_text_mask, set_text_mask
 from k5tune.progress import Progress, SilentProgress
 from k5tune.runtime import Runtime
 from k5tune.train import checkpoint, objective
 from k5tune.train.lora import LORA_WEIGHTS_NAME, add_lora, load_lora_weights, lora_parameters, save_lora
+from k5tune.train.lora_formats import convert_file
 from k5tune.train.metrics import MetricsLog, Tracker, plot_loss, truncate_metrics
-from k5tune.validate.runner import ValidationVideo, run_validation
+from k5tune.validate.runner import ValidationVideo, check_validation_images, run_validation
 
 
 class NotFiniteLoss(K5TuneError):
@@ -60,7 +66,6 @@ def refuse_pending_features(train_config) -> None:
         (train_config.base_model_precision != "no_change", f"base_model_precision={train_config.base_model_precision}", 6),
         (train_config.tread_config is not None, "tread_config (TREAD routing)", 11),
         (train_config.fsdp_enable or train_config.num_processes > 1, "several GPUs (fsdp_enable / num_processes)", 10),
-        (train_config.lora_format != "diffusers", f"lora_format={train_config.lora_format}", 5),
     ]
     for active, what, issue in pending:
         if active:
@@ -138,9 +143,7 @@ class Trainer:
         cfg, progress = self.cfg, self.progress
         # 0. Refuse what is not built yet before any slow work, so the user learns at once.
         refuse_pending_features(cfg)
-        source = resolve_model_source(cfg.model_flavour, cfg.pretrained_model_name_or_path, cfg.revision)
-        if source.flavour.is_i2v:
-            raise NotYetAvailable("image-to-video training is not available yet (tracked in issue 8)")
+        check_validation_images(cfg)
         self.resume_from = (checkpoint.resolve_resume(self.output_dir, cfg.resume_from_checkpoint)
                             if cfg.resume_from_checkpoint else None)
         for notice in cfg.notices():
@@ -207,8 +210,11 @@ class Trainer:
 
     def _lora_meta(self) -> dict:
         cfg = self.cfg
-        return {"flavour": cfg.model_flavour, "rank": cfg.lora_rank, "alpha": cfg.effective_lora_alpha,
+        meta = {"flavour": cfg.model_flavour, "rank": cfg.lora_rank, "alpha": cfg.effective_lora_alpha,
                 "targets": cfg.lora_target_modules, "modules": len(self.adapted), "steps": self.step}
+        if cfg.trigger_word:
+            meta["trigger_word"] = cfg.trigger_word
+        return meta
 
     def save_checkpoint(self) -> Path:
         state = {
@@ -272,6 +278,9 @@ class Trainer:
             result.last_checkpoint = self.save_checkpoint()
             if not result.interrupted:
                 result.lora_path = save_lora(self.transformer, self.output_dir, self._lora_meta())
+                if cfg.lora_format == "comfyui":
+                    # the final file in ComfyUI's layout, under the same name (generate/convert-lora read both)
+                    convert_file(result.lora_path, result.lora_path, "comfyui")
                 if self.prompts:
                     result.videos += run_validation(self.components, self.transformer, self.cache, cfg,
                                                     self.runtime, self.step, self.output_dir, tracker)
@@ -340,7 +349,8 @@ def micro_batch_loss(transformer, cache: CacheResult, batch, epoch: int, generat
     """Loss of one micro-batch, from cached latents and prompt embeddings."""
     from k5tune.data import pick_caption
 
-    latents = torch.stack([cache.latents(r.key, r.backend_id) for r in batch]).float()
+    samples = [cache.sample(r.key, r.backend_id) for r in batch]
+    latents = torch.stack([s["latents"] for s in samples]).float()
     captions = []
     for record in batch:
         dropped = (cfg.caption_dropout_probability > 0
@@ -354,15 +364,22 @@ def micro_batch_loss(transformer, cache: CacheResult, batch, epoch: int, generat
                                      cfg.flow_logit_std)
     noisy = objective.add_noise(latents, noise, sigmas)
     target = objective.velocity_target(latents, noise)
+    if "first_frame" in samples[0]:
+        # I2V: frame 0 is the clean image latent (as the I2V pipeline places it) and is not in the loss
+        model_input = with_first_frame_condition(noisy, torch.stack([s["first_frame"] for s in samples]).float())
+        frame_weights = first_frame_loss_weights(*latents.shape[:2])
+    else:
+        model_input, frame_weights = with_conditioning_channels(noisy), None
 
     device, dtype = runtime.device, runtime.compute_dtype
-    model_input = with_conditioning_channels(noisy).to(device=device, dtype=dtype)
+    model_input = model_input.to(device=device, dtype=dtype)
     set_text_mask(transformer, text.mask.to(device) if text.needs_mask else None)
     pixel_size = (batch[0].bucket.height, batch[0].bucket.width)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         prediction = transformer(**transformer_kwargs(transformer, model_input, text, sigmas.to(device), pixel_size),
                                  return_dict=False)
-    return objective.flow_matching_loss(prediction, target.to(device))
+    return objective.flow_matching_loss(prediction, target.to(device),
+                                        None if frame_weights is None else frame_weights.to(device))
 
 
 def describe_outputs(result: TrainResult) -> str:

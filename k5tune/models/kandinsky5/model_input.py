@@ -84,3 +84,25 @@ def transformer_kwargs(
         "text_rope_pos": torch.arange(text.qwen.shape[1], device=device),
         "scale_factor": rope_scale_factor(*pixel_size),
     }
+
+
+def with_first_frame_condition(noisy: torch.Tensor, first_frame: torch.Tensor) -> torch.Tensor:
+    """Image-to-video input, as `Kandinsky5I2VPipeline.prepare_latents` builds it.
+
+    The image's latent replaces latent frame 0 of the noisy channels, the 16 conditioning channels
+    stay zero, and the mask channel is 1 at frame 0 only.
+    """
+    conditioned = noisy.clone()
+    conditioned[:, :1] = first_frame.to(noisy.dtype)
+    batch, frames, height, width, _ = noisy.shape
+    mask = torch.zeros(batch, frames, height, width, 1, dtype=noisy.dtype, device=noisy.device)
+    mask[:, :1] = 1
+    return with_conditioning_channels(conditioned, None, mask)
+
+
+def first_frame_loss_weights(batch: int, frames: int) -> torch.Tensor:
+    """(B, T) weights that keep the clean conditioning frame out of the loss."""
+    weights = torch.ones(batch, frames)
+    weights[:, 0] = 0
+    return weights
+
