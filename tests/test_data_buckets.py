@@ -7,7 +7,6 @@ from collections import Counter
 from fractions import Fraction
 
 import pytest
-from data_fixtures import fake_record
 
 from k5tune.config.frames import is_valid_frame_count
 from k5tune.data.buckets import (
@@ -19,6 +18,7 @@ from k5tune.data.buckets import (
     snap_aspect,
 )
 from k5tune.data.records import Bucket
+from tests.data_fixtures import fake_record
 
 
 def test_bucket_name_is_width_by_height_at_frames():

@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 import torch
-from data_fixtures import caption, image_backend, shape_centroid, video_backend
 
 from k5tune.data import load_clip_frames, scan_backends
 from k5tune.data.frames import cover_size, match_frames, resize, target_times
 from k5tune.data.synthetic import write_clip, write_image
 from k5tune.errors import DatasetError
+from tests.data_fixtures import caption, image_backend, shape_centroid, video_backend
 
 
 def _record(folder, frame_rate=24.0, **backend_options):
