@@ -322,3 +322,10 @@ def test_dry_run_prints_resolved_settings_and_loads_nothing(project):
     assert resolved["datasets"][0]["id"] == "my-video-dataset"
     assert "outside 2-6" in result.stderr
     assert "HEAVY []" in result.stderr
+
+
+def test_config_reference_page_is_up_to_date():
+    from k5tune.config.reference import render
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
+    assert page.read_text() == render(), "run: python -m k5tune.config.reference > docs/config-reference.md"
