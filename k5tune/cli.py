@@ -16,7 +16,6 @@ from k5tune.errors import K5TuneError, NotYetAvailable
 
 # Subcommands whose implementation is still tracked by an open issue.
 PENDING: dict[str, tuple[int, str]] = {
-    "bench": (7, "the training-step benchmark"),
     "estimate": (6, "the GPU memory estimator"),
     "server": (9, "the web UI"),
     "configure": (9, "the interactive wizard (use `k5tune configure --example` to copy the example files)"),
@@ -106,6 +105,29 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
         device=args.device,
     )
     print(f"wrote {generate(request)}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
+    from k5tune.bench import BenchConfig, format_report, run_bench
+    from k5tune.config.frames import frame_count_problem
+    from k5tune.errors import ConfigError
+    from k5tune.models.flavours import FLAVOURS
+    from k5tune.train.speed import SpeedPlan
+
+    if args.flavour not in FLAVOURS:
+        raise ConfigError(f"unknown flavour '{args.flavour}'; valid flavours: {', '.join(FLAVOURS)}", key="--flavour")
+    if frame_count_problem(args.frames):
+        raise ConfigError(frame_count_problem(args.frames), key="--frames")
+    plan = SpeedPlan(fast_path=not args.no_fused, attention=args.attention, checkpointing=args.checkpointing,
+                     compile=False if args.no_compile else None)
+    bench = BenchConfig(flavour=args.flavour, resolution=args.resolution, frames=args.frames, rank=args.rank,
+                        steps=args.steps, warmup=args.warmup, batch=args.batch, compare_stock=args.compare_stock,
+                        model=args.model, device=args.device, plan=plan)
+    text = format_report(run_bench(bench))
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
     return 0
 
 
@@ -203,9 +225,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench", help="time training steps at full model size with random weights, beside stock diffusers",
-        description="Build the full-size transformer with random weights and time LoRA training steps.",
+        description="Build the full-size transformer of a flavour with random weights on the GPU and time "
+        "LoRA training steps (warm-up excluded, median); prints JSON: step seconds, peak GiB, tokens, useful "
+        "TFLOP, achieved TFLOP/s and the fraction of the card's measured matmul rate.",
     )
-    bench.set_defaults(func=_pending("bench"), takes_overrides=True)
+    bench.add_argument("--flavour", default="t2v-lite-sft-5s", help="which model size/config (default Lite 5s)")
+    bench.add_argument("--resolution", default="512x768", help="HEIGHTxWIDTH (default 512x768)")
+    bench.add_argument("--frames", type=int, default=61, help="frames, 4k+1 (default 61)")
+    bench.add_argument("--rank", type=int, default=32, help="LoRA rank (default 32)")
+    bench.add_argument("--batch", type=int, default=1, help="clips per step (default 1)")
+    bench.add_argument("--steps", type=int, default=6, help="timed steps; the median is reported (default 6)")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed first steps (default 2)")
+    bench.add_argument("--compare-stock", action="store_true", help="also time the stock diffusers + peft step")
+    bench.add_argument("--model", help="a diffusers folder instead of the full-size config (e.g. the tiny model)")
+    bench.add_argument("--device", help="cuda, cuda:1 or cpu (default: a GPU if there is one)")
+    bench.add_argument("--attention", default="auto", choices=["auto", "sdpa", "cudnn", "flash"],
+                       help="attention kernel preference (default auto)")
+    bench.add_argument("--checkpointing", default="selective", choices=["selective", "full", "none"],
+                       help="activation checkpointing of our step (default selective)")
+    bench.add_argument("--no-fused", action="store_true", help="our step without the fused blocks")
+    bench.add_argument("--no-compile", action="store_true", help="do not torch.compile the fused groups")
+    bench.add_argument("--output", help="also write the JSON report to this file")
+    bench.set_defaults(func=cmd_bench)
 
     estimate = sub.add_parser(
         "estimate", help="predict peak GPU memory for a config and propose settings that fit",

@@ -110,10 +110,18 @@ class TrainConfig(BaseModel):
         "bf16", "Compute dtype on GPU (CPU always trains in fp32)."
     )
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward to save memory.")
+    gradient_checkpointing_policy: Literal["selective", "full"] = _f(
+        "selective",
+        "selective: keep attention outputs (2/3 of the FLOPs) and recompute the rest; full: recompute "
+        "everything (least memory, slowest).",
+    )
+    fused_kernels: bool = _f(
+        True, "k5tune's fused norm/modulation/RoPE blocks (same maths as diffusers'); false = stock blocks."
+    )
     base_model_precision: Literal["no_change", "int8", "fp8"] = _f(
         "no_change", "Weight-only quantisation of the frozen transformer (torchao)."
     )
-    attention_backend: Literal["auto", "sdpa", "cudnn", "flash", "flash3"] = _f(
+    attention_backend: Literal["auto", "sdpa", "cudnn", "flash"] = _f(
         "auto", "Attention kernel; auto picks the fastest correct one for the GPU."
     )
     max_nonfinite_steps: int = _f(

@@ -34,6 +34,7 @@ from k5tune.train import checkpoint, objective
 from k5tune.train.lora import LORA_WEIGHTS_NAME, add_lora, load_lora_weights, lora_parameters, save_lora
 from k5tune.train.lora_formats import convert_file
 from k5tune.train.metrics import MetricsLog, Tracker, plot_loss, truncate_metrics
+from k5tune.train.speed import SpeedPlan, apply_speed_plan
 from k5tune.validate.runner import ValidationVideo, check_validation_images, run_validation
 
 
@@ -73,6 +74,11 @@ def refuse_pending_features(train_config) -> None:
     if train_config.crepa_enabled or train_config.scheduled_sampling_max_step_offset > 0:
         raise NotYetAvailable("CREPA and scheduled sampling are not implemented yet; set crepa_enabled=false "
                               "and scheduled_sampling_max_step_offset=0")
+
+
+def speed_plan(cfg) -> SpeedPlan:
+    checkpointing = cfg.gradient_checkpointing_policy if cfg.gradient_checkpointing else "none"
+    return SpeedPlan(fast_path=cfg.fused_kernels, attention=cfg.attention_backend, checkpointing=checkpointing)
 
 
 def step_generator(seed: int, *parts: int) -> torch.Generator:
@@ -168,9 +174,9 @@ class Trainer:
         self.params = lora_parameters(transformer)
         for p in self.params:
             p.data = p.data.float()
+        self.speed = speed_plan(cfg)
+        apply_speed_plan(transformer, self.speed)
         install_text_mask(transformer)
-        if cfg.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
         transformer.train()
         self.transformer = transformer
         self.shift = cfg.flow_schedule_shift or self.components.scheduler_shift()
@@ -299,12 +305,13 @@ class Trainer:
         cfg = self.cfg
         started = time.perf_counter()
         loss_sum = 0.0
-        for micro, batch in enumerate(group):
-            generator = step_generator(cfg.seed, self.step, micro)
-            loss = micro_batch_loss(self.transformer, self.cache, [self.records[i] for i in batch], self.epoch,
-                                    generator, cfg, self.shift, self.runtime)
-            (loss / len(group)).backward()
-            loss_sum += loss.item() / len(group)
+        with self.speed.attention_context():
+            for micro, batch in enumerate(group):
+                generator = step_generator(cfg.seed, self.step, micro)
+                loss = micro_batch_loss(self.transformer, self.cache, [self.records[i] for i in batch], self.epoch,
+                                        generator, cfg, self.shift, self.runtime)
+                (loss / len(group)).backward()
+                loss_sum += loss.item() / len(group)
         if not math.isfinite(loss_sum):
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite_in_row += 1
@@ -362,11 +369,19 @@ def micro_batch_loss(transformer, cache: CacheResult, batch, epoch: int, generat
     noise = torch.randn(latents.shape, generator=generator)
     sigmas = objective.sample_sigmas(len(batch), generator, shift, cfg.flow_sigma_sampling, cfg.flow_logit_mean,
                                      cfg.flow_logit_std)
+    first_frames = torch.stack([s["first_frame"] for s in samples]).float() if "first_frame" in samples[0] else None
+    pixel_size = (batch[0].bucket.height, batch[0].bucket.width)
+    return flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime, first_frames)
+
+
+def flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime: Runtime,
+                            first_frames: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss of one micro-batch from its tensors: what `k5tune train` and `k5tune bench` both run."""
     noisy = objective.add_noise(latents, noise, sigmas)
     target = objective.velocity_target(latents, noise)
-    if "first_frame" in samples[0]:
+    if first_frames is not None:
         # I2V: frame 0 is the clean image latent (as the I2V pipeline places it) and is not in the loss
-        model_input = with_first_frame_condition(noisy, torch.stack([s["first_frame"] for s in samples]).float())
+        model_input = with_first_frame_condition(noisy, first_frames)
         frame_weights = first_frame_loss_weights(*latents.shape[:2])
     else:
         model_input, frame_weights = with_conditioning_channels(noisy), None
@@ -374,7 +389,6 @@ def micro_batch_loss(transformer, cache: CacheResult, batch, epoch: int, generat
     device, dtype = runtime.device, runtime.compute_dtype
     model_input = model_input.to(device=device, dtype=dtype)
     set_text_mask(transformer, text.mask.to(device) if text.needs_mask else None)
-    pixel_size = (batch[0].bucket.height, batch[0].bucket.width)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         prediction = transformer(**transformer_kwargs(transformer, model_input, text, sigmas.to(device), pixel_size),
                                  return_dict=False)

@@ -57,13 +57,14 @@ def text_attentions(transformer):
 
 
 def install_text_mask(transformer) -> None:
+    """Give every text-keyed attention a mask-capable processor (the fast path's already is one)."""
     for attention in text_attentions(transformer):
-        if not isinstance(attention.processor, MaskedTextAttnProcessor):
+        if not hasattr(attention.processor, "key_mask"):
             attention.set_processor(MaskedTextAttnProcessor())
 
 
 def set_text_mask(transformer, mask: torch.Tensor | None) -> None:
     """Mask (B, L) for the next forward/backward; None (all tokens real) uses the stock path."""
     for attention in text_attentions(transformer):
-        if isinstance(attention.processor, MaskedTextAttnProcessor):
+        if hasattr(attention.processor, "key_mask"):
             attention.processor.key_mask = mask

@@ -1,0 +1,257 @@
+"""`k5tune bench`: time LoRA training steps of the full-size transformer with random weights.
+
+Random weights cost exactly what real ones do, so this measures speed and memory without a
+download. Our step is the one `k5tune train` runs (`flow_matching_step_loss` with the speed plan);
+`--compare-stock` also times the stock diffusers + peft step (bf16 model, fp32 LoRA weights,
+diffusers' gradient checkpointing, the default attention) in the same process, one after the other,
+each with its own peak-memory reading.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from k5tune.config.frames import latent_frames, parse_resolution, snap_resolution
+from k5tune.models.flavours import FLAVOURS
+from k5tune.train.speed import SpeedPlan, apply_speed_plan
+
+TEXT_TOKENS = 128  # a typical caption after the template cut
+LORA_TARGETS = ["to_query", "to_key", "to_value", "out_layer", "feed_forward"]  # attention + feed-forward
+
+
+@dataclass
+class BenchConfig:
+    flavour: str = "t2v-lite-sft-5s"
+    resolution: str = "512x768"
+    frames: int = 61
+    rank: int = 32
+    steps: int = 6
+    warmup: int = 2
+    batch: int = 1
+    compare_stock: bool = False
+    model: str | None = None  # a diffusers folder (e.g. the tiny model) instead of the full-size config
+    device: str | None = None
+    plan: SpeedPlan = field(default_factory=SpeedPlan)
+
+
+def forward_flops(config: dict, tokens: int, text_tokens: int, batch: int) -> float:
+    """Matrix FLOPs of one forward pass (2 per multiply-add); attention counts QK^T and PV."""
+    d, f = config["model_dim"], config["ff_dim"]
+    visual_block = (
+        2 * tokens * d * d * 4  # self-attention q, k, v, out
+        + 2 * 2 * tokens * tokens * d  # self-attention scores and values
+        + 2 * tokens * d * d * 2 + 2 * text_tokens * d * d * 2  # cross-attention q, out / k, v
+        + 2 * 2 * tokens * text_tokens * d  # cross-attention scores and values
+        + 2 * tokens * d * f * 2  # feed-forward
+    )
+    text_block = 2 * text_tokens * d * d * 4 + 2 * 2 * text_tokens * text_tokens * d + 2 * text_tokens * d * f * 2
+    return batch * (config["num_visual_blocks"] * visual_block + config["num_text_blocks"] * text_block)
+
+
+def useful_flops(config: dict, tokens: int, text_tokens: int, batch: int) -> float:
+    """Forward + backward counted as 3 forwards (the usual convention; recomputation is not useful work)."""
+    return 3 * forward_flops(config, tokens, text_tokens, batch)
+
+
+def matmul_peak_tflops(device: torch.device) -> float | None:
+    """The card's measured bf16 matrix rate (8192^3 products), the ceiling for the MFU figure."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 20 * 2 * 8192**3 / (start.elapsed_time(end) / 1000) / 1e12
+
+
+def build_transformer(bench: BenchConfig, device: torch.device):
+    """Full-size transformer with random weights in bf16 (fp32 where diffusers keeps fp32), or a folder."""
+    from diffusers import Kandinsky5Transformer3DModel
+
+    if bench.model:
+        from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
+
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        return Kandinsky5Components(resolve_model_source(bench.flavour, bench.model)).transformer(dtype, device)
+    config = dict(FLAVOURS[bench.flavour].transformer_config)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16 if device.type == "cuda" else torch.float32)
+    try:
+        with torch.device(device):
+            model = Kandinsky5Transformer3DModel(**config)
+    finally:
+        torch.set_default_dtype(previous)
+    for name, module in model.named_modules():
+        if any(name.endswith(keep) or f"{keep}." in name for keep in model._keep_in_fp32_modules):
+            module.float()
+        if name.endswith("modulation.out_layer"):  # zero-initialised in diffusers; make the gates live
+            torch.nn.init.normal_(module.weight, std=0.02)
+    return model
+
+
+def _inputs(transformer, bench: BenchConfig, device: torch.device):
+    from k5tune.models.kandinsky5.model_input import pad_prompts
+
+    height, width = snap_resolution(*parse_resolution(bench.resolution))
+    generator = torch.Generator().manual_seed(0)
+    shape = (bench.batch, latent_frames(bench.frames), height // 8, width // 8, 16)
+    latents = torch.randn(shape, generator=generator)
+    text_dim, clip_dim = transformer.config.in_text_dim, transformer.config.in_text_dim2
+    text = pad_prompts([torch.randn(TEXT_TOKENS, text_dim, generator=generator) for _ in range(bench.batch)],
+                       [torch.randn(clip_dim, generator=generator) for _ in range(bench.batch)])
+    return latents, text, (height, width), generator
+
+
+def _time_steps(step, steps: int, warmup: int, device: torch.device) -> list[float]:
+    times = []
+    for index in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if index >= warmup:
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def _measure(step, bench: BenchConfig, device: torch.device) -> dict:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = _time_steps(step, bench.steps, bench.warmup, device)
+    result = {"step_s": statistics.median(times), "step_s_all": [round(t, 4) for t in times]}
+    if device.type == "cuda":
+        result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return result
+
+
+def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
+    from k5tune.models.kandinsky5.text_mask import install_text_mask
+    from k5tune.runtime import Runtime
+    from k5tune.train import objective
+    from k5tune.train.lora import add_lora, lora_parameters
+    from k5tune.train.trainer import flow_matching_step_loss
+
+    runtime = Runtime.detect("bf16", str(device))
+    add_lora(transformer, bench.rank, bench.rank, 0.0, LORA_TARGETS, seed=0)
+    params = lora_parameters(transformer)
+    for p in params:
+        p.data = p.data.float()
+    apply_speed_plan(transformer, bench.plan)
+    install_text_mask(transformer)
+    transformer.train()
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    latents, text, pixel_size, generator = _inputs(transformer, bench, device)
+
+    def step():
+        with bench.plan.attention_context():
+            noise = torch.randn(latents.shape, generator=generator)
+            sigmas = objective.sample_sigmas(bench.batch, generator, 5.0)
+            loss = flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def stock_step_fn(transformer, bench: BenchConfig, device: torch.device):
+    """What the diffusers LoRA examples do: bf16 model, peft adapter, LoRA params upcast to fp32."""
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    from k5tune.models.kandinsky5.model_input import transformer_kwargs, with_conditioning_channels
+    from k5tune.train import objective
+    from k5tune.train.lora import target_regex
+
+    transformer.requires_grad_(False)
+    transformer.add_adapter(LoraConfig(r=bench.rank, lora_alpha=bench.rank, target_modules=target_regex(LORA_TARGETS)))
+    cast_training_params(transformer, dtype=torch.float32)
+    transformer.enable_gradient_checkpointing()
+    transformer.train()
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    latents, text, pixel_size, generator = _inputs(transformer, bench, device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    def step():
+        noise = torch.randn(latents.shape, generator=generator)
+        sigmas = objective.sample_sigmas(bench.batch, generator, 5.0)
+        noisy = objective.add_noise(latents, noise, sigmas)
+        model_input = with_conditioning_channels(noisy).to(device=device, dtype=dtype)
+        kwargs = transformer_kwargs(transformer, model_input, text, sigmas.to(device), pixel_size)
+        prediction = transformer(**kwargs, return_dict=False)
+        loss = torch.nn.functional.mse_loss(prediction.float(), objective.velocity_target(latents, noise).to(device))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _release(*objects) -> None:
+    del objects
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_bench(bench: BenchConfig) -> dict:
+    device = torch.device(bench.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    height, width = snap_resolution(*parse_resolution(bench.resolution))
+    tokens = latent_frames(bench.frames) * (height // 16) * (width // 16)
+    report: dict = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "flavour": bench.flavour,
+        "model": bench.model or "full-size, random weights",
+        "resolution": f"{height}x{width}",
+        "frames": bench.frames,
+        "tokens": tokens,
+        "batch": bench.batch,
+        "rank": bench.rank,
+        "lora_targets": LORA_TARGETS,
+        "plan": asdict(bench.plan),
+        "steps_timed": bench.steps,
+        "warmup": bench.warmup,
+    }
+    peak = matmul_peak_tflops(device)
+    report["matmul_peak_tflops"] = peak
+    if bench.compare_stock:
+        transformer = build_transformer(bench, device)
+        report["stock"] = _measure(stock_step_fn(transformer, bench, device), bench, device)
+        _release(transformer)
+    transformer = build_transformer(bench, device)
+    config = dict(transformer.config)
+    flops = useful_flops(config, tokens, TEXT_TOKENS, bench.batch)
+    report["useful_tflop"] = flops / 1e12
+    report["ours"] = _measure(ours_step_fn(transformer, bench, device), bench, device)
+    for name in ("ours", "stock"):
+        if name in report:
+            report[name]["tflops"] = flops / report[name]["step_s"] / 1e12
+            if peak:
+                report[name]["fraction_of_matmul_peak"] = report[name]["tflops"] / peak
+    if "stock" in report:
+        report["speedup_vs_stock"] = report["stock"]["step_s"] / report["ours"]["step_s"]
+    _release(transformer)
+    return report
+
+
+def format_report(report: dict) -> str:
+    return json.dumps(report, indent=2, default=str)
