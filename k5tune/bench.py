@@ -36,6 +36,7 @@ class BenchConfig:
     batch: int = 1
     compare_stock: bool = False
     model: str | None = None  # a diffusers folder (e.g. the tiny model) instead of the full-size config
+    tread: object | None = None  # a TreadConfig: also time the routed step on the same model
     device: str | None = None
     plan: SpeedPlan = field(default_factory=SpeedPlan)
 
@@ -161,7 +162,8 @@ def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
         with bench.plan.attention_context():
             noise = torch.randn(latents.shape, generator=generator)
             sigmas = objective.sample_sigmas(bench.batch, generator, 5.0)
-            loss = flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime)
+            loss = flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime,
+                                           route_generator=generator)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -241,7 +243,16 @@ def run_bench(bench: BenchConfig) -> dict:
     config = dict(transformer.config)
     flops = useful_flops(config, tokens, TEXT_TOKENS, bench.batch)
     report["useful_tflop"] = flops / 1e12
-    report["ours"] = _measure(ours_step_fn(transformer, bench, device), bench, device)
+    step = ours_step_fn(transformer, bench, device)
+    report["ours"] = _measure(step, bench, device)
+    if bench.tread is not None:
+        from k5tune.models.kandinsky5.tread import install_tread, resolve_routes
+
+        routes = resolve_routes(bench.tread, len(transformer.visual_transformer_blocks))
+        install_tread(transformer, routes)
+        report["tread_routes"] = [asdict(r) for r in routes]
+        report["ours_tread"] = _measure(step, bench, device)
+        report["tread_speedup_vs_dense"] = report["ours"]["step_s"] / report["ours_tread"]["step_s"]
     for name in ("ours", "stock"):
         if name in report:
             report[name]["tflops"] = flops / report[name]["step_s"] / 1e12

@@ -120,10 +120,20 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     if frame_count_problem(args.frames):
         raise ConfigError(frame_count_problem(args.frames), key="--frames")
     plan = SpeedPlan(fast_path=not args.no_fused, attention=args.attention, checkpointing=args.checkpointing,
-                     compile=False if args.no_compile else None)
+                     compile=False if args.no_compile else None, keep_attention_blocks=args.keep_attention_blocks)
+    tread = None
+    if args.tread:
+        from pydantic import ValidationError
+
+        from k5tune.config.schema import TreadConfig
+
+        try:
+            tread = TreadConfig.model_validate_json(args.tread)
+        except ValidationError as exc:
+            raise ConfigError(f"not a valid tread_config: {exc.errors()[0]['msg']}", key="--tread") from None
     bench = BenchConfig(flavour=args.flavour, resolution=args.resolution, frames=args.frames, rank=args.rank,
                         steps=args.steps, warmup=args.warmup, batch=args.batch, compare_stock=args.compare_stock,
-                        model=args.model, device=args.device, plan=plan)
+                        model=args.model, device=args.device, plan=plan, tread=tread)
     text = format_report(run_bench(bench))
     print(text)
     if args.output:
@@ -243,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="attention kernel preference (default auto)")
     bench.add_argument("--checkpointing", default="selective", choices=["selective", "full", "none"],
                        help="activation checkpointing of our step (default selective)")
+    bench.add_argument("--keep-attention-blocks", type=int,
+                       help="selective checkpointing: only the first N visual blocks keep attention outputs")
+    bench.add_argument("--tread", help="TREAD routes as JSON (like tread_config): also time the routed step, "
+                       "e.g. '{\"routes\": [{\"selection_ratio\": 0.5, \"start_layer_idx\": 2, \"end_layer_idx\": -2}]}'")
     bench.add_argument("--no-fused", action="store_true", help="our step without the fused blocks")
     bench.add_argument("--no-compile", action="store_true", help="do not torch.compile the fused groups")
     bench.add_argument("--output", help="also write the JSON report to this file")

@@ -34,11 +34,11 @@ TINY_TRANSFORMER = {
 }
 
 
-def _tiny_transformer(seed: int):
+def _tiny_transformer(seed: int, visual_blocks: int = TINY_TRANSFORMER["num_visual_blocks"]):
     from diffusers import Kandinsky5Transformer3DModel
 
     torch.manual_seed(seed)
-    model = Kandinsky5Transformer3DModel(**TINY_TRANSFORMER)
+    model = Kandinsky5Transformer3DModel(**{**TINY_TRANSFORMER, "num_visual_blocks": visual_blocks})
     # The released classes zero-initialise every modulation layer, which gates all residual branches
     # off and would give LoRA exactly zero gradient. Random modulation makes the tiny model "live".
     generator = torch.Generator().manual_seed(seed + 1)
@@ -67,21 +67,22 @@ def _tiny_vae(seed: int):
     )
 
 
-def _tiny_qwen(seed: int, vocab_size: int):
+def _tiny_qwen(seed: int, vocab_size: int, hidden: int = TINY_TEXT_DIM, heads: int = 2, kv_heads: int = 1,
+               layers: int = 2, intermediate: int = 64, mrope: tuple[int, int, int] = (2, 3, 3)):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(seed)
-    head_dim = TINY_TEXT_DIM // 2
+    head_dim = hidden // heads
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": vocab_size,
-            "hidden_size": TINY_TEXT_DIM,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
+            "hidden_size": hidden,
+            "intermediate_size": intermediate,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
             "max_position_embeddings": 2048,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(mrope)},
             "bos_token_id": None,
             "eos_token_id": 0,
         },
@@ -90,7 +91,7 @@ def _tiny_qwen(seed: int, vocab_size: int):
             "hidden_size": 16,
             "intermediate_size": 32,
             "num_heads": 2,
-            "out_hidden_size": TINY_TEXT_DIM,
+            "out_hidden_size": hidden,
             "fullatt_block_indexes": [0],
         },
         # point the (unused) vision tokens past the text vocabulary
@@ -108,18 +109,19 @@ def _tiny_qwen(seed: int, vocab_size: int):
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
-def _tiny_clip(seed: int, vocab_size: int):
+def _tiny_clip(seed: int, vocab_size: int, hidden: int = TINY_CLIP_DIM, heads: int = 2, layers: int = 2,
+               intermediate: int = 64):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=TINY_CLIP_DIM,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         max_position_embeddings=77,
-        projection_dim=TINY_CLIP_DIM,
+        projection_dim=hidden,
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
@@ -133,7 +135,7 @@ def prompt_template_start_index(tokenizer, template: str) -> int:
     return len(tokenizer(prefix)["input_ids"])
 
 
-def build_tiny_pipeline(i2v: bool = False, seed: int = 0):
+def build_tiny_pipeline(i2v: bool = False, seed: int = 0, visual_blocks: int = 2):
     """The tiny pipeline in memory (T2V or I2V), with our prompt start index set on it."""
     from diffusers import FlowMatchEulerDiscreteScheduler, Kandinsky5I2VPipeline, Kandinsky5T2VPipeline
 
@@ -141,7 +143,7 @@ def build_tiny_pipeline(i2v: bool = False, seed: int = 0):
     tokenizer_2 = build_clip_tokenizer()
     pipeline_cls = Kandinsky5I2VPipeline if i2v else Kandinsky5T2VPipeline
     pipe = pipeline_cls(
-        transformer=_tiny_transformer(seed),
+        transformer=_tiny_transformer(seed, visual_blocks),
         vae=_tiny_vae(seed + 10),
         text_encoder=_tiny_qwen(seed + 20, len(tokenizer)),
         tokenizer=tokenizer,
@@ -153,10 +155,10 @@ def build_tiny_pipeline(i2v: bool = False, seed: int = 0):
     return pipe
 
 
-def make_tiny_model(directory: str | Path, i2v: bool = False, seed: int = 0) -> Path:
+def make_tiny_model(directory: str | Path, i2v: bool = False, seed: int = 0, visual_blocks: int = 2) -> Path:
     """Write the tiny model to `directory` in diffusers layout and return the path."""
     directory = Path(directory)
-    pipe = build_tiny_pipeline(i2v=i2v, seed=seed)
+    pipe = build_tiny_pipeline(i2v=i2v, seed=seed, visual_blocks=visual_blocks)
     pipe.save_pretrained(directory)
     # save_pretrained does not keep the pipeline's template cut; record it for our loader.
     (directory / PROMPT_INDEX_FILE).write_text(

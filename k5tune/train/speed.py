@@ -34,6 +34,7 @@ class SpeedPlan:
     attention: str = "auto"  # key of _BACKENDS
     checkpointing: str = "selective"  # none | full | selective (keep attention outputs, recompute the rest)
     compile: bool | None = None  # compile the fused groups (default: on CUDA)
+    keep_attention_blocks: int | None = None  # selective: only the first N visual blocks keep attention
 
     def attention_context(self):
         backends = _BACKENDS.get(self.attention)
@@ -42,13 +43,25 @@ class SpeedPlan:
         return sdpa_kernel(backends, set_priority=True)
 
 
+# Attention with fewer keys than this (the cross-attention to ~100-256 text tokens) is cheap to redo.
+_CHEAP_KEYS = 1024
+
+
 def _keep_attention(ctx, op, *args, **kwargs):
-    """Selective checkpointing: attention outputs are saved (attention is ~2/3 of the FLOPs at 24k
-    tokens); everything else (linears, norms, element-wise) is recomputed in backward."""
-    return CheckpointPolicy.MUST_SAVE if op in _ATTENTION_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+    """Selective checkpointing: self-attention outputs are saved (attention is ~2/3 of the FLOPs at 24k
+    tokens); everything else, cross-attention included, is recomputed in backward."""
+    if op in _ATTENTION_OPS and args[1].shape[-2] >= _CHEAP_KEYS:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def _checkpoint_selective(module, *args):
+def _checkpoint_full(module, *args):
+    return checkpoint(module.__call__, *args, use_reentrant=False)
+
+
+def _checkpoint_selective(module, *args, keep_blocks: int | None = None):
+    if keep_blocks is not None and getattr(module, "_k5_visual_index", -1) >= keep_blocks:
+        return _checkpoint_full(module, *args)
     return checkpoint(module.__call__, *args, use_reentrant=False,
                       context_fn=partial(create_selective_checkpoint_contexts, _keep_attention))
 
@@ -57,12 +70,18 @@ def apply_speed_plan(transformer, plan: SpeedPlan) -> None:
     from k5tune.models.kandinsky5.fast import enable_fast_path
 
     if plan.fast_path:
+        from k5tune.train.fused_lora import enable_fused_lora
+
         enable_fast_path(transformer, plan.compile)
+        enable_fused_lora(transformer)
     if plan.checkpointing == "none":
         transformer.disable_gradient_checkpointing()
     elif plan.checkpointing == "full":
-        transformer.enable_gradient_checkpointing()
+        transformer.enable_gradient_checkpointing(gradient_checkpointing_func=_checkpoint_full)
     elif plan.checkpointing == "selective":
-        transformer.enable_gradient_checkpointing(gradient_checkpointing_func=_checkpoint_selective)
+        for index, block in enumerate(transformer.visual_transformer_blocks):
+            block._k5_visual_index = index
+        transformer.enable_gradient_checkpointing(
+            gradient_checkpointing_func=partial(_checkpoint_selective, keep_blocks=plan.keep_attention_blocks))
     else:
         raise ValueError(f"unknown checkpointing mode '{plan.checkpointing}'")

@@ -28,6 +28,7 @@ from k5tune.models.kandinsky5.model_input import (
     with_first_frame_condition,
 )
 from k5tune.models.kandinsky5.text_mask import install_text_mask, set_text_mask
+from k5tune.models.kandinsky5.tread import install_tread, resolve_routes, set_tread_step
 from k5tune.progress import Progress, SilentProgress
 from k5tune.runtime import Runtime
 from k5tune.train import checkpoint, objective
@@ -65,7 +66,6 @@ def refuse_pending_features(train_config) -> None:
     pending = [
         (train_config.enable_group_offload, "enable_group_offload", 6),
         (train_config.base_model_precision != "no_change", f"base_model_precision={train_config.base_model_precision}", 6),
-        (train_config.tread_config is not None, "tread_config (TREAD routing)", 11),
         (train_config.fsdp_enable or train_config.num_processes > 1, "several GPUs (fsdp_enable / num_processes)", 10),
     ]
     for active, what, issue in pending:
@@ -177,6 +177,8 @@ class Trainer:
         self.speed = speed_plan(cfg)
         apply_speed_plan(transformer, self.speed)
         install_text_mask(transformer)
+        if cfg.tread_config is not None:
+            install_tread(transformer, resolve_routes(cfg.tread_config, len(transformer.visual_transformer_blocks)))
         transformer.train()
         self.transformer = transformer
         self.shift = cfg.flow_schedule_shift or self.components.scheduler_shift()
@@ -371,12 +373,16 @@ def micro_batch_loss(transformer, cache: CacheResult, batch, epoch: int, generat
                                      cfg.flow_logit_std)
     first_frames = torch.stack([s["first_frame"] for s in samples]).float() if "first_frame" in samples[0] else None
     pixel_size = (batch[0].bucket.height, batch[0].bucket.width)
-    return flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime, first_frames)
+    return flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime, first_frames,
+                                   route_generator=generator)
 
 
 def flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime: Runtime,
-                            first_frames: torch.Tensor | None = None) -> torch.Tensor:
-    """The loss of one micro-batch from its tensors: what `k5tune train` and `k5tune bench` both run."""
+                            first_frames: torch.Tensor | None = None,
+                            route_generator: torch.Generator | None = None) -> torch.Tensor:
+    """The loss of one micro-batch from its tensors: what `k5tune train` and `k5tune bench` both run.
+
+    `route_generator` draws the TREAD routing when routes are installed (the step's own generator)."""
     noisy = objective.add_noise(latents, noise, sigmas)
     target = objective.velocity_target(latents, noise)
     if first_frames is not None:
@@ -389,6 +395,7 @@ def flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_siz
     device, dtype = runtime.device, runtime.compute_dtype
     model_input = model_input.to(device=device, dtype=dtype)
     set_text_mask(transformer, text.mask.to(device) if text.needs_mask else None)
+    set_tread_step(transformer, route_generator, protect_first_frame=first_frames is not None)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         prediction = transformer(**transformer_kwargs(transformer, model_input, text, sigmas.to(device), pixel_size),
                                  return_dict=False)

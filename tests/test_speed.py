@@ -1,0 +1,93 @@
+"""The fast training path computes what the stock blocks compute; `k5tune bench` reports what it says."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from k5tune.bench import forward_flops, useful_flops
+from k5tune.cli import main
+from k5tune.models.flavours import LITE_TRANSFORMER
+from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
+from k5tune.models.kandinsky5.model_input import pad_prompts
+from k5tune.runtime import Runtime
+from k5tune.train.lora import add_lora
+from k5tune.train.speed import SpeedPlan, apply_speed_plan
+from k5tune.train.trainer import flow_matching_step_loss
+
+
+def _loss_and_grads(transformer, dtype):
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 3, 4, 6, 16, generator=generator)
+    text = pad_prompts([torch.randn(4, 32, generator=generator), torch.randn(7, 32, generator=generator)],
+                       [torch.randn(32, generator=generator), torch.randn(32, generator=generator)])
+    noise = torch.randn(latents.shape, generator=generator)
+    runtime = Runtime(torch.device("cpu"), dtype, dtype, dtype)
+    from k5tune.models.kandinsky5.text_mask import install_text_mask
+
+    install_text_mask(transformer)
+    loss = flow_matching_step_loss(transformer, latents, text, noise, torch.tensor([0.3, 0.8]), (32, 48), runtime)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in transformer.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("checkpointing", ["selective", "full", "none"])
+def test_fast_path_equals_stock_forward_and_lora_gradients(tiny_model_dir, checkpointing):
+    stock = Kandinsky5Components(resolve_model_source("t2v-lite-sft-5s", tiny_model_dir)).transformer()
+    add_lora(stock, 8, 16, 0.0, ["to_query", "to_key", "to_value", "out_layer", "feed_forward"], seed=0)
+    generator = torch.Generator().manual_seed(1)
+    for name, parameter in stock.named_parameters():
+        if ".lora_B" in name:  # B starts at zero; randomise so every LoRA weight gets a gradient
+            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.05
+    fast = copy.deepcopy(stock)
+    stock.enable_gradient_checkpointing()
+    apply_speed_plan(fast, SpeedPlan(checkpointing=checkpointing, compile=False))
+    stock_loss, stock_grads = _loss_and_grads(stock.train(), torch.float32)
+    fast_loss, fast_grads = _loss_and_grads(fast.train(), torch.float32)
+    torch.testing.assert_close(fast_loss, stock_loss, rtol=1e-5, atol=1e-6)
+    assert stock_grads.keys() == fast_grads.keys() and len(stock_grads) == 26 * 2
+    for name in stock_grads:
+        torch.testing.assert_close(fast_grads[name], stock_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fast_path_in_bf16_stays_within_bf16_tolerance(tiny_model_dir):
+    components = Kandinsky5Components(resolve_model_source("t2v-lite-sft-5s", tiny_model_dir))
+    stock = components.transformer(dtype=torch.bfloat16)
+    add_lora(stock, 8, 8, 0.0, ["to_query", "to_key", "to_value", "out_layer"], seed=0)
+    fast = copy.deepcopy(stock)
+    apply_speed_plan(fast, SpeedPlan(compile=False))
+    stock_loss, _ = _loss_and_grads(stock.train(), torch.bfloat16)
+    fast_loss, _ = _loss_and_grads(fast.train(), torch.bfloat16)
+    assert abs(fast_loss.item() - stock_loss.item()) <= 1e-2 * abs(stock_loss.item())
+
+
+def test_useful_flops_match_the_published_count():
+    """Lite at 512x768x61 (24,576 tokens): about 632 TFLOP of useful work per step."""
+    assert useful_flops(LITE_TRANSFORMER, 24576, 128, 1) / 1e12 == pytest.approx(632, rel=0.01)
+    attention = 32 * 2 * 2 * 24576**2 * 1792
+    assert attention / forward_flops(LITE_TRANSFORMER, 24576, 128, 1) == pytest.approx(0.65, abs=0.02)
+
+
+def test_bench_on_cpu_with_the_tiny_model(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    tread = json.dumps({"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 1}]})
+    assert main(["bench", "--model", tiny_model_dir, "--resolution", "32x48", "--frames", "9", "--steps", "2",
+                 "--warmup", "1", "--compare-stock", "--tread", tread, "--output", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert printed["tokens"] == 3 * 2 * 3
+    for name in ("ours", "stock", "ours_tread"):
+        assert printed[name]["step_s"] > 0 and len(printed[name]["step_s_all"]) == 2
+        assert printed[name]["tflops"] > 0 if name != "ours_tread" else True
+    assert printed["speedup_vs_stock"] == pytest.approx(printed["stock"]["step_s"] / printed["ours"]["step_s"])
+    assert printed["tread_routes"] == [{"ratio": 0.5, "start": 0, "end": 1}]
+
+
+def test_bench_rejects_bad_arguments(capsys):
+    assert main(["bench", "--flavour", "t2v-huge"]) == 2
+    assert main(["bench", "--frames", "60"]) == 2
+    assert main(["bench", "--tread", '{"routes": []}']) == 2
+    assert "tread" in capsys.readouterr().err
