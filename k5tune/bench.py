@@ -207,8 +207,7 @@ def stock_step_fn(transformer, bench: BenchConfig, device: torch.device):
     return step
 
 
-def _release(*objects) -> None:
-    del objects
+def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -236,9 +235,10 @@ def run_bench(bench: BenchConfig) -> dict:
     peak = matmul_peak_tflops(device)
     report["matmul_peak_tflops"] = peak
     if bench.compare_stock:
-        transformer = build_transformer(bench, device)
-        report["stock"] = _measure(stock_step_fn(transformer, bench, device), bench, device)
-        _release(transformer)
+        stock = build_transformer(bench, device)
+        report["stock"] = _measure(stock_step_fn(stock, bench, device), bench, device)
+        del stock  # the last reference: the stock model must be gone before ours is built
+        _free_memory()
     transformer = build_transformer(bench, device)
     config = dict(transformer.config)
     flops = useful_flops(config, tokens, TEXT_TOKENS, bench.batch)
@@ -260,7 +260,8 @@ def run_bench(bench: BenchConfig) -> dict:
                 report[name]["fraction_of_matmul_peak"] = report[name]["tflops"] / peak
     if "stock" in report:
         report["speedup_vs_stock"] = report["stock"]["step_s"] / report["ours"]["step_s"]
-    _release(transformer)
+    del transformer, step
+    _free_memory()
     return report
 
 
