@@ -23,17 +23,18 @@ RUN = {"max_train_steps": 6, "train_batch_size": 1, "checkpointing_steps": 2, "c
 
 
 class InterruptAt(SilentProgress):
-    """Sends this process SIGINT right after optimizer step `step`, like a user pressing Ctrl-C."""
+    """Sends this process SIGINT (or SIGTERM) right after optimizer step `step`, like a user pressing
+    Ctrl-C or a scheduler stopping the job."""
 
-    def __init__(self, step: int):
-        self.target, self.done = step, 0
+    def __init__(self, step: int, signum: int = signal.SIGINT):
+        self.target, self.done, self.signum = step, 0, signum
 
     def advance(self, n: int = 1, **info) -> None:
         if "loss" not in info:  # caching progress, not a training step
             return
         self.done += n
         if self.done == self.target:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.signum)
 
 
 def lora(folder: Path) -> dict[str, torch.Tensor]:
@@ -55,10 +56,11 @@ def reference(tmp_path_factory, tiny_model_dir, monkeypatch):
     return lora(result.output_dir)
 
 
-def test_sigint_saves_and_resume_is_bit_exact(tmp_path, monkeypatch, tiny_model_dir, reference, capsys):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_and_resume_is_bit_exact(tmp_path, monkeypatch, tiny_model_dir, reference, capsys, signum):
     folder = make_project(tmp_path, tiny_model_dir, RUN)
     monkeypatch.chdir(folder)
-    stopped = train(load_config(), progress=InterruptAt(3))
+    stopped = train(load_config(), progress=InterruptAt(3, signum))
     assert stopped.interrupted and stopped.steps == 3
     assert stopped.last_checkpoint.name == "checkpoint-3"
     assert not (folder / "output" / "pytorch_lora_weights.safetensors").exists()  # no final LoRA yet

@@ -152,3 +152,38 @@ def test_tread_with_checkpointing_batches_and_resume_config(tmp_path, monkeypatc
     (folder / "config" / "config.json").write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match="must come before"):
         train(load_config())
+
+
+def test_tread_with_i2v_keeps_the_conditioning_frame_and_resumes_exactly(tmp_path, monkeypatch, tiny_i2v_model_dir):
+    """I2V + TREAD: first-frame tokens are never routed; the routing draw is part of the exact resume."""
+    from safetensors.torch import load_file
+
+    from k5tune.progress import SilentProgress
+    from tests.test_checkpoints import InterruptAt
+    from tests.test_i2v import make_i2v_project
+
+    routes_config = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 1}]}
+    config = {"max_train_steps": 4, "checkpointing_steps": 2, "tread_config": routes_config,
+              "disable_validation": True}
+    reference = make_i2v_project(tmp_path / "a", tiny_i2v_model_dir, config)
+    monkeypatch.chdir(reference)
+    first_frame_kept = []
+    from k5tune.models.kandinsky5 import tread
+
+    real_keep = tread.keep_indices
+
+    def spy(scores, ratio, protected):
+        kept = real_keep(scores, ratio, protected)
+        per_frame = int(protected[0].sum())
+        first_frame_kept.append(bool(torch.all(kept[:, :per_frame] == torch.arange(per_frame))))
+        return kept
+
+    monkeypatch.setattr(tread, "keep_indices", spy)
+    expected = load_file(train(load_config(), progress=SilentProgress()).lora_path)
+    assert first_frame_kept and all(first_frame_kept)
+    resumed = make_i2v_project(tmp_path / "b", tiny_i2v_model_dir, config)
+    monkeypatch.chdir(resumed)
+    assert train(load_config(), progress=InterruptAt(3)).interrupted
+    final = load_file(train(load_config("config/config.json", {"resume_from_checkpoint": "latest"})).lora_path)
+    for key in expected:
+        assert torch.equal(final[key], expected[key]), key

@@ -31,12 +31,27 @@ class CacheStage:
         )
 
 
+def _scan_progress(progress: Progress):
+    """Adapt the scanner's (done, total, message) callback to a progress bar."""
+    state = {"started": False}
+
+    def report(done: int, total: int, message: str) -> None:
+        if not state["started"]:
+            progress.start("scanning clips", total)
+            state["started"] = True
+        progress.advance(1)
+        if done >= total:
+            progress.end()
+
+    return report
+
+
 def run_cache_stage(loaded, runtime: Runtime, progress: Progress | None = None) -> CacheStage:
     from k5tune.data import scan_backends
 
     progress = progress or SilentProgress()
     cfg = loaded.train
-    records, report = scan_backends(loaded.media_backends, cfg.frame_rate)
+    records, report = scan_backends(loaded.media_backends, cfg.frame_rate, progress=_scan_progress(progress))
     report_json = report.write_json(report_path(loaded.text_embeds_backend, loaded.media_backends))
     progress.log(report.format())
     components = Kandinsky5Components(
