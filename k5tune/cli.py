@@ -18,7 +18,6 @@ from k5tune.errors import K5TuneError, NotYetAvailable
 PENDING: dict[str, tuple[int, str]] = {
     "estimate": (6, "the GPU memory estimator"),
     "server": (9, "the web UI"),
-    "configure": (9, "the interactive wizard (use `k5tune configure --example` to copy the example files)"),
 }
 
 
@@ -62,13 +61,24 @@ def _print_dry_run(loaded) -> int:
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    import os
+
     loaded = _load(args, extra)
     if args.dry_run:
         return _print_dry_run(loaded)
     from k5tune.progress import TqdmProgress
+    from k5tune.train import distributed
     from k5tune.train.trainer import describe_outputs, train
 
-    print(describe_outputs(train(loaded, progress=TqdmProgress())))
+    if loaded.train.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        # start the processes for the user: torchrun runs this same command once per GPU
+        return distributed.launch(loaded.train.num_processes, ["train", "--config", args.config, *extra])
+    try:
+        result = train(loaded, progress=TqdmProgress())
+    finally:
+        distributed.shutdown()
+    if result.is_main:
+        print(describe_outputs(result))
     return 0
 
 
@@ -152,7 +162,9 @@ def cmd_make_tiny_model(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_configure(args: argparse.Namespace, extra: list[str]) -> int:
     if not args.example:
-        return _pending("configure")(args, extra)
+        from k5tune.configure import run_command
+
+        return run_command(yes=args.yes, directory=args.directory, config=args.config, datasets=args.datasets)
     from k5tune.config.loading import EXAMPLES_DIR
 
     target = Path(args.directory)
@@ -276,12 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     configure = sub.add_parser(
         "configure", help="interactive wizard that writes config/config.json and config/multidatabackend.json",
-        description="Write config/config.json and config/multidatabackend.json. With --example, copy the "
-        "packaged example files instead.",
+        description="Ask for the flavour, dataset folder, resolution, frames, a memory preset for your GPU and "
+        "validation, check every answer with the config schema, and write config/config.json and "
+        "config/multidatabackend.json (existing values are the defaults; other keys are kept). With "
+        "--example, copy the packaged example files instead.",
     )
     configure.add_argument("--example", action="store_true", help="write the packaged *.example files")
     configure.add_argument("--directory", default="config", help="where to write (default: config)")
-    configure.add_argument("--force", action="store_true", help="overwrite existing example files")
+    configure.add_argument("--force", action="store_true", help="with --example: overwrite existing example files")
+    configure.add_argument("--yes", "-y", action="store_true",
+                           help="take every default without asking (scripts, CI; needs no terminal)")
+    configure.add_argument("--config", help="config file to write (default: DIRECTORY/config.json)")
+    configure.add_argument("--datasets", help="dataset file to write (default: the one the existing config names, "
+                           "else DIRECTORY/multidatabackend.json)")
     configure.set_defaults(func=cmd_configure)
 
     tiny = sub.add_parser(

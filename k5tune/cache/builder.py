@@ -101,21 +101,34 @@ def build_caches(
     runtime: Runtime,
     extra_prompts: list[str] | None = None,
     progress: Progress | None = None,
+    dist=None,
 ) -> CacheResult:
-    """Encode what is missing: text first, then latents (never both encoders needlessly on the GPU)."""
-    from k5tune.data import load_clip_frames
+    """Encode what is missing: text first, then latents (never both encoders needlessly on the GPU).
 
+    With several processes (`dist`), each encodes its share of what is missing, once; after a
+    barrier every process sees the whole cache.
+    """
+    from k5tune.data import load_clip_frames
+    from k5tune.train.distributed import Dist
+
+    dist = dist or Dist()
     progress = progress or SilentProgress()
     started = time.perf_counter()
-    text_store = TensorStore(text_backend.cache_dir)
-    latent_stores = {b.id: TensorStore(b.vae_cache_dir) for b in media_backends}
+    # only the first process removes leftover temporary files: another's may be in flight
+    open_stores = lambda clean: (TensorStore(text_backend.cache_dir, clean_leftovers=clean),  # noqa: E731
+                                 {b.id: TensorStore(b.vae_cache_dir, clean_leftovers=clean) for b in media_backends})
+    if dist.is_main:
+        text_store, latent_stores = open_stores(True)
+    dist.barrier()
+    if not dist.is_main:
+        text_store, latent_stores = open_stores(False)
 
     # 1. Text embeddings: every caption variant, the empty caption and the validation prompts.
     captions = sorted({c for r in records for c in r.captions} | {EMPTY_CAPTION} | set(extra_prompts or []))
     text_identity = {"qwen": _folder_identity(components.source, "text_encoder"),
                      "clip": _folder_identity(components.source, "text_encoder_2")}
     text_keys = {c: text_key(c, text_identity, runtime.text_dtype, components.prompt_start_index) for c in captions}
-    missing_captions = [c for c in captions if not text_store.verified(text_keys[c])]
+    missing_captions = [c for c in captions if not text_store.verified(text_keys[c])][dist.rank :: dist.world]
     if missing_captions:
         pipe = text_pipeline(
             components,
@@ -142,7 +155,8 @@ def build_caches(
     # I2V: the first frame is also encoded alone, as the I2V pipeline encodes its image at inference.
     i2v = components.source.flavour.is_i2v
     latent_keys = {r.key: latent_key(r, vae_identity, runtime.vae_dtype, train_config.seed, i2v) for r in records}
-    missing = [r for r in records if not latent_stores[r.backend_id].verified(latent_keys[r.key])]
+    dist.barrier()  # every caption is cached before anyone checks the latents (verified() may delete)
+    missing = [r for r in records if not latent_stores[r.backend_id].verified(latent_keys[r.key])][dist.rank :: dist.world]
     if missing:
         vae = components.vae(dtype=runtime.vae_dtype, device=runtime.device)
         if train_config.vae_enable_patch_conv:
@@ -167,6 +181,7 @@ def build_caches(
     if train_config.offload_during_startup or missing:
         components.unload("vae")
         runtime.empty_cache()
+    dist.barrier()  # every share is written: from here on each process reads the whole cache
 
     return CacheResult(
         latent_keys=latent_keys,

@@ -46,13 +46,14 @@ def _scan_progress(progress: Progress):
     return report
 
 
-def run_cache_stage(loaded, runtime: Runtime, progress: Progress | None = None) -> CacheStage:
+def run_cache_stage(loaded, runtime: Runtime, progress: Progress | None = None, dist=None) -> CacheStage:
     from k5tune.data import scan_backends
 
     progress = progress or SilentProgress()
     cfg = loaded.train
     records, report = scan_backends(loaded.media_backends, cfg.frame_rate, progress=_scan_progress(progress))
-    report_json = report.write_json(report_path(loaded.text_embeds_backend, loaded.media_backends))
+    path = report_path(loaded.text_embeds_backend, loaded.media_backends)
+    report_json = report.write_json(path) if dist is None or dist.is_main else path
     progress.log(report.format())
     components = Kandinsky5Components(
         resolve_model_source(cfg.model_flavour, cfg.pretrained_model_name_or_path, cfg.revision)
@@ -60,5 +61,5 @@ def run_cache_stage(loaded, runtime: Runtime, progress: Progress | None = None) 
     prompts = [] if cfg.disable_validation else validation_prompts(cfg)
     extra = [*prompts, negative_prompt(cfg)] if prompts else []
     cache = build_caches(cfg, loaded.media_backends, loaded.text_embeds_backend, records, components, runtime,
-                         extra_prompts=extra, progress=progress)
+                         extra_prompts=extra, progress=progress, dist=dist)
     return CacheStage(records=records, report=report, report_json=report_json, cache=cache, components=components)

@@ -51,10 +51,11 @@ def atomic_write_json(path: Path, value: Any) -> None:
 class TensorStore:
     """Entries `<key>.safetensors` under `root/<key[:2]>/`, plus `manifest.json`."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, clean_leftovers: bool = True):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._remove_leftovers()
+        if clean_leftovers:
+            self._remove_leftovers()
         self._manifest: dict[str, Any] = self._read_manifest()
         self._dirty = False
 
@@ -110,9 +111,17 @@ class TensorStore:
             return False
 
     def save_manifest(self) -> None:
-        if self._dirty:
-            atomic_write_json(self.root / MANIFEST, self._manifest)
-            self._dirty = False
+        """Merge our entries into the manifest on disk under a lock (several processes may cache)."""
+        if not self._dirty:
+            return
+        import fcntl
+
+        with (self.root / ".manifest.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = {**self._read_manifest(), **self._manifest}
+            atomic_write_json(self.root / MANIFEST, merged)
+            self._manifest = merged
+        self._dirty = False
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*.safetensors"))

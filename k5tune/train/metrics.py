@@ -28,6 +28,18 @@ class MetricsLog:
         self._handle.close()
 
 
+class NullMetrics:
+    """What processes other than the first write: nothing."""
+
+    path = Path("/dev/null")
+
+    def write(self, **row) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
     with Path(path).open(newline="") as handle:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]

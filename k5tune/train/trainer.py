@@ -32,9 +32,10 @@ from k5tune.models.kandinsky5.tread import install_tread, resolve_routes, set_tr
 from k5tune.progress import Progress, SilentProgress
 from k5tune.runtime import Runtime
 from k5tune.train import checkpoint, objective
+from k5tune.train.distributed import init_from_env
 from k5tune.train.lora import LORA_WEIGHTS_NAME, add_lora, load_lora_weights, lora_parameters, save_lora
 from k5tune.train.lora_formats import convert_file
-from k5tune.train.metrics import MetricsLog, Tracker, plot_loss, truncate_metrics
+from k5tune.train.metrics import MetricsLog, NullMetrics, Tracker, plot_loss, truncate_metrics
 from k5tune.train.speed import SpeedPlan, apply_speed_plan
 from k5tune.validate.runner import ValidationVideo, check_validation_images, run_validation
 
@@ -57,6 +58,7 @@ class TrainResult:
     last_checkpoint: Path | None = None
     nonfinite_skipped: int = 0
     hub_url: str | None = None
+    is_main: bool = True  # False in the other processes of a multi-GPU run
     videos: list[ValidationVideo] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
@@ -66,7 +68,7 @@ def refuse_pending_features(train_config) -> None:
     pending = [
         (train_config.enable_group_offload, "enable_group_offload", 6),
         (train_config.base_model_precision != "no_change", f"base_model_precision={train_config.base_model_precision}", 6),
-        (train_config.fsdp_enable or train_config.num_processes > 1, "several GPUs (fsdp_enable / num_processes)", 10),
+        (train_config.fsdp_enable, "fsdp_enable (FSDP2 sharding)", 10),
     ]
     for active, what, issue in pending:
         if active:
@@ -155,13 +157,17 @@ class Trainer:
         for notice in cfg.notices():
             progress.log(f"note: {notice}")
 
-        # 1. One place decides device and dtypes; seeded generators carry all randomness.
-        self.runtime = Runtime.detect(cfg.mixed_precision, self.device)
+        # 1. One place decides device and dtypes; seeded generators carry all randomness. Under
+        #    torchrun / accelerate launch each process takes its GPU and a slice of every batch.
+        self.dist = init_from_env()
+        if not self.dist.is_main:
+            self.progress = progress = SilentProgress()  # one process speaks for all
+        self.runtime = Runtime.detect(cfg.mixed_precision, self.device or self.dist.device(torch.cuda.is_available()))
         torch.manual_seed(cfg.seed)
 
         # 2-3. Dataset (discover, probe, filter, bucket; report beside the cache), then the caches:
         #      encode once what is missing; the text encoders and the VAE are freed afterwards.
-        self.stage = run_cache_stage(self.loaded, self.runtime, progress)
+        self.stage = run_cache_stage(self.loaded, self.runtime, progress, self.dist)
         progress.log(self.stage.summary())
         self.records, self.cache, self.components = self.stage.records, self.stage.cache, self.stage.components
         self.prompts = self.cache.extra_prompts[:-1]  # validation prompts (the last one is the negative)
@@ -187,7 +193,9 @@ class Trainer:
         from k5tune.data import batches_for_epoch
 
         self.batches_for_epoch = batches_for_epoch
-        batches_per_epoch = len(batches_for_epoch(self.records, cfg.train_batch_size, 0, cfg.seed))
+        # a global batch holds train_batch_size clips per process; process r trains slice r of it
+        self.global_batch = cfg.train_batch_size * self.dist.world
+        batches_per_epoch = len(batches_for_epoch(self.records, self.global_batch, 0, cfg.seed))
         self.total_steps, self.epochs = plan_steps(cfg, batches_per_epoch)
         self.optimizer = make_optimizer(self.params, cfg)
         from diffusers.optimization import get_scheduler
@@ -213,7 +221,8 @@ class Trainer:
         self.step = state["step"]
         self.epoch, self.next_group = state["position"]["epoch"], state["position"]["next_group"]
         self.nonfinite_in_row = state.get("nonfinite_in_row", 0)
-        truncate_metrics(self.output_dir / "metrics.csv", self.step)
+        if self.dist.is_main:
+            truncate_metrics(self.output_dir / "metrics.csv", self.step)
         self.progress.log(f"resumed from {folder} at step {self.step}")
 
     def _lora_meta(self) -> dict:
@@ -224,7 +233,26 @@ class Trainer:
             meta["trigger_word"] = cfg.trigger_word
         return meta
 
+    def _stopping(self, stop: StopRequests) -> bool:
+        """A stop asked of any process stops them all at the same step."""
+        return self.dist.any(stop.requested)
+
+    def _validate(self, tracker) -> list[ValidationVideo]:
+        videos = []
+        if self.dist.is_main:
+            videos = run_validation(self.components, self.transformer, self.cache, self.cfg, self.runtime,
+                                    self.step, self.output_dir, tracker)
+        self.dist.barrier()
+        return videos
+
     def save_checkpoint(self) -> Path:
+        folder = self.output_dir / f"{checkpoint.PREFIX}{self.step}"
+        if self.dist.is_main:
+            folder = self._write_checkpoint()
+        self.dist.barrier()
+        return folder
+
+    def _write_checkpoint(self) -> Path:
         state = {
             "step": self.step,
             "position": {"epoch": self.epoch, "next_group": self.next_group},
@@ -244,11 +272,12 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         self.setup()
-        cfg, progress = self.cfg, self.progress
-        metrics = MetricsLog(self.output_dir / "metrics.csv")
-        tracker = Tracker(cfg.report_to, self.output_dir / cfg.logging_dir,
-                          cfg.tracker_run_name or time.strftime("%Y%m%d-%H%M%S"), cfg.tracker_project_name,
-                          cfg.model_dump(mode="json"))
+        cfg, progress, main = self.cfg, self.progress, self.dist.is_main
+        # only the first process writes metrics, logs, checkpoints, videos and the LoRA
+        metrics = MetricsLog(self.output_dir / "metrics.csv") if main else NullMetrics()
+        tracker = (Tracker(cfg.report_to, self.output_dir / cfg.logging_dir,
+                           cfg.tracker_run_name or time.strftime("%Y%m%d-%H%M%S"), cfg.tracker_project_name,
+                           cfg.model_dump(mode="json")) if main else Tracker("none", "", ""))
         result = TrainResult(output_dir=self.output_dir, lora_path=self.output_dir / LORA_WEIGHTS_NAME,
                              metrics_csv=metrics.path, loss_plot=None, report_json=self.stage.report_json,
                              steps=self.step, total_steps=self.total_steps, resumed_from=self.resume_from)
@@ -258,9 +287,9 @@ class Trainer:
         progress.advance(self.step)
         try:
             with StopRequests(progress) as stop:
-                while self.step < self.total_steps and self.epoch < self.epochs and not stop.requested:
-                    batches = self.batches_for_epoch(self.records, cfg.train_batch_size, self.epoch, cfg.seed)
-                    while self.next_group < len(batches) and self.step < self.total_steps and not stop.requested:
+                while self.step < self.total_steps and self.epoch < self.epochs and not self._stopping(stop):
+                    batches = self.batches_for_epoch(self.records, self.global_batch, self.epoch, cfg.seed)
+                    while self.next_group < len(batches) and self.step < self.total_steps and not self._stopping(stop):
                         group = batches[self.next_group : self.next_group + cfg.gradient_accumulation_steps]
                         self.next_group += cfg.gradient_accumulation_steps
                         row = self.train_step(group)
@@ -274,50 +303,62 @@ class Trainer:
                         if self.step % cfg.checkpointing_steps == 0 and self.step < self.total_steps:
                             result.last_checkpoint = self.save_checkpoint()
                         if self.prompts and self.step % cfg.validation_steps == 0 and self.step < self.total_steps:
-                            result.videos += run_validation(self.components, self.transformer, self.cache, cfg,
-                                                            self.runtime, self.step, self.output_dir, tracker)
+                            result.videos += self._validate(tracker)
                     if self.next_group >= len(batches):
                         self.epoch, self.next_group = self.epoch + 1, 0
-                result.interrupted = stop.requested and self.step < self.total_steps
+                result.interrupted = self._stopping(stop) and self.step < self.total_steps
 
             # 7. Outputs: a checkpoint (also on a clean stop), the LoRA, the loss plot, the final
             #    validation, and the upload when asked.
             result.steps = self.step
             result.last_checkpoint = self.save_checkpoint()
             if not result.interrupted:
-                result.lora_path = save_lora(self.transformer, self.output_dir, self._lora_meta())
-                if cfg.lora_format == "comfyui":
-                    # the final file in ComfyUI's layout, under the same name (generate/convert-lora read both)
-                    convert_file(result.lora_path, result.lora_path, "comfyui")
+                if main:
+                    result.lora_path = save_lora(self.transformer, self.output_dir, self._lora_meta())
+                    if cfg.lora_format == "comfyui":
+                        # the final file in ComfyUI's layout, under the same name (generate/convert-lora read both)
+                        convert_file(result.lora_path, result.lora_path, "comfyui")
                 if self.prompts:
-                    result.videos += run_validation(self.components, self.transformer, self.cache, cfg,
-                                                    self.runtime, self.step, self.output_dir, tracker)
+                    result.videos += self._validate(tracker)
         finally:
             progress.end()
             metrics.close()
             tracker.close()
-        result.loss_plot = plot_loss(metrics.path, self.output_dir / "loss.png")
-        if cfg.push_to_hub and not result.interrupted:
+        if main:
+            result.loss_plot = plot_loss(metrics.path, self.output_dir / "loss.png")
+        self.dist.barrier()
+        if cfg.push_to_hub and not result.interrupted and main:
             result.hub_url = push_to_hub(cfg.hub_model_id, self.output_dir, result)
             progress.log(f"uploaded to {result.hub_url}")
         return result
 
     def train_step(self, group: list[list[int]]) -> dict | None:
-        """One optimizer step over `group` (micro-batches of record indices); None when skipped."""
-        cfg = self.cfg
+        """One optimizer step over `group` (global batches of record indices); None when skipped."""
+        cfg, dist = self.cfg, self.dist
         started = time.perf_counter()
-        loss_sum = 0.0
+        loss_sum = torch.zeros(1, dtype=torch.float64)
         with self.speed.attention_context():
-            for micro, batch in enumerate(group):
-                generator = step_generator(cfg.seed, self.step, micro)
-                loss = micro_batch_loss(self.transformer, self.cache, [self.records[i] for i in batch], self.epoch,
-                                        generator, cfg, self.shift, self.runtime)
-                (loss / len(group)).backward()
-                loss_sum += loss.item() / len(group)
-        if not math.isfinite(loss_sum):
+            for micro, global_batch in enumerate(group):
+                # this process's slice; positions index the global batch, so every sample draws the
+                # same noise whichever process trains it (and however many there are)
+                first = dist.rank * cfg.train_batch_size
+                positions = list(range(first, min(first + cfg.train_batch_size, len(global_batch))))
+                if not positions:
+                    continue
+                loss = micro_batch_loss(self.transformer, self.cache, [self.records[global_batch[p]] for p in positions],
+                                        positions, self.epoch, cfg.seed, self.step, micro, cfg, self.shift,
+                                        self.runtime)
+                # this slice's share of the global-batch mean; the gradient sum across processes is the mean
+                share = loss * (len(positions) / len(global_batch)) / len(group)
+                share.backward()
+                loss_sum += share.detach().double().cpu()
+        dist.sum_(loss_sum)
+        dist.sum_gradients(self.params)
+        loss_value = loss_sum.item()
+        if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite_in_row += 1
-            self.progress.log(f"step {self.step + 1}: loss is {loss_sum}; update skipped "
+            self.progress.log(f"step {self.step + 1}: loss is {loss_value}; update skipped "
                               f"({self.nonfinite_in_row} in a row)")
             if self.nonfinite_in_row >= cfg.max_nonfinite_steps:
                 kept = checkpoint.list_checkpoints(self.output_dir)
@@ -331,13 +372,16 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"step": self.step, "epoch": self.epoch, "loss": loss_sum, "lr": self.scheduler.get_last_lr()[0],
+        return {"step": self.step, "epoch": self.epoch, "loss": loss_value, "lr": self.scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm, "step_seconds": time.perf_counter() - started,
                 "peak_gib": self.runtime.peak_memory_gib()}
 
 
 def train(loaded, progress: Progress | None = None, device: str | None = None) -> TrainResult:
-    return Trainer(loaded, progress, device).run()
+    trainer = Trainer(loaded, progress, device)
+    result = trainer.run()
+    result.is_main = trainer.dist.is_main
+    return result
 
 
 def push_to_hub(repo_id: str, output_dir: Path, result: TrainResult) -> str:
@@ -353,28 +397,32 @@ def push_to_hub(repo_id: str, output_dir: Path, result: TrainResult) -> str:
     return str(getattr(info, "commit_url", info))
 
 
-def micro_batch_loss(transformer, cache: CacheResult, batch, epoch: int, generator: torch.Generator, cfg,
-                     shift: float, runtime: Runtime) -> torch.Tensor:
-    """Loss of one micro-batch, from cached latents and prompt embeddings."""
+def micro_batch_loss(transformer, cache: CacheResult, batch, positions: list[int], epoch: int, seed: int, step: int,
+                     micro: int, cfg, shift: float, runtime: Runtime) -> torch.Tensor:
+    """Mean loss of one slice of a global batch, from cached latents and prompt embeddings.
+
+    Each sample draws its caption dropout, noise and sigma from its own generator, keyed by the step,
+    the micro-batch and its position in the global batch."""
     from k5tune.data import pick_caption
 
+    generators = [step_generator(seed, step, micro, position) for position in positions]
     samples = [cache.sample(r.key, r.backend_id) for r in batch]
     latents = torch.stack([s["latents"] for s in samples]).float()
     captions = []
-    for record in batch:
+    for record, generator in zip(batch, generators, strict=True):
         dropped = (cfg.caption_dropout_probability > 0
                    and torch.rand(1, generator=generator).item() < cfg.caption_dropout_probability)
-        captions.append(EMPTY_CAPTION if dropped else pick_caption(record.captions, epoch, cfg.seed, record.key))
+        captions.append(EMPTY_CAPTION if dropped else pick_caption(record.captions, epoch, seed, record.key))
     prompts = [cache.prompt(c) for c in captions]
     text = pad_prompts([q for q, _ in prompts], [c for _, c in prompts])
 
-    noise = torch.randn(latents.shape, generator=generator)
-    sigmas = objective.sample_sigmas(len(batch), generator, shift, cfg.flow_sigma_sampling, cfg.flow_logit_mean,
-                                     cfg.flow_logit_std)
+    noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators])
+    sigmas = torch.cat([objective.sample_sigmas(1, g, shift, cfg.flow_sigma_sampling, cfg.flow_logit_mean,
+                                                cfg.flow_logit_std) for g in generators])
     first_frames = torch.stack([s["first_frame"] for s in samples]).float() if "first_frame" in samples[0] else None
     pixel_size = (batch[0].bucket.height, batch[0].bucket.width)
     return flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime, first_frames,
-                                   route_generator=generator)
+                                   route_generator=generators[0])
 
 
 def flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime: Runtime,

@@ -1,0 +1,404 @@
+"""Training runs started from the web UI: each one a separate `k5tune train` process.
+
+Why a process and not a thread: a crash (or an out-of-memory kill) of the training must not take the
+server with it, and SIGINT gives the trainer's own clean stop (finish the step, save a checkpoint).
+One run per output folder at a time; more runs for the same folder wait in a FIFO queue. The run
+history lives in SQLite (stdlib sqlite3), so it survives a server restart, and a run still going when
+the server comes back is adopted again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from k5tune.server.paths import ProjectPaths
+
+QUEUED, RUNNING, STOPPING = "queued", "running", "stopping"
+COMPLETED, STOPPED, FAILED, CANCELLED = "completed", "stopped", "failed", "cancelled"
+ACTIVE = (RUNNING, STOPPING)
+FINISHED = (COMPLETED, STOPPED, FAILED, CANCELLED)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    output_dir TEXT NOT NULL,
+    config_path TEXT NOT NULL,
+    resume INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    ended_at TEXT,
+    exit_code INTEGER,
+    log_path TEXT NOT NULL DEFAULT '',
+    config_snapshot TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    pid INTEGER,
+    stop_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_by_folder ON runs (output_dir, status);
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Run:
+    id: int
+    output_dir: str  # absolute, resolved: the queue key
+    config_path: str  # as the user named it, relative to the project
+    resume: bool
+    status: str
+    created_at: str
+    started_at: str | None
+    ended_at: str | None
+    exit_code: int | None
+    log_path: str
+    config_snapshot: str  # JSON: both files as they were when the run was queued
+    error: str | None
+    pid: int | None
+    stop_requested: bool
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def snapshot(self) -> dict:
+        try:
+            return json.loads(self.config_snapshot)
+        except json.JSONDecodeError:
+            return {}
+
+    def to_dict(self, paths: ProjectPaths) -> dict:
+        data = asdict(self)
+        data["output_dir"] = paths.relative(self.output_dir)
+        data["log_path"] = paths.relative(self.log_path) if self.log_path else ""
+        data["config_snapshot"] = self.snapshot()
+        data["finished"] = self.finished
+        return data
+
+
+class RunStore:
+    """The `runs` table. A connection per call: watcher threads and request handlers share it safely."""
+
+    def __init__(self, db_path: Path):
+        self.path = Path(db_path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.row_factory = sqlite3.Row
+        return db
+
+    @staticmethod
+    def _run(row: sqlite3.Row) -> Run:
+        data = dict(row)
+        data["resume"] = bool(data["resume"])
+        data["stop_requested"] = bool(data["stop_requested"])
+        return Run(**data)
+
+    def insert(self, **fields) -> int:
+        columns = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        with self._connect() as db:
+            cursor = db.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", tuple(fields.values()))
+            return int(cursor.lastrowid)
+
+    def update(self, run_id: int, **fields) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self._connect() as db:
+            db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*fields.values(), run_id))
+
+    def get(self, run_id: int) -> Run | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return self._run(row) if row else None
+
+    def list(self, statuses: tuple[str, ...] | None = None, output_dir: str | None = None) -> list[Run]:
+        query, params = "SELECT * FROM runs WHERE 1=1", []
+        if statuses:
+            query += f" AND status IN ({', '.join('?' for _ in statuses)})"
+            params += list(statuses)
+        if output_dir is not None:
+            query += " AND output_dir = ?"
+            params.append(output_dir)
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY id", params).fetchall()
+        return [self._run(row) for row in rows]
+
+
+# --------------------------------------------------------------------------------------------------
+# log helpers (also used by the event stream)
+
+
+def read_tail(path: str | Path, lines: int = 40, max_bytes: int = 256 * 1024) -> list[str]:
+    """The last `lines` lines of a log, progress-bar redraws (carriage returns) collapsed."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - max_bytes))
+        data = handle.read().decode("utf-8", errors="replace")
+    return [shown for line in data.split("\n") if (shown := collapse_cr(line))][-lines:]
+
+
+def collapse_cr(line: str) -> str:
+    """tqdm redraws a line with '\\r': what a terminal shows is the last non-empty redraw."""
+    parts = [part for part in line.split("\r") if part.strip()]
+    return parts[-1].rstrip() if parts else ""
+
+
+_ERROR_LINE = re.compile(r"^(k5tune: error: .*|\w*(Error|Exception)\b.*)$")
+
+
+def error_summary(tail: list[str], exit_code: int | None) -> str:
+    """One line for the run list: k5tune's own error line, else the exception, else the exit code."""
+    for line in reversed(tail):
+        if _ERROR_LINE.match(line.strip()):
+            return line.strip()
+    if exit_code is not None and exit_code < 0:
+        return f"killed by signal {signal.Signals(-exit_code).name}"
+    return f"exited with code {exit_code}" if exit_code is not None else "ended while the server was down"
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _pid_is_training(pid: int | None) -> bool:
+    """Is `pid` alive and still a k5tune process (not a recycled pid)?"""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():
+        try:
+            text = cmdline.read_bytes()
+        except OSError:
+            return False
+        return b"k5tune" in text and b"train" in text
+    return True
+
+
+class RunManager:
+    def __init__(self, paths: ProjectPaths, state_dir: Path, python: str | None = None,
+                 poll_seconds: float = 1.0):
+        self.paths = paths
+        self.state_dir = Path(state_dir)
+        self.runs_dir = self.state_dir / "runs"
+        self.store = RunStore(self.state_dir / "server.sqlite3")
+        self.python = python or sys.executable
+        self.poll_seconds = poll_seconds
+        self._procs: dict[int, subprocess.Popen] = {}
+        self._lock = threading.RLock()
+        self._closed = threading.Event()
+
+    # --- queries -----------------------------------------------------------------------------------
+    def get(self, run_id: int) -> Run | None:
+        return self.store.get(run_id)
+
+    def list(self) -> list[Run]:
+        return list(reversed(self.store.list()))
+
+    # --- submit / stop ----------------------------------------------------------------------------
+    def submit(self, config_path: str = "config/config.json", resume: bool = False) -> Run:
+        """Queue a run of `k5tune train` on a snapshot of the config (and its dataset file); start it now
+        unless another run holds the same output folder. Raises PathRefused for files outside the project."""
+        config_file = self.paths.resolve(config_path)
+        snapshot, output_dir, dataset_file = self._snapshot(config_file)
+        with self._lock:
+            run_id = self.store.insert(
+                output_dir=str(output_dir), config_path=config_path, resume=int(resume), status=QUEUED,
+                created_at=now_iso(), config_snapshot=json.dumps(snapshot),
+            )
+            folder = self.runs_dir / f"run-{run_id:06d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            # the run trains on these copies: what was queued is what runs, even if the files change meanwhile
+            if config_file.is_file():
+                (folder / "config.json").write_bytes(config_file.read_bytes())
+            if dataset_file is not None:
+                (folder / "multidatabackend.json").write_bytes(dataset_file.read_bytes())
+            self.store.update(run_id, log_path=str(folder / "train.log"))
+            self._start_next(str(output_dir))
+            return self.store.get(run_id)
+
+    def _snapshot(self, config_file: Path) -> tuple[dict, Path, Path | None]:
+        from k5tune.config.schema import TrainConfig
+
+        snapshot: dict = {"config_file": self.paths.relative(config_file)}
+        raw: dict = {}
+        try:
+            parsed = json.loads(config_file.read_text(encoding="utf-8"))
+            raw = {k.removeprefix("--"): v for k, v in parsed.items()} if isinstance(parsed, dict) else {}
+            snapshot["config"] = parsed
+        except FileNotFoundError:
+            snapshot["config"] = None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            snapshot["config"] = None
+            snapshot["config_error"] = str(exc)
+        fields = TrainConfig.model_fields
+        output = raw.get("output_dir")
+        output = output if isinstance(output, str) and output else fields["output_dir"].default
+        output_dir = self.paths.resolve(output)  # PathRefused: outputs the server could not show
+        dataset_name = raw.get("data_backend_config")
+        dataset_name = dataset_name if isinstance(dataset_name, str) else fields["data_backend_config"].default
+        dataset_file = None
+        if self.paths.inside(dataset_name) and self.paths.resolve(dataset_name).is_file():
+            dataset_file = self.paths.resolve(dataset_name)
+            snapshot["dataset_file"] = self.paths.relative(dataset_file)
+            text = dataset_file.read_text(encoding="utf-8", errors="replace")
+            try:
+                snapshot["datasets"] = json.loads(text)
+            except json.JSONDecodeError:
+                snapshot["datasets_text"] = text
+        return snapshot, output_dir, dataset_file
+
+    def stop(self, run_id: int, force: bool = False) -> Run | None:
+        """Queued: cancelled. Running: SIGINT (the trainer finishes its step and saves a checkpoint);
+        a second stop sends SIGINT again (the trainer then aborts at once); force sends SIGKILL."""
+        with self._lock:
+            run = self.store.get(run_id)
+            if run is None or run.finished:
+                return run
+            if run.status == QUEUED:
+                self.store.update(run_id, status=CANCELLED, ended_at=now_iso(), stop_requested=1)
+                return self.store.get(run_id)
+            self.store.update(run_id, status=STOPPING, stop_requested=1)
+            if run.pid:
+                try:
+                    if force:
+                        os.killpg(run.pid, signal.SIGKILL)
+                    else:
+                        os.kill(run.pid, signal.SIGINT)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            return self.store.get(run_id)
+
+    # --- process life ------------------------------------------------------------------------------
+    def _start_next(self, output_dir: str) -> None:
+        with self._lock:
+            if self._closed.is_set() or self.store.list(ACTIVE, output_dir):
+                return
+            queued = self.store.list((QUEUED,), output_dir)
+            if queued:
+                self._launch(queued[0])
+
+    def _command(self, run: Run) -> list[str]:
+        folder = Path(run.log_path).parent
+        config = folder / "config.json"
+        if not config.is_file():  # nothing to copy: let `k5tune train` name the missing file itself
+            config = self.paths.resolve(run.config_path)
+        # an argument list, never a shell string: nothing a user typed is ever parsed by a shell
+        command = [self.python, "-m", "k5tune.cli", "train", "--config", str(config)]
+        if (folder / "multidatabackend.json").is_file():
+            command += ["--data_backend_config", str(folder / "multidatabackend.json")]
+        if run.resume:
+            command += ["--resume_from_checkpoint", "latest"]
+        return command
+
+    def _launch(self, run: Run) -> None:
+        command = self._command(run)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        log_path = Path(run.log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            shown = " ".join(command[2:]).replace(str(self.paths.root) + os.sep, "")
+            log.write(f"[k5tune server] run {run.id}: {shown}\n".encode())
+            log.flush()
+            try:
+                # own session: Ctrl-C on the server's terminal does not reach the run, and a forced
+                # stop can kill the run's whole process group
+                proc = subprocess.Popen(command, cwd=self.paths.root, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            except OSError as exc:
+                self.store.update(run.id, status=FAILED, started_at=now_iso(), ended_at=now_iso(),
+                                  error=f"could not start k5tune train: {exc}")
+                return
+        self._procs[run.id] = proc
+        self.store.update(run.id, status=RUNNING, started_at=now_iso(), pid=proc.pid)
+        threading.Thread(target=self._watch, args=(run.id, proc), name=f"k5tune-run-{run.id}", daemon=True).start()
+
+    def _watch(self, run_id: int, proc: subprocess.Popen) -> None:
+        code = proc.wait()
+        self._procs.pop(run_id, None)
+        self._finish(run_id, code)
+
+    def _adopt(self, run_id: int, pid: int) -> None:
+        """A run started by an earlier server: not our child, so poll its pid until it is gone."""
+        while _pid_is_training(pid) and not self._closed.is_set():
+            time.sleep(self.poll_seconds)
+        if not self._closed.is_set():
+            self._finish(run_id, None)
+
+    def _finish(self, run_id: int, exit_code: int | None) -> None:
+        with self._lock:
+            run = self.store.get(run_id)
+            if run is None or run.finished:
+                return
+            tail = read_tail(run.log_path, 60)
+            text = "\n".join(tail)
+            if exit_code == 0 or (exit_code is None and "trained " in text and "outputs in" in text):
+                status = STOPPED if "stopped cleanly" in text else COMPLETED
+            elif exit_code is None and "stopped cleanly" in text:
+                status = STOPPED
+            elif run.stop_requested and exit_code in (130, -signal.SIGINT, -signal.SIGKILL, -signal.SIGTERM):
+                status = STOPPED  # stopped before training began (caching), or killed on request
+            else:
+                status = FAILED
+            error = error_summary(tail, exit_code) if status == FAILED else None
+            self.store.update(run_id, status=status, exit_code=exit_code, ended_at=now_iso(), error=error)
+            output_dir = run.output_dir
+        self._start_next(output_dir)
+
+    def recover(self) -> None:
+        """After a (re)start: adopt runs still going, close those that ended meanwhile, start the queues."""
+        for run in self.store.list(ACTIVE):
+            if run.id in self._procs:
+                continue
+            if _pid_is_training(run.pid):
+                threading.Thread(target=self._adopt, args=(run.id, run.pid), daemon=True,
+                                 name=f"k5tune-adopt-{run.id}").start()
+            else:
+                self._finish(run.id, None)
+        for output_dir in sorted({run.output_dir for run in self.store.list((QUEUED,))}):
+            self._start_next(output_dir)
+
+    def close(self, kill_runs: bool = False, timeout: float = 10.0) -> None:
+        """Stop starting queued runs. Running ones go on (they are adopted on the next start) unless
+        `kill_runs`, which the tests use so that no process outlives them."""
+        self._closed.set()
+        if not kill_runs:
+            return
+        for proc in list(self._procs.values()):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for run_id, proc in list(self._procs.items()):
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            self._procs.pop(run_id, None)
+
+    def running_count(self) -> int:
+        return len(self.store.list(ACTIVE))

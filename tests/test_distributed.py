@@ -1,0 +1,72 @@
+"""Several processes (gloo on the CPU): data-parallel LoRA training equals one process with the same
+global batch, caching is split across processes, and only the first process writes."""
+
+from __future__ import annotations
+
+import json
+
+from safetensors.torch import load_file
+
+from k5tune.cache import builder
+from k5tune.cli import main
+from k5tune.config import load_config
+from k5tune.train.distributed import Dist
+from k5tune.train.trainer import train
+from tests.test_training import make_project
+
+# adam_epsilon: Adam divides by sqrt(v); for gradients near zero that turns float noise (the gloo sum and
+# the padded text batch round differently from one process) into whole steps of +-lr. A larger epsilon
+# keeps the update proportional to the gradient, so the comparison tests the data parallelism itself.
+RUN = {"max_train_steps": 3, "lora_rank": 4, "adam_epsilon": 1e-4, "checkpointing_steps": 2, "report_to": "tensorboard",
+       "validation_prompt": "a red circle moving to the right", "validation_steps": 100,
+       "validation_resolution": "32x48", "validation_num_video_frames": 5, "validation_num_inference_steps": 2}
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, monkeypatch, tiny_model_dir):
+    single = make_project(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2})
+    monkeypatch.chdir(single)
+    expected = load_file(train(load_config()).lora_path)
+
+    double = make_project(tmp_path / "double", tiny_model_dir, {**RUN, "train_batch_size": 1, "num_processes": 2})
+    monkeypatch.chdir(double)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main(["train"]) == 0  # k5tune starts the two processes itself (torchrun, gloo)
+    got = load_file(double / "output" / "pytorch_lora_weights.safetensors")
+    assert got.keys() == expected.keys()
+    for key in expected:
+        # float tolerance: the gloo sum and the padded/masked text batch round differently
+        error = (got[key] - expected[key]).norm() / expected[key].norm().clamp(min=1e-12)
+        assert error < 1e-3, (key, error.item())
+    # the first process alone wrote the outputs: one metrics row per step, one run log, one video
+    rows = (double / "output" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3
+    assert len(list((double / "output" / "logs").iterdir())) == 1
+    assert [p.name for p in sorted((double / "output").glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-3"]
+    assert len(list((double / "output" / "validation").rglob("*.mp4"))) == 1
+    # every process saw the whole cache: the manifest (merged under a lock) lists every clip
+    manifest = json.loads((double / "cache" / "vae" / "clips" / "manifest.json").read_text())
+    assert len(manifest) == 4
+
+
+def test_caching_work_is_split_between_processes(tmp_path, monkeypatch, tiny_model_dir):
+    """Process r of n encodes every n-th missing clip and caption; afterwards all are there for all."""
+    from k5tune.cache.stage import run_cache_stage
+    from k5tune.cache.store import TensorStore
+    from k5tune.runtime import Runtime
+
+    folder = make_project(tmp_path, tiny_model_dir, {})
+    monkeypatch.chdir(folder)
+    loaded = load_config()
+    runtime = Runtime.detect("no", "cpu")
+    # Two processes start together and both see an empty cache. Here they run one after the other, so
+    # the second must not see the first one's entries while it decides what is missing.
+    with monkeypatch.context() as patch:
+        patch.setattr(Dist, "barrier", lambda self: None)
+        patch.setattr(TensorStore, "verified", lambda self, key: False)
+        first = run_cache_stage(loaded, runtime, dist=Dist(rank=0, world=2)).cache
+        second = run_cache_stage(loaded, runtime, dist=Dist(rank=1, world=2)).cache
+    assert (first.encoded_latents, second.encoded_latents) == (2, 2)  # 4 clips, half each
+    assert first.encoded_captions + second.encoded_captions == len(first.text_keys)
+    after = run_cache_stage(loaded, runtime).cache  # one process afterwards: everything is there
+    assert (after.encoded_latents, after.encoded_captions) == (0, 0)
+    assert builder.EMPTY_CAPTION in after.text_keys
