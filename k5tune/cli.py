@@ -17,7 +17,6 @@ from k5tune.errors import K5TuneError, NotYetAvailable
 # Subcommands whose implementation is still tracked by an open issue.
 PENDING: dict[str, tuple[int, str]] = {
     "estimate": (6, "the GPU memory estimator"),
-    "server": (9, "the web UI"),
 }
 
 
@@ -181,6 +180,15 @@ def cmd_configure(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_server(args: argparse.Namespace, extra: list[str]) -> int:
+    try:
+        from k5tune.server.app import serve
+    except ImportError as exc:
+        raise K5TuneError(f"the web UI needs its extra packages ({exc.name} is missing): "
+                          "pip install 'k5tune[server]'") from None
+    return serve(host=args.host, port=args.port, token=args.token, project_dir=args.project_dir)
+
+
 def cmd_convert_lora(args: argparse.Namespace, extra: list[str]) -> int:
     from k5tune.train.lora_formats import convert_file
 
@@ -282,9 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     server = sub.add_parser(
         "server", help="web UI at http://localhost:8001",
-        description="Edit config and datasets, start/stop/watch training, see loss and validation videos.",
+        description="Edit config and datasets, start/stop/watch training, see loss and validation videos. "
+        "Binds 127.0.0.1 by default (no token needed there); any other address requires a token, "
+        "generated and printed at start unless --token is given.",
     )
-    server.set_defaults(func=_pending("server"), takes_overrides=True)
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    server.add_argument("--port", type=int, default=8001, help="port (default 8001)")
+    server.add_argument("--token", help="access token for the API (default: none on 127.0.0.1, generated otherwise)")
+    server.add_argument("--project-dir", default=".",
+                        help="the project folder: files outside it are never read or served (default: here)")
+    server.set_defaults(func=cmd_server)
 
     configure = sub.add_parser(
         "configure", help="interactive wizard that writes config/config.json and config/multidatabackend.json",
