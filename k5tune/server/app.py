@@ -330,10 +330,9 @@ def serve(host: str = "127.0.0.1", port: int = 8001, token: str | None = None, p
     """Run the web UI until Ctrl-C. Training runs keep going when it stops (the next start adopts them)."""
     import uvicorn
 
-    from k5tune.server.auth import is_loopback, new_token
+    from k5tune.server.auth import server_token
 
-    if token is None and not is_loopback(host):
-        token = new_token()  # any other address: nobody gets in without it
+    token = server_token(host, token)  # any address but loopback: nobody gets in without one
     app = create_app(project_dir, token)
     shown = f"[{host}]" if ":" in host else host
     if host in ("0.0.0.0", "::"):

@@ -29,8 +29,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def new_token() -> str:
-    return secrets.token_urlsafe(24)
+def server_token(host: str, token: str | None) -> str | None:
+    """The token a server bound to `host` uses: the given one; none on loopback; else a new one."""
+    if token is not None:
+        return token
+    return None if is_loopback(host) else secrets.token_urlsafe(24)
 
 
 def _host_name(host_header: str) -> str:

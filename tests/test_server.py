@@ -1,0 +1,333 @@
+"""`k5tune server`: the API against the real app, real loader, real scan and real `k5tune train` runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from k5tune.config.schema import TrainConfig
+from k5tune.data.synthetic import write_clip
+from k5tune.server.app import create_app
+from k5tune.server.auth import server_token
+from tests.test_training import make_project
+
+# steps are ~0.1 s on the tiny model: 2000 steps outlast any test, which stops the run itself
+LONG_RUN = {"max_train_steps": 2000, "checkpointing_steps": 1000, "train_batch_size": 2}
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model_dir) -> Path:
+    return make_project(tmp_path / "project", tiny_model_dir, LONG_RUN)
+
+
+@contextmanager
+def serve(root: Path, **kwargs) -> Iterator[TestClient]:
+    app = create_app(root, kill_runs_on_shutdown=True, **kwargs)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        yield client
+
+
+def write_config(root: Path, **changes) -> None:
+    path = root / "config" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def read_events(client: TestClient, run_id: int, stop: Callable[[str, dict], bool], timeout: float = 90.0,
+                seen: list | None = None) -> list[tuple[str, dict]]:
+    """SSE events of a run until stop(event, data) is true or the stream ends."""
+    events = [] if seen is None else seen
+    deadline = time.monotonic() + timeout
+    event = None
+    with client.stream("GET", f"/api/runs/{run_id}/events") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            assert time.monotonic() < deadline, f"no matching event in {timeout} s: {events[-5:]}"
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event:
+                data = json.loads(line[6:])
+                events.append((event, data))
+                if stop(event, data):
+                    break
+    return events
+
+
+def wait_finished(client: TestClient, run_id: int, timeout: float = 90.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.get(f"/api/runs/{run_id}").json()
+        if run["finished"]:
+            return run
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} still {run['status']} after {timeout} s: {run['log_tail'][-5:]}")
+
+
+# --- schema and config ----------------------------------------------------------------------------
+
+
+def test_schema_is_the_config_schema(project):
+    with serve(project) as client:
+        data = client.get("/api/schema").json()
+    fields = {f["name"]: f for f in data["config"]}
+    assert list(fields) == list(TrainConfig.model_fields)  # every key, in the schema's order
+    rank = fields["lora_rank"]
+    assert (rank["kind"], rank["default"], rank["gt"], rank["section"]) == ("int", 16, 0, "LoRA")
+    assert rank["description"] == TrainConfig.model_fields["lora_rank"].description
+    assert fields["lr_scheduler"]["kind"] == "enum" and "cosine" in fields["lr_scheduler"]["choices"]
+    assert fields["max_train_steps"]["nullable"] and fields["frame_rate"]["aliases"] == ["framerate"]
+    assert fields["tread_config"]["kind"] == "json" and fields["lora_target_modules"]["kind"] == "list"
+    video = {f["name"]: f for f in data["datasets"]["video"]}
+    assert video["instance_data_dir"]["required"] and video["resolution"]["default"] == 512
+    assert {f["name"] for f in data["datasets"]["video_options"]} >= {"num_frames", "min_frames", "bucket_strategy"}
+    assert data["json_schema"]["properties"]["lora_rank"]["default"] == 16
+
+
+def test_config_is_read_checked_by_the_loader_and_saved(project):
+    path = project / "config" / "config.json"
+    with serve(project) as client:
+        loaded = client.get("/api/config").json()
+        assert loaded["exists"] and loaded["values"]["max_train_steps"] == 2000 and loaded["error"] is None
+
+        # a mistake is reported at its field, in the loader's words, and nothing is written
+        before = path.read_text()
+        bad = client.put("/api/config", json={"values": {**loaded["values"], "validation_num_video_frames": 60}})
+        assert bad.status_code == 422
+        error = bad.json()["error"]
+        assert error["field"] == "validation_num_video_frames" and "57 and 61" in error["message"]
+        assert path.read_text() == before
+        typo = client.put("/api/config", json={"values": {"validaton_guidance": 4}, "validate_only": True}).json()
+        assert "did you mean 'validation_guidance'" in typo["error"]["message"]
+
+        # an alias is saved under its field name; validate_only writes nothing
+        values = {**loaded["values"], "framerate": 12, "lora_rank": 8}
+        assert client.put("/api/config", json={"values": values, "validate_only": True}).json()["saved"] is False
+        assert path.read_text() == before
+        saved = client.put("/api/config", json={"values": values})
+        assert saved.status_code == 200 and saved.json()["saved"]
+        written = json.loads(path.read_text())
+        assert written["frame_rate"] == 12 and written["lora_rank"] == 8 and "framerate" not in written
+        assert client.get("/api/config").json()["values"]["lora_rank"] == 8
+
+        # a new file elsewhere in the project
+        assert client.put("/api/config", json={"path": "config/other.json", "values": {"lora_rank": 4}}).status_code == 200
+        assert json.loads((project / "config" / "other.json").read_text()) == {"lora_rank": 4}
+
+
+def test_dataset_file_and_preview_with_good_and_bad_clips(project):
+    videos = project / "datasets" / "videos"
+    write_clip(videos / "short.mp4", frames=8, width=64, height=48)
+    (videos / "short.txt").write_text("too short\n")
+    write_clip(videos / "nocaption.mp4", frames=24, width=64, height=48)
+    (videos / "empty.mp4").write_bytes(b"")
+    (videos / "empty.txt").write_text("empty\n")
+    with serve(project) as client:
+        datasets = client.get("/api/datasets").json()
+        assert datasets["path"] == "config/multidatabackend.json" and datasets["backends"][0]["id"] == "clips"
+
+        preview = client.post("/api/datasets/preview", json={"backends": datasets["backends"]})
+        assert preview.status_code == 200, preview.text
+        data = preview.json()
+        assert (data["found"], data["used"]) == (7, 4)
+        assert data["buckets"] == {"64x48@17": 4}
+        assert data["clips"][0]["path"] == "datasets/videos/clip_000.mp4" and data["clips"][0]["caption"]
+        reasons = {Path(s["path"]).name: s["reason"] for s in data["skipped"]}
+        assert reasons == {"short.mp4": "too_short", "nocaption.mp4": "missing_caption", "empty.mp4": "empty_file"}
+        assert all(s["detail"] and s["hint"] for s in data["skipped"])
+
+        thumb = client.get("/api/thumbnail", params={"path": data["clips"][0]["path"]})
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+        assert thumb.content[:2] == b"\xff\xd8"
+        assert client.get("/api/thumbnail", params={"path": "datasets/videos/empty.mp4"}).status_code == 415
+
+        # the form's unsaved backends are checked by the loader: the error names the backend and key
+        broken = json.loads(json.dumps(datasets["backends"]))
+        broken[0]["video"]["num_frames"] = 60
+        bad = client.post("/api/datasets/preview", json={"backends": broken})
+        assert bad.status_code == 422
+        assert bad.json()["error"]["backend"] == 0 and bad.json()["error"]["key"] == "video.num_frames"
+        assert client.put("/api/datasets", json={"backends": broken}).status_code == 422
+
+        # saved dataset file; the preview then reads it
+        fewer = json.loads(json.dumps(datasets["backends"]))
+        fewer[0]["video"]["num_frames"] = 21
+        assert client.put("/api/datasets", json={"backends": fewer}).status_code == 200
+        assert json.loads((project / "config" / "multidatabackend.json").read_text())[0]["video"]["num_frames"] == 21
+        assert client.post("/api/datasets/preview", json={}).json()["buckets"] == {"64x48@21": 4}
+
+
+# --- runs -------------------------------------------------------------------------------------------
+
+
+def test_run_streams_progress_queues_and_stops_cleanly(project):
+    with serve(project) as client:
+        first = client.post("/api/runs", json={})
+        assert first.status_code == 201 and first.json()["status"] == "running"
+        run_id = first.json()["id"]
+
+        events = read_events(client, run_id, lambda e, d: e == "metrics" and d["summary"].get("step", 0) >= 2)
+        kinds = {e for e, _ in events}
+        assert {"status", "log", "metrics", "outputs"} <= kinds
+        summary = events[-1][1]["summary"]
+        assert summary["total_steps"] == 2000 and summary["loss"] > 0 and summary["lr"] > 0
+        assert summary["it_per_s"] > 0 and summary["eta_seconds"] > 0 and "gpu_peak_gib" in summary
+        assert any("Dataset: 4 file(s) found" in line for e, d in events if e == "log" for line in d["lines"])
+
+        # a second run on the same output folder waits; its config is the one of when it was queued
+        write_config(project, lora_rank=0)
+        queued = client.post("/api/runs", json={}).json()
+        assert queued["status"] == "queued" and queued["config_snapshot"]["config"]["lora_rank"] == 0
+        write_config(project, output_dir="elsewhere")
+        other_folder = client.post("/api/runs", json={}).json()
+        assert other_folder["status"] == "running"  # another folder: no waiting
+
+        stopping = client.post(f"/api/runs/{run_id}/stop").json()
+        assert stopping["status"] == "stopping"
+        end = read_events(client, run_id, lambda e, d: e == "end")[-1][1]
+        assert (end["status"], end["exit_code"]) == ("stopped", 0)
+        outputs = client.get("/api/outputs", params={"dir": "output"}).json()
+        assert outputs["checkpoints"], "a clean stop saves a checkpoint"
+        step = outputs["checkpoints"][-1]["step"]
+        assert (project / "output" / f"checkpoint-{step}" / "pytorch_lora_weights.safetensors").is_file()
+
+        # the queued run started when the folder was free, and failed on its snapshot's bad value
+        second = wait_finished(client, queued["id"])
+        assert second["started_at"] >= end["ended_at"]
+        assert second["status"] == "failed" and second["exit_code"] == 2 and "lora_rank" in second["error"]
+        assert wait_finished(client, other_folder["id"])["status"] == "failed"
+
+        # resume continues from the checkpoint
+        write_config(project, output_dir="output", lora_rank=4)
+        resumed = client.post("/api/runs", json={"resume": True}).json()
+        assert resumed["resume"] and resumed["status"] == "running"
+        read_events(client, resumed["id"], lambda e, d: e == "log" and any("resumed from" in x for x in d["lines"]))
+        client.post(f"/api/runs/{resumed['id']}/stop")
+        assert wait_finished(client, resumed["id"])["status"] == "stopped"
+
+        runs = client.get("/api/runs").json()
+        assert [r["id"] for r in runs] == sorted((r["id"] for r in runs), reverse=True)
+
+
+def test_crashing_run_is_recorded_as_failed_and_the_server_lives_on(project):
+    write_config(project, lora_rank=0)
+    with serve(project) as client:
+        run_id = client.post("/api/runs", json={}).json()["id"]
+        run = wait_finished(client, run_id)
+        assert run["status"] == "failed" and run["exit_code"] == 2
+        assert run["error"].startswith("k5tune: error:") and "lora_rank" in run["error"]
+        assert any("lora_rank" in line for line in run["log_tail"])
+        assert "lora_rank" in client.get(f"/api/runs/{run_id}/log").text
+        end = read_events(client, run_id, lambda e, d: e == "end")
+        assert end[-1][1]["status"] == "failed"
+        assert client.get("/api/info").status_code == 200
+        assert client.get("/api/runs/999").status_code == 404
+
+        # killed from outside (as the out-of-memory killer does): failed, with the signal named
+        write_config(project, lora_rank=4)
+        run = client.post("/api/runs", json={}).json()
+        read_events(client, run["id"], lambda e, d: e == "log" and any("Dataset:" in x for x in d["lines"]))
+        os.kill(run["pid"], signal.SIGKILL)
+        killed = wait_finished(client, run["id"])
+        assert (killed["status"], killed["exit_code"]) == ("failed", -signal.SIGKILL)
+        assert killed["error"] == "killed by signal SIGKILL"
+        assert client.get("/api/runs").status_code == 200
+
+
+def test_history_survives_a_restart(project):
+    write_config(project, lora_rank=0)
+    with serve(project) as client:
+        crashed = wait_finished(client, client.post("/api/runs", json={}).json()["id"])
+    # a run the database still calls running whose process is gone (the server died with it)
+    db = sqlite3.connect(project / ".k5tune" / "server.sqlite3")
+    with db:
+        db.execute("INSERT INTO runs (output_dir, config_path, status, created_at, log_path, pid) "
+                   "VALUES (?, 'config/config.json', 'running', '2026-01-01T00:00:00+00:00', ?, 999999999)",
+                   (str(project / "output"), str(project / "missing.log")))
+    db.close()
+    with serve(project) as client:
+        runs = {r["id"]: r for r in client.get("/api/runs").json()}
+        assert runs[crashed["id"]]["status"] == "failed" and runs[crashed["id"]]["exit_code"] == 2
+        assert runs[crashed["id"]]["config_snapshot"]["config"]["lora_rank"] == 0
+        assert "lora_rank" in client.get(f"/api/runs/{crashed['id']}/log").text
+        orphan = max(runs)
+        assert runs[orphan]["status"] == "failed" and "server was down" in runs[orphan]["error"]
+
+
+# --- security ----------------------------------------------------------------------------------------
+
+
+def test_token_is_required_on_every_api_call_when_set(project):
+    assert server_token("127.0.0.1", None) is None and server_token("localhost", None) is None
+    assert server_token("127.0.0.1", "given") == "given"
+    generated = server_token("0.0.0.0", None)
+    assert generated and len(generated) >= 24 and generated != server_token("0.0.0.0", None)
+
+    with serve(project, token="s3cret") as client:
+        assert client.get("/api/config").status_code == 401
+        assert client.get("/api/config").headers["www-authenticate"] == "Bearer"
+        assert client.get("/api/config", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/api/config", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.get("/api/config", params={"token": "s3cret"}).status_code == 200
+        assert client.post("/api/runs", json={}).status_code == 401
+        assert client.get("/api/runs/1/events").status_code == 401
+        assert client.get("/api/files", params={"path": "config/config.json"}).status_code == 401
+        assert client.get("/").status_code == 200  # the page itself holds nothing secret; it asks for the token
+        assert client.get("/static/app.js").status_code == 200
+
+    with serve(project) as client:  # loopback without a token: no check
+        assert client.get("/api/config").status_code == 200
+        # but only for loopback host names, and changes only from the page's own origin
+        assert client.get("/api/config", headers={"Host": "evil.example:8001"}).status_code == 403
+        put = client.put("/api/config", json={"values": {}, "validate_only": True},
+                         headers={"Origin": "http://evil.example"})
+        assert put.status_code == 403
+        same = client.put("/api/config", json={"values": {}, "validate_only": True},
+                          headers={"Origin": "http://127.0.0.1"})
+        assert same.status_code == 200
+
+
+def test_paths_outside_the_project_are_refused(project, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    os.symlink(secret, project / "link.txt")
+    os.symlink(tmp_path, project / "linkdir")
+    video = write_clip(project / "output" / "validation" / "step-000002" / "prompt-00.mp4", frames=24)
+    with serve(project) as client:
+        for path in ["../secret.txt", str(secret), "link.txt", "linkdir/secret.txt", "config/../../secret.txt",
+                     "/etc/passwd"]:
+            assert client.get("/api/files", params={"path": path}).status_code == 403, path
+            assert client.get("/api/thumbnail", params={"path": path}).status_code == 403, path
+        assert client.get("/api/config", params={"path": "../secret.txt"}).status_code == 403
+        assert client.put("/api/config", json={"path": str(tmp_path / "evil.json"), "values": {}}).status_code == 403
+        assert not (tmp_path / "evil.json").exists()
+        assert client.put("/api/datasets", json={"path": "../evil.json", "backends": []}).status_code == 403
+        assert client.get("/api/datasets", params={"path": "/etc/hostname"}).status_code == 403
+        assert client.get("/api/outputs", params={"dir": ".."}).status_code == 403
+        assert client.post("/api/runs", json={"config": "../secret.txt"}).status_code == 403
+        outside = client.get("/api/datasets").json()["backends"]
+        outside[0]["instance_data_dir"] = str(tmp_path)
+        assert client.post("/api/datasets/preview", json={"backends": outside}).status_code == 403
+        write_config(project, output_dir=str(tmp_path / "out"))
+        assert client.post("/api/runs", json={}).status_code == 403
+
+        # inside: served, videos with their type and byte ranges (what <video> needs to seek)
+        assert client.get("/api/files", params={"path": "config/config.json"}).status_code == 200
+        full = client.get("/api/files", params={"path": "output/validation/step-000002/prompt-00.mp4"})
+        assert full.status_code == 200 and full.headers["content-type"] == "video/mp4"
+        assert full.headers["accept-ranges"] == "bytes" and full.content == video.read_bytes()
+        part = client.get("/api/files", params={"path": "output/validation/step-000002/prompt-00.mp4"},
+                          headers={"Range": "bytes=100-199"})
+        assert part.status_code == 206 and part.content == video.read_bytes()[100:200]
+        assert part.headers["content-range"] == f"bytes 100-199/{video.stat().st_size}"
+        gallery = client.get("/api/outputs", params={"dir": "output"}).json()
+        assert gallery["videos"] == [{"step": 2, "name": "prompt-00.mp4", "prompt": "",
+                                      "path": "output/validation/step-000002/prompt-00.mp4"}]
