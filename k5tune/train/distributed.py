@@ -41,8 +41,11 @@ class Dist:
             dist.barrier()
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum in place across processes (NCCL needs the values on the GPU: moved there and back)."""
         if self.enabled:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            moved = tensor.to(_comm_device())
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            tensor.copy_(moved)
         return tensor
 
     def any(self, flag: bool) -> bool:
