@@ -24,7 +24,8 @@ from k5tune.server.outputs import list_outputs
 from k5tune.server.paths import ProjectPaths
 from k5tune.server.runs import RunManager, collapse_cr
 
-_TQDM_TRAINING = re.compile(r"training:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+# the trainer's tqdm bar: "training:  40%|####  | 4/10 [00:02<00:03,  1.85it/s, loss=..."
+_TQDM_TRAINING = re.compile(r"training:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)(?:\s*\[[^,\]]*,\s*([\d.]+)(it/s|s/it))?")
 
 
 def sse(event: str, data: object) -> str:
@@ -98,14 +99,15 @@ class MetricsTail:
         return rows
 
 
-def summarize(rows: list[dict[str, float]], total_steps: int | None) -> dict:
-    """Step, loss, lr, it/s and ETA from the latest rows. it/s is the median over the last 20 steps
-    (checkpoint and validation time not included), so the ETA leaves those out."""
+def summarize(rows: list[dict[str, float]], total_steps: int | None, wall_rate: float | None = None) -> dict:
+    """Step, loss, lr, it/s and ETA from the latest rows. it/s is the trainer's progress-bar rate
+    (wall clock: checkpoints and validation included) when known, else the median over the last 20
+    steps' own time."""
     if not rows:
         return {"total_steps": total_steps}
     last = rows[-1]
     seconds = [r["step_seconds"] for r in rows[-20:] if r.get("step_seconds", 0) > 0]
-    rate = 1.0 / statistics.median(seconds) if seconds else None
+    rate = wall_rate or (1.0 / statistics.median(seconds) if seconds else None)
     step = int(last["step"])
     eta = (total_steps - step) / rate if rate and total_steps else None
     return {"step": step, "total_steps": total_steps, "epoch": int(last.get("epoch", 0)), "loss": last.get("loss"),
@@ -130,6 +132,7 @@ async def run_events(manager: RunManager, paths: ProjectPaths, run_id: int, poll
     rows: list[dict[str, float]] = []
     total = planned_steps(run.snapshot())
     last_status = last_outputs = last_current = None
+    wall_rate: float | None = None
     quiet = 0.0
     yield "retry: 2000\n\n"
     while True:
@@ -144,11 +147,12 @@ async def run_events(manager: RunManager, paths: ProjectPaths, run_id: int, poll
             sent = True
         lines = [shown for line in log.read_lines() if (shown := collapse_cr(line))]
         current = log.pending()
-        for line in lines:
+        for line in [*lines, current]:
             if match := _TQDM_TRAINING.search(line):
                 total = int(match.group(2))
-        if match := _TQDM_TRAINING.search(current):
-            total = int(match.group(2))
+                if match.group(3) and float(match.group(3)) > 0:
+                    value = float(match.group(3))
+                    wall_rate = value if match.group(4) == "it/s" else 1.0 / value
         if lines or current != last_current:
             last_current = current
             yield sse("log", {"lines": lines, "current": current})
@@ -158,7 +162,8 @@ async def run_events(manager: RunManager, paths: ProjectPaths, run_id: int, poll
             rows = []
         if new_rows or metrics.tail.reset:
             rows += new_rows
-            yield sse("metrics", {"rows": new_rows, "reset": metrics.tail.reset, "summary": summarize(rows, total)})
+            yield sse("metrics", {"rows": new_rows, "reset": metrics.tail.reset,
+                                  "summary": summarize(rows, total, wall_rate)})
             sent = True
         outputs = list_outputs(output_dir, paths)
         if outputs != last_outputs:

@@ -332,7 +332,7 @@ async function previewDatasets() {
     `${data.found} file(s) found, ${data.used} used, ${data.skipped.length} skipped (frame rate ${data.frame_rate} fps).`;
   $("#preview-buckets").replaceChildren(
     el("tr", {}, el("th", { text: "bucket (WxH@frames)" }), el("th", { text: "clips" })),
-    Object.entries(data.buckets).map(([name, n]) => el("tr", {}, el("td", { text: name }), el("td", { text: n }))));
+    ...Object.entries(data.buckets).map(([name, n]) => el("tr", {}, el("td", { text: name }), el("td", { text: n }))));
   $("#preview-clips").replaceChildren(...data.clips.map((c) => el("figure", { class: "card clip" },
     el("img", { src: withToken("/api/thumbnail?path=" + encodeURIComponent(c.path)), alt: c.path, loading: "lazy" }),
     el("figcaption", {},
@@ -396,6 +396,10 @@ function updateRunControls(run) {
   $("#run-stop").textContent = run.status === "stopping" ? "Kill now" : run.status === "queued" ? "Cancel" : "Stop";
   $("#stat-status").textContent = run.status + (run.exit_code !== null ? ` (exit ${run.exit_code})` : "");
   $("#stat-status").className = "pill " + run.status;
+  if (!active) {
+    $("#stat-eta").textContent = "–";
+    if ($("#run-status-msg").textContent.startsWith("stopping")) say("#run-status-msg", `run ${run.id} ${run.status}`, "good");
+  }
   $("#run-title").textContent = `Run ${run.id}: ${run.config_path}${run.resume ? " (resume)" : ""} → ${run.output_dir}`;
   const failed = run.status === "failed";
   $("#run-error").hidden = !failed;
@@ -452,7 +456,15 @@ function connect(id) {
     const dir = $("#gallery-dir").value.trim();
     if (!dir || dir === live.outputs.output_dir) renderGallery(live.outputs);
   });
-  source.addEventListener("end", (e) => { updateRunControls(JSON.parse(e.data)); source.close(); live.source = null; refreshRuns(); });
+  source.addEventListener("end", (e) => {
+    const run = JSON.parse(e.data);
+    updateRunControls(run);
+    source.close();
+    live.source = null;
+    say("#run-status-msg", `run ${run.id} ${run.status}` + (run.exit_code !== null ? ` (exit code ${run.exit_code})` : ""),
+      run.status === "failed" ? "bad" : "good");
+    refreshRuns();
+  });
   source.onerror = () => {
     if (source.readyState === EventSource.CLOSED && live.source === source) {
       live.source = null;
