@@ -65,8 +65,13 @@ function drawLossChart(svg, rows) {
   svg.appendChild(svgEl("text", { x: width - m.right, y: height - 4, "text-anchor": "end", class: "axis-label" }, "step"));
   svg.appendChild(svgEl("text", { x: 12, y: m.top + 4, class: "axis-label", transform: `rotate(90 12 ${m.top + 4})` }, "loss"));
 
+  // long runs: draw at most ~2 points per pixel column, the chart cannot show more anyway
+  const every = Math.max(1, Math.ceil(points.length / (2 * (width - m.left - m.right))));
   const line = (values, cls) => svg.appendChild(svgEl("polyline", {
-    points: values.map((v, i) => `${sx(steps[i]).toFixed(1)},${sy(v).toFixed(1)}`).join(" "), class: cls,
+    points: values.filter((_, i) => i % every === 0 || i === values.length - 1)
+      .map((v, j) => { const i = Math.min(j * every, values.length - 1); return `${sx(steps[i]).toFixed(1)},${sy(v).toFixed(1)}`; })
+      .join(" "),
+    class: cls,
   }));
   line(losses, "series-raw");
   const window = Math.max(1, Math.round(points.length / 20));
