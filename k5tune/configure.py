@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from k5tune.config.datasets import TextEmbedsBackend, VideoBackend
+from k5tune.config.datasets import ImageBackend, TextEmbedsBackend, VideoBackend
 from k5tune.config.frames import MIN_I2V_FRAMES, parse_resolution, snap_resolution
 from k5tune.config.loading import (
     EXAMPLES_DIR,
@@ -44,6 +44,7 @@ from k5tune.models.flavours import DEFAULT_FLAVOUR, FLAVOURS
 DEFAULT_DIRECTORY = "config"
 NONE_WORDS = frozenset({"none", "null", "-"})
 GIB = 2**30
+LONG_DEFAULT = 40  # characters; longer defaults are printed on their own line
 
 
 class BadAnswer(ValueError):
@@ -262,11 +263,15 @@ def load_existing_config(path: Path, notes: list[str]) -> tuple[dict[str, Any] |
         notes.append(f"{path} is not a JSON object of settings; starting from defaults")
         return None, True
     canonical = _canonical_config(raw, notes, str(path))
-    cleaned, _valid = _drop_invalid(canonical, TrainConfig, str(path), notes)
+    cleaned, valid = _drop_invalid(canonical, TrainConfig, str(path), notes)
+    if not valid:  # a rule across keys (push_to_hub without hub_model_id): say so before any question
+        build_train_config(cleaned, str(path))
     return cleaned, cleaned != canonical
 
 
-_BACKEND_MODELS: dict[str, type[BaseModel]] = {"video": VideoBackend, "text_embeds": TextEmbedsBackend}
+_BACKEND_MODELS: dict[str, type[BaseModel]] = {
+    "video": VideoBackend, "image": ImageBackend, "text_embeds": TextEmbedsBackend,
+}
 
 
 def load_existing_datasets(path: Path, notes: list[str]) -> tuple[list[dict[str, Any]] | None, bool]:
@@ -276,14 +281,11 @@ def load_existing_datasets(path: Path, notes: list[str]) -> tuple[list[dict[str,
     if not isinstance(raw, list):
         notes.append(f"{path} is not a JSON list of backends; starting from the example")
         return None, True
-    from k5tune.config.datasets import ImageBackend
-
-    models = {**_BACKEND_MODELS, "image": ImageBackend}
     kept: list[dict[str, Any]] = []
     damaged = False
     for position, entry in enumerate(raw):
         label = f"{path}, backend '{entry.get('id', position + 1) if isinstance(entry, dict) else position + 1}'"
-        model = models.get(entry.get("dataset_type")) if isinstance(entry, dict) else None
+        model = _BACKEND_MODELS.get(entry.get("dataset_type")) if isinstance(entry, dict) else None
         cleaned, valid = _drop_invalid(entry, model, label, notes) if model else (None, False)
         if cleaned is None or not valid:
             notes.append(f"{label}: dropped (not a usable backend)")
@@ -328,13 +330,13 @@ def datasets_path_for(config_path: Path, explicit: str | None, directory: str) -
 # checking answers with the schema
 
 
-def _bare_message(exc: ConfigError) -> str:
-    """The message without the 'file, key ...:' and 'backend ...:' lead (the question already says it)."""
+def _bare_message(exc: ConfigError, keep_backend: bool = False) -> str:
+    """The message without the 'file, key ...:' lead (and 'backend ...:': the question already says it)."""
     text = str(exc)
     where = ", ".join(part for part in (exc.file, f"key '{exc.key}'" if exc.key else None) if part)
     if where and text.startswith(where + ": "):
         text = text[len(where) + 2:]
-    return re.sub(r"^backend '[^']*': ", "", text)
+    return text if keep_backend else re.sub(r"^backend '[^']*': ", "", text)
 
 
 def _json_or_text(text: str) -> Any:
@@ -455,7 +457,7 @@ def validate_together(config: dict[str, Any], datasets: list[dict[str, Any]], co
             loaded = load_config(staged_config)
         except ConfigError as exc:
             real = datasets_path if exc.file and exc.file.startswith(str(staged_datasets)) else config_path
-            raise ConfigError(_bare_message(exc), file=str(real), key=exc.key) from None
+            raise ConfigError(_bare_message(exc, keep_backend=True), file=str(real), key=exc.key) from None
     loaded.train.data_backend_config = config["data_backend_config"]
     loaded.config_path, loaded.dataset_path = config_path, datasets_path
     return loaded
@@ -528,9 +530,12 @@ class Wizard:
         """Ask until `check` accepts the answer; an empty answer takes the default."""
         if hint:
             self.io.say(f"  {hint}")
+        shown = _show(default)
+        if len(shown) > LONG_DEFAULT:  # a long prompt line scrolls or wraps badly: show the default above it
+            self.io.say(f"  default: {shown}")
         while True:
-            shown = _show(default)
-            raw = self.io.ask(f"{question} [{shown}]: " if shown else f"{question}: ").strip()
+            bracket = "Enter = the default above" if len(shown) > LONG_DEFAULT else shown
+            raw = self.io.ask(f"{question} [{bracket}]: " if shown else f"{question}: ").strip()
             text = raw if raw else shown
             try:
                 return check(text)
@@ -541,7 +546,7 @@ class Wizard:
 
     def choose(self, question: str, options: list[tuple[str, str]], default: str) -> str:
         """A numbered list; the answer is a number or a name."""
-        self.io.say(question)
+        self.io.say(f"{question}:")
         width = max(len(name) for name, _ in options)
         for number, (name, text) in enumerate(options, 1):
             if self.io.interactive:  # --yes: the list is noise in a script's log
@@ -555,7 +560,7 @@ class Wizard:
                 return text
             raise BadAnswer(f"'{text}' is not one of the choices; type a number 1-{len(names)} or a name")
 
-        return self.ask(f"Choose 1-{len(names)} or a name", default, check)
+        return self.ask(f"{question}, 1-{len(names)} or a name", default, check)
 
     def confirm(self, question: str, default: bool) -> bool:
         def check(text: str) -> bool:
@@ -580,14 +585,16 @@ class Wizard:
             self.config[key] = value
 
     def _ask_config(self, key: str, question: str, *, optional: bool = False, hint: str | None = None,
-                    extra: Callable[[Any], None] | None = None, default: Any = ...) -> Any:
-        """Ask for one config.json key, checked by the schema (and by `extra`, which may raise BadAnswer)."""
+                    extra: Callable[[Any], None] | None = None, default: Any = ...,
+                    prepare: Callable[[str], str] = str) -> Any:
+        """Ask for one config.json key, checked by the schema (and by `extra`, which may raise BadAnswer);
+        `prepare` rewrites the text first."""
         context = {"model_flavour": self.config.get("model_flavour", DEFAULT_FLAVOUR)}
 
         def check(text: str) -> Any:
             if optional and text.lower() in NONE_WORDS:
                 return None
-            value = check_config_value(key, text, context)
+            value = check_config_value(key, prepare(text), context)
             if extra:
                 extra(value)
             return value
@@ -598,12 +605,11 @@ class Wizard:
         return value
 
     def _ask_dataset(self, path: tuple[str, ...], question: str, default: Any, hint: str | None = None,
-                     before: Callable[[str], None] | None = None) -> Any:
-        """Ask for one key of the video backend, checked by the dataset schema."""
+                     convert: Callable[[str], Any] = _json_or_text) -> Any:
+        """Ask for one key of the video backend: `convert` types the text (or raises BadAnswer), then the
+        dataset schema checks the backend with it."""
         def check(text: str) -> Any:
-            if before:
-                before(text)
-            value = _json_or_text(text) if path[-1] not in ("instance_data_dir", "instance_prompt") else text
+            value = convert(text)
             check_video_backend(_with(self.video, path, value))
             return value
 
@@ -615,7 +621,7 @@ class Wizard:
     def ask_flavour(self) -> str:
         options = [(f.name, f.description) for f in FLAVOURS.values()]
         current = self.config.get("model_flavour", DEFAULT_FLAVOUR)
-        flavour = self.choose("Model flavour (model_flavour):", options, current)
+        flavour = self.choose("Model flavour (model_flavour)", options, current)
         self.config["model_family"] = "kandinsky5-video"
         self.config["model_flavour"] = flavour
         return flavour
@@ -632,22 +638,23 @@ class Wizard:
 
         self._ask_config(
             "pretrained_model_name_or_path", "Model path or hub id override (pretrained_model_name_or_path)",
-            optional=True, extra=extra,
+            optional=True, extra=extra, prepare=os.path.expanduser,
             hint=f"empty: the flavour's repository {flavour.hub_id}; a local folder in diffusers layout "
             "works like a hub id; 'none' clears an override",
         )
 
     def ask_dataset_folder(self) -> None:
-        def before(text: str) -> None:
-            path = Path(os.path.expanduser(text))
-            if path.exists() and not path.is_dir():
+        def folder_path(text: str) -> str:
+            expanded = os.path.expanduser(text)  # training reads the path as written: no '~' there
+            if Path(expanded).exists() and not Path(expanded).is_dir():
                 raise BadAnswer(f"{text} is a file; give the folder that holds the clips")
+            return expanded
 
         folder = self._ask_dataset(
             ("instance_data_dir",), "Dataset folder (instance_data_dir)",
             self.video.get("instance_data_dir", "datasets/videos"),
             hint=".mp4/.mov clips, each with a same-named .txt caption; searched recursively",
-            before=before,
+            convert=folder_path,
         )
         path = Path(os.path.expanduser(folder))
         if path.is_dir():
@@ -677,22 +684,23 @@ class Wizard:
         ]
         if self.survey.clips and not self.survey.captioned:
             self.io.say("  note: no .txt captions found; 'filename' or 'instanceprompt' work without them")
-        strategy = self.choose("Caption strategy (caption_strategy):", options, self.video.get("caption_strategy", "textfile"))
+        strategy = self.choose("Caption strategy (caption_strategy)", options, self.video.get("caption_strategy", "textfile"))
         if strategy == "instanceprompt":
             # set both at once: the schema needs the prompt as soon as the strategy is instanceprompt
             self.video = _with(self.video, ("caption_strategy",), strategy)
             self._ask_dataset(("instance_prompt",), "Caption for every clip (instance_prompt)",
-                              self.video.get("instance_prompt") or "")
+                              self.video.get("instance_prompt") or "", convert=str)
         else:
             self.video = _with(self.video, ("caption_strategy",), strategy)
 
     def ask_resolution(self) -> None:
-        def before(text: str) -> None:
+        def one_number(text: str) -> Any:
             if re.search(r"\d\s*[xX×]\s*\d", text):
                 raise BadAnswer("one number: the shorter edge in pixels (512 gives 512x768 for a 2:3 clip)")
+            return _json_or_text(text)
 
         self._ask_dataset(("resolution",), "Training resolution, shorter edge in pixels (resolution)",
-                          self.video.get("resolution", 512), before=before,
+                          self.video.get("resolution", 512), convert=one_number,
                           hint="512 is the guide's choice; 480 or 384 need less memory, 720 is 720p and heavy")
 
     def ask_frames(self) -> None:
@@ -733,21 +741,33 @@ class Wizard:
     def ask_memory(self) -> None:
         gpu = self.detect_gpu()
         if gpu:
-            self.io.say(f"GPU: {gpu.name}, {gpu.total_gib:.1f} GiB" + (f" ({gpu.count} GPUs; k5tune trains on one "
-                        "for now, several GPUs are issue 10)" if gpu.count > 1 else ""))
+            self.io.say(f"GPU: {gpu.name}, {gpu.total_gib:.1f} GiB" + (f" (x{gpu.count})" if gpu.count > 1 else ""))
             total = gpu.total_gib
+            if gpu.count > 1:
+                self._ask_processes(gpu.count)
         else:
             total = self.ask("GPU memory in GiB (no CUDA GPU found here)", 24, _positive_number,
                              hint="the memory of the card you will train on, e.g. 16, 24, 48 or 80")
         self._warn_small_or_pro(total)
         self._choose_preset(total)
 
+    def _ask_processes(self, count: int) -> None:
+        def at_most_count(value: Any) -> None:
+            if value > count:
+                raise BadAnswer(f"this machine has {count} GPUs")
+
+        self._ask_config("num_processes", f"GPUs to train on, data-parallel (num_processes, 1-{count})",
+                         default=self.config.get("num_processes", count), extra=at_most_count,
+                         hint="each GPU holds the whole model and trains its share of every batch: faster, "
+                         "not less memory per GPU")
+
     def _warn_small_or_pro(self, total: float) -> None:
         flavour = FLAVOURS[self.config["model_flavour"]]
         if flavour.size == "pro" and total < PRO_MIN_GIB:
             lite = "i2v-lite-5s" if flavour.is_i2v else DEFAULT_FLAVOUR
-            self.io.say(f"  ! {flavour.name} is Pro (≈19B): on a {total:.0f} GiB card it needs group offload or "
-                        "several GPUs (FSDP2), and neither is available for training yet (issues 6 and 10).")
+            self.io.say(f"  ! {flavour.name} is Pro (≈19B): on a {total:.0f} GiB card it needs group offload, or "
+                        "FSDP2 sharding over several GPUs, and neither is available for training yet (issues 6 "
+                        "and 10).")
             self.io.say(f"    Recommended: the Lite flavour {lite}.")
             if self.confirm(f"Switch to {lite}?", False):
                 self.config["model_flavour"] = lite
@@ -770,7 +790,7 @@ class Wizard:
         self.io.say("  enable_group_offload is not offered: training does not support it yet (issue 6)")
         if FLAVOURS[flavour].size == "pro":
             self.io.say("  Pro flavours always get the low-memory settings (offload, sliced VAE, full checkpointing)")
-        choice = self.choose("Memory preset:", options, KEEP_PRESET if has_current else recommended)
+        choice = self.choose("Memory preset", options, KEEP_PRESET if has_current else recommended)
         if choice == KEEP_PRESET:
             return
         for key, value in preset_settings(MEMORY_PRESETS[choice], flavour).items():
@@ -832,12 +852,11 @@ class Wizard:
             else:
                 self.io.say(f"  note: lora_alpha stays {_show(alpha)} (scale alpha/rank = {float(alpha) / rank:.3g})")
         self._ask_config("output_dir", "Output folder (output_dir)", extra=self._note_checkpoints,
+                         prepare=os.path.expanduser,
                          hint="the LoRA, checkpoints, logs and validation videos go here")
 
     def _note_checkpoints(self, value: Any) -> None:
-        folder = Path(os.path.expanduser(str(value)))
-        if not str(value).strip():
-            raise BadAnswer("an output folder is needed")
+        folder = Path(str(value))
         if folder.is_dir() and any(folder.glob("checkpoint-*")):
             self.io.say("  note: it holds checkpoints; `k5tune train --resume_from_checkpoint latest` continues them")
 
