@@ -37,6 +37,8 @@ class BenchConfig:
     compare_stock: bool = False
     model: str | None = None  # a diffusers folder (e.g. the tiny model) instead of the full-size config
     tread: object | None = None  # a TreadConfig: also time the routed step on the same model
+    offload_blocks_per_group: int | None = None  # group offload of the transformer blocks
+    offload_stream: bool = False
     device: str | None = None
     plan: SpeedPlan = field(default_factory=SpeedPlan)
 
@@ -153,6 +155,10 @@ def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
     for p in params:
         p.data = p.data.float()
     apply_speed_plan(transformer, bench.plan)
+    if bench.offload_blocks_per_group:
+        from k5tune.train.offload import enable_group_offload
+
+        enable_group_offload(transformer, bench.offload_blocks_per_group, bench.offload_stream)
     install_text_mask(transformer)
     transformer.train()
     optimizer = torch.optim.AdamW(params, lr=1e-5)
@@ -229,6 +235,8 @@ def run_bench(bench: BenchConfig) -> dict:
         "rank": bench.rank,
         "lora_targets": LORA_TARGETS,
         "plan": asdict(bench.plan),
+        "group_offload": ({"blocks_per_group": bench.offload_blocks_per_group, "stream": bench.offload_stream}
+                          if bench.offload_blocks_per_group else None),
         "steps_timed": bench.steps,
         "warmup": bench.warmup,
     }

@@ -142,7 +142,8 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
             raise ConfigError(f"not a valid tread_config: {exc.errors()[0]['msg']}", key="--tread") from None
     bench = BenchConfig(flavour=args.flavour, resolution=args.resolution, frames=args.frames, rank=args.rank,
                         steps=args.steps, warmup=args.warmup, batch=args.batch, compare_stock=args.compare_stock,
-                        model=args.model, device=args.device, plan=plan, tread=tread)
+                        model=args.model, device=args.device, plan=plan, tread=tread,
+                        offload_blocks_per_group=args.group_offload, offload_stream=args.offload_stream)
     text = format_report(run_bench(bench))
     print(text)
     if args.output:
@@ -277,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="selective checkpointing: only the first N visual blocks keep attention outputs")
     bench.add_argument("--tread", help="TREAD routes as JSON (like tread_config): also time the routed step, "
                        "e.g. '{\"routes\": [{\"selection_ratio\": 0.5, \"start_layer_idx\": 2, \"end_layer_idx\": -2}]}'")
+    bench.add_argument("--group-offload", type=int, metavar="BLOCKS_PER_GROUP",
+                       help="offload the transformer blocks to the CPU in groups of this many blocks")
+    bench.add_argument("--offload-stream", action="store_true", help="prefetch offloaded groups on a side stream")
     bench.add_argument("--no-fused", action="store_true", help="our step without the fused blocks")
     bench.add_argument("--no-compile", action="store_true", help="do not torch.compile the fused groups")
     bench.add_argument("--output", help="also write the JSON report to this file")

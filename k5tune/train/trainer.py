@@ -36,6 +36,7 @@ from k5tune.train.distributed import init_from_env
 from k5tune.train.lora import LORA_WEIGHTS_NAME, add_lora, load_lora_weights, lora_parameters, save_lora
 from k5tune.train.lora_formats import convert_file
 from k5tune.train.metrics import MetricsLog, NullMetrics, Tracker, plot_loss, truncate_metrics
+from k5tune.train.offload import enable_group_offload, place_for_offload
 from k5tune.train.speed import SpeedPlan, apply_speed_plan
 from k5tune.validate.runner import ValidationVideo, check_validation_images, run_validation
 
@@ -66,7 +67,8 @@ class TrainResult:
 def refuse_pending_features(train_config) -> None:
     """Settings whose implementation is tracked by an open issue stop the run with a clear message."""
     pending = [
-        (train_config.enable_group_offload, "enable_group_offload", 6),
+        (train_config.enable_group_offload and train_config.group_offload_type == "leaf_level",
+         "group_offload_type=leaf_level in training (use block_level)", 6),
         (train_config.base_model_precision != "no_change", f"base_model_precision={train_config.base_model_precision}", 6),
         (train_config.fsdp_enable, "fsdp_enable (FSDP2 sharding)", 10),
     ]
@@ -174,7 +176,11 @@ class Trainer:
 
         # 4. The transformer with LoRA. The base stays frozen in the compute dtype; LoRA weights train
         #    in fp32 under autocast, which keeps their small updates from being rounded away.
-        transformer = self.components.transformer(dtype=self.runtime.compute_dtype, device=self.runtime.device)
+        #    With group offload the blocks never sit on the GPU together: load on the CPU, then
+        #    place the rest on the GPU and let the offloader move blocks as they compute.
+        offload = cfg.enable_group_offload
+        transformer = self.components.transformer(dtype=self.runtime.compute_dtype,
+                                                  device=None if offload else self.runtime.device)
         self.adapted = add_lora(transformer, cfg.lora_rank, cfg.effective_lora_alpha, cfg.lora_dropout,
                                 cfg.lora_target_modules, cfg.seed)
         self.params = lora_parameters(transformer)
@@ -182,6 +188,9 @@ class Trainer:
             p.data = p.data.float()
         self.speed = speed_plan(cfg)
         apply_speed_plan(transformer, self.speed)
+        if offload:
+            place_for_offload(transformer, self.runtime.device)
+            enable_group_offload(transformer, cfg.group_offload_blocks_per_group, cfg.group_offload_use_stream)
         install_text_mask(transformer)
         if cfg.tread_config is not None:
             install_tread(transformer, resolve_routes(cfg.tread_config, len(transformer.visual_transformer_blocks)))

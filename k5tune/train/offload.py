@@ -1,0 +1,191 @@
+"""Group offload that trains: transformer blocks live in (pinned) CPU memory and come to the GPU only
+while they compute — in the forward pass and again in backward.
+
+Why not diffusers' group-offload hooks: they move a block back to the CPU right after its forward,
+but training needs the weights again in backward (the input gradient of every frozen linear is
+dY·W), and with gradient checkpointing the recomputed forward would offload them just before the
+backward that uses them. Here each block runs as one checkpointed autograd Function: forward onloads
+the block's group, computes without keeping activations, offloads; backward onloads it again,
+recomputes with gradients, back-propagates (LoRA gradients accumulate as usual), offloads. With
+`use_stream`, the next group (in forward order, then in backward order) is copied on a side CUDA
+stream from pinned memory while the current one computes.
+
+Trainable LoRA weights and the small non-block layers stay on the GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Group:
+    def __init__(self, index: int, blocks: list[nn.Module], compute: torch.device, pin: bool):
+        self.index = index
+        self.params = [p for block in blocks for p in block.parameters() if not p.requires_grad]
+        self.params += [b for block in blocks for b in block.buffers()]
+        self.compute = compute
+        # the CPU copies are the home of the weights; on a CPU-only run an empty tensor stands in while
+        # offloaded, so any use of an offloaded weight fails loudly instead of silently working
+        self.home = [(p.data.pin_memory() if pin else p.data.to("cpu").clone()) for p in self.params]
+        self.placeholder = [torch.empty(0, dtype=p.dtype, device=compute) for p in self.params]
+        self.resident = True
+        self.ready: torch.cuda.Event | None = None
+        self.offload()
+
+    def onload(self, stream: torch.cuda.Stream | None = None) -> None:
+        if self.resident:
+            return
+        if stream is None:
+            for p, home in zip(self.params, self.home, strict=True):
+                p.data = home.to(self.compute, non_blocking=True)
+        else:
+            with torch.cuda.stream(stream):
+                for p, home in zip(self.params, self.home, strict=True):
+                    p.data = home.to(self.compute, non_blocking=True)
+                self.ready = torch.cuda.Event()
+                self.ready.record(stream)
+        self.resident = True
+
+    def wait(self) -> None:
+        if self.ready is not None:
+            torch.cuda.current_stream().wait_event(self.ready)
+            for p in self.params:  # the side stream made them; the compute stream now uses them
+                p.data.record_stream(torch.cuda.current_stream())
+            self.ready = None
+
+    def offload(self) -> None:
+        if not self.resident:
+            return
+        for p, placeholder in zip(self.params, self.placeholder, strict=True):
+            p.data = placeholder  # the CPU home copy is unchanged (the weights are frozen)
+        self.resident = False
+
+
+class GroupOffloader:
+    """Owns the block groups of one transformer and their traffic between CPU and GPU."""
+
+    def __init__(self, transformer, blocks_per_group: int = 1, use_stream: bool = False):
+        self.compute = next(p for p in transformer.parameters() if p.requires_grad).device
+        cuda = self.compute.type == "cuda"
+        blocks = [*transformer.text_transformer_blocks, *transformer.visual_transformer_blocks]
+        self.groups: list[_Group] = []
+        self.group_of: dict[int, _Group] = {}
+        for start in range(0, len(blocks), blocks_per_group):
+            members = blocks[start : start + blocks_per_group]
+            group = _Group(len(self.groups), members, self.compute, pin=cuda)
+            self.groups.append(group)
+            for block in members:
+                self.group_of[id(block)] = group
+        self.stream = torch.cuda.Stream(self.compute) if (use_stream and cuda) else None
+        if cuda:
+            torch.cuda.empty_cache()
+
+    def _prefetch(self, index: int) -> None:
+        if self.stream is not None and 0 <= index < len(self.groups):
+            self.groups[index].onload(self.stream)
+
+    def enter(self, block: nn.Module, direction: int) -> _Group:
+        """Make `block`'s group resident; prefetch the next one in `direction` (+1 forward, -1 backward)."""
+        group = self.group_of[id(block)]
+        for other in self.groups:  # keep at most the current group and the prefetched one
+            if other is not group and other.index != group.index + direction and other.resident:
+                other.offload()
+        group.onload()
+        group.wait()
+        self._prefetch(group.index + direction)
+        return group
+
+
+class _OffloadedCheckpoint(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, offloader: GroupOffloader, block: nn.Module, rest: tuple, anchor: torch.Tensor,
+                *tensors: torch.Tensor):
+        offloader.enter(block, +1)
+        with torch.no_grad():
+            output = block(*_merge(tensors, rest))
+        ctx.offloader, ctx.block, ctx.rest = offloader, block, rest
+        ctx.save_for_backward(*tensors)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        ctx.offloader.enter(ctx.block, -1)
+        inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
+        with torch.enable_grad():
+            output = ctx.block(*_merge(inputs, ctx.rest))
+        torch.autograd.backward(output, grad_output)  # LoRA gradients accumulate here, in the block
+        return (None, None, None, None, *[t.grad if t.requires_grad else None for t in inputs])
+
+
+class _TensorSlot:
+    """Marks where a tensor argument goes back (None and dicts are arguments too)."""
+
+
+_SLOT = _TensorSlot()
+
+
+def _split(args: tuple) -> tuple[tuple, tuple]:
+    """Tensors travel through the autograd Function; everything else by position."""
+    tensors = tuple(a for a in args if isinstance(a, torch.Tensor))
+    rest = tuple(_SLOT if isinstance(a, torch.Tensor) else a for a in args)
+    return tensors, rest
+
+
+def _merge(tensors, rest: tuple) -> list:
+    values, it = [], iter(tensors)
+    for item in rest:
+        values.append(next(it) if item is _SLOT else item)
+    return values
+
+
+def place_for_offload(transformer, device: torch.device | str) -> None:
+    """Put everything but the blocks' frozen weights on `device` (LoRA weights included)."""
+    blocks = {id(b) for b in [*transformer.text_transformer_blocks, *transformer.visual_transformer_blocks]}
+    for module in transformer.modules():
+        if id(module) in blocks:
+            continue
+        inside_block = any(id(m) in blocks for m in _ancestors(transformer, module))
+        for _name, parameter in module.named_parameters(recurse=False):
+            if not inside_block or parameter.requires_grad:
+                parameter.data = parameter.data.to(device)
+        for name, buffer in module.named_buffers(recurse=False):
+            if not inside_block:
+                module._buffers[name] = buffer.to(device)
+
+
+def _ancestors(root: nn.Module, target: nn.Module) -> list[nn.Module]:
+    if not hasattr(root, "_k5_parents"):
+        parents: dict[int, nn.Module] = {}
+        for module in root.modules():
+            for child in module.children():
+                parents[id(child)] = module
+        root._k5_parents = parents
+    chain, current = [], root._k5_parents.get(id(target))
+    while current is not None:
+        chain.append(current)
+        current = root._k5_parents.get(id(current))
+    return chain
+
+
+def enable_group_offload(transformer, blocks_per_group: int = 1, use_stream: bool = False) -> GroupOffloader:
+    """Offload the transformer's blocks; in training every block runs checkpointed through the
+    offloader, in inference (validation) a pre-hook brings each block's group in before it runs."""
+    offloader = GroupOffloader(transformer, blocks_per_group, use_stream)
+    # the block's trainable LoRA weights are not inputs of the Function: this anchor makes its output
+    # require a gradient even when no input does (the first text block), so backward reaches it
+    anchor = torch.zeros(0, requires_grad=True)
+
+    def offloaded_checkpoint(module, *args):
+        tensors, rest = _split(args)
+        return _OffloadedCheckpoint.apply(offloader, module, rest, anchor, *tensors)
+
+    def onload_for_inference(module, args):
+        if not (module.training and torch.is_grad_enabled()):
+            offloader.enter(module, +1)
+
+    for block in [*transformer.text_transformer_blocks, *transformer.visual_transformer_blocks]:
+        block.register_forward_pre_hook(onload_for_inference)
+    transformer.enable_gradient_checkpointing(gradient_checkpointing_func=offloaded_checkpoint)
+    transformer._k5_offloader = offloader
+    return offloader

@@ -1,0 +1,61 @@
+"""Group offload that trains: the same LoRA as without offload, and no block weight used while away."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from k5tune.config import load_config
+from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
+from k5tune.train.offload import enable_group_offload
+from k5tune.train.trainer import train
+from tests.test_training import make_project
+
+RUN = {"max_train_steps": 3, "train_batch_size": 2, "lora_rank": 4, "checkpointing_steps": 100,
+       "validation_prompt": "a red circle moving to the right", "validation_steps": 100,
+       "validation_resolution": "32x48", "validation_num_video_frames": 5, "validation_num_inference_steps": 2}
+
+
+@pytest.mark.parametrize("blocks_per_group", [1, 2])
+def test_offloaded_training_gives_the_same_lora_after_3_steps(tmp_path, monkeypatch, tiny_model_dir,
+                                                               blocks_per_group):
+    plain = make_project(tmp_path / "plain", tiny_model_dir, {**RUN, "gradient_checkpointing_policy": "full"})
+    monkeypatch.chdir(plain)
+    expected = load_file(train(load_config()).lora_path)
+    offloaded = make_project(tmp_path / "offloaded", tiny_model_dir, {
+        **RUN, "enable_group_offload": True, "group_offload_type": "block_level",
+        "group_offload_blocks_per_group": blocks_per_group, "group_offload_use_stream": True,
+    })
+    monkeypatch.chdir(offloaded)
+    result = train(load_config())  # validation ran too: inference through the offloaded blocks
+    got = load_file(result.lora_path)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)  # gradient sums reorder
+    assert result.videos and result.videos[-1].path.is_file()
+
+
+def test_offloaded_weights_are_really_away_between_uses(tiny_model_dir):
+    """While a block's group is offloaded its frozen weights are empty stand-ins: any use would fail."""
+    transformer = Kandinsky5Components(resolve_model_source("t2v-lite-sft-5s", tiny_model_dir)).transformer()
+    from k5tune.train.lora import add_lora
+
+    add_lora(transformer, 4, 4, 0.0, ["to_query"], seed=0)
+    offloader = enable_group_offload(transformer, blocks_per_group=1)
+    block = transformer.visual_transformer_blocks[1]
+    assert block.self_attention.to_key.weight.numel() == 0  # offloaded
+    assert block.self_attention.to_query.lora_A["default"].weight.numel() > 0  # LoRA stays
+    offloader.enter(block, +1)
+    assert block.self_attention.to_key.weight.numel() > 0
+    offloader.enter(transformer.text_transformer_blocks[0], +1)
+    assert block.self_attention.to_key.weight.numel() == 0  # only the current group (and the next) stay
+
+
+def test_leaf_level_offload_is_refused_in_training(tmp_path, monkeypatch, tiny_model_dir):
+    from k5tune.errors import NotYetAvailable
+
+    folder = make_project(tmp_path, tiny_model_dir, {"enable_group_offload": True, "group_offload_type": "leaf_level"})
+    monkeypatch.chdir(folder)
+    with pytest.raises(NotYetAvailable, match="leaf_level"):
+        train(load_config())
