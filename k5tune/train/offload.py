@@ -27,7 +27,7 @@ class _Group:
         self.compute = compute
         # the CPU copies are the home of the weights; on a CPU-only run an empty tensor stands in while
         # offloaded, so any use of an offloaded weight fails loudly instead of silently working
-        self.home = [(p.data.pin_memory() if pin else p.data.to("cpu").clone()) for p in self.params]
+        self.home = [(p.data.to("cpu").pin_memory() if pin else p.data.to("cpu").clone()) for p in self.params]
         self.placeholder = [torch.empty(0, dtype=p.dtype, device=compute) for p in self.params]
         self.resident = True
         self.ready: torch.cuda.Event | None = None
