@@ -59,3 +59,31 @@ def test_leaf_level_offload_is_refused_in_training(tmp_path, monkeypatch, tiny_m
     monkeypatch.chdir(folder)
     with pytest.raises(NotYetAvailable, match="leaf_level"):
         train(load_config())
+
+
+def test_offloaded_backward_recomputes_under_the_same_autocast(tiny_model_dir):
+    """bf16 weights with fp32 modulation under autocast (the GPU set-up), here with CPU autocast: the
+    recomputation in backward must run under the forward's autocast or the dtypes clash."""
+    from k5tune.models.kandinsky5.model_input import pad_prompts
+    from k5tune.runtime import Runtime
+    from k5tune.train.lora import add_lora, lora_parameters
+    from k5tune.train.trainer import flow_matching_step_loss
+
+    transformer = Kandinsky5Components(resolve_model_source("t2v-lite-sft-5s", tiny_model_dir)).transformer(
+        dtype=torch.bfloat16)
+    assert transformer.visual_transformer_blocks[0].visual_modulation.out_layer.weight.dtype == torch.float32
+    add_lora(transformer, 4, 4, 0.0, ["to_query", "to_value"], seed=0)
+    for p in lora_parameters(transformer):
+        p.data = p.data.float()
+    enable_group_offload(transformer, blocks_per_group=1)
+    transformer.train()
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 2, 4, 6, 16, generator=generator)
+    text = pad_prompts([torch.randn(5, 32, generator=generator)], [torch.randn(32, generator=generator)])
+    runtime = Runtime(torch.device("cpu"), torch.bfloat16, torch.bfloat16, torch.bfloat16)
+    loss = flow_matching_step_loss(transformer, latents, text, torch.randn(latents.shape, generator=generator),
+                                   torch.tensor([0.5]), (32, 48), runtime)
+    loss.backward()
+    grads = [p.grad for p in lora_parameters(transformer)]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)

@@ -105,6 +105,9 @@ class _OffloadedCheckpoint(torch.autograd.Function):
         with torch.no_grad():
             output = block(*_merge(tensors, rest))
         ctx.offloader, ctx.block, ctx.rest = offloader, block, rest
+        # backward runs outside the caller's autocast: the recomputation must use the same one
+        device_type = offloader.compute.type
+        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
         ctx.save_for_backward(*tensors)
         return output
 
@@ -112,7 +115,8 @@ class _OffloadedCheckpoint(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         ctx.offloader.enter(ctx.block, -1)
         inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
-        with torch.enable_grad():
+        device_type, enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
             output = ctx.block(*_merge(inputs, ctx.rest))
         torch.autograd.backward(output, grad_output)  # LoRA gradients accumulate here, in the block
         return (None, None, None, None, *[t.grad if t.requires_grad else None for t in inputs])
