@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
+from k5tune.atomic import atomic_write_text
 from k5tune.config.datasets import ImageBackend, TextEmbedsBackend, VideoBackend
 from k5tune.config.frames import MIN_I2V_FRAMES, parse_resolution, snap_resolution
 from k5tune.config.loading import (
@@ -433,16 +434,7 @@ def survey_folder(folder: Path) -> FolderSurvey:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write pretty-printed JSON to a temporary file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def validate_together(config: dict[str, Any], datasets: list[dict[str, Any]], config_path: Path,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-_TMP_PREFIX = ".tmp-"
+from k5tune.atomic import TMP_PREFIX, atomic_target, atomic_write_json
+
+_TMP_PREFIX = TMP_PREFIX
 MANIFEST = "manifest.json"
 
 
@@ -28,24 +28,6 @@ def content_key(**parts: Any) -> str:
     """A stable hex key from everything that changes a cached result."""
     blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:40]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_bytes(path, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
 
 
 class TensorStore:
@@ -77,16 +59,8 @@ class TensorStore:
         return self.path(key).is_file()
 
     def put(self, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_target(self.path(key)) as temporary:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, temporary)
         self._manifest[key] = meta or {}
         self._dirty = True
 
@@ -119,7 +93,7 @@ class TensorStore:
         with (self.root / ".manifest.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             merged = {**self._read_manifest(), **self._manifest}
-            atomic_write_json(self.root / MANIFEST, merged)
+            atomic_write_json(self.root / MANIFEST, merged, sort_keys=True)
             self._manifest = merged
         self._dirty = False
 

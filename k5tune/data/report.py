@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
+
+from k5tune.atomic import atomic_write_json
 
 
 class SkipReason(StrEnum):
@@ -119,20 +118,7 @@ class DatasetReport:
 
     def write_json(self, path: Path | str) -> Path:
         """Write the report as JSON atomically: a temp file in the same folder, then os.replace."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.to_dict(), handle, indent=2, ensure_ascii=False)
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp_name, target)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
-        return target
+        return atomic_write_json(path, self.to_dict())
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -67,24 +67,17 @@ def save_lora(
     Metadata: diffusers' `lora_adapter_metadata` (so alpha != rank loads right) plus k5tune's own
     training facts under `k5tune.*` keys (flavour, rank, alpha, targets, steps, trigger word).
     """
-    import os
-    import tempfile
-
     from safetensors.torch import save_file
+
+    from k5tune.atomic import atomic_target
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.to(dtype) for k, v in lora_state_dict(transformer).items()}
     header = {"format": "pt", "lora_adapter_metadata": adapter_metadata(transformer)}
     header.update({f"k5tune.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, directory / LORA_WEIGHTS_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(directory / LORA_WEIGHTS_NAME, suffix=".safetensors") as temporary:
+        save_file(tensors, temporary, metadata=header)
     return directory / LORA_WEIGHTS_NAME
 
 

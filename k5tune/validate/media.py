@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from k5tune.atomic import atomic_target
 
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: float, crf: int = 18) -> Path:
@@ -23,26 +23,19 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: float, crf: int = 18) -
         frames = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     height, width = frames.shape[1:3]
     rate = Fraction(fps).limit_denominator(1001)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    try:
-        with av.open(tmp, mode="w", format="mp4") as container:
-            try:
-                stream = container.add_stream("libx264", rate=rate)
-                stream.options = {"crf": str(crf), "preset": "medium"}
-            except (av.FFmpegError, ValueError):
-                stream = container.add_stream("mpeg4", rate=rate)
-                stream.bit_rate = 8_000_000
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            for image in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
+    with atomic_target(path, suffix=".mp4") as temporary, av.open(str(temporary), mode="w", format="mp4") as container:
+        try:
+            stream = container.add_stream("libx264", rate=rate)
+            stream.options = {"crf": str(crf), "preset": "medium"}
+        except (av.FFmpegError, ValueError):
+            stream = container.add_stream("mpeg4", rate=rate)
+            stream.bit_rate = 8_000_000
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
                 container.mux(packet)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for packet in stream.encode():
+            container.mux(packet)
     return path
 
 
