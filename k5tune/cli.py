@@ -8,24 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from k5tune import __version__
-from k5tune.errors import K5TuneError, NotYetAvailable
-
-# Subcommands whose implementation is still tracked by an open issue.
-PENDING: dict[str, tuple[int, str]] = {
-    "estimate": (6, "the GPU memory estimator"),
-}
-
-
-def _pending(command: str) -> Callable[[argparse.Namespace, list[str]], int]:
-    def run(args: argparse.Namespace, extra: list[str]) -> int:
-        issue, what = PENDING[command]
-        raise NotYetAvailable(f"`k5tune {command}` is not available yet: {what} is tracked in issue {issue}")
-
-    return run
+from k5tune.errors import K5TuneError
 
 
 def _config_keys_epilog() -> str:
@@ -148,6 +135,31 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     print(text)
     if args.output:
         Path(args.output).write_text(text + "\n")
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace, extra: list[str]) -> int:
+    from k5tune.config import load_config
+    from k5tune.config.frames import parse_resolution, snap_resolution
+    from k5tune.errors import ConfigError
+    from k5tune.estimate import TrainingShape, estimate_report
+    from k5tune.models.flavours import FLAVOURS
+
+    loaded = load_config(args.config)
+    cfg = loaded.train
+    flavour = args.flavour or cfg.model_flavour
+    if flavour not in FLAVOURS:
+        raise ConfigError(f"unknown flavour '{flavour}'; valid flavours: {', '.join(FLAVOURS)}", key="--flavour")
+    video = next((b for b in loaded.media_backends if b.dataset_type == "video"), None)
+    if args.resolution:
+        height, width = snap_resolution(*parse_resolution(args.resolution))
+    else:  # the dataset's resolution as the shorter side of a 2:3 clip, the guide's 512 -> 512x768
+        short = video.resolution if video else 512
+        height, width = snap_resolution(short, round(short * 1.5))
+    frames = args.frames or (video.video.num_frames if video else cfg.validation_num_video_frames)
+    shape = TrainingShape(height, width, frames, cfg.train_batch_size, args.rank or cfg.lora_rank,
+                          cfg.lora_target_modules)
+    print(estimate_report(flavour, shape, args.gpu_memory, cfg.offload_during_startup, cfg.vae_enable_patch_conv))
     return 0
 
 
@@ -288,9 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     estimate = sub.add_parser(
         "estimate", help="predict peak GPU memory for a config and propose settings that fit",
-        description="Predict peak GPU memory of caching and training and propose settings for a card.",
+        description="Predict the peak GPU memory of caching and training for the config (or the shape given) "
+        "and, with --gpu-memory, the fastest settings that fit that card.",
     )
-    estimate.set_defaults(func=_pending("estimate"), takes_overrides=True)
+    estimate.add_argument("--config", default="config/config.json", help="config file (default: config/config.json)")
+    estimate.add_argument("--gpu-memory", type=float, metavar="GIB", help="the card's memory in GiB")
+    estimate.add_argument("--flavour", help="override the config's model_flavour")
+    estimate.add_argument("--resolution", help="HEIGHTxWIDTH of the training clips (default: from the dataset file)")
+    estimate.add_argument("--frames", type=int, help="frames per clip (default: the dataset's num_frames)")
+    estimate.add_argument("--rank", type=int, help="LoRA rank (default: the config's lora_rank)")
+    estimate.set_defaults(func=cmd_estimate)
 
     server = sub.add_parser(
         "server", help="web UI at http://localhost:8001",
