@@ -187,3 +187,20 @@ def test_tread_with_i2v_keeps_the_conditioning_frame_and_resumes_exactly(tmp_pat
     final = load_file(train(load_config("config/config.json", {"resume_from_checkpoint": "latest"})).lora_path)
     for key in expected:
         assert torch.equal(final[key], expected[key]), key
+
+
+def test_tread_with_group_offload_trains_like_without(tmp_path, monkeypatch, tiny_model_dir):
+    """Routing and offloaded blocks together: the same LoRA as routing alone (same seeded draws)."""
+    from safetensors.torch import load_file
+
+    base = {"max_train_steps": 2, "train_batch_size": 2, "adam_epsilon": 1e-4, "gradient_checkpointing_policy": "full",
+            "tread_config": {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 1}]}}
+    plain = make_project(tmp_path / "plain", tiny_model_dir, base)
+    monkeypatch.chdir(plain)
+    expected = load_file(train(load_config()).lora_path)
+    offloaded = make_project(tmp_path / "offloaded", tiny_model_dir, {**base, "enable_group_offload": True})
+    monkeypatch.chdir(offloaded)
+    got = load_file(train(load_config()).lora_path)
+    for key in expected:
+        error = (got[key] - expected[key]).norm() / expected[key].norm().clamp(min=1e-12)
+        assert error < 1e-4, (key, error.item())

@@ -189,6 +189,8 @@ class Trainer:
         self.speed = speed_plan(cfg)
         apply_speed_plan(transformer, self.speed)
         if offload:
+            if cfg.group_offload_use_stream and not self.runtime.is_cuda:
+                progress.log("note: group_offload_use_stream has no effect without a CUDA GPU")
             place_for_offload(transformer, self.runtime.device)
             enable_group_offload(transformer, cfg.group_offload_blocks_per_group, cfg.group_offload_use_stream)
         install_text_mask(transformer)
