@@ -108,11 +108,10 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     from k5tune.bench import BenchConfig, format_report, run_bench
     from k5tune.config.frames import frame_count_problem
     from k5tune.errors import ConfigError
-    from k5tune.models.flavours import FLAVOURS
+    from k5tune.models.flavours import require_flavour
     from k5tune.train.speed import SpeedPlan
 
-    if args.flavour not in FLAVOURS:
-        raise ConfigError(f"unknown flavour '{args.flavour}'; valid flavours: {', '.join(FLAVOURS)}", key="--flavour")
+    require_flavour(args.flavour, "--flavour")
     if frame_count_problem(args.frames):
         raise ConfigError(frame_count_problem(args.frames), key="--frames")
     plan = SpeedPlan(fast_path=not args.no_fused, attention=args.attention, checkpointing=args.checkpointing,
@@ -141,15 +140,12 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_estimate(args: argparse.Namespace, extra: list[str]) -> int:
     from k5tune.config import load_config
     from k5tune.config.frames import parse_resolution, snap_resolution
-    from k5tune.errors import ConfigError
     from k5tune.estimate import TrainingShape, estimate_report
-    from k5tune.models.flavours import FLAVOURS
+    from k5tune.models.flavours import require_flavour
 
     loaded = load_config(args.config)
     cfg = loaded.train
-    flavour = args.flavour or cfg.model_flavour
-    if flavour not in FLAVOURS:
-        raise ConfigError(f"unknown flavour '{flavour}'; valid flavours: {', '.join(FLAVOURS)}", key="--flavour")
+    flavour = require_flavour(args.flavour or cfg.model_flavour, "--flavour")
     video = next((b for b in loaded.media_backends if b.dataset_type == "video"), None)
     if args.resolution:
         height, width = snap_resolution(*parse_resolution(args.resolution))

@@ -14,7 +14,7 @@ import torch
 
 from k5tune.config.frames import MIN_I2V_FRAMES, frame_count_problem, parse_resolution, snap_resolution
 from k5tune.errors import ConfigError
-from k5tune.models.flavours import DEFAULT_FLAVOUR, FLAVOURS
+from k5tune.models.flavours import DEFAULT_FLAVOUR, FLAVOURS, require_flavour
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.runtime import Runtime
 from k5tune.validate.media import write_mp4
@@ -51,9 +51,7 @@ def infer_flavour(model: str) -> str:
 
 
 def check_request(request: GenerateRequest) -> tuple[str, int, int]:
-    flavour = request.flavour or infer_flavour(request.model)
-    if flavour not in FLAVOURS:
-        raise ConfigError(f"unknown flavour '{flavour}'; valid flavours: {', '.join(FLAVOURS)}", key="--flavour")
+    flavour = require_flavour(request.flavour or infer_flavour(request.model), "--flavour")
     problem = frame_count_problem(request.frames)
     if problem:
         raise ConfigError(problem, key="--frames")

@@ -42,7 +42,7 @@ class CacheResult:
         return sum(s.size_bytes() for s in stores.values())
 
     def latents(self, record_key: str, backend_id: str) -> torch.Tensor:
-        return self.latent_stores[backend_id].get(self.latent_keys[record_key])["latents"]
+        return self.sample(record_key, backend_id)["latents"]
 
     def sample(self, record_key: str, backend_id: str) -> dict[str, torch.Tensor]:
         """All cached tensors of a clip: `latents`, and `first_frame` for I2V flavours."""
@@ -114,9 +114,12 @@ def build_caches(
     dist = dist or Dist()
     progress = progress or SilentProgress()
     started = time.perf_counter()
+
+    def open_stores(clean: bool):
+        return (TensorStore(text_backend.cache_dir, clean_leftovers=clean),
+                {b.id: TensorStore(b.vae_cache_dir, clean_leftovers=clean) for b in media_backends})
+
     # only the first process removes leftover temporary files: another's may be in flight
-    open_stores = lambda clean: (TensorStore(text_backend.cache_dir, clean_leftovers=clean),  # noqa: E731
-                                 {b.id: TensorStore(b.vae_cache_dir, clean_leftovers=clean) for b in media_backends})
     if dist.is_main:
         text_store, latent_stores = open_stores(True)
     dist.barrier()

@@ -184,7 +184,6 @@ class TrainConfig(BaseModel):
     )
     vae_enable_patch_conv: bool = _f(False, "Slice the VAE's 3D convolutions: lower peak memory, a bit slower.")
     vae_enable_tiling: bool = _f(False, "Encode/decode the VAE in overlapping tiles (blended, not exact).")
-    vae_batch_size: int = _f(1, "Clips encoded by the VAE at once while caching.", gt=0)
     enable_group_offload: bool = _f(False, "Stream transformer blocks between CPU and GPU (needed for Pro on one GPU).")
     group_offload_type: Literal["block_level", "leaf_level"] = _f("block_level", "Granularity of group offload.")
     group_offload_blocks_per_group: int = _f(1, "Blocks moved together with block_level offload.", gt=0)

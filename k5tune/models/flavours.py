@@ -121,6 +121,15 @@ DEFAULT_FLAVOUR = "t2v-lite-sft-5s"
 FLAVOUR_NAMES: tuple[str, ...] = tuple(FLAVOURS)
 
 
+def require_flavour(name: str, key: str) -> str:
+    """`name` if it is a flavour, else a ConfigError naming `key` and listing the valid ones."""
+    from k5tune.errors import ConfigError
+
+    if name not in FLAVOURS:
+        raise ConfigError(f"unknown flavour '{name}'; valid flavours: {', '.join(FLAVOUR_NAMES)}", key=key)
+    return name
+
+
 def get_flavour(name: str) -> Flavour:
     """Look up a flavour; the config schema has already rejected unknown names with a message."""
     return FLAVOURS[name]

@@ -143,33 +143,19 @@ def _merge(tensors, rest: tuple) -> list:
     return values
 
 
+_BLOCK_PREFIXES = ("text_transformer_blocks.", "visual_transformer_blocks.")
+
+
 def place_for_offload(transformer, device: torch.device | str) -> None:
     """Put everything but the blocks' frozen weights on `device` (LoRA weights included)."""
-    blocks = {id(b) for b in [*transformer.text_transformer_blocks, *transformer.visual_transformer_blocks]}
-    for module in transformer.modules():
-        if id(module) in blocks:
-            continue
-        inside_block = any(id(m) in blocks for m in _ancestors(transformer, module))
-        for _name, parameter in module.named_parameters(recurse=False):
-            if not inside_block or parameter.requires_grad:
-                parameter.data = parameter.data.to(device)
+    for name, parameter in transformer.named_parameters():
+        if not name.startswith(_BLOCK_PREFIXES) or parameter.requires_grad:
+            parameter.data = parameter.data.to(device)
+    for module_name, module in transformer.named_modules():
+        if (module_name + ".").startswith(_BLOCK_PREFIXES):
+            continue  # the offloader owns the blocks' buffers
         for name, buffer in module.named_buffers(recurse=False):
-            if not inside_block:
-                module._buffers[name] = buffer.to(device)
-
-
-def _ancestors(root: nn.Module, target: nn.Module) -> list[nn.Module]:
-    if not hasattr(root, "_k5_parents"):
-        parents: dict[int, nn.Module] = {}
-        for module in root.modules():
-            for child in module.children():
-                parents[id(child)] = module
-        root._k5_parents = parents
-    chain, current = [], root._k5_parents.get(id(target))
-    while current is not None:
-        chain.append(current)
-        current = root._k5_parents.get(id(current))
-    return chain
+            module._buffers[name] = buffer.to(device)
 
 
 def enable_group_offload(transformer, blocks_per_group: int = 1, use_stream: bool = False) -> GroupOffloader:
@@ -191,5 +177,4 @@ def enable_group_offload(transformer, blocks_per_group: int = 1, use_stream: boo
     for block in [*transformer.text_transformer_blocks, *transformer.visual_transformer_blocks]:
         block.register_forward_pre_hook(onload_for_inference)
     transformer.enable_gradient_checkpointing(gradient_checkpointing_func=offloaded_checkpoint)
-    transformer._k5_offloader = offloader
     return offloader

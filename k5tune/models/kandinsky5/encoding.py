@@ -94,11 +94,3 @@ def encode_video(vae, pixels: torch.Tensor, generator: torch.Generator | None = 
     latents = posterior.sample(generator=generator) if sample else posterior.mode()
     latents = latents * vae.config.scaling_factor
     return latents.permute(0, 2, 3, 4, 1).contiguous()
-
-
-@torch.no_grad()
-def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Inverse of encode_video, with the pipeline's de-normalisation: (B, F', h, w, C) -> (B, 3, F, H, W)."""
-    parameter = next(vae.parameters())
-    latents = latents.permute(0, 4, 1, 2, 3).to(device=parameter.device, dtype=parameter.dtype)
-    return vae.decode(latents / vae.config.scaling_factor).sample

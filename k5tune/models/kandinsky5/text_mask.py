@@ -10,42 +10,20 @@ gradient checkpointing in backward sees the same mask as the forward.
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_kandinsky import Kandinsky5AttnProcessor
 
+from k5tune.models.kandinsky5.fast import FastAttnProcessor
 
-class MaskedTextAttnProcessor(Kandinsky5AttnProcessor):
-    """Kandinsky5AttnProcessor whose keys (text tokens) can be masked."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.key_mask: torch.Tensor | None = None  # (B, L) bool, True = real token
+class MaskedTextAttnProcessor(FastAttnProcessor):
+    """The stock processor while no mask is set; with a mask, the fast path's masked attention (the same
+    maths as the stock processor, plus the key-padding mask)."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, rotary_emb=None, sparse_params=None):
         if self.key_mask is None:
-            return super().__call__(attn, hidden_states, encoder_hidden_states, rotary_emb, sparse_params)
-        keys_from = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        query = attn.to_query(hidden_states)
-        key = attn.to_key(keys_from)
-        value = attn.to_value(keys_from)
-        query = query.reshape(*query.shape[:-1], attn.num_heads, -1)
-        key = key.reshape(*key.shape[:-1], attn.num_heads, -1)
-        value = value.reshape(*value.shape[:-1], attn.num_heads, -1)
-        query = attn.query_norm(query.float()).type_as(query)
-        key = attn.key_norm(key.float()).type_as(key)
-        if rotary_emb is not None:
-            query = _apply_rotary(query, rotary_emb).type_as(query)
-            key = _apply_rotary(key, rotary_emb).type_as(key)
-        mask = self.key_mask.to(query.device)[:, None, None, :]  # broadcast over heads and queries
-        out = dispatch_attention_fn(query, key, value, attn_mask=mask, backend=self._attention_backend,
-                                    parallel_config=self._parallel_config)
-        return attn.out_layer(out.flatten(-2, -1))
-
-
-def _apply_rotary(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    # same rounding as the stock processor (it casts to bf16 here, even in fp32 runs)
-    pairs = x.reshape(*x.shape[:-1], -1, 1, 2).to(torch.float32)
-    return (rope * pairs).sum(dim=-1).reshape(*x.shape).to(torch.bfloat16)
+            return Kandinsky5AttnProcessor.__call__(self, attn, hidden_states, encoder_hidden_states, rotary_emb,
+                                                    sparse_params)
+        return super().__call__(attn, hidden_states, encoder_hidden_states, rotary_emb, sparse_params)
 
 
 def text_attentions(transformer):
