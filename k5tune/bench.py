@@ -39,6 +39,7 @@ class BenchConfig:
     tread: object | None = None  # a TreadConfig: also time the routed step on the same model
     offload_blocks_per_group: int | None = None  # group offload of the transformer blocks
     offload_stream: bool = False
+    offload_activations: bool | None = None  # None: as in training, on with group offload
     device: str | None = None
     plan: SpeedPlan = field(default_factory=SpeedPlan)
 
@@ -155,10 +156,13 @@ def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
     for p in params:
         p.data = p.data.float()
     apply_speed_plan(transformer, bench.plan)
-    if bench.offload_blocks_per_group:
+    offload_weights = bool(bench.offload_blocks_per_group)
+    offload_activations = offload_weights if bench.offload_activations is None else bench.offload_activations
+    if offload_weights or offload_activations:
         from k5tune.train.offload import enable_group_offload
 
-        enable_group_offload(transformer, bench.offload_blocks_per_group, bench.offload_stream)
+        enable_group_offload(transformer, bench.offload_blocks_per_group or 1, bench.offload_stream or not offload_weights,
+                             offload_activations=offload_activations, offload_weights=offload_weights)
     install_text_mask(transformer)
     transformer.train()
     optimizer = torch.optim.AdamW(params, lr=1e-5)
@@ -237,6 +241,8 @@ def run_bench(bench: BenchConfig) -> dict:
         "plan": asdict(bench.plan),
         "group_offload": ({"blocks_per_group": bench.offload_blocks_per_group, "stream": bench.offload_stream}
                           if bench.offload_blocks_per_group else None),
+        "offload_activations": (bool(bench.offload_blocks_per_group) if bench.offload_activations is None
+                                else bench.offload_activations),
         "steps_timed": bench.steps,
         "warmup": bench.warmup,
     }

@@ -90,3 +90,42 @@ def test_offloaded_backward_recomputes_under_the_same_autocast(tiny_model_dir):
     grads = [p.grad for p in lora_parameters(transformer)]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_activation_offload_gives_the_same_lora(tmp_path, monkeypatch, tiny_model_dir, with_weights):
+    """The saved block inputs travel through CPU memory (every one, for the tiny model) and training
+    ends where plain full checkpointing does."""
+    import k5tune.train.offload as offload
+
+    monkeypatch.setattr(offload, "_MIN_OFFLOADED_ELEMENTS", 1)
+    stashed = []
+    original = offload._StashedTensor.__init__
+
+    def counting_init(self, tensor, stream):
+        stashed.append(tuple(tensor.shape))
+        original(self, tensor, stream)
+
+    monkeypatch.setattr(offload._StashedTensor, "__init__", counting_init)
+    plain = make_project(tmp_path / "plain", tiny_model_dir, {**RUN, "gradient_checkpointing_policy": "full"})
+    monkeypatch.chdir(plain)
+    expected = load_file(train(load_config()).lora_path)
+    assert not stashed
+    moved = make_project(tmp_path / "moved", tiny_model_dir, {
+        **RUN, "offload_activations": True, "enable_group_offload": with_weights})
+    monkeypatch.chdir(moved)
+    got = load_file(train(load_config()).lora_path)
+    blocks = 1 + 2  # text + visual blocks of the tiny model; each forward stashes every block's input
+    assert len(stashed) >= 3 * blocks
+    for key in expected:
+        error = (got[key] - expected[key]).norm() / expected[key].norm().clamp(min=1e-12)
+        assert error < 1e-4, (key, error.item())
+
+
+def test_offload_activations_needs_gradient_checkpointing(tmp_path, monkeypatch, tiny_model_dir):
+    from k5tune.errors import ConfigError
+
+    folder = make_project(tmp_path, tiny_model_dir, {"offload_activations": True, "gradient_checkpointing": False})
+    monkeypatch.chdir(folder)
+    with pytest.raises(ConfigError, match="offload_activations needs gradient_checkpointing"):
+        load_config()

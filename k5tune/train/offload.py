@@ -11,6 +11,10 @@ recomputes with gradients, back-propagates (LoRA gradients accumulate as usual),
 stream from pinned memory while the current one computes.
 
 Trainable LoRA weights and the small non-block layers stay on the GPU.
+
+`offload_activations` also moves what a checkpointed block keeps for its backward (its large input,
+the residual stream: tokens x dim x 2 bytes, 88 MB per block for Lite at 512x768x61) to pinned CPU
+memory, and brings it back one block ahead in backward. It works with or without weight offload.
 """
 
 from __future__ import annotations
@@ -62,32 +66,107 @@ class _Group:
         self.resident = False
 
 
-class GroupOffloader:
-    """Owns the block groups of one transformer and their traffic between CPU and GPU."""
+# Saved block inputs smaller than this stay where they are (text tokens, time embeddings): moving them
+# costs a transfer and saves nothing worth having. Shared inputs (RoPE) need no gradient and stay too.
+_MIN_OFFLOADED_ELEMENTS = 2**20
 
-    def __init__(self, transformer, blocks_per_group: int = 1, use_stream: bool = False):
+
+class _StashedTensor:
+    """One saved block input while it waits for backward in CPU memory."""
+
+    def __init__(self, tensor: torch.Tensor, stream: torch.cuda.Stream | None):
+        self.requires_grad = tensor.requires_grad
+        self.device = tensor.device
+        self.gpu: torch.Tensor | None = None
+        self.ready: torch.cuda.Event | None = None
+        if tensor.device.type != "cuda":  # CPU runs (tests): a copy, so the path is the same
+            self.cpu = tensor.detach().clone()
+            return
+        self.cpu = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        if stream is None:
+            self.cpu.copy_(tensor.detach(), non_blocking=True)
+            return
+        stream.wait_stream(torch.cuda.current_stream())  # the tensor is complete before it is copied
+        with torch.cuda.stream(stream):
+            self.cpu.copy_(tensor.detach(), non_blocking=True)
+        tensor.record_stream(stream)  # its memory is not reused until the copy is done
+
+    def prefetch(self, stream: torch.cuda.Stream | None) -> None:
+        if self.gpu is not None or self.device.type != "cuda":
+            return
+        if stream is None:
+            self.gpu = self.cpu.to(self.device, non_blocking=True)
+            return
+        with torch.cuda.stream(stream):
+            self.gpu = self.cpu.to(self.device, non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record(stream)
+
+    def fetch(self, stream: torch.cuda.Stream | None) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return self.cpu
+        self.prefetch(stream)
+        if self.ready is not None:
+            torch.cuda.current_stream().wait_event(self.ready)
+            self.gpu.record_stream(torch.cuda.current_stream())
+        tensor, self.gpu = self.gpu, None
+        return tensor
+
+
+class GroupOffloader:
+    """Owns the block groups of one transformer and their traffic between CPU and GPU: the frozen
+    weights (`offload_weights`) and the saved block inputs (`offload_activations`)."""
+
+    def __init__(self, transformer, blocks_per_group: int = 1, use_stream: bool = False,
+                 offload_weights: bool = True, offload_activations: bool = False):
         self.compute = next(p for p in transformer.parameters() if p.requires_grad).device
         cuda = self.compute.type == "cuda"
         blocks = [*transformer.text_transformer_blocks, *transformer.visual_transformer_blocks]
+        self.first_block = blocks[0]
         self.groups: list[_Group] = []
         self.group_of: dict[int, _Group] = {}
-        for start in range(0, len(blocks), blocks_per_group):
+        for start in range(0, len(blocks), blocks_per_group) if offload_weights else ():
             members = blocks[start : start + blocks_per_group]
             group = _Group(len(self.groups), members, self.compute, pin=cuda)
             self.groups.append(group)
             for block in members:
                 self.group_of[id(block)] = group
         self.stream = torch.cuda.Stream(self.compute) if (use_stream and cuda) else None
+        self.offload_activations = offload_activations
+        self.stashes: list[list[_StashedTensor | None]] = []  # per block call of this forward pass
         if cuda:
             torch.cuda.empty_cache()
+
+    def stash(self, block: nn.Module, tensors: tuple[torch.Tensor, ...]) -> tuple[int, tuple]:
+        """Send the large inputs a block keeps for backward to the CPU; returns (call index, kept ones)."""
+        if block is self.first_block:
+            self.stashes = []  # a new forward pass
+        moved = [(_StashedTensor(t, self.stream) if self.offload_activations and t.requires_grad
+                  and t.numel() >= _MIN_OFFLOADED_ELEMENTS else None) for t in tensors]
+        self.stashes.append(moved)
+        kept = tuple(torch.empty(0) if m is not None else t for m, t in zip(moved, tensors, strict=True))
+        return len(self.stashes) - 1, kept
+
+    def unstash(self, index: int, kept: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """The block's saved inputs back on the GPU; the previous block's start coming on the side stream."""
+        moved = self.stashes[index]
+        tensors = [t if m is None else m.fetch(self.stream) for m, t in zip(moved, kept, strict=True)]
+        self.stashes[index] = [None] * len(moved)
+        if index > 0:
+            for earlier in self.stashes[index - 1]:
+                if earlier is not None:
+                    earlier.prefetch(self.stream)
+        return tensors
 
     def _prefetch(self, index: int) -> None:
         if self.stream is not None and 0 <= index < len(self.groups):
             self.groups[index].onload(self.stream)
 
-    def enter(self, block: nn.Module, direction: int) -> _Group:
+    def enter(self, block: nn.Module, direction: int) -> _Group | None:
         """Make `block`'s group resident; prefetch the next one in `direction` (+1 forward, -1 backward)."""
-        group = self.group_of[id(block)]
+        group = self.group_of.get(id(block))
+        if group is None:  # weights are not offloaded
+            return None
         for other in self.groups:  # keep at most the current group and the prefetched one
             if other is not group and other.index != group.index + direction and other.resident:
                 other.offload()
@@ -108,13 +187,16 @@ class _OffloadedCheckpoint(torch.autograd.Function):
         # backward runs outside the caller's autocast: the recomputation must use the same one
         device_type = offloader.compute.type
         ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
-        ctx.save_for_backward(*tensors)
+        ctx.stash_index, kept = offloader.stash(block, tensors)
+        ctx.save_for_backward(*kept)
+        ctx.input_requires_grad = [t.requires_grad for t in tensors]
         return output
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         ctx.offloader.enter(ctx.block, -1)
-        inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
+        saved = ctx.offloader.unstash(ctx.stash_index, ctx.saved_tensors)
+        inputs = [t.detach().requires_grad_(grad) for t, grad in zip(saved, ctx.input_requires_grad, strict=True)]
         device_type, enabled, dtype = ctx.autocast
         with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
             output = ctx.block(*_merge(inputs, ctx.rest))
@@ -158,10 +240,12 @@ def place_for_offload(transformer, device: torch.device | str) -> None:
             module._buffers[name] = buffer.to(device)
 
 
-def enable_group_offload(transformer, blocks_per_group: int = 1, use_stream: bool = False) -> GroupOffloader:
+def enable_group_offload(transformer, blocks_per_group: int = 1, use_stream: bool = False,
+                         offload_activations: bool = False, offload_weights: bool = True) -> GroupOffloader:
     """Offload the transformer's blocks; in training every block runs checkpointed through the
-    offloader, in inference (validation) a pre-hook brings each block's group in before it runs."""
-    offloader = GroupOffloader(transformer, blocks_per_group, use_stream)
+    offloader, in inference (validation) a pre-hook brings each block's group in before it runs.
+    With `offload_weights=False` only the saved activations move (the weights stay on the GPU)."""
+    offloader = GroupOffloader(transformer, blocks_per_group, use_stream, offload_weights, offload_activations)
     # the block's trainable LoRA weights are not inputs of the Function: this anchor makes its output
     # require a gradient even when no input does (the first text block), so backward reaches it
     anchor = torch.zeros(0, requires_grad=True)

@@ -192,7 +192,11 @@ class Trainer:
             if cfg.group_offload_use_stream and not self.runtime.is_cuda:
                 progress.log("note: group_offload_use_stream has no effect without a CUDA GPU")
             place_for_offload(transformer, self.runtime.device)
-            enable_group_offload(transformer, cfg.group_offload_blocks_per_group, cfg.group_offload_use_stream)
+        if offload or cfg.activations_offloaded:
+            # alone, activation offload copies on a side stream: the copies hide behind the compute
+            enable_group_offload(transformer, cfg.group_offload_blocks_per_group,
+                                 cfg.group_offload_use_stream or not offload,
+                                 offload_activations=cfg.activations_offloaded, offload_weights=offload)
         install_text_mask(transformer)
         if cfg.tread_config is not None:
             install_tread(transformer, resolve_routes(cfg.tread_config, len(transformer.visual_transformer_blocks)))
