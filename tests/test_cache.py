@@ -375,6 +375,11 @@ def test_cache_command_caches_only_and_prints_the_report(tmp_path, monkeypatch, 
     assert (report["found"], report["used"]) == (3, 1)
     assert report["counts_by_reason"] == {"empty_file": 1, "too_short": 1}
     assert report["buckets"] == {f"{WIDTH}x{HEIGHT}@{FRAMES}": 1}
+    # what caching did is recorded too; no GPU here, so no peak (and no "caching peak" line)
+    assert report["caching"] == {"peak_gib": None, "text_peak_gib": None, "latent_peak_gib": None,
+                                 "text_encoder_streamed": False, "encoded_latents": 1, "encoded_captions": 2,
+                                 "seconds": report["caching"]["seconds"]}
+    assert "caching peak" not in out
     assert str(tmp_path / "cache" / "dataset_report.json") in out
     assert len(list((tmp_path / "cache" / "vae" / "my-video-dataset").rglob("*.safetensors"))) == 1
     assert len(list((tmp_path / "cache" / "text" / "kandinsky5").rglob("*.safetensors"))) == 2
@@ -428,6 +433,40 @@ def test_offload_during_startup_never_holds_text_encoders_and_vae_together(
     else:
         assert together  # without the flag they do meet: the spy can see it
     assert {"load text_encoder", "load text_encoder_2", "load vae"} <= set(labels)
+
+
+def test_offload_during_startup_streams_qwen_and_caches_the_same_embeddings(first, tmp_path, monkeypatch):
+    project = first.project.copy(tmp_path, with_cache=False)
+    text_encoders = []
+    real = Kandinsky5Components.text_encoder
+
+    def keep(components, *args, **kwargs):
+        text_encoders.append(real(components, *args, **kwargs))
+        return text_encoders[-1]
+
+    monkeypatch.setattr(Kandinsky5Components, "text_encoder", keep)
+    result, _ = project.cache(offload_during_startup=True)
+
+    assert result.text_encoder_streamed and not first.result.text_encoder_streamed
+    assert result.encoded_captions == len(first.result.text_keys)
+    layers = text_encoders[-1].model.language_model.layers
+    assert all("group_offloading" in layer._diffusers_hook.hooks for layer in layers)  # went through the hooks
+    for caption in first.result.text_keys:
+        qwen, clip = result.prompt(caption)
+        reference_qwen, reference_clip = first.result.prompt(caption)
+        assert torch.equal(qwen, reference_qwen) and torch.equal(clip, reference_clip), caption
+
+
+def test_caching_peak_line(tmp_path):
+    from k5tune.cache.stage import memory_line
+
+    store = TensorStore(tmp_path / "text")
+    result = CacheResult({}, {}, {}, store, encoded_latents=3, encoded_captions=4, text_peak_gib=1.6,
+                         latent_peak_gib=10.42, text_encoder_streamed=True)
+    assert result.peak_gib == 10.42
+    assert memory_line(result) == ("caching peak 10.42 GiB of GPU memory (text embeddings 1.60 GiB, Qwen2.5-VL "
+                                   "streamed from CPU memory; video latents 10.42 GiB)")
+    assert memory_line(CacheResult({}, {}, {}, store)) is None  # no GPU, or nothing encoded
 
 
 def test_patch_conv_from_the_config_slices_the_vae_and_caches_the_same_latents(first, tmp_path, monkeypatch):

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from k5tune.cli import main
-from k5tune.estimate import TrainingSettings, TrainingShape, propose, training_peak_gib
+from k5tune.estimate import (
+    TrainingSettings,
+    TrainingShape,
+    caching_estimate,
+    encoder_weight_gib,
+    propose,
+    training_peak_gib,
+    vae_encode_peak_gib,
+)
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
@@ -46,6 +54,41 @@ def test_predictions_are_within_15_percent_of_the_measured_peaks(flavour, settin
     assert abs(predicted - actual) <= 0.15 * actual, (predicted, actual)
 
 
+def vae_rows() -> dict[str, dict]:
+    lines = (RESULTS / "2026-11-27-h100-run11" / "vae.jsonl").read_text().splitlines()
+    return {row["variant"]: row for row in map(json.loads, lines) if "variant" in row}
+
+
+@pytest.mark.parametrize("variant", ["plain", "patch_conv", "tiling"])
+def test_vae_encode_predictions_are_within_15_percent_of_the_measured_peaks(variant):
+    actual = vae_rows()[variant]["peak_gib"]
+    predicted = vae_encode_peak_gib(TrainingShape(), variant)
+    assert abs(predicted - actual) <= 0.15 * actual, (predicted, actual)
+
+
+def test_vae_anchor_run_agrees_with_the_counted_weights_and_clip():
+    header = json.loads((RESULTS / "2026-11-27-h100-run11" / "vae.jsonl").read_text().splitlines()[0])
+    clip = 61 * 512 * 768 * 3 * 2 / 2**30
+    assert abs(encoder_weight_gib()["vae"] + clip - header["weights_and_clip_gib"]) < 0.02
+
+
+def test_caching_with_the_guides_settings():
+    """offload_during_startup streams Qwen: the VAE encode is the caching peak, and it fits 13 GiB."""
+    shape = TrainingShape()
+    guide = caching_estimate(shape, offload_during_startup=True, patch_conv=True)
+    assert guide.streamed and guide.text_gib < 4 < guide.vae_gib
+    assert abs(guide.peak_gib - vae_rows()["patch_conv"]["peak_gib"]) <= 0.15 * vae_rows()["patch_conv"]["peak_gib"]
+    assert guide.peak_gib <= 13
+    whole = caching_estimate(shape, offload_during_startup=False, patch_conv=False)
+    assert not whole.streamed and whole.text_gib > 15.4  # Qwen2.5-VL-7B's weights alone are 15.4 GiB
+    assert whole.vae_gib > whole.text_gib  # both encoders on the GPU while the VAE encodes
+    assert caching_estimate(shape, False, False, gpu_gib=12).streamed  # does not fit: streamed anyway
+    # a longer or larger clip costs more, except with tiling's fixed-size tiles (only the clip grows)
+    bigger = TrainingShape(720, 1280, 121)
+    assert vae_encode_peak_gib(bigger, "patch_conv") > 2 * vae_encode_peak_gib(shape, "patch_conv")
+    assert vae_encode_peak_gib(bigger, "tiling") < vae_encode_peak_gib(shape, "tiling") + 1
+
+
 def test_more_memory_saving_settings_predict_less():
     shape = TrainingShape()
     peaks = [training_peak_gib(PRO, shape, s) for s in (
@@ -77,3 +120,4 @@ def test_estimate_command(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "512x768, 61 frames (24576 tokens)" in out
     assert "fits 24.0 GiB" in out and "caching peak" in out
+    assert "Qwen2.5-VL streamed from CPU memory" in out and "caching: set" not in out  # caching fits 24 GiB

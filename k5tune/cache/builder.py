@@ -18,10 +18,22 @@ import torch
 from k5tune.cache.store import TensorStore, content_key
 from k5tune.models.kandinsky5.encoding import MAX_CAPTION_TOKENS, encode_prompts, encode_video, text_pipeline
 from k5tune.models.kandinsky5.patch_conv import enable_patch_conv
+from k5tune.models.kandinsky5.text_stream import (
+    free_gpu_bytes,
+    module_bytes,
+    should_stream_text_encoder,
+    stream_text_encoder,
+)
 from k5tune.progress import Progress, SilentProgress
 from k5tune.runtime import Runtime
 
 EMPTY_CAPTION = ""  # cached for caption dropout and as the fallback negative prompt
+CAPTION_BATCH = 8
+# Prefetching the next streamed Qwen layer on a side CUDA stream is off: that path needs a GPU to be
+# exercised at all (CPU tests cannot reach it), and caching a few captions gains nothing from it (the
+# first pass of diffusers' prefetching is a blocking trace anyway). benchmarks/text_encode_stream.py
+# measures both ways; switch it on once that shows it exact and faster.
+TEXT_STREAM_PREFETCH = False
 
 
 @dataclass
@@ -36,6 +48,23 @@ class CacheResult:
     encoded_captions: int = 0
     seconds: float = 0.0
     extra_prompts: list[str] = field(default_factory=list)
+    # GPU peak memory (GiB) of each phase that encoded something; None without a GPU or work
+    text_peak_gib: float | None = None
+    latent_peak_gib: float | None = None
+    text_encoder_streamed: bool = False
+
+    @property
+    def peak_gib(self) -> float | None:
+        """The caching peak: the larger of the two phases (each starts from a reset counter)."""
+        peaks = [p for p in (self.text_peak_gib, self.latent_peak_gib) if p is not None]
+        return max(peaks) if peaks else None
+
+    def memory_summary(self) -> dict:
+        """What the dataset report records about this caching run."""
+        return {"peak_gib": self.peak_gib, "text_peak_gib": self.text_peak_gib,
+                "latent_peak_gib": self.latent_peak_gib, "text_encoder_streamed": self.text_encoder_streamed,
+                "encoded_latents": self.encoded_latents, "encoded_captions": self.encoded_captions,
+                "seconds": round(self.seconds, 2)}
 
     def size_bytes(self) -> int:
         stores = {id(s): s for s in [*self.latent_stores.values(), self.text_store]}
@@ -92,6 +121,51 @@ def _record_generator(seed: int, record_key: str) -> torch.Generator:
     return torch.Generator().manual_seed(mixed)
 
 
+def _reset_peak(runtime: Runtime) -> None:
+    if runtime.is_cuda:
+        torch.cuda.reset_peak_memory_stats(runtime.device)
+
+
+def _text_encoders(components, runtime: Runtime, offload_during_startup: bool, progress: Progress):
+    """Qwen2.5-VL (streamed from CPU memory, or whole on the GPU), CLIP, and whether Qwen is streamed.
+
+    Qwen is loaded on the CPU first (from_pretrained loads there anyway), so its size is known before
+    anything of it reaches the GPU.
+    """
+    qwen = components.text_encoder(dtype=runtime.text_dtype)
+    weights = module_bytes(qwen)
+    streamed = should_stream_text_encoder(offload_during_startup, weights, free_gpu_bytes(runtime.device))
+    if streamed:
+        stream_text_encoder(qwen, runtime.device, use_stream=TEXT_STREAM_PREFETCH and runtime.is_cuda)
+        reason = "offload_during_startup" if offload_during_startup else "it does not fit the free GPU memory"
+        progress.log(f"text encoder: {weights / 2**30:.1f} GiB kept in CPU memory, its layers brought to "
+                     f"{runtime.device.type} one at a time ({reason})")
+    else:
+        qwen = components.text_encoder(dtype=runtime.text_dtype, device=runtime.device)
+    clip = components.text_encoder_2(dtype=runtime.text_dtype, device=runtime.device)
+    return qwen, clip, streamed
+
+
+def _encode_captions(captions: list[str], text_store: TensorStore, text_keys: dict[str, str], components,
+                     runtime: Runtime, offload_during_startup: bool, progress: Progress) -> bool:
+    """Encode and store `captions`; returns whether the text encoder was streamed.
+
+    The pipeline holding the encoders lives only in this function, so nothing keeps them alive once
+    the caller unloads them.
+    """
+    qwen, clip, streamed = _text_encoders(components, runtime, offload_during_startup, progress)
+    pipe = text_pipeline(components, qwen, clip)
+    progress.start("caching text embeddings", len(captions))
+    for offset in range(0, len(captions), CAPTION_BATCH):
+        chunk = captions[offset : offset + CAPTION_BATCH]
+        for caption, embedding in zip(chunk, encode_prompts(pipe, chunk, runtime.device, runtime.text_dtype), strict=True):
+            text_store.put(text_keys[caption], {"qwen": embedding.qwen, "clip": embedding.clip}, {"caption": caption})
+        text_store.save_manifest()
+        progress.advance(len(chunk))
+    progress.end()
+    return streamed
+
+
 def build_caches(
     train_config,
     media_backends,
@@ -132,25 +206,18 @@ def build_caches(
                      "clip": _folder_identity(components.source, "text_encoder_2")}
     text_keys = {c: text_key(c, text_identity, runtime.text_dtype, components.prompt_start_index) for c in captions}
     missing_captions = [c for c in captions if not text_store.verified(text_keys[c])][dist.rank :: dist.world]
+    streamed, text_peak = False, None
     if missing_captions:
-        pipe = text_pipeline(
-            components,
-            components.text_encoder(dtype=runtime.text_dtype, device=runtime.device),
-            components.text_encoder_2(dtype=runtime.text_dtype, device=runtime.device),
-        )
-        progress.start("caching text embeddings", len(missing_captions))
-        batch = 8
-        for offset in range(0, len(missing_captions), batch):
-            chunk = missing_captions[offset : offset + batch]
-            for caption, embedding in zip(chunk, encode_prompts(pipe, chunk, runtime.device, runtime.text_dtype), strict=True):
-                text_store.put(text_keys[caption], {"qwen": embedding.qwen, "clip": embedding.clip},
-                               {"caption": caption})
-            text_store.save_manifest()
-            progress.advance(len(chunk))
-        progress.end()
+        _reset_peak(runtime)
+        streamed = _encode_captions(missing_captions, text_store, text_keys, components, runtime,
+                                    train_config.offload_during_startup, progress)
+        text_peak = runtime.peak_memory_gib()
     if train_config.offload_during_startup:
         # The text encoders are done: free them before the VAE comes to the GPU.
         components.unload("text_encoder", "text_encoder_2")
+    elif streamed:  # its weights are in CPU memory already; this hooked copy serves nothing else
+        components.unload("text_encoder")
+    if train_config.offload_during_startup:
         runtime.empty_cache()
 
     # 2. VAE latents, one clip at a time (the memory peak of the whole run).
@@ -160,7 +227,9 @@ def build_caches(
     latent_keys = {r.key: latent_key(r, vae_identity, runtime.vae_dtype, train_config.seed, i2v) for r in records}
     dist.barrier()  # every caption is cached before anyone checks the latents (verified() may delete)
     missing = [r for r in records if not latent_stores[r.backend_id].verified(latent_keys[r.key])][dist.rank :: dist.world]
+    latent_peak = None
     if missing:
+        _reset_peak(runtime)
         vae = components.vae(dtype=runtime.vae_dtype, device=runtime.device)
         if train_config.vae_enable_patch_conv:
             enable_patch_conv(vae)
@@ -181,6 +250,7 @@ def build_caches(
             for store in latent_stores.values():
                 store.save_manifest()
         progress.end()
+        latent_peak = runtime.peak_memory_gib()
     if train_config.offload_during_startup or missing:
         components.unload("vae")
         runtime.empty_cache()
@@ -195,6 +265,9 @@ def build_caches(
         encoded_captions=len(missing_captions),
         seconds=time.perf_counter() - started,
         extra_prompts=list(extra_prompts or []),
+        text_peak_gib=text_peak,
+        latent_peak_gib=latent_peak,
+        text_encoder_streamed=streamed,
     )
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from k5tune.atomic import atomic_write_json
 from k5tune.cache.builder import CacheResult, build_caches, report_path
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.progress import Progress, SilentProgress
@@ -24,11 +27,28 @@ class CacheStage:
     components: Kandinsky5Components
 
     def summary(self) -> str:
-        return (
+        lines = [
             f"cache: {self.cache.encoded_latents} clip(s) and {self.cache.encoded_captions} caption(s) encoded, "
-            f"the rest reused; {self.cache.size_bytes() / 2**20:.1f} MiB on disk; {self.cache.seconds:.1f} s\n"
-            f"dataset report: {self.report_json}"
-        )
+            f"the rest reused; {self.cache.size_bytes() / 2**20:.1f} MiB on disk; {self.cache.seconds:.1f} s"
+        ]
+        peak = memory_line(self.cache)
+        if peak:
+            lines.append(peak)
+        lines.append(f"dataset report: {self.report_json}")
+        return "\n".join(lines)
+
+
+def memory_line(cache: CacheResult) -> str | None:
+    """'caching peak X GiB ...' when a GPU did the encoding; None otherwise."""
+    if cache.peak_gib is None:
+        return None
+    parts = []
+    if cache.text_peak_gib is not None:
+        how = "Qwen2.5-VL streamed from CPU memory" if cache.text_encoder_streamed else "text encoders on the GPU"
+        parts.append(f"text embeddings {cache.text_peak_gib:.2f} GiB, {how}")
+    if cache.latent_peak_gib is not None:
+        parts.append(f"video latents {cache.latent_peak_gib:.2f} GiB")
+    return f"caching peak {cache.peak_gib:.2f} GiB of GPU memory ({'; '.join(parts)})"
 
 
 def _scan_progress(progress: Progress):
@@ -62,4 +82,8 @@ def run_cache_stage(loaded, runtime: Runtime, progress: Progress | None = None, 
     extra = [*prompts, negative_prompt(cfg)] if prompts else []
     cache = build_caches(cfg, loaded.media_backends, loaded.text_embeds_backend, records, components, runtime,
                          extra_prompts=extra, progress=progress, dist=dist)
+    if dist is None or dist.is_main:  # the report also says what caching cost (this process's GPU)
+        atomic_write_json(path, {**report.to_dict(), "caching": cache.memory_summary()})
+    if runtime.is_cuda:  # from here on, peaks (metrics.csv's peak_gib) are training's own
+        torch.cuda.reset_peak_memory_stats(runtime.device)
     return CacheStage(records=records, report=report, report_json=report_json, cache=cache, components=components)

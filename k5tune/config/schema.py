@@ -180,7 +180,8 @@ class TrainConfig(BaseModel):
 
     # --- memory ----------------------------------------------------------------------------------
     offload_during_startup: bool = _f(
-        False, "Keep the VAE and the text encoders off the GPU at the same time while caching."
+        False, "Caching: keep Qwen2.5-VL in CPU memory and stream its layers to the GPU, and free the text "
+        "encoders before the VAE loads."
     )
     vae_enable_patch_conv: bool = _f(False, "Slice the VAE's 3D convolutions: lower peak memory, a bit slower.")
     vae_enable_tiling: bool = _f(False, "Encode/decode the VAE in overlapping tiles (blended, not exact).")
