@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,8 +35,11 @@ def add_lora(transformer, rank: int, alpha: float, dropout: float, targets: list
         r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights=True, target_modules=target_regex(targets)
     )
     # peft draws the LoRA A matrices from the global RNG: seed it so the same seed gives the same LoRA
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         torch.manual_seed(seed)
+        # over a torchao-quantised base (base_model_precision) peft warns that merging would need the
+        # quantisation config; k5tune never merges (it trains and saves the adapter only)
+        warnings.filterwarnings("ignore", message="TorchaoLoraLinear was instantiated without")
         transformer.add_adapter(config)
     return sorted({name.rsplit(".lora_", 1)[0] for name, _ in transformer.named_parameters() if ".lora_" in name})
 
@@ -49,7 +53,12 @@ def lora_state_dict(transformer) -> dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(transformer)
-    return {f"transformer.{key}": value.detach().to("cpu").contiguous() for key, value in state.items()}
+    # sharded (FSDP2) weights are gathered whole: every process must call this, in the same order
+    return {f"transformer.{key}": _whole(value).detach().to("cpu").contiguous() for key, value in state.items()}
+
+
+def _whole(value: torch.Tensor) -> torch.Tensor:
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
 def adapter_metadata(transformer) -> str:
@@ -60,12 +69,14 @@ def adapter_metadata(transformer) -> str:
 
 
 def save_lora(
-    transformer, directory: str | Path, metadata: dict[str, object], dtype: torch.dtype = torch.float32
+    transformer, directory: str | Path, metadata: dict[str, object], dtype: torch.dtype = torch.float32,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `pytorch_lora_weights.safetensors` atomically.
 
     Metadata: diffusers' `lora_adapter_metadata` (so alpha != rank loads right) plus k5tune's own
     training facts under `k5tune.*` keys (flavour, rank, alpha, targets, steps, trigger word).
+    `state` is the adapter's `lora_state_dict` when the caller gathered it already (FSDP2).
     """
     from safetensors.torch import save_file
 
@@ -73,7 +84,7 @@ def save_lora(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.to(dtype) for k, v in lora_state_dict(transformer).items()}
+    tensors = {k: v.to(dtype) for k, v in (lora_state_dict(transformer) if state is None else state).items()}
     header = {"format": "pt", "lora_adapter_metadata": adapter_metadata(transformer)}
     header.update({f"k5tune.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
     with atomic_target(directory / LORA_WEIGHTS_NAME, suffix=".safetensors") as temporary:

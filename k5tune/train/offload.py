@@ -19,6 +19,8 @@ memory, and brings it back one block ahead in backward. It works with or without
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -31,8 +33,10 @@ class _Group:
         self.compute = compute
         # the CPU copies are the home of the weights; on a CPU-only run an empty tensor stands in while
         # offloaded, so any use of an offloaded weight fails loudly instead of silently working
-        self.home = [(p.data.to("cpu").pin_memory() if pin else p.data.to("cpu").clone()) for p in self.params]
-        self.placeholder = [torch.empty(0, dtype=p.dtype, device=compute) for p in self.params]
+        self.home = [self._map(self._stored(p), lambda t: t.to("cpu").pin_memory() if pin else t.to("cpu").clone())
+                     for p in self.params]
+        self.placeholder = [self._map(self._stored(p), lambda t: torch.empty(0, dtype=t.dtype, device=compute))
+                            for p in self.params]
         self.resident = True
         self.ready: torch.cuda.Event | None = None
         self.offload()
@@ -42,11 +46,11 @@ class _Group:
             return
         if stream is None:
             for p, home in zip(self.params, self.home, strict=True):
-                p.data = home.to(self.compute, non_blocking=True)
+                self._put(p, self._map(home, lambda t: t.to(self.compute, non_blocking=True)))
         else:
             with torch.cuda.stream(stream):
                 for p, home in zip(self.params, self.home, strict=True):
-                    p.data = home.to(self.compute, non_blocking=True)
+                    self._put(p, self._map(home, lambda t: t.to(self.compute, non_blocking=True)))
                 self.ready = torch.cuda.Event()
                 self.ready.record(stream)
         self.resident = True
@@ -55,20 +59,45 @@ class _Group:
         if self.ready is not None:
             torch.cuda.current_stream().wait_event(self.ready)
             for p in self.params:  # the side stream made them; the compute stream now uses them
-                p.data.record_stream(torch.cuda.current_stream())
+                stored = self._stored(p)
+                for t in stored.values() if isinstance(stored, dict) else [stored]:
+                    t.record_stream(torch.cuda.current_stream())
             self.ready = None
 
     def offload(self) -> None:
         if not self.resident:
             return
         for p, placeholder in zip(self.params, self.placeholder, strict=True):
-            p.data = placeholder  # the CPU home copy is unchanged (the weights are frozen)
+            self._put(p, placeholder)  # the CPU home copy is unchanged (the weights are frozen)
         self.resident = False
+
+    # torchao-quantised weights (base_model_precision) are wrapper tensors: assigning their `.data` would
+    # leave the inner int8/fp8 data and scales where they are, so those move as their inner tensors
+    @staticmethod
+    def _stored(p: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+        if is_traceable_wrapper_subclass(p):
+            return {name: getattr(p, name) for name in p.__tensor_flatten__()[0]}
+        return p.data
+
+    @staticmethod
+    def _map(stored, fn):
+        return {name: fn(t) for name, t in stored.items()} if isinstance(stored, dict) else fn(stored)
+
+    @staticmethod
+    def _put(p: torch.Tensor, stored) -> None:
+        if isinstance(stored, dict):
+            for name, tensor in stored.items():
+                setattr(p, name, tensor)
+        else:
+            p.data = stored
 
 
 # Saved block inputs smaller than this stay where they are (text tokens, time embeddings): moving them
 # costs a transfer and saves nothing worth having. Shared inputs (RoPE) need no gradient and stay too.
-_MIN_OFFLOADED_ELEMENTS = 2**20
+# (K5TUNE_MIN_OFFLOADED_ELEMENTS overrides it: tests move every input of a tiny model.)
+_MIN_OFFLOADED_ELEMENTS = int(os.environ.get("K5TUNE_MIN_OFFLOADED_ELEMENTS", 2**20))
 
 
 class _StashedTensor:
@@ -118,8 +147,10 @@ class GroupOffloader:
     weights (`offload_weights`) and the saved block inputs (`offload_activations`)."""
 
     def __init__(self, transformer, blocks_per_group: int = 1, use_stream: bool = False,
-                 offload_weights: bool = True, offload_activations: bool = False):
-        self.compute = next(p for p in transformer.parameters() if p.requires_grad).device
+                 offload_weights: bool = True, offload_activations: bool = False,
+                 compute: torch.device | None = None):
+        # compute: where blocks run (default: where the LoRA weights are; given when they move later, FSDP2)
+        self.compute = compute or next(p for p in transformer.parameters() if p.requires_grad).device
         cuda = self.compute.type == "cuda"
         blocks = [*transformer.text_transformer_blocks, *transformer.visual_transformer_blocks]
         self.first_block = blocks[0]
@@ -241,11 +272,12 @@ def place_for_offload(transformer, device: torch.device | str) -> None:
 
 
 def enable_group_offload(transformer, blocks_per_group: int = 1, use_stream: bool = False,
-                         offload_activations: bool = False, offload_weights: bool = True) -> GroupOffloader:
+                         offload_activations: bool = False, offload_weights: bool = True,
+                         compute: torch.device | None = None) -> GroupOffloader:
     """Offload the transformer's blocks; in training every block runs checkpointed through the
     offloader, in inference (validation) a pre-hook brings each block's group in before it runs.
     With `offload_weights=False` only the saved activations move (the weights stay on the GPU)."""
-    offloader = GroupOffloader(transformer, blocks_per_group, use_stream, offload_weights, offload_activations)
+    offloader = GroupOffloader(transformer, blocks_per_group, use_stream, offload_weights, offload_activations, compute)
     # the block's trainable LoRA weights are not inputs of the Function: this anchor makes its output
     # require a gradient even when no input does (the first text block), so backward reaches it
     anchor = torch.zeros(0, requires_grad=True)

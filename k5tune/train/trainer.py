@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from k5tune.models.kandinsky5.text_mask import install_text_mask, set_text_mask
 from k5tune.models.kandinsky5.tread import install_tread, resolve_routes, set_tread_step
 from k5tune.progress import Progress, SilentProgress
 from k5tune.runtime import Runtime
-from k5tune.train import checkpoint, objective
+from k5tune.train import checkpoint, fsdp, objective
 from k5tune.train.distributed import init_from_env
 from k5tune.train.lora import LORA_WEIGHTS_NAME, add_lora, load_lora_weights, lora_parameters, save_lora
 from k5tune.train.lora_formats import convert_file
@@ -70,7 +71,6 @@ def refuse_pending_features(train_config) -> None:
         (train_config.enable_group_offload and train_config.group_offload_type == "leaf_level",
          "group_offload_type=leaf_level in training (use block_level)", 6),
         (train_config.base_model_precision != "no_change", f"base_model_precision={train_config.base_model_precision}", 6),
-        (train_config.fsdp_enable, "fsdp_enable (FSDP2 sharding)", 10),
     ]
     for active, what, issue in pending:
         if active:
@@ -178,9 +178,14 @@ class Trainer:
         #    in fp32 under autocast, which keeps their small updates from being rounded away.
         #    With group offload the blocks never sit on the GPU together: load on the CPU, then
         #    place the rest on the GPU and let the offloader move blocks as they compute.
+        #    With FSDP2 each process loads on the CPU and keeps only its shard of every block.
         offload = cfg.enable_group_offload
+        self.fsdp = fsdp.check_fsdp_settings(cfg, self.dist.world)
+        if cfg.fsdp_enable and not self.fsdp:
+            progress.log("note: fsdp_enable shards over several processes (num_processes > 1); one process "
+                         "trains unsharded")
         transformer = self.components.transformer(dtype=self.runtime.compute_dtype,
-                                                  device=None if offload else self.runtime.device)
+                                                  device=None if (offload or self.fsdp) else self.runtime.device)
         self.adapted = add_lora(transformer, cfg.lora_rank, cfg.effective_lora_alpha, cfg.lora_dropout,
                                 cfg.lora_target_modules, cfg.seed)
         self.params = lora_parameters(transformer)
@@ -188,6 +193,11 @@ class Trainer:
             p.data = p.data.float()
         self.speed = speed_plan(cfg)
         apply_speed_plan(transformer, self.speed)
+        if self.fsdp:
+            fsdp.shard_transformer(transformer, self.runtime.compute_dtype, cfg.fsdp_reshard_after_forward)
+            self.params = lora_parameters(transformer)  # sharding replaced them
+            progress.log(f"FSDP2: the transformer is sharded over {self.dist.world} processes "
+                         f"({fsdp.local_weight_gib(transformer):.2f} GiB of weights each)")
         if offload:
             if cfg.group_offload_use_stream and not self.runtime.is_cuda:
                 progress.log("note: group_offload_use_stream has no effect without a CUDA GPU")
@@ -196,7 +206,8 @@ class Trainer:
             # alone, activation offload copies on a side stream: the copies hide behind the compute
             enable_group_offload(transformer, cfg.group_offload_blocks_per_group,
                                  cfg.group_offload_use_stream or not offload,
-                                 offload_activations=cfg.activations_offloaded, offload_weights=offload)
+                                 offload_activations=cfg.activations_offloaded, offload_weights=offload,
+                                 compute=self.runtime.device)
         install_text_mask(transformer)
         if cfg.tread_config is not None:
             install_tread(transformer, resolve_routes(cfg.tread_config, len(transformer.visual_transformer_blocks)))
@@ -228,9 +239,13 @@ class Trainer:
     def _restore(self, folder: Path) -> None:
         from safetensors.torch import load_file
 
-        load_lora_weights(self.transformer, load_file(folder / LORA_WEIGHTS_NAME))
         state = checkpoint.load_state(folder)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.fsdp:
+            fsdp.load_full_lora(self.transformer, load_file(folder / LORA_WEIGHTS_NAME))
+            fsdp.load_full_optimizer_state(self.transformer, self.optimizer, state["optimizer"])
+        else:
+            load_lora_weights(self.transformer, load_file(folder / LORA_WEIGHTS_NAME))
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.restore_rng_state(state["rng"])
         self.step = state["step"]
@@ -257,28 +272,40 @@ class Trainer:
         if self.dist.is_main:
             videos = run_validation(self.components, self.transformer, self.cache, self.cfg, self.runtime,
                                     self.step, self.output_dir, tracker)
+        elif self.fsdp:  # the sharded transformer computes only with every process: they all generate
+            with tempfile.TemporaryDirectory(prefix="k5tune-validation-") as scratch:
+                run_validation(self.components, self.transformer, self.cache, self.cfg, self.runtime, self.step,
+                               Path(scratch))
         self.dist.barrier()
         return videos
 
+    def _gathered_lora(self) -> dict[str, torch.Tensor] | None:
+        """FSDP2: the whole LoRA, gathered by every process (rank 0 writes it); else None (saved directly)."""
+        from k5tune.train.lora import lora_state_dict
+
+        return lora_state_dict(self.transformer) if self.fsdp else None
+
     def save_checkpoint(self) -> Path:
         folder = self.output_dir / f"{checkpoint.PREFIX}{self.step}"
+        lora = self._gathered_lora()
+        optimizer = fsdp.full_optimizer_state(self.transformer, self.optimizer) if self.fsdp else None
         if self.dist.is_main:
-            folder = self._write_checkpoint()
+            folder = self._write_checkpoint(lora, optimizer)
         self.dist.barrier()
         return folder
 
-    def _write_checkpoint(self) -> Path:
+    def _write_checkpoint(self, lora: dict | None = None, optimizer: dict | None = None) -> Path:
         state = {
             "step": self.step,
             "position": {"epoch": self.epoch, "next_group": self.next_group},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict() if optimizer is None else optimizer,
             "scheduler": self.scheduler.state_dict(),
             "rng": checkpoint.rng_state(),
             "nonfinite_in_row": self.nonfinite_in_row,
             "seed": self.cfg.seed,
         }
         folder = checkpoint.save_checkpoint(
-            self.output_dir, self.step, lambda d: save_lora(self.transformer, d, self._lora_meta()), state,
+            self.output_dir, self.step, lambda d: save_lora(self.transformer, d, self._lora_meta(), state=lora), state,
             self.cfg.checkpoints_total_limit,
         )
         self.progress.log(f"checkpoint saved: {folder}")
@@ -328,8 +355,9 @@ class Trainer:
             result.steps = self.step
             result.last_checkpoint = self.save_checkpoint()
             if not result.interrupted:
+                lora = self._gathered_lora()
                 if main:
-                    result.lora_path = save_lora(self.transformer, self.output_dir, self._lora_meta())
+                    result.lora_path = save_lora(self.transformer, self.output_dir, self._lora_meta(), state=lora)
                     if cfg.lora_format == "comfyui":
                         # the final file in ComfyUI's layout, under the same name (generate/convert-lora read both)
                         convert_file(result.lora_path, result.lora_path, "comfyui")
@@ -358,17 +386,25 @@ class Trainer:
                 # same noise whichever process trains it (and however many there are)
                 first = dist.rank * cfg.train_batch_size
                 positions = list(range(first, min(first + cfg.train_batch_size, len(global_batch))))
+                weight = len(positions) / len(global_batch) / len(group)
                 if not positions:
-                    continue
+                    if not self.fsdp:
+                        continue
+                    # a sharded model computes only with every process: run the last sample, weighted 0
+                    positions, weight = [len(global_batch) - 1], 0.0
+                if self.fsdp:
+                    fsdp.set_gradient_sync(self.transformer, micro == len(group) - 1)
                 loss = micro_batch_loss(self.transformer, self.cache, [self.records[global_batch[p]] for p in positions],
                                         positions, self.epoch, cfg.seed, self.step, micro, cfg, self.shift,
                                         self.runtime)
                 # this slice's share of the global-batch mean; the gradient sum across processes is the mean
-                share = loss * (len(positions) / len(global_batch)) / len(group)
-                share.backward()
+                share = loss * weight
+                # FSDP2 averages gradients over the processes where we need their sum
+                (share * dist.world if self.fsdp else share).backward()
                 loss_sum += share.detach().double().cpu()
         dist.sum_(loss_sum)
-        dist.sum_gradients(self.params)
+        if not self.fsdp:  # FSDP2 reduce-scattered (summed) the gradients already
+            dist.sum_gradients(self.params)
         loss_value = loss_sum.item()
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
@@ -382,7 +418,8 @@ class Trainer:
                     f"learning_rate or check the data; last good checkpoint: {kept[-1] if kept else 'none'}")
             return None
         self.nonfinite_in_row = 0
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf")).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf"))
+        grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

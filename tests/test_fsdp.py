@@ -1,0 +1,82 @@
+"""FSDP2 (`fsdp_enable`) on the CPU with two gloo processes: the sharded run trains the same LoRA as one
+unsharded process with the same global batch, writes the usual single-file LoRA, and resumes exactly."""
+
+from __future__ import annotations
+
+from safetensors.torch import load_file
+
+from k5tune.cli import main
+from k5tune.config import load_config
+from k5tune.train.trainer import train
+from tests.test_distributed import RUN
+from tests.test_training import make_project
+
+SHARDED = {**RUN, "train_batch_size": 1, "num_processes": 2, "fsdp_enable": True, "lr_scheduler": "constant"}
+
+
+def _relative_errors(got: dict, expected: dict) -> dict[str, float]:
+    assert got.keys() == expected.keys()
+    return {key: ((got[key] - expected[key]).norm() / expected[key].norm().clamp(min=1e-12)).item() for key in expected}
+
+
+def test_sharded_training_equals_one_process_and_resumes(tmp_path, monkeypatch, tiny_model_dir, capfd):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    single = make_project(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2, "lr_scheduler": "constant"})
+    monkeypatch.chdir(single)
+    expected = load_file(train(load_config()).lora_path)
+
+    sharded = make_project(tmp_path / "sharded", tiny_model_dir, SHARDED)
+    monkeypatch.chdir(sharded)
+    assert main(["train"]) == 0  # two processes, each holding half of every block; validation ran on both
+    assert "FSDP2: the transformer is sharded over 2 processes" in capfd.readouterr().out
+    output = sharded / "output"
+    got = load_file(output / "pytorch_lora_weights.safetensors")
+    errors = _relative_errors(got, expected)
+    assert max(errors.values()) < 1e-3, errors
+    assert len(list((output / "validation").rglob("*.mp4"))) == 1  # written once, by the first process
+    assert [p.name for p in sorted(output.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-3"]
+
+    # resume: a run stopped after step 2 and resumed from its checkpoint ends where the whole run did
+    resumed = make_project(tmp_path / "resumed", tiny_model_dir, {**SHARDED, "max_train_steps": 2})
+    monkeypatch.chdir(resumed)
+    assert main(["train"]) == 0
+    assert main(["train", "--max_train_steps", "3", "--resume_from_checkpoint", "latest"]) == 0
+    again = load_file(resumed / "output" / "pytorch_lora_weights.safetensors")
+    errors = _relative_errors(again, got)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_sharded_training_with_activation_offload(tmp_path, monkeypatch, tiny_model_dir):
+    """The checkpointed blocks' inputs wait in CPU memory (every one, for the tiny model) under FSDP2 too."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("K5TUNE_MIN_OFFLOADED_ELEMENTS", "1")
+    single = make_project(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2, "lr_scheduler": "constant",
+                                                                "disable_validation": True})
+    monkeypatch.chdir(single)
+    expected = load_file(train(load_config()).lora_path)
+    sharded = make_project(tmp_path / "sharded", tiny_model_dir, {**SHARDED, "offload_activations": True,
+                                                                  "disable_validation": True})
+    monkeypatch.chdir(sharded)
+    assert main(["train"]) == 0
+    got = load_file(sharded / "output" / "pytorch_lora_weights.safetensors")
+    errors = _relative_errors(got, expected)
+    assert max(errors.values()) < 1e-3, errors
+
+
+def test_fsdp_with_one_process_trains_unsharded(tmp_path, monkeypatch, tiny_model_dir):
+    folder = make_project(tmp_path, tiny_model_dir, {**RUN, "max_train_steps": 1, "fsdp_enable": True,
+                                                    "disable_validation": True})
+    monkeypatch.chdir(folder)
+    result = train(load_config())
+    assert result.lora_path.is_file()
+
+
+def test_fsdp_and_group_offload_are_refused_together(tmp_path, monkeypatch, tiny_model_dir):
+    import pytest
+
+    from k5tune.errors import ConfigError
+
+    folder = make_project(tmp_path, tiny_model_dir, {"fsdp_enable": True, "enable_group_offload": True})
+    monkeypatch.chdir(folder)
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        train(load_config())
