@@ -40,6 +40,7 @@ class BenchConfig:
     offload_blocks_per_group: int | None = None  # group offload of the transformer blocks
     offload_stream: bool = False
     offload_activations: bool | None = None  # None: as in training, on with group offload
+    base_precision: str = "no_change"  # base_model_precision of our model (the stock one stays unquantised)
     device: str | None = None
     plan: SpeedPlan = field(default_factory=SpeedPlan)
 
@@ -141,6 +142,15 @@ def _measure(step, bench: BenchConfig, device: torch.device) -> dict:
     if device.type == "cuda":
         result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result
+
+
+def _quantize(transformer, precision: str, device: torch.device) -> dict:
+    """`base_model_precision` as training applies it (before LoRA); the weights' bytes after it."""
+    from k5tune.models.kandinsky5.quantize import parameter_bytes, quantize_base
+
+    quantized = quantize_base(transformer, precision, device)
+    return {"precision": precision, "transformer_weights_gib": parameter_bytes(transformer) / 2**30,
+            **({"quantized": asdict(quantized)} if quantized else {})}
 
 
 def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
@@ -254,6 +264,7 @@ def run_bench(bench: BenchConfig) -> dict:
         del stock  # the last reference: the stock model must be gone before ours is built
         _free_memory()
     transformer = build_transformer(bench, device)
+    report["base_precision"] = _quantize(transformer, bench.base_precision, device)
     config = dict(transformer.config)
     flops = useful_flops(config, tokens, TEXT_TOKENS, bench.batch)
     report["useful_tflop"] = flops / 1e12

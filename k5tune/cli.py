@@ -130,7 +130,7 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
                         steps=args.steps, warmup=args.warmup, batch=args.batch, compare_stock=args.compare_stock,
                         model=args.model, device=args.device, plan=plan, tread=tread,
                         offload_blocks_per_group=args.group_offload, offload_stream=args.offload_stream,
-                        offload_activations=args.offload_activations)
+                        offload_activations=args.offload_activations, base_precision=args.base_precision)
     text = format_report(run_bench(bench))
     print(text)
     if args.output:
@@ -292,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--offload-stream", action="store_true", help="prefetch offloaded groups on a side stream")
     bench.add_argument("--offload-activations", action=argparse.BooleanOptionalAction, default=None,
                        help="keep checkpointed block inputs in CPU memory (default: on with --group-offload)")
+    bench.add_argument("--base-precision", default="no_change", choices=["no_change", "int8", "fp8"],
+                       help="weight-only quantisation of our model's frozen base (base_model_precision; torchao); "
+                       "the --compare-stock model stays unquantised")
     bench.add_argument("--no-fused", action="store_true", help="our step without the fused blocks")
     bench.add_argument("--no-compile", action="store_true", help="do not torch.compile the fused groups")
     bench.add_argument("--output", help="also write the JSON report to this file")

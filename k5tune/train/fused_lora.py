@@ -15,6 +15,15 @@ import types
 import torch
 import torch.nn.functional as F
 
+from k5tune.models.kandinsky5.quantize import is_quantized
+
+
+def _dense(weight: torch.Tensor) -> torch.Tensor:
+    """A torchao-quantised base weight (base_model_precision) dequantised to its compute dtype: the
+    weight is small next to video activations, while torchao's int8 linear would rescale the output
+    and add the bias in two more passes over it (and the product is then accumulated into as usual)."""
+    return weight.dequantize() if is_quantized(weight) else weight
+
 
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     adapters = [a for a in self.active_adapters if a in self.lora_A]
@@ -23,7 +32,7 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return self._k5_peft_forward(x, *args, **kwargs)
     name = adapters[0]
     base = self.base_layer
-    out = F.linear(x, base.weight, base.bias)
+    out = F.linear(x, _dense(base.weight), base.bias)
     low_rank = F.linear(x, self.lora_A[name].weight.to(out.dtype))
     flat = out.view(-1, out.shape[-1])
     flat.addmm_(low_rank.view(-1, low_rank.shape[-1]), self.lora_B[name].weight.to(out.dtype).t(),
