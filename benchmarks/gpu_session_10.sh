@@ -60,5 +60,5 @@ python3 -c "from k5tune.estimate import TrainingShape, caching_estimate; print('
   2>> $OUT/err.txt | tee -a $OUT/summary.jsonl
 
 # 4. Qwen prompt encoding alone: whole on the GPU / streamed / streamed with side-stream prefetch.
-timeout 240 python3 benchmarks/text_encode_stream.py $W/model 2>> $OUT/err.txt | tee $OUT/text_encode.jsonl \
+[ -n "${SKIP_TEXT_TIMING:-}" ] || timeout 240 python3 benchmarks/text_encode_stream.py $W/model 2>> $OUT/err.txt | tee $OUT/text_encode.jsonl \
   || { echo "text_encode_stream.py failed or timed out"; tail -8 $OUT/err.txt; }
