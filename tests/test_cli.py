@@ -49,14 +49,14 @@ def test_pending_settings_say_so_in_one_line_and_exit_2(tmp_path, monkeypatch, c
     import json
 
     (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "config.json").write_text(json.dumps({"base_model_precision": "int8"}))
+    (tmp_path / "config" / "config.json").write_text(json.dumps({"crepa_enabled": True}))
     (tmp_path / "config" / "multidatabackend.json").write_text(json.dumps([
         {"id": "v", "dataset_type": "video", "instance_data_dir": "clips"},
         {"id": "t", "dataset_type": "text_embeds", "default": True}]))
     monkeypatch.chdir(tmp_path)
     assert main(["train"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "base_model_precision=int8 is not available yet (tracked in issue 6)" in err
+    assert err.count("\n") == 1 and "CREPA and scheduled sampling are not implemented yet" in err
 
 
 def test_configure_example_writes_the_example_files(tmp_path, monkeypatch, capsys):

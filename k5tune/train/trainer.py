@@ -28,6 +28,7 @@ from k5tune.models.kandinsky5.model_input import (
     with_conditioning_channels,
     with_first_frame_condition,
 )
+from k5tune.models.kandinsky5.quantize import quantize_base
 from k5tune.models.kandinsky5.text_mask import install_text_mask, set_text_mask
 from k5tune.models.kandinsky5.tread import install_tread, resolve_routes, set_tread_step
 from k5tune.progress import Progress, SilentProgress
@@ -70,7 +71,6 @@ def refuse_pending_features(train_config) -> None:
     pending = [
         (train_config.enable_group_offload and train_config.group_offload_type == "leaf_level",
          "group_offload_type=leaf_level in training (use block_level)", 6),
-        (train_config.base_model_precision != "no_change", f"base_model_precision={train_config.base_model_precision}", 6),
     ]
     for active, what, issue in pending:
         if active:
@@ -184,8 +184,14 @@ class Trainer:
         if cfg.fsdp_enable and not self.fsdp:
             progress.log("note: fsdp_enable shards over several processes (num_processes > 1); one process "
                          "trains unsharded")
-        transformer = self.components.transformer(dtype=self.runtime.compute_dtype,
-                                                  device=None if (offload or self.fsdp) else self.runtime.device)
+        #    A quantised base (base_model_precision) is loaded on the CPU and quantised block by block on
+        #    the GPU, so the bf16 blocks are never all there at once.
+        quantized = cfg.base_model_precision != "no_change"
+        transformer = self.components.transformer(
+            dtype=self.runtime.compute_dtype,
+            device=None if (offload or self.fsdp or quantized) else self.runtime.device)
+        quantize_base(transformer, cfg.base_model_precision, self.runtime.device, offload=offload, sharded=self.fsdp,
+                      log=progress.log)
         self.adapted = add_lora(transformer, cfg.lora_rank, cfg.effective_lora_alpha, cfg.lora_dropout,
                                 cfg.lora_target_modules, cfg.seed)
         self.params = lora_parameters(transformer)
