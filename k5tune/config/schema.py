@@ -189,7 +189,9 @@ class TrainConfig(BaseModel):
     vae_enable_patch_conv: bool = _f(False, "Slice the VAE's 3D convolutions: lower peak memory, a bit slower.")
     vae_enable_tiling: bool = _f(False, "Encode/decode the VAE in overlapping tiles (blended, not exact).")
     enable_group_offload: bool = _f(False, "Stream transformer blocks between CPU and GPU (needed for Pro on one GPU).")
-    group_offload_type: Literal["block_level", "leaf_level"] = _f("block_level", "Granularity of group offload.")
+    group_offload_type: Literal["block_level", "leaf_level"] = _f(
+        "block_level", "Granularity of group offload: groups of blocks, or each layer on its own (least memory, "
+                       "more transfers).")
     group_offload_blocks_per_group: int = _f(1, "Blocks moved together with block_level offload.", gt=0)
     group_offload_use_stream: bool = _f(False, "Prefetch the next group on a side CUDA stream from pinned memory.")
     offload_activations: bool | None = _f(
@@ -306,6 +308,9 @@ class TrainConfig(BaseModel):
             if ignored:
                 notes.append(f"{', '.join(ignored)} ha{'s' if len(ignored) == 1 else 've'} no effect "
                              "without enable_group_offload")
+        if self.group_offload_type == "leaf_level" and "group_offload_blocks_per_group" in set_keys:
+            notes.append("group_offload_blocks_per_group has no effect with group_offload_type leaf_level "
+                         "(each layer moves on its own)")
         if not self.crepa_enabled:
             ignored = sorted(k for k in set_keys if k.startswith("crepa_") and k != "crepa_enabled")
             if ignored:

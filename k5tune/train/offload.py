@@ -12,6 +12,13 @@ stream from pinned memory while the current one computes.
 
 Trainable LoRA weights and the small non-block layers stay on the GPU.
 
+`leaf_level` makes the unit of transfer each layer that holds frozen weights (a linear with its
+LoRA, a modulation layer) instead of a group of blocks: at most two layers' weights are on the GPU.
+Backward needs the weights again (dY·W), so while a block is recomputed for backward the weights
+autograd saves are replaced by references (saved-tensor hooks) and copied back only when their
+gradient step runs. Lowest memory, more transfers. Tiny weights used outside their module's call
+(the q/k RMSNorm weights of the fast path) stay on the GPU.
+
 `offload_activations` also moves what a checkpointed block keeps for its backward (its large input,
 the residual stream: tokens x dim x 2 bytes, 88 MB per block for Lite at 512x768x61) to pinned CPU
 memory, and brings it back one block ahead in backward. It works with or without weight offload.
@@ -142,26 +149,75 @@ class _StashedTensor:
         return tensor
 
 
+# leaf_level: layers with fewer frozen weights than this stay on the GPU (norm weights).
+_MIN_LEAF_ELEMENTS = 2**12
+
+
+def _leaf_units(block: nn.Module) -> list[nn.Module]:
+    """The layers of `block` that leaf_level moves one by one, in registration (= forward) order: peft
+    LoRA wrappers as a whole (their fused forward reads the base weight directly) and other leaf
+    modules with enough frozen weights."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    units: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        children = list(module.children())
+        if isinstance(module, LoraLayer) or not children:
+            if sum(p.numel() for p in module.parameters() if not p.requires_grad) >= _MIN_LEAF_ELEMENTS:
+                units.append(module)
+            return
+        for child in children:
+            visit(child)
+
+    visit(block)
+    return units
+
+
+class _WeightRef:
+    """Stands for a frozen weight autograd saved during a leaf_level recomputation."""
+
+    def __init__(self, group: _Group, index: int, view: torch.Tensor):
+        self.group, self.index = group, index
+        self.size, self.stride, self.offset = view.size(), view.stride(), view.storage_offset()
+
+    def materialize(self) -> torch.Tensor:
+        home = self.group.home[self.index]
+        return home.to(self.group.compute, non_blocking=True).as_strided(self.size, self.stride, self.offset)
+
+
 class GroupOffloader:
     """Owns the block groups of one transformer and their traffic between CPU and GPU: the frozen
     weights (`offload_weights`) and the saved block inputs (`offload_activations`)."""
 
     def __init__(self, transformer, blocks_per_group: int = 1, use_stream: bool = False,
                  offload_weights: bool = True, offload_activations: bool = False,
-                 compute: torch.device | None = None):
+                 compute: torch.device | None = None, leaf_level: bool = False):
         # compute: where blocks run (default: where the LoRA weights are; given when they move later, FSDP2)
         self.compute = compute or next(p for p in transformer.parameters() if p.requires_grad).device
         cuda = self.compute.type == "cuda"
         blocks = [*transformer.text_transformer_blocks, *transformer.visual_transformer_blocks]
         self.first_block = blocks[0]
+        self.leaf_level = leaf_level and offload_weights
+        if self.leaf_level:
+            units = [[unit] for block in blocks for unit in _leaf_units(block)]
+        else:
+            units = [blocks[i : i + blocks_per_group] for i in range(0, len(blocks), blocks_per_group)]
+        self.leaf_units = [unit for members in units for unit in members] if self.leaf_level else []
         self.groups: list[_Group] = []
         self.group_of: dict[int, _Group] = {}
-        for start in range(0, len(blocks), blocks_per_group) if offload_weights else ():
-            members = blocks[start : start + blocks_per_group]
+        for members in units if offload_weights else ():
             group = _Group(len(self.groups), members, self.compute, pin=cuda)
             self.groups.append(group)
-            for block in members:
-                self.group_of[id(block)] = group
+            for member in members:
+                self.group_of[id(member)] = group
+        if self.leaf_level:  # what no unit holds (small norm weights, buffers) stays on the GPU
+            owned = {id(p) for group in self.groups for p in group.params}
+            for block in blocks:
+                for module in block.modules():
+                    for tensor in [*module._parameters.values(), *module._buffers.values()]:
+                        if tensor is not None and id(tensor) not in owned and not tensor.requires_grad:
+                            tensor.data = tensor.data.to(self.compute)
         self.stream = torch.cuda.Stream(self.compute) if (use_stream and cuda) else None
         self.offload_activations = offload_activations
         self.stashes: list[list[_StashedTensor | None]] = []  # per block call of this forward pass
@@ -189,6 +245,36 @@ class GroupOffloader:
                     earlier.prefetch(self.stream)
         return tensors
 
+    def enter_block(self, block: nn.Module, direction: int) -> None:
+        """Before a block computes: its group comes in (leaf_level: its layers come in one by one)."""
+        if not self.leaf_level:
+            self.enter(block, direction)
+
+    def weights_by_reference(self):
+        """leaf_level: while a block is recomputed for backward, saved frozen weights become references."""
+        import contextlib
+
+        if not self.leaf_level:
+            return contextlib.nullcontext()
+
+        def pack(tensor: torch.Tensor):
+            try:
+                storage = tensor.untyped_storage().data_ptr()
+            except (RuntimeError, NotImplementedError):  # wrapper tensors (torchao) are kept as they are
+                return tensor
+            for group in self.groups:
+                if group.resident:
+                    for index, param in enumerate(group.params):
+                        if (isinstance(group.home[index], torch.Tensor) and param.numel()
+                                and param.untyped_storage().data_ptr() == storage):
+                            return _WeightRef(group, index, tensor)
+            return tensor
+
+        def unpack(saved):
+            return saved.materialize() if isinstance(saved, _WeightRef) else saved
+
+        return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
     def _prefetch(self, index: int) -> None:
         if self.stream is not None and 0 <= index < len(self.groups):
             self.groups[index].onload(self.stream)
@@ -211,7 +297,7 @@ class _OffloadedCheckpoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, offloader: GroupOffloader, block: nn.Module, rest: tuple, anchor: torch.Tensor,
                 *tensors: torch.Tensor):
-        offloader.enter(block, +1)
+        offloader.enter_block(block, +1)
         with torch.no_grad():
             output = block(*_merge(tensors, rest))
         ctx.offloader, ctx.block, ctx.rest = offloader, block, rest
@@ -225,11 +311,12 @@ class _OffloadedCheckpoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        ctx.offloader.enter(ctx.block, -1)
+        ctx.offloader.enter_block(ctx.block, -1)
         saved = ctx.offloader.unstash(ctx.stash_index, ctx.saved_tensors)
         inputs = [t.detach().requires_grad_(grad) for t, grad in zip(saved, ctx.input_requires_grad, strict=True)]
         device_type, enabled, dtype = ctx.autocast
-        with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+        with (torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled),
+              ctx.offloader.weights_by_reference()):
             output = ctx.block(*_merge(inputs, ctx.rest))
         torch.autograd.backward(output, grad_output)  # LoRA gradients accumulate here, in the block
         return (None, None, None, None, *[t.grad if t.requires_grad else None for t in inputs])
@@ -273,11 +360,13 @@ def place_for_offload(transformer, device: torch.device | str) -> None:
 
 def enable_group_offload(transformer, blocks_per_group: int = 1, use_stream: bool = False,
                          offload_activations: bool = False, offload_weights: bool = True,
-                         compute: torch.device | None = None) -> GroupOffloader:
+                         compute: torch.device | None = None, leaf_level: bool = False) -> GroupOffloader:
     """Offload the transformer's blocks; in training every block runs checkpointed through the
-    offloader, in inference (validation) a pre-hook brings each block's group in before it runs.
+    offloader, in inference (validation) a pre-hook brings each block's group in before it runs
+    (leaf_level: each layer's weights before that layer runs, in training too).
     With `offload_weights=False` only the saved activations move (the weights stay on the GPU)."""
-    offloader = GroupOffloader(transformer, blocks_per_group, use_stream, offload_weights, offload_activations, compute)
+    offloader = GroupOffloader(transformer, blocks_per_group, use_stream, offload_weights, offload_activations, compute,
+                               leaf_level)
     # the block's trainable LoRA weights are not inputs of the Function: this anchor makes its output
     # require a gradient even when no input does (the first text block), so backward reaches it
     anchor = torch.zeros(0, requires_grad=True)
@@ -290,7 +379,14 @@ def enable_group_offload(transformer, blocks_per_group: int = 1, use_stream: boo
         if not (module.training and torch.is_grad_enabled()):
             offloader.enter(module, +1)
 
-    for block in [*transformer.text_transformer_blocks, *transformer.visual_transformer_blocks]:
-        block.register_forward_pre_hook(onload_for_inference)
+    def onload_layer(module, args):
+        offloader.enter(module, +1)
+
+    if offloader.leaf_level:
+        for unit in offloader.leaf_units:
+            unit.register_forward_pre_hook(onload_layer)
+    else:
+        for block in [*transformer.text_transformer_blocks, *transformer.visual_transformer_blocks]:
+            block.register_forward_pre_hook(onload_for_inference)
     transformer.enable_gradient_checkpointing(gradient_checkpointing_func=offloaded_checkpoint)
     return offloader

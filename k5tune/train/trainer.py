@@ -67,14 +67,7 @@ class TrainResult:
 
 
 def refuse_pending_features(train_config) -> None:
-    """Settings whose implementation is tracked by an open issue stop the run with a clear message."""
-    pending = [
-        (train_config.enable_group_offload and train_config.group_offload_type == "leaf_level",
-         "group_offload_type=leaf_level in training (use block_level)", 6),
-    ]
-    for active, what, issue in pending:
-        if active:
-            raise NotYetAvailable(f"{what} is not available yet (tracked in issue {issue}); remove it to train")
+    """Settings whose feature is not built yet stop the run with a clear message."""
     if train_config.crepa_enabled or train_config.scheduled_sampling_max_step_offset > 0:
         raise NotYetAvailable("CREPA and scheduled sampling are not implemented yet; set crepa_enabled=false "
                               "and scheduled_sampling_max_step_offset=0")
@@ -213,7 +206,7 @@ class Trainer:
             enable_group_offload(transformer, cfg.group_offload_blocks_per_group,
                                  cfg.group_offload_use_stream or not offload,
                                  offload_activations=cfg.activations_offloaded, offload_weights=offload,
-                                 compute=self.runtime.device)
+                                 compute=self.runtime.device, leaf_level=cfg.group_offload_type == "leaf_level")
         install_text_mask(transformer)
         if cfg.tread_config is not None:
             install_tread(transformer, resolve_routes(cfg.tread_config, len(transformer.visual_transformer_blocks)))
