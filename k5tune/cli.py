@@ -140,23 +140,22 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_estimate(args: argparse.Namespace, extra: list[str]) -> int:
     from k5tune.config import load_config
-    from k5tune.config.frames import parse_resolution, snap_resolution
-    from k5tune.estimate import TrainingShape, estimate_report
+    from k5tune.estimate import estimate_report, settings_from_config, shape_from_config
     from k5tune.models.flavours import require_flavour
 
+    if args.check:
+        from k5tune.estimate_check import check_report
+
+        print(check_report())
+        return 0
     loaded = load_config(args.config)
     cfg = loaded.train
     flavour = require_flavour(args.flavour or cfg.model_flavour, "--flavour")
-    video = next((b for b in loaded.media_backends if b.dataset_type == "video"), None)
-    if args.resolution:
-        height, width = snap_resolution(*parse_resolution(args.resolution))
-    else:  # the dataset's resolution as the shorter side of a 2:3 clip, the guide's 512 -> 512x768
-        short = video.resolution if video else 512
-        height, width = snap_resolution(short, round(short * 1.5))
-    frames = args.frames or (video.video.num_frames if video else cfg.validation_num_video_frames)
-    shape = TrainingShape(height, width, frames, cfg.train_batch_size, args.rank or cfg.lora_rank,
-                          cfg.lora_target_modules)
-    print(estimate_report(flavour, shape, args.gpu_memory, cfg.offload_during_startup, cfg.vae_enable_patch_conv))
+    shape = shape_from_config(loaded, args.resolution, args.frames, args.rank)
+    processes = args.num_processes or cfg.num_processes
+    current = settings_from_config(cfg, processes, flavour)
+    print(estimate_report(flavour, shape, args.gpu_memory, cfg.offload_during_startup, cfg.vae_enable_patch_conv,
+                          cfg.vae_enable_tiling, current=current, processes=processes))
     return 0
 
 
@@ -303,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     estimate = sub.add_parser(
         "estimate", help="predict peak GPU memory for a config and propose settings that fit",
         description="Predict the peak GPU memory of caching and training for the config (or the shape given) "
-        "and, with --gpu-memory, the fastest settings that fit that card.",
+        "and, with --gpu-memory, the fastest settings that fit that card, as config.json keys to paste.",
     )
     estimate.add_argument("--config", default="config/config.json", help="config file (default: config/config.json)")
     estimate.add_argument("--gpu-memory", type=float, metavar="GIB", help="the card's memory in GiB")
@@ -311,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--resolution", help="HEIGHTxWIDTH of the training clips (default: from the dataset file)")
     estimate.add_argument("--frames", type=int, help="frames per clip (default: the dataset's num_frames)")
     estimate.add_argument("--rank", type=int, help="LoRA rank (default: the config's lora_rank)")
+    estimate.add_argument("--num-processes", type=int, metavar="N",
+                          help="GPUs to train on (default: the config's num_processes); with more than one, "
+                          "FSDP2 (fsdp_enable) is among the settings tried")
+    estimate.add_argument("--check", action="store_true",
+                          help="print the predictions against the GPU measurements in benchmarks/results "
+                          "(a source checkout) and exit")
     estimate.set_defaults(func=cmd_estimate)
 
     server = sub.add_parser(

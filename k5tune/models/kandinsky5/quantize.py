@@ -123,6 +123,12 @@ def _blocks(transformer) -> list[nn.Module]:
     return [*transformer.text_transformer_blocks, *transformer.visual_transformer_blocks]
 
 
+def base_linears(block: nn.Module) -> list[nn.Linear]:
+    """The linears of one transformer block that `quantize_base` quantises (not yet quantised ones).
+    Works on the meta device too: `k5tune estimate` counts the quantised bytes with it."""
+    return [m for name, m in block.named_modules() if _is_base_linear(m, name)]
+
+
 def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
@@ -160,7 +166,7 @@ def quantize_base(
     for block in _blocks(transformer):
         home = _device_of(block)
         block.to(target)
-        chosen = [m for name, m in block.named_modules() if _is_base_linear(m, name)]
+        chosen = base_linears(block)
         before += sum(tensor_bytes(m.weight) for m in chosen)
         quantize_(block, config, filter_fn=_is_base_linear)
         after += sum(tensor_bytes(m.weight) for m in chosen)

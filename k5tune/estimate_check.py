@@ -1,0 +1,199 @@
+"""`k5tune estimate --check`: the estimate against every GPU peak measured (benchmarks/results).
+
+Each check names where its measured figure is (file, which JSON row, which value) and what the
+estimate computes for it. All measured on H100 80GB cards with the full-size models (random weights),
+512x768x61 clips (24,576 tokens), batch 1, LoRA rank 32 on attention + feed-forward unless the label
+says otherwise. Two rows fitted a constant of k5tune/estimate.py ("fitted"): Lite full checkpointing
+(TRANSIENT_PER_TOKEN_DIM) and Lite activation offload alone (ACTIVATION_OFFLOAD_RESIDUE); the VAE rows
+are its anchors ("anchor"); the text phase of caching is a worst-case bound ("bound": 8 of the longest
+captions), checked to be above what was measured. Every other row is a prediction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from k5tune.errors import K5TuneError
+from k5tune.estimate import (
+    TrainingSettings,
+    TrainingShape,
+    caching_estimate,
+    settings_from_config,
+    shape_from_config,
+    training_peak_gib,
+    vae_encode_peak_gib,
+)
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+LITE, PRO = "t2v-lite-sft-5s", "t2v-pro-sft-5s-hd"
+TOLERANCE = 0.15
+
+
+@dataclass(frozen=True)
+class Source:
+    """A measured figure: `value` (a dotted path) in the one row of `file` that matches `where`."""
+
+    file: str  # relative to benchmarks/results
+    value: str
+    where: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Check:
+    label: str
+    source: Source
+    predict: Callable[[], float]
+    role: str = "prediction"  # prediction | fitted | anchor | bound
+
+
+def _get(row: Any, path: str) -> Any:
+    for part in path.split("."):
+        row = row.get(part) if isinstance(row, dict) else None
+    return row
+
+
+def measured_gib(source: Source, results: Path = RESULTS) -> float:
+    path = results / source.file
+    text = path.read_text()
+    rows = ([json.loads(line) for line in text.splitlines() if line.startswith("{")] if path.suffix == ".jsonl"
+            else [json.loads(text)])  # (run 15's summary.jsonl has a plain-text line too)
+    picked = [row for row in rows if all(_get(row, k) == v for k, v in source.where.items())]
+    if len(picked) != 1:
+        raise LookupError(f"{source.file}: {len(picked)} rows match {source.where}, expected one")
+    return float(_get(picked[0], source.value))
+
+
+def _train(flavour: str, shape: TrainingShape | None = None, **settings: Any) -> Callable[[], float]:
+    return lambda: training_peak_gib(flavour, shape or TrainingShape(), TrainingSettings(**settings))
+
+
+def _bench(run: str, **where: Any) -> Source:
+    return Source(f"2026-11-27-{run}/bench.jsonl", "ours.peak_gib", where)
+
+
+def shipped_example(**changes: Any):
+    """The shipped example config and dataset file (Lite, rank 16, attention targets, 512, 61 frames)."""
+    from k5tune.config.loading import EXAMPLES_DIR, LoadedConfig, build_datasets, build_train_config
+
+    raw = json.loads((EXAMPLES_DIR / "config.json.example").read_text()) | changes
+    datasets = json.loads((EXAMPLES_DIR / "multidatabackend.json.example").read_text())
+    return LoadedConfig(build_train_config(raw, "config.json.example"),
+                        build_datasets(datasets, "multidatabackend.json.example"))
+
+
+def _whole_train(part: str) -> Callable[[], float]:
+    """GPU run 15: `k5tune train` with the example config and vae_enable_patch_conv."""
+    def predict() -> float:
+        loaded = shipped_example(vae_enable_patch_conv=True)
+        cfg, shape = loaded.train, shape_from_config(loaded)
+        if part == "training":
+            return training_peak_gib(cfg.model_flavour, shape, settings_from_config(cfg))
+        cache = caching_estimate(shape, cfg.offload_during_startup, cfg.vae_enable_patch_conv, cfg.vae_enable_tiling)
+        return {"caching": cache.peak_gib, "text": cache.text_gib}[part]
+    return predict
+
+
+_GROUP = {"group_offload_blocks": 1}
+_TRAIN15 = "2026-11-27-h100-run15/summary.jsonl"
+_VAE = "2026-11-27-h100-run11/vae.jsonl"
+
+CHECKS: list[Check] = [
+    Check("Lite, selective (default)", _bench("h100-run11", flavour=LITE, group_offload=None,
+                                              **{"plan.checkpointing": "selective"}), _train(LITE)),
+    Check("Lite, full checkpointing", _bench("h100-run3", **{"plan.checkpointing": "full"}),
+          _train(LITE, checkpointing="full"), "fitted"),
+    Check("Lite, selective, attention kept in 16 blocks", _bench("h100-run3", **{"plan.keep_attention_blocks": 16}),
+          _train(LITE, keep_attention_blocks=16)),
+    Check("Lite, selective, attention kept in 8 blocks", _bench("h100-run3", **{"plan.keep_attention_blocks": 8}),
+          _train(LITE, keep_attention_blocks=8)),
+    Check("Lite, TREAD (0.5, blocks 2..30)", Source("2026-11-27-h100-run5/lite_tread.json", "ours_tread.peak_gib"),
+          _train(LITE, tread=((0.5, 2, 30),))),  # the route run 5 recorded (tread_routes)
+    Check("Lite, group offload + stream, weights only", _bench("h100-run11", flavour=LITE,
+                                                               **{"group_offload.stream": True}),
+          _train(LITE, **_GROUP)),
+    Check("Lite, group offload, no stream, weights only", _bench("h100-run11", flavour=LITE,
+                                                                 **{"group_offload.stream": False}),
+          _train(LITE, offload_stream=False, **_GROUP)),
+    Check("Lite, group offload + stream + activation offload", _bench("h100-run12", flavour=LITE,
+                                                                      **{"group_offload.stream": True}),
+          _train(LITE, offload_activations=True, **_GROUP)),
+    Check("Lite, activation offload alone", _bench("h100-run12", flavour=LITE, group_offload=None),
+          _train(LITE, offload_activations=True), "fitted"),
+    Check("Lite, int8 base", _bench("h100-run15", flavour=LITE, **{"base_precision.precision": "int8"}),
+          _train(LITE, base_precision="int8")),
+    Check("Lite, fp8 base", _bench("h100-run15", flavour=LITE, **{"base_precision.precision": "fp8"}),
+          _train(LITE, base_precision="fp8")),
+    Check("Pro, selective, attention kept in 24 blocks", Source("2026-11-27-h100-run6/pro_compare.json",
+                                                                "ours.peak_gib"),
+          _train(PRO, keep_attention_blocks=24)),
+    Check("Pro, group offload + stream, weights only", _bench("h100-run11", flavour=PRO), _train(PRO, **_GROUP)),
+    Check("Pro, activation offload alone", _bench("h100-run12", flavour=PRO, group_offload=None),
+          _train(PRO, offload_activations=True)),
+    Check("Pro, group offload + stream + activation offload", _bench("h100-run12", flavour=PRO,
+                                                                     **{"group_offload.stream": True}),
+          _train(PRO, offload_activations=True, **_GROUP)),
+    Check("Pro, int8 base + activation offload", _bench("h100-run15", flavour=PRO),
+          _train(PRO, base_precision="int8", offload_activations=True)),
+    Check("Pro, FSDP2 over 2 GPUs, full checkpointing (rank 0)",
+          Source("2026-11-27-2xh100-run14/summary.jsonl", "peak_gib_rank0"),
+          _train(PRO, checkpointing="full", fsdp_processes=2)),
+    Check("Pro, FSDP2 over 2 GPUs + activation offload (rank 0)",
+          Source("2026-11-27-2xh100-run13/summary.jsonl", "peak_gib_rank0"),
+          _train(PRO, checkpointing="full", fsdp_processes=2, offload_activations=True)),
+    Check("k5tune train, example config: training (rank 16, attention)", Source(_TRAIN15, "training_peak_gib"),
+          _whole_train("training")),
+    Check("k5tune train, example config: caching", Source(_TRAIN15, "caching_peak_gib"), _whole_train("caching")),
+    Check("k5tune train, example config: caching, text phase", Source(_TRAIN15, "caching_text_peak_gib"),
+          _whole_train("text"), "bound"),
+    Check("VAE encode, plain", Source(_VAE, "peak_gib", {"variant": "plain"}),
+          lambda: vae_encode_peak_gib(TrainingShape(), "plain"), "anchor"),
+    Check("VAE encode, patch conv", Source(_VAE, "peak_gib", {"variant": "patch_conv"}),
+          lambda: vae_encode_peak_gib(TrainingShape(), "patch_conv"), "anchor"),
+    Check("VAE encode, tiling", Source(_VAE, "peak_gib", {"variant": "tiling"}),
+          lambda: vae_encode_peak_gib(TrainingShape(), "tiling"), "anchor"),
+]
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    check: Check
+    predicted: float
+    measured: float
+
+    @property
+    def error(self) -> float:
+        return (self.predicted - self.measured) / self.measured
+
+    @property
+    def ok(self) -> bool:
+        if self.check.role == "bound":
+            return self.predicted >= self.measured
+        return abs(self.error) <= TOLERANCE
+
+
+def check_rows(results: Path = RESULTS) -> list[CheckRow]:
+    if not results.is_dir():
+        raise K5TuneError(f"{results} not found: `k5tune estimate --check` needs a source checkout of k5tune "
+                          "(the measurements are in benchmarks/results)")
+    return [CheckRow(c, c.predict(), measured_gib(c.source, results)) for c in CHECKS]
+
+
+def check_report(results: Path = RESULTS) -> str:
+    """A Markdown table: predicted, measured, error, and where the measured figure is."""
+    rows = check_rows(results)
+    lines = ["| measurement | predicted GiB | measured GiB | error | source |", "|---|---|---|---|---|"]
+    for row in rows:
+        role = "" if row.check.role == "prediction" else f" ({row.check.role})"
+        flag = "" if row.ok else " **outside**"
+        lines.append(f"| {row.check.label}{role} | {row.predicted:.2f} | {row.measured:.2f} | "
+                     f"{row.error * 100:+.1f} %{flag} | {row.check.source.file} |")
+    figures = [row for row in rows if row.check.role != "bound"]
+    worst = max(abs(row.error) for row in figures)
+    lines += ["", f"{sum(row.ok for row in figures)} of {len(figures)} figures within {TOLERANCE:.0%} (largest error "
+              f"{worst:.1%}); {sum(row.ok for row in rows if row.check.role == 'bound')} of "
+              f"{len(rows) - len(figures)} bounds at or above the measured figure"]
+    return "\n".join(lines)
