@@ -14,6 +14,7 @@ answers every question with its default.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -134,26 +135,55 @@ class MemoryPreset:
     title: str
     settings: dict[str, Any]
     note: str
+    requires: str | None = None  # an optional package the preset needs (offered only when importable)
 
 
-# Measured on an H100 (benchmarks/results/2026-11-27-h100.md), Lite at 512x768, 61 frames, rank 32:
-# selective checkpointing 12.7 GiB, full 10.1 GiB. Caching (VAE) is the other peak: offload and
-# sliced VAE convolutions lower it. Group offload is left out: training refuses it until issue 6.
+# Measured on an H100 (benchmarks/results/2026-11-27-h100.md), Lite at 512x768, 61 frames, LoRA rank 32 on
+# attention + feed-forward: selective checkpointing 1.90 s/step, 12.7 GiB; full 2.17 s, 10.1 GiB; int8 base
+# 1.96 s, 10.4 GiB; activation offload 2.18 s, 8.1 GiB; group offload 1 block/group + stream (+ activation
+# offload) 2.17 s, 4.1 GiB. Caching: VAE encode of one clip 12.2 GiB plain, 10.4 with patch conv, 2.6 with
+# tiling (blended, not exact); Qwen2.5-VL streamed from CPU memory with offload_during_startup (1.6 GiB).
+# Each preset leaves ~1 GiB spare on the smallest card of its row.
+_GROUP_OFFLOAD = {"enable_group_offload": True, "group_offload_type": "block_level",
+                  "group_offload_blocks_per_group": 1, "group_offload_use_stream": True}
 MEMORY_PRESETS: dict[str, MemoryPreset] = {
     p.name: p
     for p in (
         MemoryPreset(
-            "up-to-32gb", "16-32 GB card (RTX 4080/3090/4090/5090)",
+            "up-to-12gb", "12 GB card or smaller (RTX 3060 12GB, 4070, 8 GB cards)",
+            {"offload_during_startup": True, "vae_enable_tiling": True, "gradient_checkpointing": True,
+             "gradient_checkpointing_policy": "full", **_GROUP_OFFLOAD},
+            "least memory: group offload (one block on the GPU at a time, the next copied on a side stream) and "
+            "activation offload, Lite 512x768x61 in 4.1 GiB at 2.17 s/step; caching encodes in VAE tiles "
+            "(2.6 GiB; blended tiles, not exact: patch conv would need ~10.4 GiB)",
+        ),
+        MemoryPreset(
+            "16gb", "16 GB card (RTX 4060 Ti 16GB, 4080, 5080)",
             {"offload_during_startup": True, "vae_enable_patch_conv": True, "gradient_checkpointing": True,
-             "gradient_checkpointing_policy": "full"},
-            "least memory: VAE and text encoders never on the GPU together, sliced VAE convolutions, full "
-            "activation checkpointing (Lite 512x768x61 trained in ~10 GiB)",
+             "gradient_checkpointing_policy": "full", "offload_activations": True},
+            "activation offload: block inputs wait for backward in CPU memory, Lite 512x768x61 in 8.1 GiB at "
+            "2.18 s/step; sliced VAE convolutions (caching 10.4 GiB)",
+        ),
+        MemoryPreset(
+            "16gb-int8", "16 GB card, int8 base (torchao installed)",
+            {"offload_during_startup": True, "vae_enable_patch_conv": True, "gradient_checkpointing": True,
+             "gradient_checkpointing_policy": "selective", "base_model_precision": "int8"},
+            "faster: the frozen transformer in int8 (output ~1 % off fp32; bf16: 0.7 %), Lite 512x768x61 in "
+            "10.4 GiB at 1.96 s/step; the LoRA still loads into a bf16 pipeline",
+            requires="torchao",
+        ),
+        MemoryPreset(
+            "24-32gb", "24-32 GB card (RTX 3090/4090/5090, A5000)",
+            {"offload_during_startup": True, "vae_enable_patch_conv": True, "gradient_checkpointing": True,
+             "gradient_checkpointing_policy": "selective"},
+            "selective checkpointing keeps attention outputs, Lite 512x768x61 in 12.7 GiB at 1.90 s/step; "
+            "streamed text encoder and sliced VAE convolutions (caching 10.4 GiB)",
         ),
         MemoryPreset(
             "40-48gb", "40-48 GB card (A100 40GB, A6000, L40S)",
             {"offload_during_startup": True, "vae_enable_patch_conv": False, "gradient_checkpointing": True,
              "gradient_checkpointing_policy": "selective"},
-            "faster: selective checkpointing keeps attention outputs (Lite 512x768x61: ~13 GiB)",
+            "selective checkpointing, streamed text encoder, plain VAE (caching 12.2 GiB)",
         ),
         MemoryPreset(
             "80gb", "80 GB or more (A100/H100 80GB, H200)",
@@ -164,24 +194,66 @@ MEMORY_PRESETS: dict[str, MemoryPreset] = {
     )
 }
 KEEP_PRESET = "keep"
-PRESET_KEYS = ("offload_during_startup", "vae_enable_patch_conv", "gradient_checkpointing",
-               "gradient_checkpointing_policy")
-PRO_MIN_GIB = 70.0  # one 80 GB card reports ~79 GiB; Pro's bf16 weights alone are ~38 GiB
+# the keys a preset decides: those it does not set go back to the schema's default
+PRESET_KEYS = ("offload_during_startup", "vae_enable_patch_conv", "vae_enable_tiling", "gradient_checkpointing",
+               "gradient_checkpointing_policy", "base_model_precision", "enable_group_offload",
+               "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream",
+               "offload_activations", "fsdp_enable")
+PRO_MIN_GIB = 70.0  # one 80 GB card reports ~79 GiB; Pro's bf16 weights alone are ~40 GiB
+PRO_OFFLOAD_MIN_GIB = 13.0  # Pro with group offload + stream: 11.4 GiB measured
+PRO_FSDP_MIN_GIB = 38.0  # FSDP2 on 2 GPUs: 38.7 GiB per GPU with offload_activations (40 GB cards report ~39.4)
+PRO_FSDP_OFFLOAD_BELOW_GIB = 44.0  # FSDP2 without offload_activations: 40.7 GiB (48 GB cards report ~47.5)
+LITE_MIN_GIB = 5.5  # Lite with group offload: 4.1 GiB measured at 512x768x61
+
+
+def preset_available(preset: MemoryPreset) -> bool:
+    return preset.requires is None or importlib.util.find_spec(preset.requires) is not None
 
 
 def recommended_preset(total_gib: float) -> str:
+    if total_gib < 13:  # caching with patch conv alone needs ~10.4 GiB
+        return "up-to-12gb"
+    if total_gib < 18:
+        return "16gb"
     if total_gib < 38:
-        return "up-to-32gb"
+        return "24-32gb"
     if total_gib < PRO_MIN_GIB:
         return "40-48gb"
     return "80gb"
 
 
-def preset_settings(preset: MemoryPreset, flavour: str) -> dict[str, Any]:
-    """A preset's keys; Pro (≈19B) keeps the low-memory settings even on an 80 GB card."""
-    if FLAVOURS[flavour].size == "pro":
-        return dict(MEMORY_PRESETS["up-to-32gb"].settings)
-    return dict(preset.settings)
+def pro_presets(total_gib: float, processes: int) -> list[MemoryPreset]:
+    """Pro (≈19B, 40 GiB of bf16 weights): measured on H100s at 512x768x61, rank 32."""
+    low = {"offload_during_startup": True, "vae_enable_patch_conv": True, "gradient_checkpointing": True,
+           "gradient_checkpointing_policy": "full"}
+    presets = [MemoryPreset(
+        "pro-group-offload", "Pro on one card of 16 GB or more",
+        {**low, **_GROUP_OFFLOAD},
+        "group offload + side stream + activation offload: 11.4 GiB at 9.3 s/step; the 40 GiB of weights wait "
+        "in pinned CPU memory",
+    )]
+    if processes > 1:
+        fsdp = {**low, "fsdp_enable": True}
+        if total_gib < PRO_FSDP_OFFLOAD_BELOW_GIB:
+            fsdp["offload_activations"] = True
+        presets.append(MemoryPreset(
+            "pro-fsdp2", f"Pro sharded over the {processes} GPUs (FSDP2)", fsdp,
+            "each GPU holds its share of the weights: on 2 H100s 40.7 GiB per GPU (38.7 with "
+            "offload_activations), 6.3 s per clip",
+        ))
+    presets.append(MemoryPreset(
+        "pro-80gb", "Pro on 80 GB cards", {**low, "offload_activations": True},
+        "weights on the GPU, activation offload: 50.4 GiB at 9.2 s/step",
+    ))
+    return presets
+
+
+def recommended_pro_preset(total_gib: float, processes: int) -> str:
+    if total_gib >= PRO_MIN_GIB:
+        return "pro-80gb"
+    if processes > 1 and total_gib >= PRO_FSDP_MIN_GIB:
+        return "pro-fsdp2"
+    return "pro-group-offload"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -751,43 +823,59 @@ class Wizard:
         self._ask_config("num_processes", f"GPUs to train on, data-parallel (num_processes, 1-{count})",
                          default=self.config.get("num_processes", count), extra=at_most_count,
                          hint="each GPU holds the whole model and trains its share of every batch: faster, "
-                         "not less memory per GPU")
+                         + ("or Pro sharded over them with FSDP2 (a memory preset below)"
+                            if FLAVOURS[self.config["model_flavour"]].size == "pro" else "not less memory per GPU"))
 
     def _warn_small_or_pro(self, total: float) -> None:
         flavour = FLAVOURS[self.config["model_flavour"]]
-        if flavour.size == "pro" and total < PRO_MIN_GIB:
+        if flavour.size == "pro" and total < PRO_OFFLOAD_MIN_GIB:
             lite = "i2v-lite-5s" if flavour.is_i2v else DEFAULT_FLAVOUR
-            self.io.say(f"  ! {flavour.name} is Pro (≈19B): on a {total:.0f} GiB card it needs group offload, or "
-                        "FSDP2 sharding over several GPUs, and neither is available for training yet (issues 6 "
-                        "and 10).")
+            self.io.say(f"  ! {flavour.name} is Pro (≈19B): even with group offload it needs ~11.4 GiB per GPU, "
+                        f"more than a {total:.0f} GiB card has.")
             self.io.say(f"    Recommended: the Lite flavour {lite}.")
             if self.confirm(f"Switch to {lite}?", False):
                 self.config["model_flavour"] = lite
                 self.io.say(f"  model_flavour: {lite}")
-        elif total < 12:
-            self.io.say(f"  ! {total:.0f} GiB is below the ~10 GiB Lite needed at 512x768x61 with full "
-                        "checkpointing: use a lower resolution (384) and fewer frames (33)")
+        elif flavour.size != "pro" and total < LITE_MIN_GIB:
+            self.io.say(f"  ! {total:.0f} GiB is below the ~4.1 GiB Lite needed at 512x768x61 with group offload "
+                        "(plus the CUDA context): use a lower resolution (384) and fewer frames (33)")
+
+    def _presets(self, total: float) -> tuple[list[MemoryPreset], str]:
+        """The presets offered for the flavour and card, and the recommended one's name."""
+        if FLAVOURS[self.config["model_flavour"]].size == "pro":
+            processes = self.config.get("num_processes", 1)
+            recommended = recommended_pro_preset(total, processes)
+            self.io.say("  Pro (≈19B): " + {
+                "pro-80gb": f"its weights fit a {total:.0f} GiB card; activation offload keeps the peak at "
+                            "~50 GiB (measured on an H100)",
+                "pro-fsdp2": f"FSDP2 shards it over the {processes} GPUs (fsdp_enable"
+                             + (" + offload_activations: 38.7 GiB per GPU on 2 H100s, tight on 40 GB cards)"
+                                if total < PRO_FSDP_OFFLOAD_BELOW_GIB else ": 40.7 GiB per GPU on 2 H100s)"),
+                "pro-group-offload": f"on a {total:.0f} GiB card group offload streams its blocks from CPU "
+                                     "memory (11.4 GiB, 9.3 s/step measured on an H100)",
+            }[recommended])
+            return pro_presets(total, processes), recommended
+        return [p for p in MEMORY_PRESETS.values() if preset_available(p)], recommended_preset(total)
 
     def _choose_preset(self, total: float) -> None:
-        flavour = self.config["model_flavour"]
-        recommended = recommended_preset(total)
+        presets, recommended = self._presets(total)
         options = []
         has_current = self.existing.config_found and any(k in self.existing.config for k in PRESET_KEYS)
         if has_current:
             current = ", ".join(f"{k}={_show(self.existing.config[k])}" for k in PRESET_KEYS if k in self.existing.config)
             options.append((KEEP_PRESET, f"keep the current settings ({current})"))
-        for preset in MEMORY_PRESETS.values():
+        for preset in presets:
             mark = " (recommended)" if preset.name == recommended else ""
             options.append((preset.name, f"{preset.title}{mark}: {preset.note}"))
-        self.io.say("  enable_group_offload is not offered: training does not support it yet (issue 6)")
-        if FLAVOURS[flavour].size == "pro":
-            self.io.say("  Pro flavours always get the low-memory settings (offload, sliced VAE, full checkpointing)")
         choice = self.choose("Memory preset", options, KEEP_PRESET if has_current else recommended)
         if choice == KEEP_PRESET:
             return
-        for key, value in preset_settings(MEMORY_PRESETS[choice], flavour).items():
-            self.config[key] = value
-        self.config.pop("enable_group_offload", None)
+        settings = next(p for p in presets if p.name == choice).settings
+        for key in PRESET_KEYS:
+            if key in settings:
+                self.config[key] = settings[key]
+            else:
+                self.config.pop(key, None)
 
     def ask_validation(self) -> None:
         default = self.config.get("validation_prompt")
@@ -922,9 +1010,6 @@ class Wizard:
     def _print_next_steps(self, loaded: LoadedConfig) -> None:
         for notice in loaded.notices():
             self.io.say(f"note: {notice}")
-        if loaded.train.enable_group_offload:
-            self.io.say("note: enable_group_offload is kept from the old file, but training does not support it "
-                        "yet (issue 6): `k5tune train` will refuse it; rerun and pick a memory preset")
         flag = "" if str(self.config_path) == "config/config.json" else f" --config {self.config_path}"
         self.io.say("next:")
         self.io.say(f"  k5tune train --dry-run{flag}   # check both files, print the resolved settings")
