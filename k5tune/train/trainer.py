@@ -402,7 +402,7 @@ class Trainer:
                 (share * dist.world if self.fsdp else share).backward()
                 loss_sum += share.detach().double().cpu()
         dist.sum_(loss_sum)
-        if not self.fsdp:  # FSDP2 reduce-scattered (summed) the gradients already
+        if not self.fsdp:  # FSDP2 reduced them already (its average of the world-scaled losses is our sum)
             dist.sum_gradients(self.params)
         loss_value = loss_sum.item()
         if not math.isfinite(loss_value):
