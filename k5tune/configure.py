@@ -201,7 +201,8 @@ PRESET_KEYS = ("offload_during_startup", "vae_enable_patch_conv", "vae_enable_ti
                "offload_activations", "fsdp_enable")
 PRO_MIN_GIB = 70.0  # one 80 GB card reports ~79 GiB; Pro's bf16 weights alone are ~40 GiB
 PRO_OFFLOAD_MIN_GIB = 13.0  # Pro with group offload + stream: 11.4 GiB measured
-PRO_FSDP_MIN_GIB = 38.0  # FSDP2 on 2 GPUs: 38.7 GiB per GPU with offload_activations (40 GB cards report ~39.4)
+PRO_FSDP_MIN_GIB = 42.0  # FSDP2 on 2 GPUs: 38.7 GiB per GPU with offload_activations; a 40 GB card (~39.4 GiB)
+# leaves too little for the CUDA context and fragmentation, so those get group offload (still listed)
 PRO_FSDP_OFFLOAD_BELOW_GIB = 44.0  # FSDP2 without offload_activations: 40.7 GiB (48 GB cards report ~47.5)
 LITE_MIN_GIB = 5.5  # Lite with group offload: 4.1 GiB measured at 512x768x61
 
@@ -849,7 +850,7 @@ class Wizard:
                 "pro-80gb": f"its weights fit a {total:.0f} GiB card; activation offload keeps the peak at "
                             "~50 GiB (measured on an H100)",
                 "pro-fsdp2": f"FSDP2 shards it over the {processes} GPUs (fsdp_enable"
-                             + (" + offload_activations: 38.7 GiB per GPU on 2 H100s, tight on 40 GB cards)"
+                             + (" + offload_activations: 38.7 GiB per GPU on 2 H100s)"
                                 if total < PRO_FSDP_OFFLOAD_BELOW_GIB else ": 40.7 GiB per GPU on 2 H100s)"),
                 "pro-group-offload": f"on a {total:.0f} GiB card group offload streams its blocks from CPU "
                                      "memory (11.4 GiB, 9.3 s/step measured on an H100)",

@@ -348,13 +348,15 @@ def test_pro_on_a_card_too_small_even_for_group_offload_recommends_lite(workdir)
          {"enable_group_offload": True, "group_offload_use_stream": True, "group_offload_blocks_per_group": 1}),
         (79.2, 1, "its weights fit a 79 GiB card", "pro-80gb",
          {"offload_activations": True, "enable_group_offload": None, "fsdp_enable": None}),
-        (39.4, 2, "FSDP2 shards it over the 2 GPUs (fsdp_enable + offload_activations: 38.7 GiB", "pro-fsdp2",
+        (39.4, 2, "group offload streams its blocks from CPU memory (11.4 GiB", "pro-group-offload",
+         {"enable_group_offload": True, "fsdp_enable": None, "num_processes": 2}),
+        (43.0, 2, "FSDP2 shards it over the 2 GPUs (fsdp_enable + offload_activations: 38.7 GiB", "pro-fsdp2",
          {"fsdp_enable": True, "offload_activations": True, "enable_group_offload": None, "num_processes": 2}),
         (47.5, 2, "FSDP2 shards it over the 2 GPUs (fsdp_enable: 40.7 GiB", "pro-fsdp2",
          {"fsdp_enable": True, "offload_activations": None}),
         (79.2, 2, "its weights fit a 79 GiB card", "pro-80gb", {"fsdp_enable": None, "num_processes": 2}),
     ],
-    ids=["1x24GB", "1x80GB", "2x40GB", "2x48GB", "2x80GB"],
+    ids=["1x24GB", "1x80GB", "2x40GB", "2x43GB", "2x48GB", "2x80GB"],
 )
 def test_pro_advice_follows_the_gpus(workdir, memory, count, advice, preset, expected):
     gpus = {"gpus": "2"} if count > 1 else {}
