@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[test,server]"
+	$(PIP) install -q -e ".[test,server,quant]"
 	touch $@
 
 venv: $(VENV)/.installed
