@@ -70,3 +70,22 @@ def test_caching_work_is_split_between_processes(tmp_path, monkeypatch, tiny_mod
     after = run_cache_stage(loaded, runtime).cache  # one process afterwards: everything is there
     assert (after.encoded_latents, after.encoded_captions) == (0, 0)
     assert builder.EMPTY_CAPTION in after.text_keys
+
+
+def test_two_processes_with_group_offload_equal_one_process(tmp_path, monkeypatch, tiny_model_dir):
+    """Each process offloads its own copy of the blocks (the wizard's Pro preset on several small cards):
+    still the LoRA of one process with the same global batch."""
+    quiet = {**RUN, "disable_validation": True, "gradient_checkpointing_policy": "full"}
+    single = make_project(tmp_path / "single", tiny_model_dir, {**quiet, "train_batch_size": 2})
+    monkeypatch.chdir(single)
+    expected = load_file(train(load_config()).lora_path)
+    double = make_project(tmp_path / "double", tiny_model_dir, {
+        **quiet, "train_batch_size": 1, "num_processes": 2, "enable_group_offload": True,
+        "group_offload_use_stream": True})
+    monkeypatch.chdir(double)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main(["train"]) == 0
+    got = load_file(double / "output" / "pytorch_lora_weights.safetensors")
+    for key in expected:
+        error = (got[key] - expected[key]).norm() / expected[key].norm().clamp(min=1e-12)
+        assert error < 1e-3, (key, error.item())
