@@ -12,4 +12,11 @@ def _drop_torchao_serialization_notice(record: logging.LogRecord) -> bool:
     return "Unable to import `torchao` Tensor objects" not in record.getMessage()
 
 
+def _drop_enum_registration_notice(record: logging.LogRecord) -> bool:
+    # torchao registers its enums with torch.compile the way older torch wanted; torch 2.13 logs a
+    # deprecation line for each one on import (diffusers imports torchao whenever it is installed)
+    return "is an Enum subclass and is now natively supported" not in record.getMessage()
+
+
 logging.getLogger("diffusers.quantizers.torchao.torchao_quantizer").addFilter(_drop_torchao_serialization_notice)
+logging.getLogger("torch.utils._pytree").addFilter(_drop_enum_registration_notice)
