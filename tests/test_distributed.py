@@ -89,3 +89,21 @@ def test_two_processes_with_group_offload_equal_one_process(tmp_path, monkeypatc
     for key in expected:
         error = (got[key] - expected[key]).norm() / expected[key].norm().clamp(min=1e-12)
         assert error < 1e-3, (key, error.item())
+
+
+def test_two_processes_route_tread_tokens_as_one_process(tmp_path, monkeypatch, tiny_model_dir):
+    """Each sample draws its TREAD routing from its own generator, so a sample routes the same tokens
+    whichever process trains it: two processes still train the LoRA of one."""
+    tread = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -1}]}
+    routed = {**RUN, "disable_validation": True, "tread_config": tread}
+    single = make_project(tmp_path / "single", tiny_model_dir, {**routed, "train_batch_size": 2})
+    monkeypatch.chdir(single)
+    expected = load_file(train(load_config()).lora_path)
+    double = make_project(tmp_path / "double", tiny_model_dir, {**routed, "train_batch_size": 1, "num_processes": 2})
+    monkeypatch.chdir(double)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main(["train"]) == 0
+    got = load_file(double / "output" / "pytorch_lora_weights.safetensors")
+    for key in expected:
+        error = (got[key] - expected[key]).norm() / expected[key].norm().clamp(min=1e-12)
+        assert error < 1e-3, (key, error.item())

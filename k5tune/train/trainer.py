@@ -473,15 +473,16 @@ def micro_batch_loss(transformer, cache: CacheResult, batch, positions: list[int
     first_frames = torch.stack([s["first_frame"] for s in samples]).float() if "first_frame" in samples[0] else None
     pixel_size = (batch[0].bucket.height, batch[0].bucket.width)
     return flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime, first_frames,
-                                   route_generator=generators[0])
+                                   route_generator=generators)
 
 
 def flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime: Runtime,
                             first_frames: torch.Tensor | None = None,
-                            route_generator: torch.Generator | None = None) -> torch.Tensor:
+                            route_generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
     """The loss of one micro-batch from its tensors: what `k5tune train` and `k5tune bench` both run.
 
-    `route_generator` draws the TREAD routing when routes are installed (the step's own generator)."""
+    `route_generator` draws the TREAD routing when routes are installed: one generator per sample (each
+    sample's own, in training), or one for the batch."""
     noisy = objective.add_noise(latents, noise, sigmas)
     target = objective.velocity_target(latents, noise)
     if first_frames is not None:

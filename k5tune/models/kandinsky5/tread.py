@@ -3,8 +3,9 @@
 At a route's start block a random share (`selection_ratio`) of the video tokens leaves the stream;
 the remaining tokens (in their original order, with their own RoPE positions) go through the blocks
 up to the route's end; after the end block the routed tokens are put back in place, unchanged. Text
-tokens and the time/text conditioning are never routed, nor are I2V conditioning-frame tokens. The
-draw comes from the step's seeded generator, so a resumed run routes exactly as the uninterrupted one.
+tokens and the time/text conditioning are never routed, nor are I2V conditioning-frame tokens. Each
+sample draws its routing from its own seeded generator (the one its noise came from), so a resumed run
+routes exactly as the uninterrupted one, and a sample routes the same whichever process trains it.
 Routing happens only in training (model.train() and a router installed); validation and inference
 run the dense model.
 """
@@ -75,12 +76,21 @@ def _scatter(full: torch.Tensor, index: torch.Tensor, part: torch.Tensor) -> tor
 
 
 class TreadState:
-    """What the routed forward needs for one step: the routes, the step's generator, protected tokens."""
+    """What the routed forward needs for one step: the routes, the generator(s), protected tokens."""
 
     def __init__(self, routes: list[Route]):
         self.routes = {r.start: r for r in routes}
-        self.generator: torch.Generator | None = None
+        # one generator per sample of the micro-batch, or one for the whole batch (k5tune bench)
+        self.generator: torch.Generator | list[torch.Generator] | None = None
         self.protect_first_frame = False
+
+
+def _draw_scores(generator: torch.Generator | list[torch.Generator], batch: int, tokens: int) -> torch.Tensor:
+    if isinstance(generator, torch.Generator):
+        return torch.rand(batch, tokens, generator=generator)
+    if len(generator) != batch:
+        raise ValueError(f"TREAD needs one generator per sample: got {len(generator)} for a batch of {batch}")
+    return torch.stack([torch.rand(tokens, generator=g) for g in generator])
 
 
 def _routed_forward(self, hidden_states, encoder_hidden_states, timestep, pooled_projections, visual_rope_pos,
@@ -113,7 +123,7 @@ def _routed_forward(self, hidden_states, encoder_hidden_states, timestep, pooled
     for position, block in enumerate(self.visual_transformer_blocks):
         if active is None and position in state.routes:
             active = state.routes[position]
-            scores = torch.rand(batch, tokens, generator=state.generator).to(visual_embed.device)
+            scores = _draw_scores(state.generator, batch, tokens).to(visual_embed.device)
             index = keep_indices(scores, active.ratio, protected)
             full_embed, full_rope = visual_embed, visual_rope
             visual_embed, visual_rope = _gather(visual_embed, index), _gather(visual_rope.expand(batch, *visual_rope.shape[1:]), index)
@@ -142,7 +152,8 @@ def install_tread(transformer, routes: list[Route]) -> TreadState:
     return transformer._k5_tread
 
 
-def set_tread_step(transformer, generator: torch.Generator | None, protect_first_frame: bool = False) -> None:
+def set_tread_step(transformer, generator: torch.Generator | list[torch.Generator] | None,
+                   protect_first_frame: bool = False) -> None:
     state = getattr(transformer, "_k5_tread", None)
     if state is not None:
         state.generator = generator
