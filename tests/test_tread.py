@@ -202,5 +202,7 @@ def test_tread_with_group_offload_trains_like_without(tmp_path, monkeypatch, tin
     monkeypatch.chdir(offloaded)
     got = load_file(train(load_config()).lora_path)
     for key in expected:
+        # float-order noise only (offloaded blocks run through another checkpoint function); 1e-4 flaked
+        # once in a full-suite run, as the data-parallel comparisons did before (tests/test_distributed.py)
         error = (got[key] - expected[key]).norm() / expected[key].norm().clamp(min=1e-12)
-        assert error < 1e-4, (key, error.item())
+        assert error < 1e-3, (key, error.item())
