@@ -39,6 +39,7 @@ class BenchConfig:
     tread: object | None = None  # a TreadConfig: also time the routed step on the same model
     offload_blocks_per_group: int | None = None  # group offload of the transformer blocks
     offload_stream: bool = False
+    offload_leaf_level: bool = False  # group_offload_type leaf_level: each layer moves on its own
     offload_activations: bool | None = None  # None: as in training, on with group offload
     base_precision: str = "no_change"  # base_model_precision of our model (the stock one stays unquantised)
     device: str | None = None
@@ -172,7 +173,8 @@ def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
         from k5tune.train.offload import enable_group_offload
 
         enable_group_offload(transformer, bench.offload_blocks_per_group or 1, bench.offload_stream or not offload_weights,
-                             offload_activations=offload_activations, offload_weights=offload_weights)
+                             offload_activations=offload_activations, offload_weights=offload_weights,
+                             leaf_level=bench.offload_leaf_level)
     install_text_mask(transformer)
     transformer.train()
     optimizer = torch.optim.AdamW(params, lr=1e-5)
@@ -249,7 +251,8 @@ def run_bench(bench: BenchConfig) -> dict:
         "rank": bench.rank,
         "lora_targets": LORA_TARGETS,
         "plan": asdict(bench.plan),
-        "group_offload": ({"blocks_per_group": bench.offload_blocks_per_group, "stream": bench.offload_stream}
+        "group_offload": ({"blocks_per_group": bench.offload_blocks_per_group, "stream": bench.offload_stream,
+                           "type": "leaf_level" if bench.offload_leaf_level else "block_level"}
                           if bench.offload_blocks_per_group else None),
         "offload_activations": (bool(bench.offload_blocks_per_group) if bench.offload_activations is None
                                 else bench.offload_activations),

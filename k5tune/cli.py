@@ -130,7 +130,8 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
                         steps=args.steps, warmup=args.warmup, batch=args.batch, compare_stock=args.compare_stock,
                         model=args.model, device=args.device, plan=plan, tread=tread,
                         offload_blocks_per_group=args.group_offload, offload_stream=args.offload_stream,
-                        offload_activations=args.offload_activations, base_precision=args.base_precision)
+                        offload_activations=args.offload_activations, base_precision=args.base_precision,
+                        offload_leaf_level=args.leaf_level)
     text = format_report(run_bench(bench))
     print(text)
     if args.output:
@@ -289,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--group-offload", type=int, metavar="BLOCKS_PER_GROUP",
                        help="offload the transformer blocks to the CPU in groups of this many blocks")
     bench.add_argument("--offload-stream", action="store_true", help="prefetch offloaded groups on a side stream")
+    bench.add_argument("--leaf-level", action="store_true",
+                       help="with --group-offload: move each layer on its own (group_offload_type leaf_level)")
     bench.add_argument("--offload-activations", action=argparse.BooleanOptionalAction, default=None,
                        help="keep checkpointed block inputs in CPU memory (default: on with --group-offload)")
     bench.add_argument("--base-precision", default="no_change", choices=["no_change", "int8", "fp8"],

@@ -86,6 +86,14 @@ def test_bench_on_cpu_with_the_tiny_model(tiny_model_dir, tmp_path, capsys):
     assert printed["tread_routes"] == [{"ratio": 0.5, "start": 0, "end": 1}]
 
 
+def test_bench_with_leaf_level_offload_on_cpu(tiny_model_dir, capsys):
+    assert main(["bench", "--model", tiny_model_dir, "--resolution", "32x48", "--frames", "9", "--steps", "1",
+                 "--warmup", "1", "--group-offload", "1", "--leaf-level"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["group_offload"]["type"] == "leaf_level" and printed["offload_activations"] is True
+    assert printed["ours"]["step_s"] > 0
+
+
 def test_bench_rejects_bad_arguments(capsys):
     assert main(["bench", "--flavour", "t2v-huge"]) == 2
     assert main(["bench", "--frames", "60"]) == 2
