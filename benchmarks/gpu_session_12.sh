@@ -2,8 +2,8 @@
 # FSDP2: `k5tune train` with the full-size Pro transformer (random weights) on 2 GPUs, full checkpointing,
 # with and without offload_activations; steady-state step time and per-GPU peak (rank 0) from metrics.csv.
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source benchmarks/gpu_lib.sh
+install_wheels
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/gpus.txt
 W=/tmp/k5pro; mkdir -p $W/config
 python3 benchmarks/make_fullsize_model.py $W/model --flavour t2v-pro-sft-5s-hd 2> $OUT/err.txt | tail -1 || { tail -5 $OUT/err.txt; exit 1; }

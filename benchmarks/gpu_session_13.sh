@@ -3,10 +3,11 @@
 set -u
 SKIP_TEXT_TIMING=1 bash benchmarks/gpu_session_10.sh
 rm -rf /tmp/k5full
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source benchmarks/gpu_lib.sh
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1  # session 10 installed the wheels
 python3 -c "import torch, torchao; print('torchao', torchao.__version__, 'torch', torch.__version__)" 2>&1 | tail -1
 : > $OUT/bench.jsonl
-b() { timeout 150 python3 -m k5tune.cli bench "$@" --output /tmp/b.json > /dev/null 2>> $OUT/err_bench.txt || tail -3 $OUT/err_bench.txt; python3 -c "import json,sys; r=json.load(open('/tmp/b.json')); open('$OUT/bench.jsonl','a').write(json.dumps(r)+'\n'); print(sys.argv[1:], {k: (round(v['step_s'],3), round(v['peak_gib'],2)) for k,v in r.items() if isinstance(v, dict) and 'step_s' in v}, r.get('base_precision'))" "$@"; rm -f /tmp/b.json; }
+export BENCH_TIMEOUT=150 BENCH_ERR=$OUT/err_bench.txt
 b --steps 3 --warmup 1 --base-precision int8
 b --flavour t2v-pro-sft-5s-hd --steps 2 --warmup 1 --base-precision int8 --offload-activations
 b --steps 3 --warmup 1 --base-precision fp8

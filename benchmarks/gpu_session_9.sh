@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Group offload (Lite and Pro) against no offload, Pro without offload, VAE encode with patch conv.
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source benchmarks/gpu_lib.sh
+install_wheels
 : > $OUT/bench.jsonl
-b() { python3 -m k5tune.cli bench "$@" --output /tmp/b.json > /dev/null 2>> $OUT/err.txt || tail -3 $OUT/err.txt; python3 -c "import json,sys; r=json.load(open('/tmp/b.json')); open('$OUT/bench.jsonl','a').write(json.dumps(r)+'\n'); print(sys.argv[1:], {k: (round(v['step_s'],3), round(v['peak_gib'],2)) for k,v in r.items() if isinstance(v, dict) and 'step_s' in v})" "$@"; rm -f /tmp/b.json; }
 python3 benchmarks/vae_encode.py 2>> $OUT/err.txt | tee $OUT/vae.jsonl
 b --steps 4 --warmup 2
 b --steps 4 --warmup 2 --checkpointing full

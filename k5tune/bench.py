@@ -45,6 +45,10 @@ class BenchConfig:
     device: str | None = None
     plan: SpeedPlan = field(default_factory=SpeedPlan)
 
+    @property
+    def activations_offloaded(self) -> bool:
+        return bool(self.offload_blocks_per_group) if self.offload_activations is None else self.offload_activations
+
 
 def forward_flops(config: dict, tokens: int, text_tokens: int, batch: int) -> float:
     """Matrix FLOPs of one forward pass (2 per multiply-add); attention counts QK^T and PV."""
@@ -168,12 +172,11 @@ def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
         p.data = p.data.float()
     apply_speed_plan(transformer, bench.plan)
     offload_weights = bool(bench.offload_blocks_per_group)
-    offload_activations = offload_weights if bench.offload_activations is None else bench.offload_activations
-    if offload_weights or offload_activations:
+    if offload_weights or bench.activations_offloaded:
         from k5tune.train.offload import enable_group_offload
 
         enable_group_offload(transformer, bench.offload_blocks_per_group or 1, bench.offload_stream or not offload_weights,
-                             offload_activations=offload_activations, offload_weights=offload_weights,
+                             offload_activations=bench.activations_offloaded, offload_weights=offload_weights,
                              leaf_level=bench.offload_leaf_level)
     install_text_mask(transformer)
     transformer.train()
@@ -254,8 +257,7 @@ def run_bench(bench: BenchConfig) -> dict:
         "group_offload": ({"blocks_per_group": bench.offload_blocks_per_group, "stream": bench.offload_stream,
                            "type": "leaf_level" if bench.offload_leaf_level else "block_level"}
                           if bench.offload_blocks_per_group else None),
-        "offload_activations": (bool(bench.offload_blocks_per_group) if bench.offload_activations is None
-                                else bench.offload_activations),
+        "offload_activations": bench.activations_offloaded,
         "steps_timed": bench.steps,
         "warmup": bench.warmup,
     }

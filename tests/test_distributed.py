@@ -11,8 +11,7 @@ from k5tune.cache import builder
 from k5tune.cli import main
 from k5tune.config import load_config
 from k5tune.train.distributed import Dist
-from k5tune.train.trainer import train
-from tests.test_training import make_project
+from tests.test_training import lora_errors, make_project, train_lora
 
 # adam_epsilon: Adam divides by sqrt(v); for gradients near zero that turns float noise (the gloo sum and
 # the padded text batch round differently from one process) into whole steps of +-lr. A larger epsilon
@@ -22,21 +21,21 @@ RUN = {"max_train_steps": 3, "lora_rank": 4, "adam_epsilon": 1e-4, "checkpointin
        "validation_resolution": "32x48", "validation_num_video_frames": 5, "validation_num_inference_steps": 2}
 
 
-def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, monkeypatch, tiny_model_dir):
-    single = make_project(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2})
-    monkeypatch.chdir(single)
-    expected = load_file(train(load_config()).lora_path)
-
-    double = make_project(tmp_path / "double", tiny_model_dir, {**RUN, "train_batch_size": 1, "num_processes": 2})
-    monkeypatch.chdir(double)
+def train_lora_on_two_processes(folder, model_dir: str, config: dict, monkeypatch) -> dict:
+    """Make a project and train it with `num_processes: 2` (k5tune starts them: torchrun, gloo), one
+    clip per process; returns the LoRA."""
+    monkeypatch.chdir(make_project(folder, model_dir, {**config, "train_batch_size": 1, "num_processes": 2}))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert main(["train"]) == 0  # k5tune starts the two processes itself (torchrun, gloo)
-    got = load_file(double / "output" / "pytorch_lora_weights.safetensors")
-    assert got.keys() == expected.keys()
-    for key in expected:
-        # float tolerance: the gloo sum and the padded/masked text batch round differently
-        error = (got[key] - expected[key]).norm() / expected[key].norm().clamp(min=1e-12)
-        assert error < 1e-3, (key, error.item())
+    assert main(["train"]) == 0
+    return load_file(folder / "output" / "pytorch_lora_weights.safetensors")
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, monkeypatch, tiny_model_dir):
+    expected = train_lora(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2}, monkeypatch)
+    double = tmp_path / "double"
+    errors = lora_errors(train_lora_on_two_processes(double, tiny_model_dir, RUN, monkeypatch), expected)
+    # float tolerance: the gloo sum and the padded/masked text batch round differently
+    assert max(errors.values()) < 1e-3, errors
     # the first process alone wrote the outputs: one metrics row per step, one run log, one video
     rows = (double / "output" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 3
@@ -76,19 +75,11 @@ def test_two_processes_with_group_offload_equal_one_process(tmp_path, monkeypatc
     """Each process offloads its own copy of the blocks (the wizard's Pro preset on several small cards):
     still the LoRA of one process with the same global batch."""
     quiet = {**RUN, "disable_validation": True, "gradient_checkpointing_policy": "full"}
-    single = make_project(tmp_path / "single", tiny_model_dir, {**quiet, "train_batch_size": 2})
-    monkeypatch.chdir(single)
-    expected = load_file(train(load_config()).lora_path)
-    double = make_project(tmp_path / "double", tiny_model_dir, {
-        **quiet, "train_batch_size": 1, "num_processes": 2, "enable_group_offload": True,
-        "group_offload_use_stream": True})
-    monkeypatch.chdir(double)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert main(["train"]) == 0
-    got = load_file(double / "output" / "pytorch_lora_weights.safetensors")
-    for key in expected:
-        error = (got[key] - expected[key]).norm() / expected[key].norm().clamp(min=1e-12)
-        assert error < 1e-3, (key, error.item())
+    expected = train_lora(tmp_path / "single", tiny_model_dir, {**quiet, "train_batch_size": 2}, monkeypatch)
+    got = train_lora_on_two_processes(tmp_path / "double", tiny_model_dir, {
+        **quiet, "enable_group_offload": True, "group_offload_use_stream": True}, monkeypatch)
+    errors = lora_errors(got, expected)
+    assert max(errors.values()) < 1e-3, errors
 
 
 def test_two_processes_route_tread_tokens_as_one_process(tmp_path, monkeypatch, tiny_model_dir):
@@ -96,14 +87,7 @@ def test_two_processes_route_tread_tokens_as_one_process(tmp_path, monkeypatch, 
     whichever process trains it: two processes still train the LoRA of one."""
     tread = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -1}]}
     routed = {**RUN, "disable_validation": True, "tread_config": tread}
-    single = make_project(tmp_path / "single", tiny_model_dir, {**routed, "train_batch_size": 2})
-    monkeypatch.chdir(single)
-    expected = load_file(train(load_config()).lora_path)
-    double = make_project(tmp_path / "double", tiny_model_dir, {**routed, "train_batch_size": 1, "num_processes": 2})
-    monkeypatch.chdir(double)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert main(["train"]) == 0
-    got = load_file(double / "output" / "pytorch_lora_weights.safetensors")
-    for key in expected:
-        error = (got[key] - expected[key]).norm() / expected[key].norm().clamp(min=1e-12)
-        assert error < 1e-3, (key, error.item())
+    expected = train_lora(tmp_path / "single", tiny_model_dir, {**routed, "train_batch_size": 2}, monkeypatch)
+    errors = lora_errors(train_lora_on_two_processes(tmp_path / "double", tiny_model_dir, routed, monkeypatch),
+                         expected)
+    assert max(errors.values()) < 1e-3, errors

@@ -8,58 +8,41 @@ from safetensors.torch import load_file
 from k5tune.cli import main
 from k5tune.config import load_config
 from k5tune.train.trainer import train
-from tests.test_distributed import RUN
-from tests.test_training import make_project
+from tests.test_distributed import RUN, train_lora_on_two_processes
+from tests.test_training import lora_errors, make_project, train_lora
 
-SHARDED = {**RUN, "train_batch_size": 1, "num_processes": 2, "fsdp_enable": True, "lr_scheduler": "constant"}
-
-
-def _relative_errors(got: dict, expected: dict) -> dict[str, float]:
-    assert got.keys() == expected.keys()
-    return {key: ((got[key] - expected[key]).norm() / expected[key].norm().clamp(min=1e-12)).item() for key in expected}
+SHARDED = {**RUN, "num_processes": 2, "fsdp_enable": True, "lr_scheduler": "constant"}
 
 
 def test_sharded_training_equals_one_process_and_resumes(tmp_path, monkeypatch, tiny_model_dir, capfd):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    single = make_project(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2, "lr_scheduler": "constant"})
-    monkeypatch.chdir(single)
-    expected = load_file(train(load_config()).lora_path)
-
-    sharded = make_project(tmp_path / "sharded", tiny_model_dir, SHARDED)
-    monkeypatch.chdir(sharded)
-    assert main(["train"]) == 0  # two processes, each holding half of every block; validation ran on both
+    expected = train_lora(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2,
+                                                                "lr_scheduler": "constant"}, monkeypatch)
+    # two processes, each holding half of every block; validation ran on both
+    got = train_lora_on_two_processes(tmp_path / "sharded", tiny_model_dir, SHARDED, monkeypatch)
     assert "FSDP2: the transformer is sharded over 2 processes" in capfd.readouterr().out
-    output = sharded / "output"
-    got = load_file(output / "pytorch_lora_weights.safetensors")
-    errors = _relative_errors(got, expected)
+    output = tmp_path / "sharded" / "output"
+    errors = lora_errors(got, expected)
     assert max(errors.values()) < 1e-3, errors
     assert len(list((output / "validation").rglob("*.mp4"))) == 1  # written once, by the first process
     assert [p.name for p in sorted(output.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-3"]
 
     # resume: a run stopped after step 2 and resumed from its checkpoint ends where the whole run did
-    resumed = make_project(tmp_path / "resumed", tiny_model_dir, {**SHARDED, "max_train_steps": 2})
-    monkeypatch.chdir(resumed)
-    assert main(["train"]) == 0
+    resumed = tmp_path / "resumed"
+    train_lora_on_two_processes(resumed, tiny_model_dir, {**SHARDED, "max_train_steps": 2}, monkeypatch)
     assert main(["train", "--max_train_steps", "3", "--resume_from_checkpoint", "latest"]) == 0
     again = load_file(resumed / "output" / "pytorch_lora_weights.safetensors")
-    errors = _relative_errors(again, got)
+    errors = lora_errors(again, got)
     assert max(errors.values()) < 1e-6, errors
 
 
 def test_sharded_training_with_activation_offload(tmp_path, monkeypatch, tiny_model_dir):
     """The checkpointed blocks' inputs wait in CPU memory (every one, for the tiny model) under FSDP2 too."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("K5TUNE_MIN_OFFLOADED_ELEMENTS", "1")
-    single = make_project(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2, "lr_scheduler": "constant",
-                                                                "disable_validation": True})
-    monkeypatch.chdir(single)
-    expected = load_file(train(load_config()).lora_path)
-    sharded = make_project(tmp_path / "sharded", tiny_model_dir, {**SHARDED, "offload_activations": True,
-                                                                  "disable_validation": True})
-    monkeypatch.chdir(sharded)
-    assert main(["train"]) == 0
-    got = load_file(sharded / "output" / "pytorch_lora_weights.safetensors")
-    errors = _relative_errors(got, expected)
+    expected = train_lora(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2, "lr_scheduler": "constant",
+                                                                "disable_validation": True}, monkeypatch)
+    got = train_lora_on_two_processes(tmp_path / "sharded", tiny_model_dir, {
+        **SHARDED, "offload_activations": True, "disable_validation": True}, monkeypatch)
+    errors = lora_errors(got, expected)
     assert max(errors.values()) < 1e-3, errors
 
 

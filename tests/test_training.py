@@ -148,6 +148,18 @@ def make_project(folder: Path, model_dir: str, config: dict, clips: int = 4, dat
     return folder
 
 
+def train_lora(folder: Path, model_dir: str, config: dict, monkeypatch) -> dict[str, torch.Tensor]:
+    """Make a project, train it in this process and return its LoRA."""
+    monkeypatch.chdir(make_project(folder, model_dir, config))
+    return load_file(train(load_config()).lora_path)
+
+
+def lora_errors(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Relative L2 error of every LoRA tensor (the same keys are required)."""
+    assert got.keys() == expected.keys()
+    return {key: ((got[key] - expected[key]).norm() / expected[key].norm().clamp(min=1e-12)).item() for key in expected}
+
+
 def test_k5tune_train_end_to_end(tmp_path, monkeypatch, tiny_model_dir, capsys):
     from diffusers import Kandinsky5T2VPipeline
 

@@ -215,10 +215,9 @@ def build_caches(
     if train_config.offload_during_startup:
         # The text encoders are done: free them before the VAE comes to the GPU.
         components.unload("text_encoder", "text_encoder_2")
+        runtime.empty_cache()
     elif streamed:  # its weights are in CPU memory already; this hooked copy serves nothing else
         components.unload("text_encoder")
-    if train_config.offload_during_startup:
-        runtime.empty_cache()
 
     # 2. VAE latents, one clip at a time (the memory peak of the whole run).
     vae_identity = _folder_identity(components.source, "vae")

@@ -26,6 +26,7 @@ memory, and brings it back one block ahead in backward. It works with or without
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -111,7 +112,6 @@ class _StashedTensor:
     """One saved block input while it waits for backward in CPU memory."""
 
     def __init__(self, tensor: torch.Tensor, stream: torch.cuda.Stream | None):
-        self.requires_grad = tensor.requires_grad
         self.device = tensor.device
         self.gpu: torch.Tensor | None = None
         self.ready: torch.cuda.Event | None = None
@@ -252,8 +252,6 @@ class GroupOffloader:
 
     def weights_by_reference(self):
         """leaf_level: while a block is recomputed for backward, saved frozen weights become references."""
-        import contextlib
-
         if not self.leaf_level:
             return contextlib.nullcontext()
 

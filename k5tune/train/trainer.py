@@ -35,7 +35,14 @@ from k5tune.progress import Progress, SilentProgress
 from k5tune.runtime import Runtime
 from k5tune.train import checkpoint, fsdp, objective
 from k5tune.train.distributed import init_from_env
-from k5tune.train.lora import LORA_WEIGHTS_NAME, add_lora, load_lora_weights, lora_parameters, save_lora
+from k5tune.train.lora import (
+    LORA_WEIGHTS_NAME,
+    add_lora,
+    load_lora_weights,
+    lora_parameters,
+    lora_state_dict,
+    save_lora,
+)
 from k5tune.train.lora_formats import convert_file
 from k5tune.train.metrics import MetricsLog, NullMetrics, Tracker, plot_loss, truncate_metrics
 from k5tune.train.offload import enable_group_offload, place_for_offload
@@ -280,8 +287,6 @@ class Trainer:
 
     def _gathered_lora(self) -> dict[str, torch.Tensor] | None:
         """FSDP2: the whole LoRA, gathered by every process (rank 0 writes it); else None (saved directly)."""
-        from k5tune.train.lora import lora_state_dict
-
         return lora_state_dict(self.transformer) if self.fsdp else None
 
     def save_checkpoint(self) -> Path:
