@@ -1,14 +1,21 @@
-"""Profile one LoRA training step of our path on the GPU and print where the CUDA time goes.
+"""Profile one LoRA training step of our path on the GPU and print where the time goes.
 
-    python benchmarks/profile_step.py [--checkpointing selective] [--steps-warmup 2]
+    python benchmarks/profile_step.py [--flavour F] [--checkpointing selective] [--keep-attention-blocks N]
+                                      [--tread '{"routes": [...]}'] [--trace trace.json.gz]
 
-Prints the top kernels and a summary by kind (attention, matrix products, fused/element-wise, other).
+Prints, as JSON: the step's wall time; the GPU's busy time (the union of kernel intervals) and so its
+idle share; the CPU time the step takes to enqueue its work (when it is close to the wall time the
+step is bound by Python and kernel launches, not by the GPU); a summary by kernel kind (attention,
+matrix products, fused/element-wise, other) and the top kernels.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import shutil
+import time
 from collections import defaultdict
 
 import torch
@@ -31,37 +38,96 @@ def kind(name: str) -> str:
     return "other"
 
 
+def busy_union(intervals: list[tuple[float, float]]) -> float:
+    """Total length covered by the intervals (kernels on several streams may overlap)."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if start > end:
+            total += stop - start
+            end = stop
+        elif stop > end:
+            total += stop - end
+            end = stop
+    return total
+
+
+def enqueue_seconds(step, repeats: int = 2) -> tuple[float, float]:
+    """(CPU seconds until step() returns, wall seconds until the GPU is done), medians of `repeats`."""
+    cpu, wall = [], []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        step()
+        cpu.append(time.perf_counter() - started)
+        torch.cuda.synchronize()
+        wall.append(time.perf_counter() - started)
+    return sorted(cpu)[len(cpu) // 2], sorted(wall)[len(wall) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--flavour", default="t2v-lite-sft-5s")
     parser.add_argument("--checkpointing", default="selective")
+    parser.add_argument("--keep-attention-blocks", type=int)
     parser.add_argument("--attention", default="auto")
+    parser.add_argument("--tread", help="TREAD routes as JSON (like tread_config): profile the routed step")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--trace", help="also write a Chrome trace (gzip) of the profiled step here")
     args = parser.parse_args()
     device = torch.device("cuda")
-    bench = BenchConfig(plan=SpeedPlan(checkpointing=args.checkpointing, attention=args.attention), device="cuda")
-    step = ours_step_fn(build_transformer(bench, device), bench, device)
+    plan = SpeedPlan(checkpointing=args.checkpointing, attention=args.attention,
+                     keep_attention_blocks=args.keep_attention_blocks)
+    bench = BenchConfig(flavour=args.flavour, plan=plan, device="cuda")
+    transformer = build_transformer(bench, device)
+    step = ours_step_fn(transformer, bench, device)
+    if args.tread:
+        from k5tune.config.schema import TreadConfig
+        from k5tune.models.kandinsky5.tread import install_tread, resolve_routes
+
+        tread = TreadConfig.model_validate_json(args.tread)
+        install_tread(transformer, resolve_routes(tread, len(transformer.visual_transformer_blocks)))
     for _ in range(args.warmup):
         step()
+    cpu_s, wall_s = enqueue_seconds(step)
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
     totals: dict[str, float] = defaultdict(float)
     kernels: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    intervals = []
+    launches = 0
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             micros = event.device_time
             totals[kind(event.name)] += micros
             kernels[event.name][0] += micros
             kernels[event.name][1] += 1
+            intervals.append((event.time_range.start, event.time_range.end))
+        elif "LaunchKernel" in event.name or "cudaLaunch" in event.name:
+            launches += 1
     total = sum(totals.values())
+    busy = busy_union(intervals) / 1e6
     top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:25]
     print(json.dumps({
+        "flavour": args.flavour,
         "checkpointing": args.checkpointing,
+        "keep_attention_blocks": args.keep_attention_blocks,
+        "tread": args.tread,
+        "step_wall_s": round(wall_s, 4),
+        "step_cpu_enqueue_s": round(cpu_s, 4),
+        "gpu_busy_s": round(busy, 4),
+        "gpu_idle_share_of_wall": round(1 - busy / wall_s, 3),
+        "kernel_launches": launches,
         "gpu_ms_total": total / 1000,
         "by_kind_ms": {k: round(v / 1000, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])},
         "top_kernels": [{"ms": round(v[0] / 1000, 1), "calls": v[1], "name": n[:110]} for n, v in top],
     }, indent=1))
+    if args.trace:
+        raw = args.trace.removesuffix(".gz")
+        prof.export_chrome_trace(raw)
+        with open(raw, "rb") as source, gzip.open(args.trace, "wb") as target:
+            shutil.copyfileobj(source, target)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ class BenchConfig:
     offload_leaf_level: bool = False  # group_offload_type leaf_level: each layer moves on its own
     offload_activations: bool | None = None  # None: as in training, on with group offload
     base_precision: str = "no_change"  # base_model_precision of our model (the stock one stays unquantised)
+    modulation_bf16: bool = False  # modulation_precision bf16 for our model (the stock one keeps fp32)
     device: str | None = None
     plan: SpeedPlan = field(default_factory=SpeedPlan)
 
@@ -269,6 +270,10 @@ def run_bench(bench: BenchConfig) -> dict:
         del stock  # the last reference: the stock model must be gone before ours is built
         _free_memory()
     transformer = build_transformer(bench, device)
+    if bench.modulation_bf16 and bench.base_precision == "no_change" and device.type == "cuda":
+        from k5tune.models.kandinsky5.modulation import store_modulation_in
+
+        report["modulation_bf16_saved_gib"] = store_modulation_in(transformer, torch.bfloat16) / 2**30
     report["base_precision"] = _quantize(transformer, bench.base_precision, device)
     config = dict(transformer.config)
     flops = useful_flops(config, tokens, TEXT_TOKENS, bench.batch)

@@ -131,7 +131,7 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
                         model=args.model, device=args.device, plan=plan, tread=tread,
                         offload_blocks_per_group=args.group_offload, offload_stream=args.offload_stream,
                         offload_activations=args.offload_activations, base_precision=args.base_precision,
-                        offload_leaf_level=args.leaf_level)
+                        offload_leaf_level=args.leaf_level, modulation_bf16=args.modulation_bf16)
     text = format_report(run_bench(bench))
     print(text)
     if args.output:
@@ -297,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--base-precision", default="no_change", choices=["no_change", "int8", "fp8"],
                        help="weight-only quantisation of our model's frozen base (base_model_precision; torchao); "
                        "the --compare-stock model stays unquantised")
+    bench.add_argument("--modulation-bf16", action="store_true",
+                       help="store our model's modulation layers in bf16 (modulation_precision bf16)")
     bench.add_argument("--no-fused", action="store_true", help="our step without the fused blocks")
     bench.add_argument("--no-compile", action="store_true", help="do not torch.compile the fused groups")
     bench.add_argument("--output", help="also write the JSON report to this file")

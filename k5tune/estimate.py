@@ -63,8 +63,9 @@ class WeightCount:
 
 
 @lru_cache(maxsize=8)
-def weight_count(flavour: str, precision: str = "no_change") -> WeightCount:
-    """Count the weights of the real class on the meta device, quantised as `base_model_precision` would."""
+def weight_count(flavour: str, precision: str = "no_change", modulation_fp32: bool = True) -> WeightCount:
+    """Count the weights of the real class on the meta device, quantised as `base_model_precision` would,
+    with the modulation layers in fp32 (as diffusers keeps them) or in bf16 (`modulation_precision`)."""
     import torch
     from diffusers import Kandinsky5Transformer3DModel
 
@@ -82,6 +83,8 @@ def weight_count(flavour: str, precision: str = "no_change") -> WeightCount:
         for name, p in named:
             if id(p) in quantised_weights:
                 total += p.numel() + p.shape[0] * QUANTISED_ROW_BYTES[precision]
+            elif "modulation.out_layer" in name and not modulation_fp32 and precision == "no_change":
+                total += p.numel() * 2
             else:
                 total += p.numel() * (4 if any(k in name for k in keep) else 2)
         return total
@@ -125,6 +128,7 @@ class TrainingSettings:
     offload_stream: bool = True  # group_offload_use_stream: the next group is prefetched
     offload_activations: bool = False
     base_precision: str = "no_change"  # base_model_precision
+    modulation_fp32: bool = False  # modulation_precision fp32; auto (the default) stores them in bf16
     fsdp_processes: int = 1  # fsdp_enable over this many processes (1: not sharded)
     fsdp_reshard: bool = True  # fsdp_reshard_after_forward
     tread: tuple[tuple[float, int, int], ...] = ()  # TREAD routes: (selection ratio, first, last visual block)
@@ -163,6 +167,8 @@ class TrainingSettings:
             parts.append(f"group offload ({self.group_offload_blocks} block/group, {stream})")
         if self.offload_activations:
             parts.append("activation offload")
+        if self.modulation_fp32 and self.base_precision == "no_change":
+            parts.append("fp32 modulation")
         if self.fsdp_processes > 1:
             parts.append(f"FSDP2 over {self.fsdp_processes} GPUs" + ("" if self.fsdp_reshard else ", no reshard"))
         if self.tread:
@@ -180,6 +186,7 @@ class TrainingSettings:
             keys["group_offload_blocks_per_group"] = self.group_offload_blocks
             keys["group_offload_use_stream"] = self.offload_stream
         keys["offload_activations"] = self.offload_activations
+        keys["modulation_precision"] = "fp32" if self.modulation_fp32 else "auto"
         keys["fsdp_enable"] = self.fsdp_processes > 1
         return keys
 
@@ -201,6 +208,7 @@ def settings_from_config(cfg, processes: int | None = None, flavour: str | None 
         offload_stream=cfg.group_offload_use_stream or not offload,  # (no effect without group offload)
         offload_activations=cfg.activations_offloaded,
         base_precision=cfg.base_model_precision,
+        modulation_fp32=cfg.modulation_precision == "fp32",
         fsdp_processes=processes if sharded else 1,
         fsdp_reshard=cfg.fsdp_reshard_after_forward or not sharded,
         tread=tread,
@@ -266,7 +274,7 @@ def training_terms(flavour: str, shape: TrainingShape, settings: TrainingSetting
         raise ValueError(problem)
     config = FLAVOURS[flavour].transformer_config
     d, blocks = config["model_dim"], config["num_visual_blocks"]
-    weights = weight_count(flavour, settings.base_precision)
+    weights = weight_count(flavour, settings.base_precision, settings.modulation_fp32)
     tokens = _tokens_per_block(blocks, shape, settings)
     hidden = 2 * d  # bytes per token of one bf16 hidden state
     lora = lora_parameter_count(config, shape.rank, shape.targets) * ADAM_BYTES_PER_LORA_PARAM
@@ -291,7 +299,8 @@ def training_peak_gib(flavour: str, shape: TrainingShape, settings: TrainingSett
 def pinned_cpu_gib(flavour: str, shape: TrainingShape, settings: TrainingSettings) -> float:
     """Pinned CPU memory per process: the offloaded blocks' home copies and the offloaded block inputs."""
     config = FLAVOURS[flavour].transformer_config
-    pinned = weight_count(flavour, settings.base_precision).blocks if settings.group_offload_blocks else 0
+    pinned = (weight_count(flavour, settings.base_precision, settings.modulation_fp32).blocks
+              if settings.group_offload_blocks else 0)
     if settings.offload_activations:
         pinned += sum(_tokens_per_block(config["num_visual_blocks"], shape, settings)) * 2 * config["model_dim"]
     return pinned / GIB
@@ -388,7 +397,8 @@ def caching_peak_gib(shape: TrainingShape, offload_during_startup: bool, patch_c
     return caching_estimate(shape, offload_during_startup, patch_conv, tiling, gpu_gib).peak_gib
 
 
-def candidate_settings(processes: int = 1, tread: tuple[tuple[float, int, int], ...] = ()) -> list[TrainingSettings]:
+def candidate_settings(processes: int = 1, tread: tuple[tuple[float, int, int], ...] = (),
+                       modulation_fp32: bool = False) -> list[TrainingSettings]:
     """What `estimate` tries in turn, fastest first. Step times measured on an H100 at 512x768x61
     (Lite / Pro): selective 1.90 s; int8 base 1.96 s (fp8 1.91); full checkpointing 2.17 s; activation
     offload 2.18 / 9.24 s; group offload with stream and activation offload 2.17 / 9.34 s; int8 base
@@ -396,7 +406,8 @@ def candidate_settings(processes: int = 1, tread: tuple[tuple[float, int, int], 
     the same, the exact bf16 base comes before int8, and less CPU memory before less GPU memory. FSDP2
     (processes > 1) comes last: 12.52 s per step on 2 GPUs (Pro, full checkpointing), slower than each
     GPU training its own clips with group offload (9.34 s) — but it needs no pinned CPU memory.
-    `tread`: the config's TREAD routes, kept in every option (a training choice, not a memory setting)."""
+    `tread`, `modulation_fp32`: the config's TREAD routes and modulation_precision, kept in every option
+    (choices the search leaves to the user)."""
     group = {"group_offload_blocks": 1, "offload_activations": True}  # activation offload: group offload's default
     options = [
         TrainingSettings("selective"),
@@ -411,7 +422,7 @@ def candidate_settings(processes: int = 1, tread: tuple[tuple[float, int, int], 
     ]
     if processes > 1:
         options += [TrainingSettings(policy, fsdp_processes=processes) for policy in ("selective", "full")]
-    return [replace(option, tread=tread) for option in options]
+    return [replace(option, tread=tread, modulation_fp32=modulation_fp32) for option in options]
 
 
 SMALLER_SHAPES = [(512, 768, 49), (480, 848, 49), (480, 848, 33), (384, 640, 33)]
@@ -425,7 +436,7 @@ class Proposal(NamedTuple):
 
 def propose(flavour: str, shape: TrainingShape, gpu_gib: float, margin_gib: float = 1.0, processes: int = 1,
             smaller_shapes: bool = True, max_pinned_gib: float | None = None,
-            tread: tuple[tuple[float, int, int], ...] = ()) -> Proposal | None:
+            tread: tuple[tuple[float, int, int], ...] = (), modulation_fp32: bool = False) -> Proposal | None:
     """The first (fastest) setting that fits, then, if none fits, smaller shapes (the guide's advice).
     `max_pinned_gib`: leave out settings that need more pinned CPU memory per process than this."""
     shapes = [shape]
@@ -434,7 +445,7 @@ def propose(flavour: str, shape: TrainingShape, gpu_gib: float, margin_gib: floa
     for candidate in shapes:
         if candidate is not shape and candidate.tokens >= shape.tokens:
             continue
-        for settings in candidate_settings(processes, tread):
+        for settings in candidate_settings(processes, tread, modulation_fp32):
             if max_pinned_gib is not None and pinned_cpu_gib(flavour, candidate, settings) > max_pinned_gib:
                 continue
             peak = training_peak_gib(flavour, candidate, settings)
@@ -457,7 +468,8 @@ def config_advice(proposed: TrainingSettings, current: TrainingSettings | None) 
 def _proposal_lines(flavour: str, shape: TrainingShape, gpu_gib: float, processes: int,
                     current: TrainingSettings | None) -> list[str]:
     tread = current.tread if current is not None else ()
-    proposal = propose(flavour, shape, gpu_gib, processes=processes, tread=tread)
+    modulation_fp32 = current.modulation_fp32 if current is not None else False
+    proposal = propose(flavour, shape, gpu_gib, processes=processes, tread=tread, modulation_fp32=modulation_fp32)
     if proposal is None:
         return [f"nothing modelled fits {gpu_gib} GiB; use several GPUs or a smaller model"]
     chosen, settings, peak = proposal
@@ -471,7 +483,7 @@ def _proposal_lines(flavour: str, shape: TrainingShape, gpu_gib: float, processe
         lines.append(f"  needs {pinned * processes:.1f} GiB of pinned CPU memory"
                      + (f" ({pinned:.1f} GiB in each of {processes} processes)" if processes > 1 else ""))
         alternative = propose(flavour, shape, gpu_gib, processes=processes, smaller_shapes=False,
-                              max_pinned_gib=0, tread=tread)
+                              max_pinned_gib=0, tread=tread, modulation_fp32=modulation_fp32)
         if alternative is not None:
             lines.append(f"  without pinned CPU memory: {alternative.settings.label()} -> {alternative.peak_gib:.1f} GiB; "
                          f"{config_advice(alternative.settings, current)}")
@@ -479,7 +491,7 @@ def _proposal_lines(flavour: str, shape: TrainingShape, gpu_gib: float, processe
 
 
 def _table_lines(flavour: str, shape: TrainingShape, processes: int, current: TrainingSettings | None) -> list[str]:
-    options = candidate_settings(processes, current.tread if current is not None else ())
+    options = candidate_settings(processes, *((current.tread, current.modulation_fp32) if current is not None else ()))
     current = current.effective() if current is not None else None
     if current is not None and current not in options and current.problem() is None:
         options = [current, *options]

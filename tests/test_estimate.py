@@ -72,6 +72,13 @@ def test_quantised_weights_are_counted_to_the_byte(flavour, precision):
                                                                    - row["base_precision"]["quantized"]["bytes_after"])
 
 
+def test_modulation_in_bf16_halves_its_bytes():
+    # Pro keeps 2.2 B modulation weights (8.85 GiB in fp32): modulation_precision auto stores them in bf16
+    saved = weight_count(PRO).total - weight_count(PRO, modulation_fp32=False).total
+    assert abs(saved / GIB - 4.43) < 0.01
+    assert weight_count(PRO, "int8") == weight_count(PRO, "int8", modulation_fp32=False)  # quantised anyway
+
+
 def test_vae_anchor_run_agrees_with_the_counted_weights_and_clip():
     header = json.loads((RESULTS / "2026-11-27-h100-run11" / "vae.jsonl").read_text().splitlines()[0])
     clip = 61 * 512 * 768 * 3 * 2 / 2**30
@@ -119,7 +126,7 @@ def test_offloaded_blocks_recompute_fully_whatever_the_policy():
 def test_pinned_cpu_memory():
     shape = TrainingShape()
     assert pinned_cpu_gib(PRO, shape, TrainingSettings("full")) == 0
-    blocks = weight_count(PRO).blocks / GIB
+    blocks = weight_count(PRO, modulation_fp32=False).blocks / GIB
     assert pinned_cpu_gib(PRO, shape, TrainingSettings("full", group_offload_blocks=1)) == pytest.approx(blocks)
     inputs = 60 * 24576 * 4096 * 2 / GIB  # one bf16 hidden state per visual block
     assert pinned_cpu_gib(PRO, shape, TrainingSettings("full", offload_activations=True)) == pytest.approx(inputs)
@@ -151,7 +158,7 @@ def test_candidates_start_with_the_fastest():
     (LITE, 12, TrainingSettings("selective", base_precision="int8")),
     (LITE, 8, TrainingSettings("full", group_offload_blocks=1, offload_activations=True)),
     (PRO, 80, TrainingSettings("selective")),
-    (PRO, 48, TrainingSettings("full", group_offload_blocks=1, offload_activations=True)),
+    (PRO, 48, TrainingSettings("full", offload_activations=True)),  # bf16 modulation: 46.1 GiB, no weight offload
     (PRO, 24, TrainingSettings("full", group_offload_blocks=1, offload_activations=True)),
 ])
 def test_proposals(flavour, gpu, expected):
@@ -185,7 +192,9 @@ def test_settings_from_config_read_every_memory_key():
     cfg = shipped_example(base_model_precision="fp8", enable_group_offload=True, group_offload_blocks_per_group=2,
                           group_offload_use_stream=True, gradient_checkpointing_policy="full").train
     assert settings_from_config(cfg) == TrainingSettings("full", group_offload_blocks=2, offload_stream=True,
-                                                         offload_activations=True, base_precision="fp8")
+                                                         offload_activations=True, base_precision="fp8",
+                                                         modulation_fp32=False)
+    assert settings_from_config(shipped_example(modulation_precision="fp32").train).modulation_fp32
     cfg = shipped_example(enable_group_offload=True, offload_activations=False).train
     assert not settings_from_config(cfg).offload_activations
     cfg = shipped_example(fsdp_enable=True, num_processes=4, gradient_checkpointing_policy="full").train
@@ -213,7 +222,7 @@ def test_estimate_command(tmp_path, monkeypatch, capsys):
     assert main(["estimate", "--gpu-memory", "24"]) == 0
     out = capsys.readouterr().out
     assert "512x768, 61 frames (24576 tokens)" in out
-    assert "your config: selective checkpointing -> training peak 12.7 GiB" in out
+    assert "your config: selective checkpointing -> training peak 12.2 GiB" in out
     assert "fits 24.0 GiB: selective checkpointing at 512x768" in out and "config.json as it is" in out
     assert "caching peak" in out and "FSDP2" not in out
     assert "Qwen2.5-VL streamed from CPU memory" in out and "caching: config.json" not in out  # caching fits 24 GiB
@@ -237,10 +246,10 @@ def test_estimate_command_reads_the_memory_keys(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["estimate", "--gpu-memory", "24"]) == 0
     out = capsys.readouterr().out
-    assert "your config: group offload (1 block/group, stream), activation offload -> training peak 11.5 GiB" in out
+    assert "your config: group offload (1 block/group, stream), activation offload -> training peak 11.4 GiB" in out
     assert "video latents (vae_enable_tiling)" in out  # the CLI passes vae_enable_tiling
     assert "FSDP2 over 2 GPUs" in out and "2 processes" in out
-    assert "config.json as it is" in out and "103.1 GiB of pinned CPU memory" in out
+    assert "config.json as it is" in out and "94.3 GiB of pinned CPU memory" in out
     assert main(["estimate", "--num-processes", "1"]) == 0
     assert "FSDP2" not in capsys.readouterr().out
 

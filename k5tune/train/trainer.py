@@ -28,6 +28,7 @@ from k5tune.models.kandinsky5.model_input import (
     with_conditioning_channels,
     with_first_frame_condition,
 )
+from k5tune.models.kandinsky5.modulation import modulation_storage_dtype, store_modulation_in
 from k5tune.models.kandinsky5.quantize import quantize_base
 from k5tune.models.kandinsky5.text_mask import install_text_mask, set_text_mask
 from k5tune.models.kandinsky5.tread import install_tread, resolve_routes, set_tread_step
@@ -187,9 +188,17 @@ class Trainer:
         #    A quantised base (base_model_precision) is loaded on the CPU and quantised block by block on
         #    the GPU, so the bf16 blocks are never all there at once.
         quantized = cfg.base_model_precision != "no_change"
-        transformer = self.components.transformer(
-            dtype=self.runtime.compute_dtype,
-            device=None if (offload or self.fsdp or quantized) else self.runtime.device)
+        transformer = self.components.transformer(dtype=self.runtime.compute_dtype)
+        #    The modulation layers (fp32 in diffusers) are stored in the compute dtype before anything
+        #    reaches the GPU: autocast rounds them to it anyway (modulation.py). Quantisation replaces them.
+        modulation_dtype = None if quantized else modulation_storage_dtype(cfg.modulation_precision,
+                                                                           self.runtime.compute_dtype)
+        if modulation_dtype is not None:
+            saved = store_modulation_in(transformer, modulation_dtype)
+            progress.log(f"modulation layers stored in {str(modulation_dtype).removeprefix('torch.')} "
+                         f"(computed in fp32): {saved / 2**30:.2f} GiB less")
+        if not (offload or self.fsdp or quantized):
+            transformer.to(self.runtime.device)
         quantize_base(transformer, cfg.base_model_precision, self.runtime.device, offload=offload, sharded=self.fsdp,
                       log=progress.log)
         self.adapted = add_lora(transformer, cfg.lora_rank, cfg.effective_lora_alpha, cfg.lora_dropout,
