@@ -13,7 +13,7 @@ import gc
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -171,9 +171,10 @@ def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
     params = lora_parameters(transformer)
     for p in params:
         p.data = p.data.float()
-    apply_speed_plan(transformer, bench.plan)
     offload_weights = bool(bench.offload_blocks_per_group)
-    if offload_weights or bench.activations_offloaded:
+    wrapped = offload_weights or bench.activations_offloaded  # the offloader checkpoints each block itself
+    apply_speed_plan(transformer, replace(bench.plan, compile_blocks=False) if wrapped else bench.plan)
+    if wrapped:
         from k5tune.train.offload import enable_group_offload
 
         enable_group_offload(transformer, bench.offload_blocks_per_group or 1, bench.offload_stream or not offload_weights,

@@ -115,7 +115,8 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     if frame_count_problem(args.frames):
         raise ConfigError(frame_count_problem(args.frames), key="--frames")
     plan = SpeedPlan(fast_path=not args.no_fused, attention=args.attention, checkpointing=args.checkpointing,
-                     compile=False if args.no_compile else None, keep_attention_blocks=args.keep_attention_blocks)
+                     compile=False if args.no_compile else None, keep_attention_blocks=args.keep_attention_blocks,
+                     compile_blocks=False if args.no_compile_blocks or args.no_compile else None)
     tread = None
     if args.tread:
         from pydantic import ValidationError
@@ -301,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="store our model's modulation layers in bf16 (modulation_precision bf16)")
     bench.add_argument("--no-fused", action="store_true", help="our step without the fused blocks")
     bench.add_argument("--no-compile", action="store_true", help="do not torch.compile the fused groups")
+    bench.add_argument("--no-compile-blocks", action="store_true",
+                       help="run the blocks eagerly (only their fused groups compiled)")
     bench.add_argument("--output", help="also write the JSON report to this file")
     bench.set_defaults(func=cmd_bench)
 

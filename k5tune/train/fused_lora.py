@@ -34,9 +34,10 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     base = self.base_layer
     out = F.linear(x, _dense(base.weight), base.bias)
     low_rank = F.linear(x, self.lora_A[name].weight.to(out.dtype))
-    flat = out.view(-1, out.shape[-1])
-    flat.addmm_(low_rank.view(-1, low_rank.shape[-1]), self.lora_B[name].weight.to(out.dtype).t(),
-                alpha=self.scaling[name])
+    flat, up = out.view(-1, out.shape[-1]), self.lora_B[name].weight.to(out.dtype).t()
+    if torch.compiler.is_compiling():  # the same product, out of place: compiled graphs are functional
+        return torch.addmm(flat, low_rank.view(-1, low_rank.shape[-1]), up, alpha=self.scaling[name]).view_as(out)
+    flat.addmm_(low_rank.view(-1, low_rank.shape[-1]), up, alpha=self.scaling[name])
     return out
 
 

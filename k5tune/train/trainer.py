@@ -81,9 +81,12 @@ def refuse_pending_features(train_config) -> None:
                               "and scheduled_sampling_max_step_offset=0")
 
 
-def speed_plan(cfg) -> SpeedPlan:
+def speed_plan(cfg, blocks_wrapped: bool = False) -> SpeedPlan:
+    """`blocks_wrapped`: group/activation offload or FSDP2 run each block through their own checkpoint,
+    so the blocks are not compiled whole (their element-wise groups still are)."""
     checkpointing = cfg.gradient_checkpointing_policy if cfg.gradient_checkpointing else "none"
-    return SpeedPlan(fast_path=cfg.fused_kernels, attention=cfg.attention_backend, checkpointing=checkpointing)
+    return SpeedPlan(fast_path=cfg.fused_kernels, attention=cfg.attention_backend, checkpointing=checkpointing,
+                     compile_blocks=False if blocks_wrapped else None)
 
 
 def step_generator(seed: int, *parts: int) -> torch.Generator:
@@ -206,7 +209,7 @@ class Trainer:
         self.params = lora_parameters(transformer)
         for p in self.params:
             p.data = p.data.float()
-        self.speed = speed_plan(cfg)
+        self.speed = speed_plan(cfg, blocks_wrapped=offload or cfg.activations_offloaded or self.fsdp)
         apply_speed_plan(transformer, self.speed)
         if self.fsdp:
             fsdp.shard_transformer(transformer, self.runtime.compute_dtype, cfg.fsdp_reshard_after_forward)

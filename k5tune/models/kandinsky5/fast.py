@@ -50,7 +50,8 @@ def norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float | None, rope: to
     return rotated.to(torch.bfloat16).type_as(x)
 
 
-_kernels = {"modulate": modulate, "gated_residual": gated_residual, "norm_rope": norm_rope}
+_EAGER_KERNELS = {"modulate": modulate, "gated_residual": gated_residual, "norm_rope": norm_rope}
+_kernels = dict(_EAGER_KERNELS)
 
 
 def _k(name: str):
@@ -114,7 +115,9 @@ def enable_fast_path(transformer, compile_kernels: bool | None = None) -> None:
     """Swap in the fused blocks and processors (idempotent). Compiles the fused groups on CUDA."""
     if compile_kernels is None:
         compile_kernels = next(transformer.parameters()).is_cuda
-    if compile_kernels and not getattr(_kernels["modulate"], "_k5_compiled", False):
+    if not compile_kernels:  # (also inside a compiled block, which fuses them itself)
+        _kernels.update(_EAGER_KERNELS)
+    elif not getattr(_kernels["modulate"], "_k5_compiled", False):
         for name, fn in list(_kernels.items()):
             compiled = torch.compile(fn, dynamic=False, fullgraph=True)
             compiled._k5_compiled = True
