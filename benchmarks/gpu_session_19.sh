@@ -3,7 +3,7 @@
 # data, validation off, blocks compiled): its steady-state step against the bench figure of session 17.
 set -u
 source benchmarks/gpu_lib.sh; install_wheels
-W=/tmp/k5run; mkdir -p $W/config
+W=/tmp/k5run; rm -rf $W; mkdir -p $W/config
 python3 benchmarks/make_fullsize_model.py $W/model > /dev/null 2> $OUT/err.txt || { tail -5 $OUT/err.txt; exit 1; }
 python3 -c "from k5tune.data.synthetic import write_demo_dataset; write_demo_dataset('$W/datasets/videos', n=2, frames=64, width=768, height=512)"
 cat > $W/config/config.json <<JSON

@@ -17,3 +17,6 @@ _silence("diffusers.quantizers.torchao.torchao_quantizer", "Unable to import `to
 # torchao registers its enums with torch.compile the way older torch wanted; torch 2.13 logs a
 # deprecation line for each one on import.
 _silence("torch.utils._pytree", "is an Enum subclass and is now natively supported")
+# Selective checkpointing inside a compiled block (k5tune.train.speed) warns that in-place ops would be
+# unsafe there; k5tune's compiled blocks have none (their LoRA product is out of place when compiled).
+_silence("torch._higher_order_ops.wrap", "Detected that context_fn is passed to torch.utils.checkpoint")

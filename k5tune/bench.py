@@ -173,7 +173,8 @@ def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
         p.data = p.data.float()
     offload_weights = bool(bench.offload_blocks_per_group)
     wrapped = offload_weights or bench.activations_offloaded  # the offloader checkpoints each block itself
-    apply_speed_plan(transformer, replace(bench.plan, compile_blocks=False) if wrapped else bench.plan)
+    eager_blocks = wrapped or bench.base_precision != "no_change"  # as `k5tune train` decides
+    apply_speed_plan(transformer, replace(bench.plan, compile_blocks=False) if eager_blocks else bench.plan)
     if wrapped:
         from k5tune.train.offload import enable_group_offload
 

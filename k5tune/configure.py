@@ -139,7 +139,7 @@ class MemoryPreset:
 
 
 # Measured on an H100 (benchmarks/results/2026-11-27-h100.md), Lite at 512x768, 61 frames, LoRA rank 32 on
-# attention + feed-forward: selective checkpointing 1.90 s/step, 12.7 GiB; full 2.17 s, 10.1 GiB; int8 base
+# attention + feed-forward: selective checkpointing 1.73 s/step, 12.5 GiB; full 2.03 s, 10.4 GiB; int8 base
 # 1.96 s, 10.4 GiB; activation offload 2.18 s, 8.1 GiB; group offload 1 block/group + stream (+ activation
 # offload) 2.17 s, 4.1 GiB. Caching: VAE encode of one clip 12.2 GiB plain, 10.4 with patch conv, 2.6 with
 # tiling (blended, not exact); Qwen2.5-VL streamed from CPU memory with offload_during_startup (1.6 GiB).
@@ -176,7 +176,7 @@ MEMORY_PRESETS: dict[str, MemoryPreset] = {
             "24-32gb", "24-32 GB card (RTX 3090/4090/5090, A5000)",
             {"offload_during_startup": True, "vae_enable_patch_conv": True, "gradient_checkpointing": True,
              "gradient_checkpointing_policy": "selective"},
-            "selective checkpointing keeps attention outputs, Lite 512x768x61 in 12.7 GiB at 1.90 s/step; "
+            "selective checkpointing keeps attention outputs, Lite 512x768x61 in 12.5 GiB at 1.73 s/step; "
             "streamed text encoder and sliced VAE convolutions (caching 10.4 GiB)",
         ),
         MemoryPreset(

@@ -400,8 +400,9 @@ def caching_peak_gib(shape: TrainingShape, offload_during_startup: bool, patch_c
 def candidate_settings(processes: int = 1, tread: tuple[tuple[float, int, int], ...] = (),
                        modulation_fp32: bool = False) -> list[TrainingSettings]:
     """What `estimate` tries in turn, fastest first. Step times measured on an H100 at 512x768x61
-    (Lite / Pro): selective 1.90 s; int8 base 1.96 s (fp8 1.91); full checkpointing 2.17 s; activation
-    offload 2.18 / 9.24 s; group offload with stream and activation offload 2.17 / 9.34 s; int8 base
+    (Lite / Pro): selective 1.73 / 7.68 s (blocks compiled); int8 base 1.96 s (fp8 1.91); full
+    checkpointing 2.03 s; activation offload 2.18 / 9.19 s; group offload with stream and activation
+    offload 2.17 / 9.34 s; int8 base
     with activation offload - / 9.75 s; group offload without stream 2.33 s. Where the speed is about
     the same, the exact bf16 base comes before int8, and less CPU memory before less GPU memory. FSDP2
     (processes > 1) comes last: 12.52 s per step on 2 GPUs (Pro, full checkpointing), slower than each

@@ -110,6 +110,36 @@ def test_checkpoint_contents_and_rotation(tmp_path, monkeypatch, tiny_model_dir)
     assert not list((folder / "output").glob(".tmp-*"))
 
 
+class RecordingProgress(SilentProgress):
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def test_a_fresh_run_sets_an_earlier_runs_files_aside(tmp_path, monkeypatch, tiny_model_dir):
+    # left in place, the earlier run's higher-step checkpoints would win the rotation over the new run's
+    # own, and metrics.csv would restart at step 1 in the middle of the old curve
+    folder = make_project(tmp_path, tiny_model_dir, {**RUN, "checkpoints_total_limit": 2})
+    monkeypatch.chdir(folder)
+    train(load_config())
+    output = folder / "output"
+    old_lora = lora(output)
+    notes = RecordingProgress()
+    train(load_config("config/config.json", {"max_train_steps": 2}), progress=notes)
+    assert any("held an earlier run (not resumed)" in line for line in notes.lines)
+    assert [p.name for p in checkpoint.list_checkpoints(output)] == ["checkpoint-2"]
+    metrics = (output / "metrics.csv").read_text().splitlines()
+    assert len(metrics) == 1 + 2  # header and the new run's 2 steps only
+    (earlier,) = (output / checkpoint.EARLIER_RUNS).iterdir()
+    assert [p.name for p in checkpoint.list_checkpoints(earlier)] == ["checkpoint-4", "checkpoint-6"]
+    assert len((earlier / "metrics.csv").read_text().splitlines()) == 1 + 6
+    assert_same(lora(earlier), old_lora)  # nothing lost
+    train(load_config("config/config.json", {"max_train_steps": 4, "resume_from_checkpoint": "latest"}))  # resumes
+    assert len(list((output / checkpoint.EARLIER_RUNS).iterdir())) == 1
+
+
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_ones(tmp_path, monkeypatch, tiny_model_dir):
     folder = make_project(tmp_path, tiny_model_dir, RUN)
     monkeypatch.chdir(folder)

@@ -108,6 +108,33 @@ def rotate_checkpoints(output_dir: Path, limit: int | None) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+EARLIER_RUNS = "earlier-runs"
+# what a run writes into output_dir (the tracker's logs are kept apart per run name already)
+_RUN_OUTPUTS = ("metrics.csv", "loss.png", "validation", "pytorch_lora_weights.safetensors")
+
+
+def archive_earlier_run(output_dir: Path, stamp: str) -> Path | None:
+    """Move an earlier run's checkpoints and outputs to output_dir/earlier-runs/<stamp>/ before a fresh
+    (not resumed) run starts there; returns that folder, or None when there was nothing.
+
+    Left in place they would mix: metrics.csv would continue the old curve from step 1 again, and the
+    checkpoint rotation, which keeps the highest steps, would delete the new run's checkpoints first.
+    Moving is a rename (same file system): nothing is copied and nothing is lost."""
+    found = [output_dir / name for name in _RUN_OUTPUTS if (output_dir / name).exists()]
+    found += [p for p in output_dir.glob(f"{PREFIX}*") if p.is_dir()]
+    found += [p for p in output_dir.glob(f".tmp-{PREFIX}*")]
+    if not found:
+        return None
+    target, n = output_dir / EARLIER_RUNS / stamp, 1
+    while target.exists():  # two fresh runs within one second
+        n += 1
+        target = output_dir / EARLIER_RUNS / f"{stamp}-{n}"
+    target.mkdir(parents=True)
+    for path in sorted(found):
+        path.rename(target / path.name)
+    return target
+
+
 def resolve_resume(output_dir: Path, value: str) -> Path | None:
     """'latest' -> the newest complete checkpoint (None when there is none yet); else the given folder."""
     if value == "latest":

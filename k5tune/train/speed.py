@@ -119,8 +119,9 @@ def apply_speed_plan(transformer, plan: SpeedPlan) -> None:
     if plan.fast_path:
         from k5tune.train.fused_lora import enable_fused_lora
 
-        # compiled blocks fuse the element-wise groups themselves: no separate compile of them
-        enable_fast_path(transformer, False if compiled else plan.compile)
+        # (compiled blocks trace the element-wise groups into their own graph; the groups' own compiled
+        # versions still serve the eager paths: validation, offload)
+        enable_fast_path(transformer, plan.compile)
         enable_fused_lora(transformer)
     for index, block in enumerate(transformer.visual_transformer_blocks):
         block._k5_visual_index = index

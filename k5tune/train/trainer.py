@@ -47,7 +47,7 @@ from k5tune.train.lora import (
 from k5tune.train.lora_formats import convert_file
 from k5tune.train.metrics import MetricsLog, NullMetrics, Tracker, plot_loss, truncate_metrics
 from k5tune.train.offload import enable_group_offload, place_for_offload
-from k5tune.train.speed import SpeedPlan, apply_speed_plan
+from k5tune.train.speed import SpeedPlan, apply_speed_plan, compiles_blocks
 from k5tune.validate.runner import ValidationVideo, check_validation_images, run_validation
 
 
@@ -81,12 +81,11 @@ def refuse_pending_features(train_config) -> None:
                               "and scheduled_sampling_max_step_offset=0")
 
 
-def speed_plan(cfg, blocks_wrapped: bool = False) -> SpeedPlan:
-    """`blocks_wrapped`: group/activation offload or FSDP2 run each block through their own checkpoint,
-    so the blocks are not compiled whole (their element-wise groups still are)."""
+def speed_plan(cfg, compile_blocks: bool = True) -> SpeedPlan:
+    """`compile_blocks` False: the blocks run eagerly (their element-wise groups still compiled)."""
     checkpointing = cfg.gradient_checkpointing_policy if cfg.gradient_checkpointing else "none"
     return SpeedPlan(fast_path=cfg.fused_kernels, attention=cfg.attention_backend, checkpointing=checkpointing,
-                     compile_blocks=False if blocks_wrapped else None)
+                     compile_blocks=None if compile_blocks else False)
 
 
 def step_generator(seed: int, *parts: int) -> torch.Generator:
@@ -169,6 +168,12 @@ class Trainer:
         if not self.dist.is_main:
             self.progress = progress = SilentProgress()  # one process speaks for all
         self.runtime = Runtime.detect(cfg.mixed_precision, self.device or self.dist.device(torch.cuda.is_available()))
+        if self.resume_from is None and self.dist.is_main:
+            # a fresh run in a folder an earlier run used: set the earlier one's files aside, whole
+            earlier = checkpoint.archive_earlier_run(self.output_dir, time.strftime("%Y%m%d-%H%M%S"))
+            if earlier is not None:
+                progress.log(f"note: {self.output_dir} held an earlier run (not resumed); its checkpoints and "
+                             f"outputs were moved to {earlier}")
         torch.manual_seed(cfg.seed)
 
         # 2-3. Dataset (discover, probe, filter, bucket; report beside the cache), then the caches:
@@ -209,8 +214,13 @@ class Trainer:
         self.params = lora_parameters(transformer)
         for p in self.params:
             p.data = p.data.float()
-        self.speed = speed_plan(cfg, blocks_wrapped=offload or cfg.activations_offloaded or self.fsdp)
+        #    The blocks are compiled whole unless offload or FSDP2 wrap each block in their own checkpoint,
+        #    or the base is quantised (torchao's tensors inside a compiled block are not measured yet).
+        self.speed = speed_plan(cfg, compile_blocks=not (offload or cfg.activations_offloaded or self.fsdp or quantized))
         apply_speed_plan(transformer, self.speed)
+        if compiles_blocks(self.speed, transformer):
+            progress.log("note: the first steps also compile the transformer blocks (torch.compile: ~40 s for Lite "
+                         "on an H100); fused_kernels false skips it")
         if self.fsdp:
             fsdp.shard_transformer(transformer, self.runtime.compute_dtype, cfg.fsdp_reshard_after_forward)
             self.params = lora_parameters(transformer)  # sharding replaced them

@@ -55,7 +55,8 @@ _kernels = dict(_EAGER_KERNELS)
 
 
 def _k(name: str):
-    return _kernels[name]
+    # inside a compiled block (speed.py) the plain definitions are traced into the block's own graph
+    return _EAGER_KERNELS[name] if torch.compiler.is_compiling() else _kernels[name]
 
 
 # --- attention ----------------------------------------------------------------------------------
@@ -115,7 +116,7 @@ def enable_fast_path(transformer, compile_kernels: bool | None = None) -> None:
     """Swap in the fused blocks and processors (idempotent). Compiles the fused groups on CUDA."""
     if compile_kernels is None:
         compile_kernels = next(transformer.parameters()).is_cuda
-    if not compile_kernels:  # (also inside a compiled block, which fuses them itself)
+    if not compile_kernels:
         _kernels.update(_EAGER_KERNELS)
     elif not getattr(_kernels["modulate"], "_k5_compiled", False):
         for name, fn in list(_kernels.items()):
