@@ -272,10 +272,13 @@ def run_bench(bench: BenchConfig) -> dict:
         del stock  # the last reference: the stock model must be gone before ours is built
         _free_memory()
     transformer = build_transformer(bench, device)
-    if bench.modulation_bf16 and bench.base_precision == "no_change" and device.type == "cuda":
-        from k5tune.models.kandinsky5.modulation import store_modulation_in
+    if bench.modulation_bf16:  # as training does it: only over a bf16 (not quantised) base on a GPU
+        if bench.base_precision == "no_change" and device.type == "cuda":
+            from k5tune.models.kandinsky5.modulation import store_modulation_in
 
-        report["modulation_bf16_saved_gib"] = store_modulation_in(transformer, torch.bfloat16) / 2**30
+            report["modulation_bf16_saved_gib"] = store_modulation_in(transformer, torch.bfloat16) / 2**30
+        else:
+            report["modulation_bf16_saved_gib"] = 0.0  # quantised anyway, or an fp32 model on the CPU
     report["base_precision"] = _quantize(transformer, bench.base_precision, device)
     config = dict(transformer.config)
     flops = useful_flops(config, tokens, TEXT_TOKENS, bench.batch)

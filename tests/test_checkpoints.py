@@ -128,7 +128,7 @@ def test_a_fresh_run_sets_an_earlier_runs_files_aside(tmp_path, monkeypatch, tin
     old_lora = lora(output)
     notes = RecordingProgress()
     train(load_config("config/config.json", {"max_train_steps": 2}), progress=notes)
-    assert any("held an earlier run (not resumed)" in line for line in notes.lines)
+    assert any("an earlier run's checkpoints and outputs (not resumed) were moved" in line for line in notes.lines)
     assert [p.name for p in checkpoint.list_checkpoints(output)] == ["checkpoint-2"]
     metrics = (output / "metrics.csv").read_text().splitlines()
     assert len(metrics) == 1 + 2  # header and the new run's 2 steps only
@@ -138,6 +138,22 @@ def test_a_fresh_run_sets_an_earlier_runs_files_aside(tmp_path, monkeypatch, tin
     assert_same(lora(earlier), old_lora)  # nothing lost
     train(load_config("config/config.json", {"max_train_steps": 4, "resume_from_checkpoint": "latest"}))  # resumes
     assert len(list((output / checkpoint.EARLIER_RUNS).iterdir())) == 1
+
+
+def test_resuming_an_earlier_checkpoint_sets_the_later_branch_aside(tmp_path, monkeypatch, tiny_model_dir):
+    folder = make_project(tmp_path, tiny_model_dir, {**RUN, "checkpoints_total_limit": 2})
+    monkeypatch.chdir(folder)
+    train(load_config())  # keeps checkpoint-4 and checkpoint-6
+    output = folder / "output"
+    notes = RecordingProgress()
+    train(load_config("config/config.json", {"resume_from_checkpoint": str(output / "checkpoint-4")}),
+          progress=notes)
+    assert any("after step 4 were moved" in line for line in notes.lines)
+    (branch,) = (output / checkpoint.EARLIER_RUNS).iterdir()
+    assert [p.name for p in checkpoint.list_checkpoints(branch)] == ["checkpoint-6"]  # the replaced branch
+    assert [p.name for p in checkpoint.list_checkpoints(output)] == ["checkpoint-4", "checkpoint-6"]
+    rows = [line.split(",")[0] for line in (output / "metrics.csv").read_text().splitlines()[1:]]
+    assert rows == ["1", "2", "3", "4", "5", "6"]  # steps 5-6 of the first run replaced, not appended
 
 
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_ones(tmp_path, monkeypatch, tiny_model_dir):

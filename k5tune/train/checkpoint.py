@@ -109,7 +109,7 @@ def rotate_checkpoints(output_dir: Path, limit: int | None) -> None:
 
 
 EARLIER_RUNS = "earlier-runs"
-# what a run writes into output_dir (the tracker's logs are kept apart per run name already)
+# what a run writes into output_dir (the tracker writes under logging_dir/<run name>, left in place)
 _RUN_OUTPUTS = ("metrics.csv", "loss.png", "validation", "pytorch_lora_weights.safetensors")
 
 
@@ -123,16 +123,40 @@ def archive_earlier_run(output_dir: Path, stamp: str) -> Path | None:
     found = [output_dir / name for name in _RUN_OUTPUTS if (output_dir / name).exists()]
     found += [p for p in output_dir.glob(f"{PREFIX}*") if p.is_dir()]
     found += [p for p in output_dir.glob(f".tmp-{PREFIX}*")]
-    if not found:
+    return _move_aside(output_dir, found, stamp)
+
+
+def archive_after_step(output_dir: Path, step: int, stamp: str) -> Path | None:
+    """On a resume from checkpoint-<step>: move the checkpoints and validation videos of later steps
+    (a branch the resumed run replaces) to earlier-runs/<stamp>/, keeping their layout. Otherwise the
+    rotation would delete the resumed run's new checkpoints first, and `latest` would pick the old ones."""
+    def later(path: Path, prefix: str) -> bool:
+        suffix = path.name[len(prefix):]
+        return path.is_dir() and suffix.isdigit() and int(suffix) > step
+
+    found = [p for p in output_dir.glob(f"{PREFIX}*") if later(p, PREFIX)]
+    found += [p for p in (output_dir / "validation").glob("step-*") if later(p, "step-")]
+    return _move_aside(output_dir, found, stamp)
+
+
+def _move_aside(output_dir: Path, paths: list[Path], stamp: str) -> Path | None:
+    if not paths:
         return None
     target, n = output_dir / EARLIER_RUNS / stamp, 1
-    while target.exists():  # two fresh runs within one second
+    while target.exists():  # two runs started within one second
         n += 1
         target = output_dir / EARLIER_RUNS / f"{stamp}-{n}"
-    target.mkdir(parents=True)
-    for path in sorted(found):
-        path.rename(target / path.name)
+    for path in sorted(paths):
+        destination = target / path.relative_to(output_dir)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(destination)
     return target
+
+
+def set_aside_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints under earlier-runs/, oldest set-aside run first."""
+    runs = sorted(p for p in (output_dir / EARLIER_RUNS).glob("*") if p.is_dir())
+    return [folder for run in runs for folder in list_checkpoints(run)]
 
 
 def resolve_resume(output_dir: Path, value: str) -> Path | None:

@@ -92,8 +92,11 @@ _compiled_regions: dict = {}
 
 def _compiled_region(selective: bool, backend: str):
     if (selective, backend) not in _compiled_regions:
-        # ~6 graphs per region (text/visual block, input with or without gradient, dynamic lengths)
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
+        # ~6 graphs per region (text/visual block, input with or without gradient, dynamic lengths);
+        # torch 2.6 calls the limit cache_size_limit
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, name, max(getattr(config, name), 16))
         region = _selective_region if selective else _full_region
         _compiled_regions[selective, backend] = torch.compile(region, backend=backend)
     return _compiled_regions[selective, backend]

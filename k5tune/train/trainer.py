@@ -81,11 +81,13 @@ def refuse_pending_features(train_config) -> None:
                               "and scheduled_sampling_max_step_offset=0")
 
 
-def speed_plan(cfg, compile_blocks: bool = True) -> SpeedPlan:
-    """`compile_blocks` False: the blocks run eagerly (their element-wise groups still compiled)."""
+def speed_plan(cfg, on_gpu: bool, compile_blocks: bool = True) -> SpeedPlan:
+    """What is compiled is decided by the training device, not by where the weights are when the plan
+    is applied (with offload or FSDP2 they are still in CPU memory then). `compile_blocks` False: the
+    blocks run eagerly, their element-wise groups still compiled."""
     checkpointing = cfg.gradient_checkpointing_policy if cfg.gradient_checkpointing else "none"
     return SpeedPlan(fast_path=cfg.fused_kernels, attention=cfg.attention_backend, checkpointing=checkpointing,
-                     compile_blocks=None if compile_blocks else False)
+                     compile=on_gpu, compile_blocks=on_gpu and compile_blocks)
 
 
 def step_generator(seed: int, *parts: int) -> torch.Generator:
@@ -168,12 +170,6 @@ class Trainer:
         if not self.dist.is_main:
             self.progress = progress = SilentProgress()  # one process speaks for all
         self.runtime = Runtime.detect(cfg.mixed_precision, self.device or self.dist.device(torch.cuda.is_available()))
-        if self.resume_from is None and self.dist.is_main:
-            # a fresh run in a folder an earlier run used: set the earlier one's files aside, whole
-            earlier = checkpoint.archive_earlier_run(self.output_dir, time.strftime("%Y%m%d-%H%M%S"))
-            if earlier is not None:
-                progress.log(f"note: {self.output_dir} held an earlier run (not resumed); its checkpoints and "
-                             f"outputs were moved to {earlier}")
         torch.manual_seed(cfg.seed)
 
         # 2-3. Dataset (discover, probe, filter, bucket; report beside the cache), then the caches:
@@ -216,7 +212,8 @@ class Trainer:
             p.data = p.data.float()
         #    The blocks are compiled whole unless offload or FSDP2 wrap each block in their own checkpoint,
         #    or the base is quantised (torchao's tensors inside a compiled block are not measured yet).
-        self.speed = speed_plan(cfg, compile_blocks=not (offload or cfg.activations_offloaded or self.fsdp or quantized))
+        self.speed = speed_plan(cfg, self.runtime.is_cuda,
+                                compile_blocks=not (offload or cfg.activations_offloaded or self.fsdp or quantized))
         apply_speed_plan(transformer, self.speed)
         if compiles_blocks(self.speed, transformer):
             progress.log("note: the first steps also compile the transformer blocks (torch.compile: ~40 s for Lite "
@@ -262,7 +259,10 @@ class Trainer:
         if self.resume_from is not None:
             self._restore(self.resume_from)
         elif cfg.resume_from_checkpoint:
-            progress.log(f"resume_from_checkpoint=latest: no checkpoint in {self.output_dir} yet, starting fresh")
+            aside = checkpoint.set_aside_checkpoints(self.output_dir)
+            progress.log(f"resume_from_checkpoint=latest: no checkpoint in {self.output_dir} yet, starting fresh"
+                         + (f" (set-aside runs have some, e.g. {aside[-1]}: resume_from_checkpoint takes a "
+                            "folder too)" if aside else ""))
 
     def _restore(self, folder: Path) -> None:
         from safetensors.torch import load_file
@@ -282,6 +282,20 @@ class Trainer:
         if self.dist.is_main:
             truncate_metrics(self.output_dir / "metrics.csv", self.step)
         self.progress.log(f"resumed from {folder} at step {self.step}")
+
+    def _set_earlier_runs_aside(self) -> None:
+        """Files of another run in output_dir go to earlier-runs/<stamp>/ (see checkpoint.py): all of
+        them on a fresh start (or a resume from a checkpoint kept elsewhere), and on a resume from
+        checkpoint-N the checkpoints and validation videos after step N, a branch this run replaces."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if self.resume_from is not None and self.resume_from.parent.resolve() == self.output_dir:
+            moved = checkpoint.archive_after_step(self.output_dir, self.step, stamp)
+            what = f"its checkpoints and validation videos after step {self.step}"
+        else:
+            moved = checkpoint.archive_earlier_run(self.output_dir, stamp)
+            what = "an earlier run's checkpoints and outputs (not resumed)"
+        if moved is not None:
+            self.progress.log(f"note: {what} were moved from {self.output_dir} to {moved}")
 
     def _lora_meta(self) -> dict:
         cfg = self.cfg
@@ -342,6 +356,8 @@ class Trainer:
         self.setup()
         cfg, progress, main = self.cfg, self.progress, self.dist.is_main
         # only the first process writes metrics, logs, checkpoints, videos and the LoRA
+        if main:  # (only once setup worked: a run that fails before training moves nothing)
+            self._set_earlier_runs_aside()
         metrics = MetricsLog(self.output_dir / "metrics.csv") if main else NullMetrics()
         tracker = (Tracker(cfg.report_to, self.output_dir / cfg.logging_dir,
                            cfg.tracker_run_name or time.strftime("%Y%m%d-%H%M%S"), cfg.tracker_project_name,
