@@ -39,8 +39,9 @@ class SpeedPlan:
     # torch.compile each checkpointed block whole, its checkpoint inside (default: on CUDA). The
     # step is otherwise bound by Python: ~9,000 kernels launched op by op, and selective
     # checkpointing's dispatch mode sees every op (measured on an H100: 1.85 s of CPU per 1.94 s
-    # Lite step; with TREAD the GPU waits half the step). Not with offload or FSDP2 (their own
-    # checkpoint wraps the block), nor without checkpointing.
+    # Lite step; with TREAD the GPU waits half the step). `k5tune train` leaves it off with offload or
+    # FSDP2 (their own checkpoint wraps the block) and over an int8/fp8 base (not measured compiled);
+    # never without checkpointing.
     compile_blocks: bool | None = None
     compile_backend: str = "inductor"  # (tests compile with "aot_eager": same graphs, no code generation)
 
