@@ -154,6 +154,8 @@ def test_resuming_an_earlier_checkpoint_sets_the_later_branch_aside(tmp_path, mo
     assert [p.name for p in checkpoint.list_checkpoints(output)] == ["checkpoint-4", "checkpoint-6"]
     rows = [line.split(",")[0] for line in (output / "metrics.csv").read_text().splitlines()[1:]]
     assert rows == ["1", "2", "3", "4", "5", "6"]  # steps 5-6 of the first run replaced, not appended
+    branch_rows = [line.split(",")[0] for line in (branch / "metrics.csv").read_text().splitlines()[1:]]
+    assert branch_rows == ["1", "2", "3", "4", "5", "6"]  # the replaced branch keeps its whole curve
 
 
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_ones(tmp_path, monkeypatch, tiny_model_dir):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import signal
 import tempfile
 import threading
@@ -279,8 +280,6 @@ class Trainer:
         self.step = state["step"]
         self.epoch, self.next_group = state["position"]["epoch"], state["position"]["next_group"]
         self.nonfinite_in_row = state.get("nonfinite_in_row", 0)
-        if self.dist.is_main:
-            truncate_metrics(self.output_dir / "metrics.csv", self.step)
         self.progress.log(f"resumed from {folder} at step {self.step}")
 
     def _set_earlier_runs_aside(self) -> None:
@@ -291,6 +290,10 @@ class Trainer:
         if self.resume_from is not None and self.resume_from.parent.resolve() == self.output_dir:
             moved = checkpoint.archive_after_step(self.output_dir, self.step, stamp)
             what = f"its checkpoints and validation videos after step {self.step}"
+            metrics = self.output_dir / "metrics.csv"
+            if moved is not None and metrics.is_file():  # the replaced branch keeps its whole curve
+                shutil.copy2(metrics, moved / metrics.name)
+            truncate_metrics(metrics, self.step)  # rows after the checkpoint are trained again
         else:
             moved = checkpoint.archive_earlier_run(self.output_dir, stamp)
             what = "an earlier run's checkpoints and outputs (not resumed)"
