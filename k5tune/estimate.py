@@ -397,8 +397,7 @@ def caching_peak_gib(shape: TrainingShape, offload_during_startup: bool, patch_c
     return caching_estimate(shape, offload_during_startup, patch_conv, tiling, gpu_gib).peak_gib
 
 
-def candidate_settings(processes: int = 1, tread: tuple[tuple[float, int, int], ...] = (),
-                       modulation_fp32: bool = False) -> list[TrainingSettings]:
+def candidate_settings(processes: int = 1, user: TrainingSettings | None = None) -> list[TrainingSettings]:
     """What `estimate` tries in turn, fastest first. Step times measured on an H100 at 512x768x61
     (Lite / Pro): selective 1.73 / 7.68 s (blocks compiled); int8 base 1.96 s (fp8 1.91); full
     checkpointing 2.03 s; activation offload 2.18 / 9.19 s; group offload with stream and activation
@@ -407,7 +406,7 @@ def candidate_settings(processes: int = 1, tread: tuple[tuple[float, int, int], 
     the same, the exact bf16 base comes before int8, and less CPU memory before less GPU memory. FSDP2
     (processes > 1) comes last: 12.52 s per step on 2 GPUs (Pro, full checkpointing), slower than each
     GPU training its own clips with group offload (9.34 s) — but it needs no pinned CPU memory.
-    `tread`, `modulation_fp32`: the config's TREAD routes and modulation_precision, kept in every option
+    `user`: the config's settings, whose TREAD routes and modulation_precision every option keeps
     (choices the search leaves to the user)."""
     group = {"group_offload_blocks": 1, "offload_activations": True}  # activation offload: group offload's default
     options = [
@@ -423,7 +422,8 @@ def candidate_settings(processes: int = 1, tread: tuple[tuple[float, int, int], 
     ]
     if processes > 1:
         options += [TrainingSettings(policy, fsdp_processes=processes) for policy in ("selective", "full")]
-    return [replace(option, tread=tread, modulation_fp32=modulation_fp32) for option in options]
+    user = user or TrainingSettings()
+    return [replace(option, tread=user.tread, modulation_fp32=user.modulation_fp32) for option in options]
 
 
 SMALLER_SHAPES = [(512, 768, 49), (480, 848, 49), (480, 848, 33), (384, 640, 33)]
@@ -437,16 +437,17 @@ class Proposal(NamedTuple):
 
 def propose(flavour: str, shape: TrainingShape, gpu_gib: float, margin_gib: float = 1.0, processes: int = 1,
             smaller_shapes: bool = True, max_pinned_gib: float | None = None,
-            tread: tuple[tuple[float, int, int], ...] = (), modulation_fp32: bool = False) -> Proposal | None:
+            user: TrainingSettings | None = None) -> Proposal | None:
     """The first (fastest) setting that fits, then, if none fits, smaller shapes (the guide's advice).
-    `max_pinned_gib`: leave out settings that need more pinned CPU memory per process than this."""
+    `max_pinned_gib`: leave out settings that need more pinned CPU memory per process than this; `user`:
+    see candidate_settings."""
     shapes = [shape]
     if smaller_shapes:
         shapes += [TrainingShape(h, w, f, shape.batch, shape.rank, shape.targets) for h, w, f in SMALLER_SHAPES]
     for candidate in shapes:
         if candidate is not shape and candidate.tokens >= shape.tokens:
             continue
-        for settings in candidate_settings(processes, tread, modulation_fp32):
+        for settings in candidate_settings(processes, user):
             if max_pinned_gib is not None and pinned_cpu_gib(flavour, candidate, settings) > max_pinned_gib:
                 continue
             peak = training_peak_gib(flavour, candidate, settings)
@@ -468,9 +469,7 @@ def config_advice(proposed: TrainingSettings, current: TrainingSettings | None) 
 
 def _proposal_lines(flavour: str, shape: TrainingShape, gpu_gib: float, processes: int,
                     current: TrainingSettings | None) -> list[str]:
-    tread = current.tread if current is not None else ()
-    modulation_fp32 = current.modulation_fp32 if current is not None else False
-    proposal = propose(flavour, shape, gpu_gib, processes=processes, tread=tread, modulation_fp32=modulation_fp32)
+    proposal = propose(flavour, shape, gpu_gib, processes=processes, user=current)
     if proposal is None:
         return [f"nothing modelled fits {gpu_gib} GiB; use several GPUs or a smaller model"]
     chosen, settings, peak = proposal
@@ -484,7 +483,7 @@ def _proposal_lines(flavour: str, shape: TrainingShape, gpu_gib: float, processe
         lines.append(f"  needs {pinned * processes:.1f} GiB of pinned CPU memory"
                      + (f" ({pinned:.1f} GiB in each of {processes} processes)" if processes > 1 else ""))
         alternative = propose(flavour, shape, gpu_gib, processes=processes, smaller_shapes=False,
-                              max_pinned_gib=0, tread=tread, modulation_fp32=modulation_fp32)
+                              max_pinned_gib=0, user=current)
         if alternative is not None:
             lines.append(f"  without pinned CPU memory: {alternative.settings.label()} -> {alternative.peak_gib:.1f} GiB; "
                          f"{config_advice(alternative.settings, current)}")
@@ -492,7 +491,7 @@ def _proposal_lines(flavour: str, shape: TrainingShape, gpu_gib: float, processe
 
 
 def _table_lines(flavour: str, shape: TrainingShape, processes: int, current: TrainingSettings | None) -> list[str]:
-    options = candidate_settings(processes, *((current.tread, current.modulation_fp32) if current is not None else ()))
+    options = candidate_settings(processes, current)
     current = current.effective() if current is not None else None
     if current is not None and current not in options and current.problem() is None:
         options = [current, *options]

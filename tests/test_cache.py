@@ -435,16 +435,21 @@ def test_offload_during_startup_never_holds_text_encoders_and_vae_together(
     assert {"load text_encoder", "load text_encoder_2", "load vae"} <= set(labels)
 
 
+def loaded_components(monkeypatch, name: str) -> list:
+    """Every `name` component (e.g. "vae") the caching loads, in order."""
+    loaded, real = [], getattr(Kandinsky5Components, name)
+
+    def spy(components, *args, **kwargs):
+        loaded.append(real(components, *args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(Kandinsky5Components, name, spy)
+    return loaded
+
+
 def test_offload_during_startup_streams_qwen_and_caches_the_same_embeddings(first, tmp_path, monkeypatch):
     project = first.project.copy(tmp_path, with_cache=False)
-    text_encoders = []
-    real = Kandinsky5Components.text_encoder
-
-    def keep(components, *args, **kwargs):
-        text_encoders.append(real(components, *args, **kwargs))
-        return text_encoders[-1]
-
-    monkeypatch.setattr(Kandinsky5Components, "text_encoder", keep)
+    text_encoders = loaded_components(monkeypatch, "text_encoder")
     result, _ = project.cache(offload_during_startup=True)
 
     assert result.text_encoder_streamed and not first.result.text_encoder_streamed
@@ -517,14 +522,7 @@ def test_vae_tiling_option_runs(first, tmp_path, monkeypatch):
     project = first.project.copy(tmp_path, with_cache=False)
     for name in ("c1", "c2"):
         (project.clips / f"{name}.mp4").unlink()
-    vaes = []
-    real_vae = Kandinsky5Components.vae
-
-    def vae_spy(components, *args, **kwargs):
-        vaes.append(real_vae(components, *args, **kwargs))
-        return vaes[-1]
-
-    monkeypatch.setattr(Kandinsky5Components, "vae", vae_spy)
+    vaes = loaded_components(monkeypatch, "vae")
     result, records = project.cache(vae_enable_tiling=True)
 
     assert result.encoded_latents == 1 and vaes and vaes[0].use_tiling

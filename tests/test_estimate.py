@@ -149,8 +149,9 @@ def test_candidates_start_with_the_fastest():
     assert all(s.fsdp_processes == 1 for s in options)
     assert [s.fsdp_processes for s in candidate_settings(2)][-2:] == [2, 2]  # FSDP2 measured slowest: last
     route = ((0.5, 2, 30),)  # the config's TREAD stays in every option
-    assert all(s.tread == route for s in candidate_settings(2, route))
-    assert propose(LITE, TrainingShape(), 12, tread=route).settings == TrainingSettings("selective", tread=route)
+    assert all(s.tread == route for s in candidate_settings(2, TrainingSettings(tread=route)))
+    assert (propose(LITE, TrainingShape(), 12, user=TrainingSettings(tread=route)).settings
+            == TrainingSettings("selective", tread=route))
 
 
 @pytest.mark.parametrize(("flavour", "gpu", "expected"), [

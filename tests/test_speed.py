@@ -19,7 +19,30 @@ from k5tune.train.speed import SpeedPlan, apply_speed_plan
 from k5tune.train.trainer import flow_matching_step_loss
 
 
-def _loss_and_grads(transformer, dtype):
+def _tiny_with_live_lora(tiny_model_dir):
+    """The tiny transformer with LoRA on attention and feed-forward, B randomised so every LoRA weight
+    gets a gradient."""
+    transformer = Kandinsky5Components(resolve_model_source("t2v-lite-sft-5s", tiny_model_dir)).transformer()
+    add_lora(transformer, 8, 16, 0.0, ["to_query", "to_key", "to_value", "out_layer", "feed_forward"], seed=0)
+    generator = torch.Generator().manual_seed(1)
+    for name, parameter in transformer.named_parameters():
+        if ".lora_B" in name:
+            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.05
+    return transformer
+
+
+def eager_and_compiled_blocks(tiny_model_dir, checkpointing: str):
+    """Two copies of `_tiny_with_live_lora`: the eager fast path, and its blocks compiled with aot_eager
+    (the graphs dynamo and AOTAutograd build for the GPU, checkpoint and selective policy inside,
+    without code generation)."""
+    eager = _tiny_with_live_lora(tiny_model_dir)
+    compiled = copy.deepcopy(eager)
+    apply_speed_plan(eager, SpeedPlan(checkpointing=checkpointing, compile=False, compile_blocks=False))
+    apply_speed_plan(compiled, SpeedPlan(checkpointing=checkpointing, compile_blocks=True, compile_backend="aot_eager"))
+    return eager, compiled
+
+
+def _loss_and_grads(transformer, dtype, route_generator: torch.Generator | None = None):
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(2, 3, 4, 6, 16, generator=generator)
     text = pad_prompts([torch.randn(4, 32, generator=generator), torch.randn(7, 32, generator=generator)],
@@ -29,19 +52,15 @@ def _loss_and_grads(transformer, dtype):
     from k5tune.models.kandinsky5.text_mask import install_text_mask
 
     install_text_mask(transformer)
-    loss = flow_matching_step_loss(transformer, latents, text, noise, torch.tensor([0.3, 0.8]), (32, 48), runtime)
+    loss = flow_matching_step_loss(transformer, latents, text, noise, torch.tensor([0.3, 0.8]), (32, 48), runtime,
+                                   route_generator=route_generator)
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in transformer.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("checkpointing", ["selective", "full", "none"])
 def test_fast_path_equals_stock_forward_and_lora_gradients(tiny_model_dir, checkpointing):
-    stock = Kandinsky5Components(resolve_model_source("t2v-lite-sft-5s", tiny_model_dir)).transformer()
-    add_lora(stock, 8, 16, 0.0, ["to_query", "to_key", "to_value", "out_layer", "feed_forward"], seed=0)
-    generator = torch.Generator().manual_seed(1)
-    for name, parameter in stock.named_parameters():
-        if ".lora_B" in name:  # B starts at zero; randomise so every LoRA weight gets a gradient
-            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.05
+    stock = _tiny_with_live_lora(tiny_model_dir)
     fast = copy.deepcopy(stock)
     stock.enable_gradient_checkpointing()
     apply_speed_plan(fast, SpeedPlan(checkpointing=checkpointing, compile=False))
@@ -55,19 +74,9 @@ def test_fast_path_equals_stock_forward_and_lora_gradients(tiny_model_dir, check
 
 @pytest.mark.parametrize("checkpointing", ["selective", "full"])
 def test_compiled_blocks_equal_the_eager_fast_path(tiny_model_dir, checkpointing):
-    # aot_eager runs the same graphs dynamo and AOTAutograd build for the GPU (checkpoint and its
-    # selective policy inside), without code generation
     import torch._dynamo.utils
 
-    eager = Kandinsky5Components(resolve_model_source("t2v-lite-sft-5s", tiny_model_dir)).transformer()
-    add_lora(eager, 8, 16, 0.0, ["to_query", "to_key", "to_value", "out_layer", "feed_forward"], seed=0)
-    generator = torch.Generator().manual_seed(1)
-    for name, parameter in eager.named_parameters():
-        if ".lora_B" in name:
-            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.05
-    compiled = copy.deepcopy(eager)
-    apply_speed_plan(eager, SpeedPlan(checkpointing=checkpointing, compile=False, compile_blocks=False))
-    apply_speed_plan(compiled, SpeedPlan(checkpointing=checkpointing, compile_blocks=True, compile_backend="aot_eager"))
+    eager, compiled = eager_and_compiled_blocks(tiny_model_dir, checkpointing)
     torch._dynamo.utils.counters.clear()
     eager_loss, eager_grads = _loss_and_grads(eager.train(), torch.float32)
     compiled_loss, compiled_grads = _loss_and_grads(compiled.train(), torch.float32)

@@ -204,30 +204,13 @@ def test_tread_with_group_offload_trains_like_without(tmp_path, monkeypatch, tin
 @pytest.mark.parametrize("checkpointing", ["selective", "full"])
 def test_tread_through_compiled_blocks_equals_the_eager_blocks(tiny_model_dir, checkpointing):
     # the speed issue's default on a GPU: blocks compiled whole; the routed blocks see a shorter sequence
-    import copy
+    from tests.test_speed import _loss_and_grads, eager_and_compiled_blocks
 
-    from k5tune.runtime import Runtime
-    from k5tune.train.lora import add_lora
-    from k5tune.train.speed import SpeedPlan, apply_speed_plan
-    from k5tune.train.trainer import flow_matching_step_loss
-
-    eager = Kandinsky5Components(resolve_model_source("t2v-lite-sft-5s", tiny_model_dir)).transformer()
-    add_lora(eager, 8, 8, 0.0, ["to_query", "to_key", "to_value", "out_layer", "feed_forward"], seed=0)
-    compiled = copy.deepcopy(eager)
-    apply_speed_plan(eager, SpeedPlan(checkpointing=checkpointing, compile=False, compile_blocks=False))
-    apply_speed_plan(compiled, SpeedPlan(checkpointing=checkpointing, compile_blocks=True, compile_backend="aot_eager"))
     grads = []
+    eager, compiled = eager_and_compiled_blocks(tiny_model_dir, checkpointing)
     for model in (eager, compiled):
         install_tread(model, [Route(0.5, 0, 1)])
-        model.train()
-        generator = torch.Generator().manual_seed(3)
-        latents = torch.randn(2, 3, 4, 6, 16, generator=generator)
-        text = pad_prompts([torch.randn(5, 32, generator=generator)] * 2, [torch.randn(32, generator=generator)] * 2)
-        noise = torch.randn(latents.shape, generator=generator)
-        loss = flow_matching_step_loss(model, latents, text, noise, torch.tensor([0.4, 0.9]), (32, 48),
-                                       Runtime.detect("fp32", "cpu"), route_generator=torch.Generator().manual_seed(5))
-        loss.backward()
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        grads.append(_loss_and_grads(model.train(), torch.float32, route_generator=torch.Generator().manual_seed(5))[1])
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, msg=name)

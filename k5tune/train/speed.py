@@ -39,9 +39,8 @@ class SpeedPlan:
     # torch.compile each checkpointed block whole, its checkpoint inside (default: on CUDA). The
     # step is otherwise bound by Python: ~9,000 kernels launched op by op, and selective
     # checkpointing's dispatch mode sees every op (measured on an H100: 1.85 s of CPU per 1.94 s
-    # Lite step; with TREAD the GPU waits half the step). `k5tune train` leaves it off with offload or
-    # FSDP2 (their own checkpoint wraps the block) and over an int8/fp8 base (not measured compiled);
-    # never without checkpointing.
+    # Lite step; with TREAD the GPU waits half the step). Off where `blocks_may_compile` says so, and
+    # without checkpointing.
     compile_blocks: bool | None = None
     compile_backend: str = "inductor"  # (tests compile with "aot_eager": same graphs, no code generation)
 
@@ -64,15 +63,8 @@ def _keep_attention(ctx, op, *args, **kwargs):
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def _checkpoint_full(module, *args):
+def _full_region(module, *args):
     return checkpoint(module.__call__, *args, use_reentrant=False)
-
-
-def _checkpoint_selective(module, *args, keep_blocks: int | None = None):
-    if keep_blocks is not None and getattr(module, "_k5_visual_index", -1) >= keep_blocks:
-        return _checkpoint_full(module, *args)
-    return checkpoint(module.__call__, *args, use_reentrant=False,
-                      context_fn=partial(create_selective_checkpoint_contexts, _keep_attention))
 
 
 def _selective_region(module, *args):
@@ -80,8 +72,13 @@ def _selective_region(module, *args):
                       context_fn=partial(create_selective_checkpoint_contexts, _keep_attention))
 
 
-def _full_region(module, *args):
-    return checkpoint(module.__call__, *args, use_reentrant=False)
+def _keeps_attention(module, keep_blocks: int | None) -> bool:
+    """Selective: every block keeps its attention, or only the first `keep_blocks` visual ones."""
+    return keep_blocks is None or getattr(module, "_k5_visual_index", -1) < keep_blocks
+
+
+def _checkpoint_selective(module, *args, keep_blocks: int | None = None):
+    return (_selective_region if _keeps_attention(module, keep_blocks) else _full_region)(module, *args)
 
 
 # One compiled function per kind of region, made on first use: dynamo keeps one graph per block kind
@@ -104,8 +101,13 @@ def _compiled_region(selective: bool, backend: str):
 
 
 def _checkpoint_compiled(module, *args, selective: bool, keep_blocks: int | None, backend: str):
-    keep = selective and (keep_blocks is None or getattr(module, "_k5_visual_index", -1) < keep_blocks)
-    return _compiled_region(keep, backend)(module, *args)
+    return _compiled_region(selective and _keeps_attention(module, keep_blocks), backend)(module, *args)
+
+
+def blocks_may_compile(offloaded: bool, sharded: bool, quantized: bool) -> bool:
+    """Group/activation offload and FSDP2 wrap each block in their own checkpoint; torchao's int8/fp8
+    weights inside a compiled block are not measured yet. `k5tune train` and `k5tune bench` both ask here."""
+    return not (offloaded or sharded or quantized)
 
 
 def compiles_blocks(plan: SpeedPlan, transformer) -> bool:
@@ -136,7 +138,7 @@ def apply_speed_plan(transformer, plan: SpeedPlan) -> None:
     elif plan.checkpointing == "none":
         transformer.disable_gradient_checkpointing()
     elif plan.checkpointing == "full":
-        transformer.enable_gradient_checkpointing(gradient_checkpointing_func=_checkpoint_full)
+        transformer.enable_gradient_checkpointing(gradient_checkpointing_func=_full_region)
     elif plan.checkpointing == "selective":
         transformer.enable_gradient_checkpointing(
             gradient_checkpointing_func=partial(_checkpoint_selective, keep_blocks=plan.keep_attention_blocks))

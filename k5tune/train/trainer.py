@@ -48,7 +48,7 @@ from k5tune.train.lora import (
 from k5tune.train.lora_formats import convert_file
 from k5tune.train.metrics import MetricsLog, NullMetrics, Tracker, plot_loss, truncate_metrics
 from k5tune.train.offload import enable_group_offload, place_for_offload
-from k5tune.train.speed import SpeedPlan, apply_speed_plan, compiles_blocks
+from k5tune.train.speed import SpeedPlan, apply_speed_plan, blocks_may_compile, compiles_blocks
 from k5tune.validate.runner import ValidationVideo, check_validation_images, run_validation
 
 
@@ -211,10 +211,8 @@ class Trainer:
         self.params = lora_parameters(transformer)
         for p in self.params:
             p.data = p.data.float()
-        #    The blocks are compiled whole unless offload or FSDP2 wrap each block in their own checkpoint,
-        #    or the base is quantised (torchao's tensors inside a compiled block are not measured yet).
-        self.speed = speed_plan(cfg, self.runtime.is_cuda,
-                                compile_blocks=not (offload or cfg.activations_offloaded or self.fsdp or quantized))
+        self.speed = speed_plan(cfg, self.runtime.is_cuda, compile_blocks=blocks_may_compile(
+            offloaded=offload or cfg.activations_offloaded, sharded=self.fsdp, quantized=quantized))
         apply_speed_plan(transformer, self.speed)
         if compiles_blocks(self.speed, transformer):
             progress.log("note: the first steps also compile the transformer blocks (torch.compile: ~40 s for Lite "
