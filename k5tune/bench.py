@@ -19,7 +19,7 @@ import torch
 
 from k5tune.config.frames import latent_frames, parse_resolution, snap_resolution
 from k5tune.models.flavours import FLAVOURS
-from k5tune.train.speed import SpeedPlan, apply_speed_plan, blocks_may_compile
+from k5tune.train.speed import SpeedPlan, apply_speed_plan, blocks_may_compile, offloads_saved_activations
 
 TEXT_TOKENS = 128  # a typical caption after the template cut
 LORA_TARGETS = ["to_query", "to_key", "to_value", "out_layer", "feed_forward"]  # attention + feed-forward
@@ -172,10 +172,13 @@ def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
     for p in params:
         p.data = p.data.float()
     offload_weights = bool(bench.offload_blocks_per_group)
-    offloaded = offload_weights or bench.activations_offloaded
-    compilable = blocks_may_compile(offloaded=offloaded, sharded=False, quantized=bench.base_precision != "no_change")
-    apply_speed_plan(transformer, bench.plan if compilable else replace(bench.plan, compile_blocks=False))
-    if offloaded:
+    compilable = blocks_may_compile(offloaded=offload_weights, sharded=False,
+                                    quantized=bench.base_precision != "no_change")
+    plan = replace(bench.plan, offload_activations=bench.activations_offloaded)
+    if not compilable:
+        plan = replace(plan, compile_blocks=False)
+    apply_speed_plan(transformer, plan)
+    if offload_weights or (bench.activations_offloaded and not offloads_saved_activations(plan, transformer)):
         from k5tune.train.offload import enable_group_offload
 
         enable_group_offload(transformer, bench.offload_blocks_per_group or 1, bench.offload_stream or not offload_weights,

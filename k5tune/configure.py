@@ -139,9 +139,9 @@ class MemoryPreset:
 
 
 # Measured on an H100 (benchmarks/results/2026-11-27-h100.md), Lite at 512x768, 61 frames, LoRA rank 32 on
-# attention + feed-forward: selective checkpointing 1.73 s/step, 12.5 GiB; full 2.03 s, 10.4 GiB; int8 base
-# 1.96 s, 10.4 GiB; activation offload 2.18 s, 8.1 GiB; group offload 1 block/group + stream (+ activation
-# offload) 2.17 s, 4.1 GiB. Caching: VAE encode of one clip 12.2 GiB plain, 10.4 with patch conv, 2.6 with
+# attention + feed-forward: selective checkpointing 1.73 s/step, 12.5 GiB; with activation offload 1.74 s,
+# 7.2 GiB (`k5tune train`, run 25); full 2.03 s, 10.4 GiB; int8 base 1.96 s, 10.4 GiB; group offload 1
+# block/group + stream (+ activation offload) 2.17 s, 4.1 GiB. Caching: VAE encode of one clip 12.2 GiB plain, 10.4 with patch conv, 2.6 with
 # tiling (blended, not exact); Qwen2.5-VL streamed from CPU memory with offload_during_startup (1.6 GiB).
 # Each preset leaves ~1 GiB spare on the smallest card of its row.
 _GROUP_OFFLOAD = {"enable_group_offload": True, "group_offload_type": "block_level",
@@ -160,9 +160,10 @@ MEMORY_PRESETS: dict[str, MemoryPreset] = {
         MemoryPreset(
             "16gb", "16 GB card (RTX 4060 Ti 16GB, 4080, 5080)",
             {"offload_during_startup": True, "vae_enable_patch_conv": True, "gradient_checkpointing": True,
-             "gradient_checkpointing_policy": "full", "offload_activations": True},
-            "activation offload: block inputs wait for backward in CPU memory, Lite 512x768x61 in 8.1 GiB at "
-            "2.18 s/step; sliced VAE convolutions (caching 10.4 GiB)",
+             "gradient_checkpointing_policy": "selective", "offload_activations": True},
+            "activation offload: what each block keeps for backward waits in CPU memory, Lite 512x768x61 in "
+            "7.2 GiB at 1.74 s/step (as fast as without; 5 GiB of pinned CPU memory); sliced VAE convolutions "
+            "(caching 10.4 GiB)",
         ),
         MemoryPreset(
             "16gb-int8", "16 GB card, int8 base (torchao installed)",
@@ -199,7 +200,9 @@ PRESET_KEYS = ("offload_during_startup", "vae_enable_patch_conv", "vae_enable_ti
                "gradient_checkpointing_policy", "base_model_precision", "enable_group_offload",
                "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream",
                "offload_activations", "fsdp_enable")
-PRO_MIN_GIB = 70.0  # one 80 GB card reports ~79 GiB; Pro's bf16 weights alone are ~40 GiB
+PRO_MIN_GIB = 70.0  # one 80 GB card reports ~79 GiB; Pro selective, weights on the GPU: 66.2 GiB measured
+# Pro selective + activation offload: 45.1 GiB measured (run 24); 48 GB cards report ~47.4 GiB
+PRO_ACTIVATION_OFFLOAD_MIN_GIB = 47.0
 PRO_OFFLOAD_MIN_GIB = 13.0  # Pro with group offload + stream: 11.4 GiB measured
 PRO_FSDP_MIN_GIB = 42.0  # FSDP2 on 2 GPUs: 38.7 GiB per GPU with offload_activations; a 40 GB card (~39.4 GiB)
 # leaves too little for the CUDA context and fragmentation, so those get group offload (still listed)
@@ -242,9 +245,15 @@ def pro_presets(total_gib: float, processes: int) -> list[MemoryPreset]:
             "each GPU holds its share of the weights: on 2 H100s 40.7 GiB per GPU (38.7 with "
             "offload_activations), 6.3 s per clip",
         ))
+    selective = {**low, "gradient_checkpointing_policy": "selective"}
     presets.append(MemoryPreset(
-        "pro-80gb", "Pro on 80 GB cards", {**low, "offload_activations": True},
-        "weights on the GPU, activation offload: 50.4 GiB at 9.2 s/step",
+        "pro-48gb", "Pro on one card of 48 GB or more", {**selective, "offload_activations": True},
+        "weights on the GPU, what each block keeps for backward in pinned CPU memory (23 GiB per process): "
+        "45.1 GiB at 7.7 s/step",
+    ))
+    presets.append(MemoryPreset(
+        "pro-80gb", "Pro on 80 GB cards", selective,
+        "everything on the GPU, selective checkpointing: 66.2 GiB at 7.7 s/step",
     ))
     return presets
 
@@ -252,8 +261,11 @@ def pro_presets(total_gib: float, processes: int) -> list[MemoryPreset]:
 def recommended_pro_preset(total_gib: float, processes: int) -> str:
     if total_gib >= PRO_MIN_GIB:
         return "pro-80gb"
+    # (FSDP2 is measured on several GPUs; compiled blocks with data-parallel Pro are not yet)
     if processes > 1 and total_gib >= PRO_FSDP_MIN_GIB:
         return "pro-fsdp2"
+    if total_gib >= PRO_ACTIVATION_OFFLOAD_MIN_GIB:
+        return "pro-48gb"
     return "pro-group-offload"
 
 
@@ -847,8 +859,9 @@ class Wizard:
             processes = self.config.get("num_processes", 1)
             recommended = recommended_pro_preset(total, processes)
             self.io.say("  Pro (≈19B): " + {
-                "pro-80gb": f"its weights fit a {total:.0f} GiB card; activation offload keeps the peak at "
-                            "~50 GiB (measured on an H100)",
+                "pro-80gb": f"it fits a {total:.0f} GiB card whole (66.2 GiB, 7.7 s/step measured on an H100)",
+                "pro-48gb": f"its weights fit a {total:.0f} GiB card; activation offload keeps the peak at "
+                            "45.1 GiB (7.7 s/step measured on an H100)",
                 "pro-fsdp2": f"FSDP2 shards it over the {processes} GPUs (fsdp_enable"
                              + (" + offload_activations: 38.7 GiB per GPU on 2 H100s)"
                                 if total < PRO_FSDP_OFFLOAD_BELOW_GIB else ": 40.7 GiB per GPU on 2 H100s)"),

@@ -8,10 +8,10 @@ keeps, and the working set of the block being recomputed. The memory settings ch
 are on the GPU: group offload keeps only two groups of block weights there, offload_activations moves
 the block inputs to pinned CPU memory, FSDP2 shards weights and LoRA state over the processes.
 
-Two constants are fitted, each on ONE measurement (H100, benchmarks/results/2026-11-27-h100.md):
-TRANSIENT_PER_TOKEN_DIM (the recompute working set; Lite, full checkpointing, run 3) and
-ACTIVATION_OFFLOAD_RESIDUE (what offload_activations leaves on the GPU; Lite, offload_activations
-alone, run 12). Every other measured figure is a prediction: k5tune/estimate_check.py lists them and
+Three constants are fitted, each on ONE measurement (H100, benchmarks/results/2026-11-27-h100.md):
+TRANSIENT_PER_TOKEN_DIM (the recompute working set; Lite, full checkpointing, run 3),
+ACTIVATION_OFFLOAD_RESIDUE (what offload_activations leaves on the GPU with eager blocks; Lite, run 12)
+and SAVED_OFFLOAD_RESIDUE (the same with compiled blocks, the default on a GPU; Lite, run 23). Every other measured figure is a prediction: k5tune/estimate_check.py lists them and
 `k5tune estimate --check` (and tests/test_estimate.py) compare. Caching is two phases, text then
 video, and its peak is the larger: the text encoders' weights are counted from the real classes
 (Qwen2.5-VL-7B 15.4 GiB, or one streamed part of it at a time, see
@@ -41,6 +41,11 @@ TRANSIENT_PER_TOKEN_DIM = 2.47 * GIB / (24576 * 1792)
 # measured, Lite with offload_activations alone, run 12, minus the counted terms) / 84 MiB per hidden
 # state; Pro (4096 wide, 60 blocks) is then predicted within 1.5 %.
 ACTIVATION_OFFLOAD_RESIDUE = 7.1
+# The same for compiled blocks, whose saved-tensor hooks move the block input and the kept attention
+# outputs (k5tune/train/activation_offload.py): 2.1 hidden states' worth stays on the GPU (copies in
+# flight, the block fetched ahead). Fitted on Lite, selective + offload_activations (run 23: 7.64 GiB);
+# Pro (45.09 GiB, run 24) is then predicted within 0.3 %.
+SAVED_OFFLOAD_RESIDUE = 2.1
 ADAM_BYTES_PER_LORA_PARAM = 16  # fp32 weight + gradient + two AdamW moments
 # Bytes per output row beside the 1-byte elements, as torchao stores weight-only int8 / fp8 (version 2
 # tensors): an fp32 scale, and for int8 an int8 zero point. Counted this way the quantised bytes equal
@@ -132,12 +137,22 @@ class TrainingSettings:
     fsdp_processes: int = 1  # fsdp_enable over this many processes (1: not sharded)
     fsdp_reshard: bool = True  # fsdp_reshard_after_forward
     tread: tuple[tuple[float, int, int], ...] = ()  # TREAD routes: (selection ratio, first, last visual block)
+    # the blocks run op by op (fused_kernels false, or measured before blocks were compiled whole); by
+    # default on a GPU each block is one compiled region
+    eager_blocks: bool = False
 
     @property
     def recomputes_fully(self) -> bool:
-        """Group offload and activation offload run every block through the offloader's own
-        checkpoint, which recomputes the whole block whatever gradient_checkpointing_policy says."""
-        return bool(self.group_offload_blocks) or self.offload_activations
+        """Group offload, and activation offload of eager blocks (group offload, FSDP2 and an int8/fp8
+        base keep blocks eager), run every block through the offloader's own checkpoint, which
+        recomputes the whole block whatever gradient_checkpointing_policy says."""
+        eager = self.eager_blocks or self.fsdp_processes > 1 or self.base_precision != "no_change"
+        return bool(self.group_offload_blocks) or (self.offload_activations and eager)
+
+    @property
+    def offloads_saved_tensors(self) -> bool:
+        """Compiled blocks with activation offload: what each block saves (input, kept attention) moves."""
+        return self.offload_activations and not self.recomputes_fully
 
     def problem(self) -> str | None:
         """Why this combination cannot be estimated (or cannot train), or None."""
@@ -203,6 +218,7 @@ def settings_from_config(cfg, processes: int | None = None, flavour: str | None 
         blocks = FLAVOURS[flavour].transformer_config["num_visual_blocks"]
         tread = tuple((r.ratio, r.start, r.end) for r in resolve_routes(cfg.tread_config, blocks))
     return TrainingSettings(
+        eager_blocks=not cfg.fused_kernels,
         checkpointing=cfg.gradient_checkpointing_policy if cfg.gradient_checkpointing else "none",
         group_offload_blocks=cfg.group_offload_blocks_per_group if offload else None,
         offload_stream=cfg.group_offload_use_stream or not offload,  # (no effect without group offload)
@@ -258,7 +274,9 @@ def _block_inputs(tokens: list[int], full: int, hidden: int, settings: TrainingS
     above what moving the inputs out predicts (30.1 GiB; 40.7 GiB measured without it, run 14). It ran
     an earlier build of the FSDP2 code than run 14 and the cause is not known, so until it is measured
     again the estimate takes activation offload to save nothing under FSDP2: the safe side."""
-    if settings.offload_activations and settings.fsdp_processes == 1:
+    if settings.offloads_saved_tensors:
+        inputs = SAVED_OFFLOAD_RESIDUE * max(tokens) * hidden
+    elif settings.offload_activations and settings.fsdp_processes == 1:
         inputs = ACTIVATION_OFFLOAD_RESIDUE * max(tokens) * hidden
     else:
         inputs = sum(tokens) * hidden
@@ -279,7 +297,7 @@ def training_terms(flavour: str, shape: TrainingShape, settings: TrainingSetting
     hidden = 2 * d  # bytes per token of one bf16 hidden state
     lora = lora_parameter_count(config, shape.rank, shape.targets) * ADAM_BYTES_PER_LORA_PARAM
     kept = 0
-    if settings.checkpointing == "selective" and not settings.recomputes_fully:
+    if settings.checkpointing == "selective" and not settings.recomputes_fully and not settings.offloads_saved_tensors:
         keep = blocks if settings.keep_attention_blocks is None else min(blocks, settings.keep_attention_blocks)
         kept = sum(tokens[:keep]) * hidden  # the self-attention output of each block
     working = TRANSIENT_PER_TOKEN_DIM * max(tokens) * d + 2 * weights.largest_linear  # + one dequantised weight
@@ -302,7 +320,11 @@ def pinned_cpu_gib(flavour: str, shape: TrainingShape, settings: TrainingSetting
     pinned = (weight_count(flavour, settings.base_precision, settings.modulation_fp32).blocks
               if settings.group_offload_blocks else 0)
     if settings.offload_activations:
-        pinned += sum(_tokens_per_block(config["num_visual_blocks"], shape, settings)) * 2 * config["model_dim"]
+        tokens = _tokens_per_block(config["num_visual_blocks"], shape, settings)
+        pinned += sum(tokens) * 2 * config["model_dim"]
+        if settings.offloads_saved_tensors and settings.checkpointing == "selective":  # the kept attention too
+            keep = len(tokens) if settings.keep_attention_blocks is None else settings.keep_attention_blocks
+            pinned += sum(tokens[:keep]) * 2 * config["model_dim"]
     return pinned / GIB
 
 
@@ -399,9 +421,9 @@ def caching_peak_gib(shape: TrainingShape, offload_during_startup: bool, patch_c
 
 def candidate_settings(processes: int = 1, user: TrainingSettings | None = None) -> list[TrainingSettings]:
     """What `estimate` tries in turn, fastest first. Step times measured on an H100 at 512x768x61
-    (Lite / Pro): selective 1.73 / 7.68 s (blocks compiled); int8 base 1.96 s (fp8 1.91); full
-    checkpointing 2.03 s; activation offload 2.18 / 9.19 s; group offload with stream and activation
-    offload 2.17 / 9.34 s; int8 base
+    (Lite / Pro): selective 1.73 / 7.68 s (blocks compiled); selective with activation offload 1.74 /
+    7.69 s; int8 base 1.96 s (fp8 1.91); full checkpointing 2.03 s; full with activation offload
+    2.10 / 8.67 s; group offload with stream and activation offload 2.17 / 9.34 s; int8 base
     with activation offload - / 9.75 s; group offload without stream 2.33 s. Where the speed is about
     the same, the exact bf16 base comes before int8, and less CPU memory before less GPU memory. FSDP2
     (processes > 1) comes last: 12.52 s per step on 2 GPUs (Pro, full checkpointing), slower than each
@@ -411,6 +433,7 @@ def candidate_settings(processes: int = 1, user: TrainingSettings | None = None)
     group = {"group_offload_blocks": 1, "offload_activations": True}  # activation offload: group offload's default
     options = [
         TrainingSettings("selective"),
+        TrainingSettings("selective", offload_activations=True),
         TrainingSettings("selective", base_precision="int8"),
         TrainingSettings("full"),
         TrainingSettings("full", offload_activations=True),

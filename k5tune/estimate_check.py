@@ -3,8 +3,9 @@
 Each check names where its measured figure is (file, which JSON row, which value) and what the
 estimate computes for it. All measured on H100 80GB cards with the full-size models (random weights),
 512x768x61 clips (24,576 tokens), batch 1, LoRA rank 32 on attention + feed-forward unless the label
-says otherwise. Two rows fitted a constant of k5tune/estimate.py ("fitted"): Lite full checkpointing
-(TRANSIENT_PER_TOKEN_DIM) and Lite activation offload alone (ACTIVATION_OFFLOAD_RESIDUE); the VAE rows
+says otherwise. Three rows fitted a constant of k5tune/estimate.py ("fitted"): Lite full checkpointing
+(TRANSIENT_PER_TOKEN_DIM), Lite activation offload alone with eager blocks (ACTIVATION_OFFLOAD_RESIDUE)
+and Lite selective + activation offload with compiled blocks (SAVED_OFFLOAD_RESIDUE); the VAE rows
 are its anchors ("anchor"); the text phase of caching is a worst-case bound ("bound": 8 of the longest
 captions), checked to be above what was measured. Every other row is a prediction.
 """
@@ -124,7 +125,7 @@ CHECKS: list[Check] = [
                                                                       **{"group_offload.stream": True}),
           _train(LITE, offload_activations=True, **_GROUP)),
     Check("Lite, activation offload alone", _bench("h100-run12", flavour=LITE, group_offload=None),
-          _train(LITE, offload_activations=True), "fitted"),
+          _train(LITE, offload_activations=True, eager_blocks=True), "fitted"),
     Check("Lite, int8 base", _bench("h100-run15", flavour=LITE, **{"base_precision.precision": "int8"}),
           _train(LITE, base_precision="int8")),
     Check("Lite, fp8 base", _bench("h100-run15", flavour=LITE, **{"base_precision.precision": "fp8"}),
@@ -134,7 +135,7 @@ CHECKS: list[Check] = [
           _train(PRO, keep_attention_blocks=24)),
     Check("Pro, group offload + stream, weights only", _bench("h100-run11", flavour=PRO), _train(PRO, **_GROUP)),
     Check("Pro, activation offload alone", _bench("h100-run12", flavour=PRO, group_offload=None),
-          _train(PRO, offload_activations=True)),
+          _train(PRO, offload_activations=True, eager_blocks=True)),
     Check("Pro, group offload + stream + activation offload", _bench("h100-run12", flavour=PRO,
                                                                      **{"group_offload.stream": True}),
           _train(PRO, offload_activations=True, **_GROUP)),
@@ -158,7 +159,7 @@ CHECKS: list[Check] = [
           _bench("h100-run16", **{"group_offload.type": "leaf_level"}),
           _train(LITE, offload_activations=True, **_GROUP)),
     Check("Pro, activation offload alone, bf16 modulation", _bench("h100-run19", **{"plan.checkpointing": "full"}),
-          _train(PRO, offload_activations=True, modulation_fp32=False)),
+          _train(PRO, offload_activations=True, modulation_fp32=False, eager_blocks=True)),
     Check("Pro, selective (all attention kept, compiled), bf16 modulation",
           _bench("h100-run19", group_offload=None, **{"plan.checkpointing": "selective"}),
           _train(PRO, modulation_fp32=False)),
@@ -170,6 +171,27 @@ CHECKS: list[Check] = [
     Check("k5tune train, the same with TREAD (0.5, blocks 2..30)",
           Source("2026-11-27-h100-run20/train_summary.json", "peak_gib"),
           _train(LITE, modulation_fp32=False, tread=((0.5, 2, 30),))),
+    # fourth session: activation offload of compiled blocks, the checkpointing policy kept (runs 23-25)
+    Check("Lite, selective + activation offload, blocks compiled",
+          _bench("h100-run23", offload_activations=True, modulation_bf16_saved_gib=None,
+                 **{"plan.checkpointing": "selective"}),
+          _train(LITE, offload_activations=True), "fitted"),
+    Check("Lite, selective + activation offload, blocks compiled, bf16 modulation",
+          _bench("h100-run23", offload_activations=True, **{"plan.checkpointing": "selective",
+                                                           "modulation_bf16_saved_gib": 0.5171213150024414}),
+          _train(LITE, offload_activations=True, modulation_fp32=False)),
+    Check("Lite, full checkpointing + activation offload, blocks compiled",
+          _bench("h100-run23", offload_activations=True, **{"plan.checkpointing": "full"}),
+          _train(LITE, checkpointing="full", offload_activations=True)),
+    Check("Pro, selective + activation offload, blocks compiled, bf16 modulation",
+          _bench("h100-run24", **{"plan.checkpointing": "selective"}),
+          _train(PRO, offload_activations=True, modulation_fp32=False)),
+    Check("Pro, full checkpointing + activation offload, blocks compiled, bf16 modulation",
+          _bench("h100-run24", **{"plan.checkpointing": "full"}),
+          _train(PRO, checkpointing="full", offload_activations=True, modulation_fp32=False)),
+    Check("k5tune train, offload_activations (selective, compiled), bf16 modulation",
+          Source("2026-11-27-h100-run25/train_summary.json", "peak_gib"),
+          _train(LITE, offload_activations=True, modulation_fp32=False)),
     Check("k5tune train, example config: training (rank 16, attention)", Source(_TRAIN15, "training_peak_gib"),
           _whole_train("training")),
     Check("k5tune train, example config: caching", Source(_TRAIN15, "caching_peak_gib"), _whole_train("caching")),

@@ -346,7 +346,9 @@ def test_pro_on_a_card_too_small_even_for_group_offload_recommends_lite(workdir)
     [
         (23.5, 1, "group offload streams its blocks from CPU memory (11.4 GiB", "pro-group-offload",
          {"enable_group_offload": True, "group_offload_use_stream": True, "group_offload_blocks_per_group": 1}),
-        (79.2, 1, "its weights fit a 79 GiB card", "pro-80gb",
+        (79.2, 1, "it fits a 79 GiB card whole", "pro-80gb",
+         {"offload_activations": None, "enable_group_offload": None, "fsdp_enable": None}),
+        (47.5, 1, "its weights fit a 48 GiB card; activation offload keeps the peak at 45.1 GiB", "pro-48gb",
          {"offload_activations": True, "enable_group_offload": None, "fsdp_enable": None}),
         (39.4, 2, "group offload streams its blocks from CPU memory (11.4 GiB", "pro-group-offload",
          {"enable_group_offload": True, "fsdp_enable": None, "num_processes": 2}),
@@ -354,9 +356,9 @@ def test_pro_on_a_card_too_small_even_for_group_offload_recommends_lite(workdir)
          {"fsdp_enable": True, "offload_activations": True, "enable_group_offload": None, "num_processes": 2}),
         (47.5, 2, "FSDP2 shards it over the 2 GPUs (fsdp_enable: 40.7 GiB", "pro-fsdp2",
          {"fsdp_enable": True, "offload_activations": None}),
-        (79.2, 2, "its weights fit a 79 GiB card", "pro-80gb", {"fsdp_enable": None, "num_processes": 2}),
+        (79.2, 2, "it fits a 79 GiB card whole", "pro-80gb", {"fsdp_enable": None, "num_processes": 2}),
     ],
-    ids=["1x24GB", "1x80GB", "2x40GB", "2x43GB", "2x48GB", "2x80GB"],
+    ids=["1x24GB", "1x80GB", "1x48GB", "2x40GB", "2x43GB", "2x48GB", "2x80GB"],
 )
 def test_pro_advice_follows_the_gpus(workdir, memory, count, advice, preset, expected):
     gpus = {"gpus": "2"} if count > 1 else {}
@@ -366,14 +368,16 @@ def test_pro_advice_follows_the_gpus(workdir, memory, count, advice, preset, exp
     assert f"[{preset}]" in next(p for p in terminal.prompts if "Memory preset" in p)
     config = read("config/config.json")
     assert config["model_flavour"] == "t2v-pro-sft-5s-hd"
-    assert config["gradient_checkpointing_policy"] == "full" and config["offload_during_startup"] is True
+    # the presets that keep the weights on the GPU keep selective checkpointing (compiled blocks)
+    policy = "selective" if preset in ("pro-80gb", "pro-48gb") else "full"
+    assert config["gradient_checkpointing_policy"] == policy and config["offload_during_startup"] is True
     for key, value in expected.items():
         assert config.get(key) == value, key
     load_config("config/config.json")
 
 
 def test_pro_fsdp2_is_offered_only_with_several_gpus(workdir):
-    terminal = wizard(script(flavour="i2v-pro-sft-5s", gpu="48"))
+    terminal = wizard(script(flavour="i2v-pro-sft-5s", gpu="40"))
     assert "pro-fsdp2" not in terminal.output and "pro-group-offload" in terminal.output
     config = read("config/config.json")
     assert config["model_flavour"] == "i2v-pro-sft-5s" and config["enable_group_offload"] is True

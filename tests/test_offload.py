@@ -142,17 +142,17 @@ def test_offloaded_backward_recomputes_under_the_same_autocast(tiny_model_dir):
 def test_activation_offload_gives_the_same_lora(tmp_path, monkeypatch, tiny_model_dir, with_weights):
     """The saved block inputs travel through CPU memory (every one, for the tiny model) and training
     ends where plain full checkpointing does."""
-    import k5tune.train.offload as offload
+    import k5tune.train.activation_offload as activation_offload
 
-    monkeypatch.setattr(offload, "_MIN_OFFLOADED_ELEMENTS", 1)
+    monkeypatch.setattr(activation_offload, "MIN_OFFLOADED_ELEMENTS", 1)
     stashed = []
-    original = offload._StashedTensor.__init__
+    original = activation_offload.StashedTensor.__init__
 
     def counting_init(self, tensor, stream):
         stashed.append(tuple(tensor.shape))
         original(self, tensor, stream)
 
-    monkeypatch.setattr(offload._StashedTensor, "__init__", counting_init)
+    monkeypatch.setattr(activation_offload.StashedTensor, "__init__", counting_init)
     expected = train_lora(tmp_path / "plain", tiny_model_dir, {**RUN, "gradient_checkpointing_policy": "full"},
                           monkeypatch)
     assert not stashed

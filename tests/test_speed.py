@@ -76,6 +76,7 @@ def test_fast_path_equals_stock_forward_and_lora_gradients(tiny_model_dir, check
 def test_compiled_blocks_equal_the_eager_fast_path(tiny_model_dir, checkpointing):
     import torch._dynamo.utils
 
+    torch._dynamo.reset()  # graphs other tests compiled for the same regions would be reused
     eager, compiled = eager_and_compiled_blocks(tiny_model_dir, checkpointing)
     torch._dynamo.utils.counters.clear()
     eager_loss, eager_grads = _loss_and_grads(eager.train(), torch.float32)

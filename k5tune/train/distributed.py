@@ -85,7 +85,10 @@ def init_from_env() -> Dist:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+            # naming the device binds NCCL to it (else it guesses from the rank and warns that a guess can hang)
+            dist.init_process_group(backend="nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group(backend="gloo")
     return Dist(rank=rank, world=world, local_rank=local_rank)
 
 

@@ -22,15 +22,19 @@ gradient step runs. Lowest memory, more transfers. Tiny weights used outside the
 `offload_activations` also moves what a checkpointed block keeps for its backward (its large input,
 the residual stream: tokens x dim x 2 bytes, 88 MB per block for Lite at 512x768x61) to pinned CPU
 memory, and brings it back one block ahead in backward. It works with or without weight offload.
+(Compiled blocks, without weight offload, offload what they save through saved-tensor hooks instead
+and keep their checkpointing policy: activation_offload.py.)
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 from torch import nn
+
+from k5tune.train import activation_offload
+from k5tune.train.activation_offload import StashedTensor
 
 
 class _Group:
@@ -100,53 +104,6 @@ class _Group:
                 setattr(p, name, tensor)
         else:
             p.data = stored
-
-
-# Saved block inputs smaller than this stay where they are (text tokens, time embeddings): moving them
-# costs a transfer and saves nothing worth having. Shared inputs (RoPE) need no gradient and stay too.
-# (K5TUNE_MIN_OFFLOADED_ELEMENTS overrides it: tests move every input of a tiny model.)
-_MIN_OFFLOADED_ELEMENTS = int(os.environ.get("K5TUNE_MIN_OFFLOADED_ELEMENTS", 2**20))
-
-
-class _StashedTensor:
-    """One saved block input while it waits for backward in CPU memory."""
-
-    def __init__(self, tensor: torch.Tensor, stream: torch.cuda.Stream | None):
-        self.device = tensor.device
-        self.gpu: torch.Tensor | None = None
-        self.ready: torch.cuda.Event | None = None
-        if tensor.device.type != "cuda":  # CPU runs (tests): a copy, so the path is the same
-            self.cpu = tensor.detach().clone()
-            return
-        self.cpu = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        if stream is None:
-            self.cpu.copy_(tensor.detach(), non_blocking=True)
-            return
-        stream.wait_stream(torch.cuda.current_stream())  # the tensor is complete before it is copied
-        with torch.cuda.stream(stream):
-            self.cpu.copy_(tensor.detach(), non_blocking=True)
-        tensor.record_stream(stream)  # its memory is not reused until the copy is done
-
-    def prefetch(self, stream: torch.cuda.Stream | None) -> None:
-        if self.gpu is not None or self.device.type != "cuda":
-            return
-        if stream is None:
-            self.gpu = self.cpu.to(self.device, non_blocking=True)
-            return
-        with torch.cuda.stream(stream):
-            self.gpu = self.cpu.to(self.device, non_blocking=True)
-            self.ready = torch.cuda.Event()
-            self.ready.record(stream)
-
-    def fetch(self, stream: torch.cuda.Stream | None) -> torch.Tensor:
-        if self.device.type != "cuda":
-            return self.cpu
-        self.prefetch(stream)
-        if self.ready is not None:
-            torch.cuda.current_stream().wait_event(self.ready)
-            self.gpu.record_stream(torch.cuda.current_stream())
-        tensor, self.gpu = self.gpu, None
-        return tensor
 
 
 # leaf_level: layers with fewer frozen weights than this stay on the GPU (norm weights).
@@ -220,7 +177,7 @@ class GroupOffloader:
                             tensor.data = tensor.data.to(self.compute)
         self.stream = torch.cuda.Stream(self.compute) if (use_stream and cuda) else None
         self.offload_activations = offload_activations
-        self.stashes: list[list[_StashedTensor | None]] = []  # per block call of this forward pass
+        self.stashes: list[list[StashedTensor | None]] = []  # per block call of this forward pass
         if cuda:
             torch.cuda.empty_cache()
 
@@ -228,8 +185,9 @@ class GroupOffloader:
         """Send the large inputs a block keeps for backward to the CPU; returns (call index, kept ones)."""
         if block is self.first_block:
             self.stashes = []  # a new forward pass
-        moved = [(_StashedTensor(t, self.stream) if self.offload_activations and t.requires_grad
-                  and t.numel() >= _MIN_OFFLOADED_ELEMENTS else None) for t in tensors]
+        # (shared inputs, RoPE, need no gradient and stay)
+        moved = [(StashedTensor(t, self.stream) if self.offload_activations and t.requires_grad
+                  and t.numel() >= activation_offload.MIN_OFFLOADED_ELEMENTS else None) for t in tensors]
         self.stashes.append(moved)
         kept = tuple(torch.empty(0) if m is not None else t for m, t in zip(moved, tensors, strict=True))
         return len(self.stashes) - 1, kept

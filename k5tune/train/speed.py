@@ -12,6 +12,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from k5tune.train.activation_offload import SavedActivationOffload
+
 # Preference per `attention_backend`. cuDNN first on Hopper: measured ~1.6x faster than flash at
 # head dim 64 (SPEC §10); SDPA falls through the list when a kernel cannot take the inputs (e.g. a mask).
 _BACKENDS = {
@@ -43,6 +45,9 @@ class SpeedPlan:
     # without checkpointing.
     compile_blocks: bool | None = None
     compile_backend: str = "inductor"  # (tests compile with "aot_eager": same graphs, no code generation)
+    # compiled blocks: what each block saves for backward (its input, the attention outputs kept) waits
+    # in pinned CPU memory (activation_offload.py); eager blocks offload through offload.py instead
+    offload_activations: bool = False
 
     def attention_context(self):
         backends = _BACKENDS.get(self.attention)
@@ -100,13 +105,17 @@ def _compiled_region(selective: bool, backend: str):
     return _compiled_regions[selective, backend]
 
 
-def _checkpoint_compiled(module, *args, selective: bool, keep_blocks: int | None, backend: str):
-    return _compiled_region(selective and _keeps_attention(module, keep_blocks), backend)(module, *args)
+def _checkpoint_compiled(module, *args, selective: bool, keep_blocks: int | None, backend: str,
+                         offload: SavedActivationOffload | None = None):
+    region = _compiled_region(selective and _keeps_attention(module, keep_blocks), backend)
+    with offload.around(module, args) if offload is not None else contextlib.nullcontext():
+        return region(module, *args)
 
 
 def blocks_may_compile(offloaded: bool, sharded: bool, quantized: bool) -> bool:
-    """Group/activation offload and FSDP2 wrap each block in their own checkpoint; torchao's int8/fp8
-    weights inside a compiled block are not measured yet. `k5tune train` and `k5tune bench` both ask here."""
+    """Group offload (`offloaded`: weights) and FSDP2 wrap each block in their own checkpoint; torchao's
+    int8/fp8 weights inside a compiled block are not measured yet. (Activation offload alone compiles:
+    the plan's `offload_activations`.) `k5tune train` and `k5tune bench` both ask here."""
     return not (offloaded or sharded or quantized)
 
 
@@ -116,6 +125,12 @@ def compiles_blocks(plan: SpeedPlan, transformer) -> bool:
     if plan.compile_blocks is not None:
         return plan.compile_blocks
     return next(transformer.parameters()).is_cuda
+
+
+def offloads_saved_activations(plan: SpeedPlan, transformer) -> bool:
+    """Whether the plan's compiled blocks offload their own saved activations (else, when activation
+    offload is wanted, the offloader's checkpoint does it: offload.py)."""
+    return plan.offload_activations and compiles_blocks(plan, transformer)
 
 
 def apply_speed_plan(transformer, plan: SpeedPlan) -> None:
@@ -132,9 +147,13 @@ def apply_speed_plan(transformer, plan: SpeedPlan) -> None:
     for index, block in enumerate(transformer.visual_transformer_blocks):
         block._k5_visual_index = index
     if compiled:
+        offload = None
+        if plan.offload_activations:
+            offload = SavedActivationOffload(first_block=[*transformer.text_transformer_blocks,
+                                                          *transformer.visual_transformer_blocks][0])
         transformer.enable_gradient_checkpointing(gradient_checkpointing_func=partial(
             _checkpoint_compiled, selective=plan.checkpointing == "selective", keep_blocks=plan.keep_attention_blocks,
-            backend=plan.compile_backend))
+            backend=plan.compile_backend, offload=offload))
     elif plan.checkpointing == "none":
         transformer.disable_gradient_checkpointing()
     elif plan.checkpointing == "full":

@@ -48,7 +48,13 @@ from k5tune.train.lora import (
 from k5tune.train.lora_formats import convert_file
 from k5tune.train.metrics import MetricsLog, NullMetrics, Tracker, plot_loss, truncate_metrics
 from k5tune.train.offload import enable_group_offload, place_for_offload
-from k5tune.train.speed import SpeedPlan, apply_speed_plan, blocks_may_compile, compiles_blocks
+from k5tune.train.speed import (
+    SpeedPlan,
+    apply_speed_plan,
+    blocks_may_compile,
+    compiles_blocks,
+    offloads_saved_activations,
+)
 from k5tune.validate.runner import ValidationVideo, check_validation_images, run_validation
 
 
@@ -88,7 +94,8 @@ def speed_plan(cfg, on_gpu: bool, compile_blocks: bool = True) -> SpeedPlan:
     blocks run eagerly, their element-wise groups still compiled."""
     checkpointing = cfg.gradient_checkpointing_policy if cfg.gradient_checkpointing else "none"
     return SpeedPlan(fast_path=cfg.fused_kernels, attention=cfg.attention_backend, checkpointing=checkpointing,
-                     compile=on_gpu, compile_blocks=on_gpu and compile_blocks)
+                     compile=on_gpu, compile_blocks=on_gpu and compile_blocks,
+                     offload_activations=cfg.activations_offloaded)
 
 
 def step_generator(seed: int, *parts: int) -> torch.Generator:
@@ -212,7 +219,7 @@ class Trainer:
         for p in self.params:
             p.data = p.data.float()
         self.speed = speed_plan(cfg, self.runtime.is_cuda, compile_blocks=blocks_may_compile(
-            offloaded=offload or cfg.activations_offloaded, sharded=self.fsdp, quantized=quantized))
+            offloaded=offload, sharded=self.fsdp, quantized=quantized))
         apply_speed_plan(transformer, self.speed)
         if compiles_blocks(self.speed, transformer):
             progress.log("note: the first steps also compile the transformer blocks (torch.compile: ~40 s for Lite "
@@ -226,7 +233,9 @@ class Trainer:
             if cfg.group_offload_use_stream and not self.runtime.is_cuda:
                 progress.log("note: group_offload_use_stream has no effect without a CUDA GPU")
             place_for_offload(transformer, self.runtime.device)
-        if offload or cfg.activations_offloaded:
+        if offload or (cfg.activations_offloaded and not offloads_saved_activations(self.speed, transformer)):
+            # (compiled blocks offload what they save themselves and keep the checkpointing policy; eager
+            # ones go through the offloader's checkpoint and are recomputed whole)
             # alone, activation offload copies on a side stream: the copies hide behind the compute
             enable_group_offload(transformer, cfg.group_offload_blocks_per_group,
                                  cfg.group_offload_use_stream or not offload,

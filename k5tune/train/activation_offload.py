@@ -1,0 +1,153 @@
+"""Activation offload: what a checkpointed block keeps for its backward waits in pinned CPU memory and
+comes back one block ahead in backward.
+
+Two users:
+- the offloader's own checkpoint (offload.py), for eager blocks (group offload, FSDP2, an int8/fp8
+  base): the block keeps only its input and is recomputed whole;
+- `SavedActivationOffload`, for compiled blocks (the default on a GPU): saved-tensor hooks around each
+  compiled block call see exactly what that block's one autograd Function saves — its input, and with
+  selective checkpointing the attention outputs it keeps — and move those. The block keeps its compiled
+  graph and its checkpointing policy, so memory goes down without the full recomputation (Lite
+  512x768x61: 12.5 -> ~7 GiB at the same step time, measured in benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from torch import nn
+
+# Saved tensors smaller than this stay where they are (text tokens, time embeddings, attention's
+# log-sum-exp): moving them costs a transfer and saves nothing worth having.
+# (K5TUNE_MIN_OFFLOADED_ELEMENTS overrides it: tests move every saved tensor of a tiny model.)
+MIN_OFFLOADED_ELEMENTS = int(os.environ.get("K5TUNE_MIN_OFFLOADED_ELEMENTS", 2**20))
+
+
+class StashedTensor:
+    """One saved tensor while it waits for backward in CPU memory. It comes back with the same strides:
+    a compiled backward assumes the layout its forward saved."""
+
+    def __init__(self, tensor: torch.Tensor, stream: torch.cuda.Stream | None):
+        self.device = tensor.device
+        self.gpu: torch.Tensor | None = None
+        self.ready: torch.cuda.Event | None = None
+        if tensor.device.type != "cuda":  # CPU runs (tests): a copy, so the path is the same
+            self.cpu = tensor.detach().clone()
+            return
+        self.cpu = torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, pin_memory=True)
+        if stream is None:
+            self.cpu.copy_(tensor.detach(), non_blocking=True)
+            return
+        stream.wait_stream(torch.cuda.current_stream())  # the tensor is complete before it is copied
+        with torch.cuda.stream(stream):
+            self.cpu.copy_(tensor.detach(), non_blocking=True)
+        tensor.record_stream(stream)  # its memory is not reused until the copy is done
+
+    def prefetch(self, stream: torch.cuda.Stream | None) -> None:
+        if self.gpu is not None or self.device.type != "cuda":
+            return
+        if stream is None:
+            self.gpu = self.cpu.to(self.device, non_blocking=True)
+            return
+        with torch.cuda.stream(stream):
+            self.gpu = self.cpu.to(self.device, non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record(stream)
+
+    def fetch(self, stream: torch.cuda.Stream | None) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return self.cpu
+        self.prefetch(stream)
+        if self.ready is not None:
+            torch.cuda.current_stream().wait_event(self.ready)
+            self.gpu.record_stream(torch.cuda.current_stream())
+        tensor, self.gpu, self.ready = self.gpu, None, None
+        return tensor
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    """Its elements fill their storage span without gaps or overlap (any order of dimensions), so a copy
+    made with the same strides is the same tensor. (torch has this test only as a private helper.)"""
+    expected = 1
+    for stride, size in sorted((st, n) for st, n in zip(tensor.stride(), tensor.size(), strict=True) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+class _BlockSaves:
+    """What one block call moved out, linked to the call before it (the one backward reaches next)."""
+
+    def __init__(self, previous: _BlockSaves | None):
+        self.stashes: list[StashedTensor] = []
+        self.previous = previous
+        self.prefetched = False
+
+    def prefetch(self, stream: torch.cuda.Stream | None) -> None:
+        if not self.prefetched:
+            self.prefetched = True
+            for stash in self.stashes:
+                stash.prefetch(stream)
+
+
+class _Moved:
+    """Stands for a saved tensor that is in CPU memory."""
+
+    __slots__ = ("block", "stash")
+
+    def __init__(self, block: _BlockSaves, stash: StashedTensor):
+        self.block, self.stash = block, stash
+
+
+class SavedActivationOffload:
+    """Saved-tensor hooks around each compiled block call: large saved tensors go to pinned CPU memory
+    on a side stream as soon as the block's forward is done; in backward, a block's first unpack brings
+    them back and starts bringing the previous block's."""
+
+    def __init__(self, first_block: nn.Module):
+        self.first_block = first_block
+        self.last: _BlockSaves | None = None
+        self._stream: torch.cuda.Stream | None = None
+
+    def _stream_for(self, tensor: torch.Tensor) -> torch.cuda.Stream | None:
+        if tensor.device.type != "cuda":
+            return None
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(tensor.device)
+        return self._stream
+
+    def around(self, block: nn.Module, args: tuple):
+        """The context to run one block call in."""
+        if not torch.is_grad_enabled():
+            return contextlib.nullcontext()
+        if block is self.first_block:
+            self.last = None  # a new forward pass: the previous one's chain is let go
+        saves = _BlockSaves(self.last)
+        self.last = saves
+        # inputs every block shares (RoPE, the text for cross-attention, the time embedding) stay: they
+        # live on beside the block anyway, so moving them would only add copies
+        shared = {a.untyped_storage().data_ptr() for a in args[1:] if isinstance(a, torch.Tensor)}
+
+        def pack(tensor: torch.Tensor):
+            if (isinstance(tensor, nn.Parameter) or tensor.numel() < MIN_OFFLOADED_ELEMENTS
+                    or type(tensor) is not torch.Tensor or not _dense(tensor)
+                    or tensor.untyped_storage().data_ptr() in shared):
+                return tensor
+            stash = StashedTensor(tensor, self._stream_for(tensor))
+            saves.stashes.append(stash)
+            return _Moved(saves, stash)
+
+        def unpack(saved):
+            if not isinstance(saved, _Moved):
+                return saved
+            stream = self._stream if saved.stash.device.type == "cuda" else None
+            saved.block.prefetch(stream)  # (all of this block's, if the previous block did not already)
+            tensor = saved.stash.fetch(stream)
+            if saved.block.previous is not None:
+                saved.block.previous.prefetch(stream)
+            return tensor
+
+        return torch.autograd.graph.saved_tensors_hooks(pack, unpack)

@@ -1,0 +1,90 @@
+"""Activation offload of compiled blocks: what each block saves travels through CPU memory, the
+checkpointing policy is kept, and training computes exactly what it computes without the offload."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import k5tune.train.activation_offload as activation_offload
+import k5tune.train.speed as speed
+from k5tune.train.speed import SpeedPlan, apply_speed_plan, offloads_saved_activations
+from tests.test_speed import _loss_and_grads, _tiny_with_live_lora
+
+
+def _compiled_pair(tiny_model_dir, checkpointing: str):
+    torch._dynamo.reset()  # graphs compiled by other tests (another _CHEAP_KEYS) are not reused
+    plain = _tiny_with_live_lora(tiny_model_dir)
+    moved = copy.deepcopy(plain)
+    plan = SpeedPlan(checkpointing=checkpointing, compile_blocks=True, compile_backend="aot_eager")
+    apply_speed_plan(plain, plan)
+    apply_speed_plan(moved, SpeedPlan(checkpointing=checkpointing, compile_blocks=True, compile_backend="aot_eager",
+                                      offload_activations=True))
+    return plain, moved
+
+
+@pytest.mark.parametrize("checkpointing", ["selective", "full"])
+def test_compiled_blocks_with_activation_offload_train_exactly_as_without(tiny_model_dir, monkeypatch, checkpointing):
+    import torch._dynamo.utils
+
+    monkeypatch.setattr(activation_offload, "MIN_OFFLOADED_ELEMENTS", 1)  # the tiny model's tensors are small
+    monkeypatch.setattr(speed, "_CHEAP_KEYS", 1)  # and its attention short: keep it all, as at full size
+    stashed: list[tuple[int, ...]] = []
+    original = activation_offload.StashedTensor.__init__
+
+    def counting_init(self, tensor, stream):
+        stashed.append(tuple(tensor.shape))
+        original(self, tensor, stream)
+
+    monkeypatch.setattr(activation_offload.StashedTensor, "__init__", counting_init)
+    plain, moved = _compiled_pair(tiny_model_dir, checkpointing)
+    plain_loss, plain_grads = _loss_and_grads(plain.train(), torch.float32)
+    assert not stashed
+    for _ in range(2):
+        torch._dynamo.utils.counters.clear()
+        for parameter in moved.parameters():
+            parameter.grad = None
+        moved_loss, moved_grads = _loss_and_grads(moved.train(), torch.float32)
+    # the second step compiled nothing: each call's hooks are new functions, and dynamo does not guard on them
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
+
+    torch.testing.assert_close(moved_loss, plain_loss, rtol=0, atol=0)
+    assert moved_grads.keys() == plain_grads.keys() and len(plain_grads) == 26 * 2
+    for name in plain_grads:
+        torch.testing.assert_close(moved_grads[name], plain_grads[name], rtol=0, atol=0, msg=name)
+
+    # every block call moved its input (batch 2 x 18 visual tokens x 96 wide, and the 7 text tokens);
+    # selective checkpointing also moved the attention outputs it keeps (batch x heads x tokens x head
+    # dim: the self- and cross-attention of the 2 visual blocks, the text block's self-attention)
+    assert stashed.count((2, 18, 96)) == 2 * 2 and stashed.count((2, 7, 96)) == 2
+    attention_outputs = stashed.count((2, 6, 18, 16)) + stashed.count((2, 6, 7, 16))
+    assert attention_outputs == (2 * (2 * 2 + 1) if checkpointing == "selective" else 0)
+
+
+def test_shared_inputs_and_weights_are_not_moved(tiny_model_dir, monkeypatch):
+    """RoPE, the text and the time embedding live on beside every block; the frozen weights are the
+    model's own: none of them is copied out."""
+    monkeypatch.setattr(activation_offload, "MIN_OFFLOADED_ELEMENTS", 1)
+    stashed_ids: list[int] = []
+    original = activation_offload.StashedTensor.__init__
+
+    def recording_init(self, tensor, stream):
+        stashed_ids.append(tensor.untyped_storage().data_ptr())
+        original(self, tensor, stream)
+
+    monkeypatch.setattr(activation_offload.StashedTensor, "__init__", recording_init)
+    _, moved = _compiled_pair(tiny_model_dir, "selective")
+    _loss_and_grads(moved.train(), torch.float32)
+    weights = {p.untyped_storage().data_ptr() for p in moved.parameters()}
+    assert stashed_ids and not weights.intersection(stashed_ids)
+
+
+def test_eager_blocks_leave_activation_offload_to_the_offloader(tiny_model_dir):
+    transformer = _tiny_with_live_lora(tiny_model_dir)
+    eager = SpeedPlan(compile=False, compile_blocks=False, offload_activations=True)
+    compiled = SpeedPlan(compile_blocks=True, compile_backend="aot_eager", offload_activations=True)
+    assert not offloads_saved_activations(eager, transformer)
+    assert offloads_saved_activations(compiled, transformer)
+    assert not offloads_saved_activations(SpeedPlan(compile_blocks=True), transformer)
