@@ -5,7 +5,11 @@ a gradient), the same inputs; compares the forward output and every LoRA gradien
 (stock processors, diffusers checkpointing) with ours (fused blocks, chosen attention kernel,
 selective checkpointing), by relative L2 error. Prints JSON.
 
+`--offload-activations` compares ours with activation offload (saved tensors through pinned CPU memory,
+two passes so the second reuses the first's pinned slabs) against ours without: it should be exact.
+
     python benchmarks/check_fast_path.py [--flavour t2v-lite-sft-5s] [--resolution 512x768] [--frames 61]
+                                         [--offload-activations]
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ def main() -> None:
     parser.add_argument("--resolution", default="512x768")
     parser.add_argument("--frames", type=int, default=61)
     parser.add_argument("--model", help="a diffusers folder (e.g. the tiny model) instead of the full-size config")
+    parser.add_argument("--offload-activations", action="store_true",
+                        help="reference: ours without offload; compared: ours with offload_activations")
+    parser.add_argument("--same", action="store_true",
+                        help="with --offload-activations: the compared model offloads nothing either (how much two "
+                             "identical runs differ: the kernels' own run-to-run variation)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bench = BenchConfig(flavour=args.flavour, resolution=args.resolution, frames=args.frames, device=str(device),
@@ -48,8 +57,12 @@ def main() -> None:
         if ".lora_B" in name:
             p.data = (torch.randn(p.shape, generator=generator) * 0.01).to(p.device, p.dtype)
     ours = copy.deepcopy(stock)
-    stock.enable_gradient_checkpointing()
-    apply_speed_plan(ours, SpeedPlan())
+    if args.offload_activations:  # the reference is our own step without the offload
+        apply_speed_plan(stock, SpeedPlan())
+        install_text_mask(stock)
+    else:
+        stock.enable_gradient_checkpointing()
+    apply_speed_plan(ours, SpeedPlan(offload_activations=args.offload_activations and not args.same))
     install_text_mask(ours)
     latents, text, pixel_size, gen = _inputs(stock, bench, device)
     noise = torch.randn(latents.shape, generator=gen)
@@ -63,10 +76,13 @@ def main() -> None:
             store.setdefault("out", output.detach())  # returns None: the output itself is left alone
 
         hook = model.register_forward_hook(keep_output, with_kwargs=True)
-        context = SpeedPlan().attention_context() if name == "ours" else torch.autocast("cuda", enabled=False)
-        with context:
-            loss = flow_matching_step_loss(model, latents, text, noise, sigmas, pixel_size, runtime)
-            loss.backward()
+        ours_kernels = name == "ours" or args.offload_activations
+        for _ in range(2 if args.offload_activations else 1):
+            model.zero_grad(set_to_none=True)
+            context = SpeedPlan().attention_context() if ours_kernels else torch.autocast("cuda", enabled=False)
+            with context:
+                loss = flow_matching_step_loss(model, latents, text, noise, sigmas, pixel_size, runtime)
+                loss.backward()
         hook.remove()
         outputs[name] = captured["out"]
         grads[name] = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -74,6 +90,8 @@ def main() -> None:
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "flavour": args.flavour, "resolution": args.resolution, "frames": args.frames,
+        "compared": ("ours against ours" if args.same else "ours with offload_activations against ours")
+                    if args.offload_activations else "ours against stock",
         "forward_relative_error": relative_error(outputs["ours"], outputs["stock"]),
         "lora_grad_relative_error_median": float(torch.tensor(grad_errors).median()),
         "lora_grad_relative_error_max": max(grad_errors),

@@ -59,12 +59,35 @@ class WeightCount:
 
     total: int
     blocks: int  # the text and visual blocks: what group offload moves and FSDP2 shards
+    blocks_pinned: int  # the same as group offload pins them: each weight rounded up to a power of two
     largest_block: int  # one visual block: the unit group offload moves and FSDP2 gathers
     largest_linear: int  # elements of the largest quantised linear (dequantised to bf16 while it computes)
 
     @property
     def outside_blocks(self) -> int:
         return self.total - self.blocks
+
+
+def _pinned_size(nbytes: int) -> int:
+    """What torch's pinned-memory allocator takes for a request: the next power of two."""
+    return 1 << max(nbytes - 1, 0).bit_length()
+
+
+def _arena_bytes(tensor_bytes: list[int]) -> int:
+    """Pinned memory of stashes packed in order into 1 GiB slabs, 4 KiB aligned (PinnedArena); a stash
+    larger than a slab gets its own allocation."""
+    from k5tune.train.activation_offload import PinnedArena
+
+    slabs, free, oversized = 0, 0, 0
+    for nbytes in tensor_bytes:
+        if nbytes > PinnedArena.SLAB_BYTES:
+            oversized += _pinned_size(nbytes)
+            continue
+        aligned = -(-nbytes // PinnedArena.ALIGN) * PinnedArena.ALIGN
+        if aligned > free:
+            slabs, free = slabs + 1, PinnedArena.SLAB_BYTES
+        free -= aligned
+    return slabs * PinnedArena.SLAB_BYTES + oversized
 
 
 @lru_cache(maxsize=8)
@@ -83,20 +106,22 @@ def weight_count(flavour: str, precision: str = "no_change", modulation_fp32: bo
     quantised = [m for block in blocks for m in base_linears(block)] if precision != "no_change" else []
     quantised_weights = {id(m.weight) for m in quantised}
 
-    def size(named) -> int:
+    def size(named, pinned: bool = False) -> int:
         total = 0
         for name, p in named:
             if id(p) in quantised_weights:
-                total += p.numel() + p.shape[0] * QUANTISED_ROW_BYTES[precision]
+                nbytes = p.numel() + p.shape[0] * QUANTISED_ROW_BYTES[precision]
             elif "modulation.out_layer" in name and not modulation_fp32 and precision == "no_change":
-                total += p.numel() * 2
+                nbytes = p.numel() * 2
             else:
-                total += p.numel() * (4 if any(k in name for k in keep) else 2)
+                nbytes = p.numel() * (4 if any(k in name for k in keep) else 2)
+            total += _pinned_size(nbytes) if pinned else nbytes
         return total
 
     return WeightCount(
         total=size(model.named_parameters()),
         blocks=sum(size(block.named_parameters()) for block in blocks),
+        blocks_pinned=sum(size(block.named_parameters(), pinned=True) for block in blocks),
         largest_block=size(model.visual_transformer_blocks[0].named_parameters()),
         largest_linear=max((m.weight.numel() for m in quantised), default=0),
     )
@@ -315,16 +340,20 @@ def training_peak_gib(flavour: str, shape: TrainingShape, settings: TrainingSett
 
 
 def pinned_cpu_gib(flavour: str, shape: TrainingShape, settings: TrainingSettings) -> float:
-    """Pinned CPU memory per process: the offloaded blocks' home copies and the offloaded block inputs."""
+    """Pinned CPU memory per process, as allocated: the offloaded blocks' home copies (each weight
+    rounded up to a power of two by torch's pinned allocator) and the offloaded activations (packed in
+    1 GiB slabs): per visual block its input, and with compiled selective blocks the attention it keeps."""
     config = FLAVOURS[flavour].transformer_config
-    pinned = (weight_count(flavour, settings.base_precision, settings.modulation_fp32).blocks
+    pinned = (weight_count(flavour, settings.base_precision, settings.modulation_fp32).blocks_pinned
               if settings.group_offload_blocks else 0)
     if settings.offload_activations:
+        hidden = 2 * config["model_dim"]
         tokens = _tokens_per_block(config["num_visual_blocks"], shape, settings)
-        pinned += sum(tokens) * 2 * config["model_dim"]
-        if settings.offloads_saved_tensors and settings.checkpointing == "selective":  # the kept attention too
+        keep = 0
+        if settings.offloads_saved_tensors and settings.checkpointing == "selective":
             keep = len(tokens) if settings.keep_attention_blocks is None else settings.keep_attention_blocks
-            pinned += sum(tokens[:keep]) * 2 * config["model_dim"]
+        stashes = [n * hidden for index, n in enumerate(tokens) for _ in range(2 if index < keep else 1)]
+        pinned += _arena_bytes(stashes)
     return pinned / GIB
 
 

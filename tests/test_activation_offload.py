@@ -34,9 +34,9 @@ def test_compiled_blocks_with_activation_offload_train_exactly_as_without(tiny_m
     stashed: list[tuple[int, ...]] = []
     original = activation_offload.StashedTensor.__init__
 
-    def counting_init(self, tensor, stream):
+    def counting_init(self, tensor, stream, arena=None):
         stashed.append(tuple(tensor.shape))
-        original(self, tensor, stream)
+        original(self, tensor, stream, arena)
 
     monkeypatch.setattr(activation_offload.StashedTensor, "__init__", counting_init)
     plain, moved = _compiled_pair(tiny_model_dir, checkpointing)
@@ -70,9 +70,9 @@ def test_shared_inputs_and_weights_are_not_moved(tiny_model_dir, monkeypatch):
     stashed_ids: list[int] = []
     original = activation_offload.StashedTensor.__init__
 
-    def recording_init(self, tensor, stream):
+    def recording_init(self, tensor, stream, arena=None):
         stashed_ids.append(tensor.untyped_storage().data_ptr())
-        original(self, tensor, stream)
+        original(self, tensor, stream, arena)
 
     monkeypatch.setattr(activation_offload.StashedTensor, "__init__", recording_init)
     _, moved = _compiled_pair(tiny_model_dir, "selective")
@@ -88,3 +88,26 @@ def test_eager_blocks_leave_activation_offload_to_the_offloader(tiny_model_dir):
     assert not offloads_saved_activations(eager, transformer)
     assert offloads_saved_activations(compiled, transformer)
     assert not offloads_saved_activations(SpeedPlan(compile_blocks=True), transformer)
+
+
+def test_pinned_arena_packs_stashes_into_reused_slabs():
+    """Stashes sit side by side in whole slabs (no power-of-two rounding), keep their layout, and the
+    next pass starts over in the same slabs once everything came back."""
+    arena = activation_offload.PinnedArena(pin=False)
+    arena.SLAB_BYTES = 64 * 1024
+    hidden = torch.randn(2, 18, 96)  # 13,824 bytes
+    attention = torch.randn(2, 18, 6, 16).transpose(1, 2)  # (batch, heads, tokens, dim), dense, not contiguous
+    taken = [arena.take(hidden), arena.take(attention), arena.take(hidden), arena.take(hidden),
+             arena.take(hidden)]
+    assert [t.stride() for t in taken[:2]] == [hidden.stride(), attention.stride()]
+    assert len(arena.slabs) == 2  # four 16 KiB-aligned stashes fill the first 64 KiB slab
+    starts = [t.untyped_storage().data_ptr() + t.storage_offset() * 4 for t in taken]
+    assert starts[1] - starts[0] == 16384 and starts[4] == arena.slabs[1].data_ptr()
+    for t, source in zip(taken, [hidden, attention, hidden, hidden, hidden], strict=True):
+        t.copy_(source)
+        torch.testing.assert_close(t, source, rtol=0, atol=0)
+    assert arena.new_pass() is not arena  # not everything came back: a pass whose backward did not run
+    for _ in taken:
+        arena.release()
+    again = arena.new_pass()
+    assert again is arena and arena.take(hidden).untyped_storage().data_ptr() == starts[0]

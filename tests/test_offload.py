@@ -148,9 +148,9 @@ def test_activation_offload_gives_the_same_lora(tmp_path, monkeypatch, tiny_mode
     stashed = []
     original = activation_offload.StashedTensor.__init__
 
-    def counting_init(self, tensor, stream):
+    def counting_init(self, tensor, stream, arena=None):
         stashed.append(tuple(tensor.shape))
-        original(self, tensor, stream)
+        original(self, tensor, stream, arena)
 
     monkeypatch.setattr(activation_offload.StashedTensor, "__init__", counting_init)
     expected = train_lora(tmp_path / "plain", tiny_model_dir, {**RUN, "gradient_checkpointing_policy": "full"},

@@ -25,18 +25,67 @@ from torch import nn
 MIN_OFFLOADED_ELEMENTS = int(os.environ.get("K5TUNE_MIN_OFFLOADED_ELEMENTS", 2**20))
 
 
-class StashedTensor:
-    """One saved tensor while it waits for backward in CPU memory. It comes back with the same strides:
-    a compiled backward assumes the layout its forward saved."""
+class PinnedArena:
+    """Pinned CPU memory for what one forward pass stashes, carved from 1 GiB slabs that the next pass
+    reuses. Why not one pinned tensor per stash: torch's pinned allocator rounds every request up to a
+    power of two, so a Lite hidden state (84 MiB) would hold 128 MiB and a Pro one (192 MiB) 256 MiB."""
 
-    def __init__(self, tensor: torch.Tensor, stream: torch.cuda.Stream | None):
+    SLAB_BYTES = 2**30
+    ALIGN = 4096
+
+    def __init__(self, pin: bool = True):
+        self.pin = pin  # (False: tests of the layout on a machine without CUDA)
+        self.slabs: list[torch.Tensor] = []
+        self.slab = self.offset = 0
+        self.outstanding = 0  # stashed and not fetched back yet
+
+    def new_pass(self) -> PinnedArena:
+        """Where the next forward pass stashes: this arena from its start when everything came back,
+        else a new one (what a pass whose backward did not run stashed keeps its memory until freed)."""
+        if self.outstanding:
+            return PinnedArena(self.pin)
+        self.slab = self.offset = 0
+        return self
+
+    def take(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Pinned memory for `tensor` (dense), with its size, strides and dtype."""
+        self.outstanding += 1
+        nbytes = tensor.numel() * tensor.element_size()
+        if nbytes > self.SLAB_BYTES:
+            return torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, pin_memory=self.pin)
+        while True:
+            if self.slab == len(self.slabs):
+                self.slabs.append(torch.empty(self.SLAB_BYTES, dtype=torch.uint8, pin_memory=self.pin))
+            if self.offset + nbytes <= self.SLAB_BYTES:
+                break
+            self.slab, self.offset = self.slab + 1, 0
+        flat = self.slabs[self.slab][self.offset : self.offset + nbytes]
+        self.offset += -(-nbytes // self.ALIGN) * self.ALIGN
+        return flat.view(tensor.dtype).as_strided(tensor.size(), tensor.stride())
+
+    def release(self) -> None:
+        self.outstanding -= 1
+
+
+class StashedTensor:
+    """One saved tensor while it waits for backward in CPU memory. A dense tensor comes back with the
+    same strides (a compiled backward assumes the layout its forward saved); it lives in `arena` when
+    one is given."""
+
+    def __init__(self, tensor: torch.Tensor, stream: torch.cuda.Stream | None, arena: PinnedArena | None = None):
         self.device = tensor.device
         self.gpu: torch.Tensor | None = None
         self.ready: torch.cuda.Event | None = None
+        self.arena: PinnedArena | None = None
         if tensor.device.type != "cuda":  # CPU runs (tests): a copy, so the path is the same
             self.cpu = tensor.detach().clone()
             return
-        self.cpu = torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, pin_memory=True)
+        if not _dense(tensor):
+            self.cpu = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        elif arena is not None:
+            self.cpu, self.arena = arena.take(tensor), arena
+        else:
+            self.cpu = torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, pin_memory=True)
         if stream is None:
             self.cpu.copy_(tensor.detach(), non_blocking=True)
             return
@@ -64,6 +113,9 @@ class StashedTensor:
             torch.cuda.current_stream().wait_event(self.ready)
             self.gpu.record_stream(torch.cuda.current_stream())
         tensor, self.gpu, self.ready = self.gpu, None, None
+        if self.arena is not None:  # the copy back is queued: the next pass's stashes (queued after it on
+            self.arena.release()    # the same stream) may reuse this memory
+            self.arena = None
         return tensor
 
 
@@ -111,6 +163,7 @@ class SavedActivationOffload:
         self.first_block = first_block
         self.last: _BlockSaves | None = None
         self._stream: torch.cuda.Stream | None = None
+        self.arena = PinnedArena()
 
     def _stream_for(self, tensor: torch.Tensor) -> torch.cuda.Stream | None:
         if tensor.device.type != "cuda":
@@ -125,6 +178,7 @@ class SavedActivationOffload:
             return contextlib.nullcontext()
         if block is self.first_block:
             self.last = None  # a new forward pass: the previous one's chain is let go
+            self.arena = self.arena.new_pass()
         saves = _BlockSaves(self.last)
         self.last = saves
         # inputs every block shares (RoPE, the text for cross-attention, the time embedding) stay: they
@@ -136,7 +190,7 @@ class SavedActivationOffload:
                     or type(tensor) is not torch.Tensor or not _dense(tensor)
                     or tensor.untyped_storage().data_ptr() in shared):
                 return tensor
-            stash = StashedTensor(tensor, self._stream_for(tensor))
+            stash = StashedTensor(tensor, self._stream_for(tensor), self.arena)
             saves.stashes.append(stash)
             return _Moved(saves, stash)
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from k5tune.train import activation_offload
-from k5tune.train.activation_offload import StashedTensor
+from k5tune.train.activation_offload import PinnedArena, StashedTensor
 
 
 class _Group:
@@ -177,6 +177,7 @@ class GroupOffloader:
                             tensor.data = tensor.data.to(self.compute)
         self.stream = torch.cuda.Stream(self.compute) if (use_stream and cuda) else None
         self.offload_activations = offload_activations
+        self.arena = PinnedArena()
         self.stashes: list[list[StashedTensor | None]] = []  # per block call of this forward pass
         if cuda:
             torch.cuda.empty_cache()
@@ -185,8 +186,9 @@ class GroupOffloader:
         """Send the large inputs a block keeps for backward to the CPU; returns (call index, kept ones)."""
         if block is self.first_block:
             self.stashes = []  # a new forward pass
+            self.arena = self.arena.new_pass()
         # (shared inputs, RoPE, need no gradient and stay)
-        moved = [(StashedTensor(t, self.stream) if self.offload_activations and t.requires_grad
+        moved = [(StashedTensor(t, self.stream, self.arena) if self.offload_activations and t.requires_grad
                   and t.numel() >= activation_offload.MIN_OFFLOADED_ELEMENTS else None) for t in tensors]
         self.stashes.append(moved)
         kept = tuple(torch.empty(0) if m is not None else t for m, t in zip(moved, tensors, strict=True))
