@@ -59,7 +59,7 @@ class WeightCount:
 
     total: int
     blocks: int  # the text and visual blocks: what group offload moves and FSDP2 shards
-    blocks_pinned: int  # the same as group offload pins them: each weight rounded up to a power of two
+    blocks_pinned: int  # the same as group offload pins them: packed in slabs (offload.py)
     largest_block: int  # one visual block: the unit group offload moves and FSDP2 gathers
     largest_linear: int  # elements of the largest quantised linear (dequantised to bf16 while it computes)
 
@@ -73,21 +73,25 @@ def _pinned_size(nbytes: int) -> int:
     return 1 << max(nbytes - 1, 0).bit_length()
 
 
-def _arena_bytes(tensor_bytes: list[int]) -> int:
-    """Pinned memory of stashes packed in order into 1 GiB slabs, 4 KiB aligned (PinnedArena); a stash
-    larger than a slab gets its own allocation."""
+def _arena_bytes(tensor_bytes: list[int], slab_bytes: int | None = None) -> int:
+    """Pinned memory of tensors placed in order, first fit, into slabs (1 GiB unless given), 4 KiB
+    aligned (PinnedArena); a tensor larger than a slab gets its own allocation, rounded up to a power of
+    two."""
     from k5tune.train.activation_offload import PinnedArena
 
-    slabs, free, oversized = 0, 0, 0
+    slab_bytes = slab_bytes or PinnedArena.SLAB_BYTES
+    used: list[int] = []
+    oversized = 0
     for nbytes in tensor_bytes:
-        if nbytes > PinnedArena.SLAB_BYTES:
+        if nbytes > slab_bytes:
             oversized += _pinned_size(nbytes)
             continue
-        aligned = -(-nbytes // PinnedArena.ALIGN) * PinnedArena.ALIGN
-        if aligned > free:
-            slabs, free = slabs + 1, PinnedArena.SLAB_BYTES
-        free -= aligned
-    return slabs * PinnedArena.SLAB_BYTES + oversized
+        slab = next((i for i, u in enumerate(used) if u + nbytes <= slab_bytes), None)
+        if slab is None:
+            slab = len(used)
+            used.append(0)
+        used[slab] = min(slab_bytes, used[slab] + -(-nbytes // PinnedArena.ALIGN) * PinnedArena.ALIGN)
+    return len(used) * slab_bytes + oversized
 
 
 @lru_cache(maxsize=8)
@@ -106,22 +110,25 @@ def weight_count(flavour: str, precision: str = "no_change", modulation_fp32: bo
     quantised = [m for block in blocks for m in base_linears(block)] if precision != "no_change" else []
     quantised_weights = {id(m.weight) for m in quantised}
 
-    def size(named, pinned: bool = False) -> int:
-        total = 0
+    def sizes(named) -> list[int]:
+        counted = []
         for name, p in named:
             if id(p) in quantised_weights:
-                nbytes = p.numel() + p.shape[0] * QUANTISED_ROW_BYTES[precision]
+                counted.append(p.numel() + p.shape[0] * QUANTISED_ROW_BYTES[precision])
             elif "modulation.out_layer" in name and not modulation_fp32 and precision == "no_change":
-                nbytes = p.numel() * 2
+                counted.append(p.numel() * 2)
             else:
-                nbytes = p.numel() * (4 if any(k in name for k in keep) else 2)
-            total += _pinned_size(nbytes) if pinned else nbytes
-        return total
+                counted.append(p.numel() * (4 if any(k in name for k in keep) else 2))
+        return counted
 
+    def size(named) -> int:
+        return sum(sizes(named))
+
+    block_sizes = [n for block in blocks for n in sizes(block.named_parameters())]
     return WeightCount(
         total=size(model.named_parameters()),
-        blocks=sum(size(block.named_parameters()) for block in blocks),
-        blocks_pinned=sum(size(block.named_parameters(), pinned=True) for block in blocks),
+        blocks=sum(block_sizes),
+        blocks_pinned=_arena_bytes(block_sizes, slab_bytes=min(2**30, sum(block_sizes) + 4096 * len(block_sizes))),
         largest_block=size(model.visual_transformer_blocks[0].named_parameters()),
         largest_linear=max((m.weight.numel() for m in quantised), default=0),
     )
@@ -340,9 +347,9 @@ def training_peak_gib(flavour: str, shape: TrainingShape, settings: TrainingSett
 
 
 def pinned_cpu_gib(flavour: str, shape: TrainingShape, settings: TrainingSettings) -> float:
-    """Pinned CPU memory per process, as allocated: the offloaded blocks' home copies (each weight
-    rounded up to a power of two by torch's pinned allocator) and the offloaded activations (packed in
-    1 GiB slabs): per visual block its input, and with compiled selective blocks the attention it keeps."""
+    """Pinned CPU memory per process, as allocated (in slabs, PinnedArena): the offloaded blocks' home
+    copies and the offloaded activations: per visual block its input, and with compiled selective
+    blocks the attention it keeps."""
     config = FLAVOURS[flavour].transformer_config
     pinned = (weight_count(flavour, settings.base_precision, settings.modulation_fp32).blocks_pinned
               if settings.group_offload_blocks else 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -141,10 +142,11 @@ def test_compiled_blocks_keep_their_policy_and_offload_what_they_save():
 def test_pinned_cpu_memory():
     shape = TrainingShape()
     assert pinned_cpu_gib(PRO, shape, TrainingSettings("full")) == 0
-    # group offload pins each block weight on its own: torch's pinned allocator rounds it up to a power of two
+    # group offload packs the block weights' home copies into 1 GiB slabs, first fit: at most a slab more
+    # than they weigh (one weight per pinned request would be rounded up to a power of two: 39.3 GiB)
     weights = weight_count(PRO, modulation_fp32=False)
     pinned = pinned_cpu_gib(PRO, shape, TrainingSettings("full", group_offload_blocks=1))
-    assert pinned == pytest.approx(weights.blocks_pinned / GIB) and weights.blocks / GIB < pinned < 1.2 * weights.blocks / GIB
+    assert pinned == weights.blocks_pinned / GIB and weights.blocks / GIB < pinned <= math.ceil(weights.blocks / GIB) + 1
     # offloaded activations sit in 1 GiB slabs: one bf16 hidden state per visual block (192 MiB, 5 a slab)
     assert pinned_cpu_gib(PRO, shape, TrainingSettings("full", offload_activations=True)) == 12  # 60 / 5 slabs
     # compiled selective blocks also move the attention they keep: twice as many
@@ -272,7 +274,7 @@ def test_estimate_command_reads_the_memory_keys(tmp_path, monkeypatch, capsys):
     assert "your config: group offload (1 block/group, stream), activation offload -> training peak 11.4 GiB" in out
     assert "video latents (vae_enable_tiling)" in out  # the CLI passes vae_enable_tiling
     assert "FSDP2 over 2 GPUs" in out and "2 processes" in out
-    assert "config.json as it is" in out and "102.5 GiB of pinned CPU memory" in out  # 51.3 per process
+    assert "config.json as it is" in out and "98.0 GiB of pinned CPU memory" in out  # 49 per process
     assert main(["estimate", "--num-processes", "1"]) == 0
     assert "FSDP2" not in capsys.readouterr().out
 

@@ -26,41 +26,44 @@ MIN_OFFLOADED_ELEMENTS = int(os.environ.get("K5TUNE_MIN_OFFLOADED_ELEMENTS", 2**
 
 
 class PinnedArena:
-    """Pinned CPU memory for what one forward pass stashes, carved from 1 GiB slabs that the next pass
-    reuses. Why not one pinned tensor per stash: torch's pinned allocator rounds every request up to a
-    power of two, so a Lite hidden state (84 MiB) would hold 128 MiB and a Pro one (192 MiB) 256 MiB."""
+    """Pinned CPU memory carved from 1 GiB slabs, first fit: a request goes into the first slab with room.
+    Why not one pinned tensor per request: torch's pinned allocator rounds every request up to a power of
+    two, so a Lite hidden state (84 MiB) would hold 128 MiB and a Pro one (192 MiB) 256 MiB. For the
+    stashes of a forward pass, the next pass starts over in the same slabs."""
 
     SLAB_BYTES = 2**30
     ALIGN = 4096
 
-    def __init__(self, pin: bool = True):
-        self.pin = pin  # (False: tests of the layout on a machine without CUDA)
+    def __init__(self, pin: bool = True, slab_bytes: int | None = None):
+        self.pin = pin  # (False: CPU-only runs and tests, same layout)
+        if slab_bytes is not None:
+            self.SLAB_BYTES = slab_bytes
         self.slabs: list[torch.Tensor] = []
-        self.slab = self.offset = 0
+        self.used: list[int] = []  # bytes taken from the start of each slab
         self.outstanding = 0  # stashed and not fetched back yet
 
     def new_pass(self) -> PinnedArena:
         """Where the next forward pass stashes: this arena from its start when everything came back,
         else a new one (what a pass whose backward did not run stashed keeps its memory until freed)."""
         if self.outstanding:
-            return PinnedArena(self.pin)
-        self.slab = self.offset = 0
+            return PinnedArena(self.pin, self.SLAB_BYTES)
+        self.used = [0] * len(self.slabs)
         return self
 
     def take(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Pinned memory for `tensor` (dense), with its size, strides and dtype."""
+        """Memory for `tensor` (dense), with its size, strides and dtype (its values are not copied)."""
         self.outstanding += 1
         nbytes = tensor.numel() * tensor.element_size()
         if nbytes > self.SLAB_BYTES:
             return torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, pin_memory=self.pin)
-        while True:
-            if self.slab == len(self.slabs):
-                self.slabs.append(torch.empty(self.SLAB_BYTES, dtype=torch.uint8, pin_memory=self.pin))
-            if self.offset + nbytes <= self.SLAB_BYTES:
-                break
-            self.slab, self.offset = self.slab + 1, 0
-        flat = self.slabs[self.slab][self.offset : self.offset + nbytes]
-        self.offset += -(-nbytes // self.ALIGN) * self.ALIGN
+        slab = next((i for i, used in enumerate(self.used) if used + nbytes <= self.SLAB_BYTES), None)
+        if slab is None:
+            slab = len(self.slabs)
+            self.slabs.append(torch.empty(self.SLAB_BYTES, dtype=torch.uint8, pin_memory=self.pin))
+            self.used.append(0)
+        start = self.used[slab]
+        self.used[slab] = min(self.SLAB_BYTES, start + -(-nbytes // self.ALIGN) * self.ALIGN)
+        flat = self.slabs[slab][start : start + nbytes]
         return flat.view(tensor.dtype).as_strided(tensor.size(), tensor.stride())
 
     def release(self) -> None:
