@@ -464,8 +464,8 @@ def candidate_settings(processes: int = 1, user: TrainingSettings | None = None)
     the same, the exact bf16 base comes before int8, and less CPU memory before less GPU memory. FSDP2
     (processes > 1) comes last: 12.52 s per step on 2 GPUs (Pro, full checkpointing), slower than each
     GPU training its own clips with group offload (9.34 s) — but it needs no pinned CPU memory.
-    `user`: the config's settings, whose TREAD routes and modulation_precision every option keeps
-    (choices the search leaves to the user)."""
+    `user`: the config's settings, whose TREAD routes, modulation_precision and fused_kernels (eager
+    blocks) every option keeps (choices the search leaves to the user)."""
     group = {"group_offload_blocks": 1, "offload_activations": True}  # activation offload: group offload's default
     options = [
         TrainingSettings("selective"),
@@ -482,7 +482,8 @@ def candidate_settings(processes: int = 1, user: TrainingSettings | None = None)
     if processes > 1:
         options += [TrainingSettings(policy, fsdp_processes=processes) for policy in ("selective", "full")]
     user = user or TrainingSettings()
-    return [replace(option, tread=user.tread, modulation_fp32=user.modulation_fp32) for option in options]
+    return [replace(option, tread=user.tread, modulation_fp32=user.modulation_fp32, eager_blocks=user.eager_blocks)
+            for option in options]
 
 
 SMALLER_SHAPES = [(512, 768, 49), (480, 848, 49), (480, 848, 33), (384, 640, 33)]

@@ -68,17 +68,24 @@ def test_shared_inputs_and_weights_are_not_moved(tiny_model_dir, monkeypatch):
     model's own: none of them is copied out."""
     monkeypatch.setattr(activation_offload, "MIN_OFFLOADED_ELEMENTS", 1)
     stashed_ids: list[int] = []
-    original = activation_offload.StashedTensor.__init__
+    shared_ids: set[int] = set()
+    original, original_around = activation_offload.StashedTensor.__init__, activation_offload.SavedActivationOffload.around
 
     def recording_init(self, tensor, stream, arena=None):
         stashed_ids.append(tensor.untyped_storage().data_ptr())
         original(self, tensor, stream, arena)
 
+    def recording_around(self, block, args):
+        shared_ids.update(a.untyped_storage().data_ptr() for a in args[1:] if isinstance(a, torch.Tensor))
+        return original_around(self, block, args)
+
     monkeypatch.setattr(activation_offload.StashedTensor, "__init__", recording_init)
+    monkeypatch.setattr(activation_offload.SavedActivationOffload, "around", recording_around)
     _, moved = _compiled_pair(tiny_model_dir, "selective")
     _loss_and_grads(moved.train(), torch.float32)
     weights = {p.untyped_storage().data_ptr() for p in moved.parameters()}
-    assert stashed_ids and not weights.intersection(stashed_ids)
+    assert stashed_ids and shared_ids and not weights.intersection(stashed_ids)
+    assert not shared_ids.intersection(stashed_ids)
 
 
 def test_eager_blocks_leave_activation_offload_to_the_offloader(tiny_model_dir):
@@ -111,3 +118,32 @@ def test_pinned_arena_packs_stashes_into_reused_slabs():
         arena.release()
     again = arena.new_pass()
     assert again is arena and arena.take(hidden).untyped_storage().data_ptr() == starts[0]
+
+
+def test_a_step_reuses_the_previous_steps_pinned_slabs(tiny_model_dir, monkeypatch):
+    """Once a step's backward let go of its stashes, the next step stashes into the same slabs; a
+    forward whose backward never ran keeps its slabs, and the next pass gets new ones."""
+    monkeypatch.setattr(activation_offload, "MIN_OFFLOADED_ELEMENTS", 1)
+    _, moved = _compiled_pair(tiny_model_dir, "selective")
+    offload = moved._k5_activation_offload
+    _loss_and_grads(moved.train(), torch.float32)
+    arena = offload.arena
+    slabs = [slab.data_ptr() for slab in arena.slabs]
+    assert slabs and arena.outstanding > 0  # this pass's chain is kept until the next pass starts
+    _loss_and_grads(moved.train(), torch.float32)
+    assert offload.arena is arena and [slab.data_ptr() for slab in arena.slabs] == slabs
+
+    from k5tune.models.kandinsky5.model_input import pad_prompts  # a forward without backward
+    from k5tune.runtime import Runtime
+    from k5tune.train.trainer import flow_matching_step_loss
+
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 3, 4, 6, 16, generator=generator)
+    text = pad_prompts([torch.randn(4, 32, generator=generator), torch.randn(7, 32, generator=generator)],
+                       [torch.randn(32, generator=generator), torch.randn(32, generator=generator)])
+    runtime = Runtime(torch.device("cpu"), torch.float32, torch.float32, torch.float32)
+    kept = flow_matching_step_loss(moved, latents, text, torch.randn(latents.shape, generator=generator),
+                                   torch.tensor([0.3, 0.8]), (32, 48), runtime)
+    _loss_and_grads(moved.train(), torch.float32)
+    assert offload.arena is not arena  # `kept`'s graph still holds its stashes in the old slabs
+    assert torch.isfinite(kept)

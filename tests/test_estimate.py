@@ -175,6 +175,9 @@ def test_candidates_start_with_the_fastest():
     assert all(s.tread == route for s in candidate_settings(2, TrainingSettings(tread=route)))
     assert (propose(LITE, TrainingShape(), 12, user=TrainingSettings(tread=route)).settings
             == TrainingSettings("selective", tread=route))
+    # fused_kernels false: blocks run eagerly, so activation offload recomputes them whole (7.5 GiB, not 7.1)
+    eager = candidate_settings(user=TrainingSettings(eager_blocks=True))
+    assert all(s.eager_blocks for s in eager) and eager[1].recomputes_fully and not options[1].recomputes_fully
 
 
 @pytest.mark.parametrize(("flavour", "gpu", "expected"), [

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 
 import torch
 from torch import nn
@@ -34,17 +35,18 @@ class PinnedArena:
     SLAB_BYTES = 2**30
     ALIGN = 4096
 
-    def __init__(self, pin: bool = True, slab_bytes: int | None = None):
-        self.pin = pin  # (False: CPU-only runs and tests, same layout)
+    def __init__(self, pin: bool | None = None, slab_bytes: int | None = None):
+        self.pin = pin  # None: pinned when the tensors come from a GPU (CPU runs and tests: same layout)
         if slab_bytes is not None:
             self.SLAB_BYTES = slab_bytes
         self.slabs: list[torch.Tensor] = []
         self.used: list[int] = []  # bytes taken from the start of each slab
-        self.outstanding = 0  # stashed and not fetched back yet
+        self.outstanding = 0  # taken and not released yet (a stash still referenced)
 
     def new_pass(self) -> PinnedArena:
-        """Where the next forward pass stashes: this arena from its start when everything came back,
-        else a new one (what a pass whose backward did not run stashed keeps its memory until freed)."""
+        """Where the next forward pass stashes: this arena from its start when every stash was let go,
+        else a new one (stashes still referenced — a pass whose backward did not run, a retained graph —
+        keep their memory until they are freed)."""
         if self.outstanding:
             return PinnedArena(self.pin, self.SLAB_BYTES)
         self.used = [0] * len(self.slabs)
@@ -53,13 +55,14 @@ class PinnedArena:
     def take(self, tensor: torch.Tensor) -> torch.Tensor:
         """Memory for `tensor` (dense), with its size, strides and dtype (its values are not copied)."""
         self.outstanding += 1
+        pin = self.pin if self.pin is not None else tensor.device.type == "cuda"
         nbytes = tensor.numel() * tensor.element_size()
         if nbytes > self.SLAB_BYTES:
-            return torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, pin_memory=self.pin)
+            return torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, pin_memory=pin)
         slab = next((i for i, used in enumerate(self.used) if used + nbytes <= self.SLAB_BYTES), None)
         if slab is None:
             slab = len(self.slabs)
-            self.slabs.append(torch.empty(self.SLAB_BYTES, dtype=torch.uint8, pin_memory=self.pin))
+            self.slabs.append(torch.empty(self.SLAB_BYTES, dtype=torch.uint8, pin_memory=pin))
             self.used.append(0)
         start = self.used[slab]
         self.used[slab] = min(self.SLAB_BYTES, start + -(-nbytes // self.ALIGN) * self.ALIGN)
@@ -72,22 +75,28 @@ class PinnedArena:
 
 class StashedTensor:
     """One saved tensor while it waits for backward in CPU memory. A dense tensor comes back with the
-    same strides (a compiled backward assumes the layout its forward saved); it lives in `arena` when
-    one is given."""
+    same strides (a compiled backward assumes the layout its forward saved) and lives in `arena` when one
+    is given; its place there is given back when this stash is freed, which is when autograd lets go of
+    it — after its backward, or with the graph — never earlier. (Anything queued on the copy stream
+    before then runs before the next pass's copies into the same place.)"""
 
     def __init__(self, tensor: torch.Tensor, stream: torch.cuda.Stream | None, arena: PinnedArena | None = None):
         self.device = tensor.device
         self.gpu: torch.Tensor | None = None
         self.ready: torch.cuda.Event | None = None
-        self.arena: PinnedArena | None = None
-        if tensor.device.type != "cuda":  # CPU runs (tests): a copy, so the path is the same
-            self.cpu = tensor.detach().clone()
+        dense = _dense(tensor)
+        if arena is not None and dense:
+            self.cpu = arena.take(tensor)
+            weakref.finalize(self, arena.release)
+        if tensor.device.type != "cuda":  # CPU runs (tests): a plain copy, so the path is the same
+            if arena is not None and dense:
+                self.cpu.copy_(tensor.detach())
+            else:
+                self.cpu = tensor.detach().clone()
             return
-        if not _dense(tensor):
+        if not dense:
             self.cpu = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        elif arena is not None:
-            self.cpu, self.arena = arena.take(tensor), arena
-        else:
+        elif arena is None:
             self.cpu = torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, pin_memory=True)
         if stream is None:
             self.cpu.copy_(tensor.detach(), non_blocking=True)
@@ -109,16 +118,13 @@ class StashedTensor:
             self.ready.record(stream)
 
     def fetch(self, stream: torch.cuda.Stream | None) -> torch.Tensor:
-        if self.device.type != "cuda":
-            return self.cpu
+        if self.device.type != "cuda":  # a tensor of its own, as from a GPU: never a view into a slab that
+            return self.cpu.clone()     # is reused (torch.set_rng_state even misreads a view at an offset)
         self.prefetch(stream)
         if self.ready is not None:
             torch.cuda.current_stream().wait_event(self.ready)
             self.gpu.record_stream(torch.cuda.current_stream())
         tensor, self.gpu, self.ready = self.gpu, None, None
-        if self.arena is not None:  # the copy back is queued: the next pass's stashes (queued after it on
-            self.arena.release()    # the same stream) may reuse this memory
-            self.arena = None
         return tensor
 
 
@@ -187,9 +193,10 @@ class SavedActivationOffload:
         # inputs every block shares (RoPE, the text for cross-attention, the time embedding) stay: they
         # live on beside the block anyway, so moving them would only add copies
         shared = {a.untyped_storage().data_ptr() for a in args[1:] if isinstance(a, torch.Tensor)}
+        device = args[0].device  # what is elsewhere (a GPU block's CPU RNG state) stays as it is
 
         def pack(tensor: torch.Tensor):
-            if (isinstance(tensor, nn.Parameter) or tensor.numel() < MIN_OFFLOADED_ELEMENTS
+            if (isinstance(tensor, nn.Parameter) or tensor.numel() < MIN_OFFLOADED_ELEMENTS or tensor.device != device
                     or type(tensor) is not torch.Tensor or not _dense(tensor)
                     or tensor.untyped_storage().data_ptr() in shared):
                 return tensor

@@ -151,6 +151,7 @@ def apply_speed_plan(transformer, plan: SpeedPlan) -> None:
         if plan.offload_activations:
             offload = SavedActivationOffload(first_block=[*transformer.text_transformer_blocks,
                                                           *transformer.visual_transformer_blocks][0])
+        transformer._k5_activation_offload = offload  # (None without it; for tests and diagnostics)
         transformer.enable_gradient_checkpointing(gradient_checkpointing_func=partial(
             _checkpoint_compiled, selective=plan.checkpointing == "selective", keep_blocks=plan.keep_attention_blocks,
             backend=plan.compile_backend, offload=offload))
