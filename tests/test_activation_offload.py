@@ -147,3 +147,40 @@ def test_a_step_reuses_the_previous_steps_pinned_slabs(tiny_model_dir, monkeypat
     _loss_and_grads(moved.train(), torch.float32)
     assert offload.arena is not arena  # `kept`'s graph still holds its stashes in the old slabs
     assert torch.isfinite(kept)
+
+
+def test_k5tune_train_with_compiled_blocks_offloads_through_the_hooks(tmp_path, monkeypatch, tiny_model_dir):
+    """The trainer's wiring as on a GPU (blocks compiled, here with aot_eager): `offload_activations`
+    goes through the saved-tensor hooks, not the offloader's checkpoint, keeps selective checkpointing,
+    and trains the LoRA that training without it trains."""
+    from dataclasses import replace
+
+    import k5tune.train.trainer as trainer
+    from tests.test_offload import RUN
+    from tests.test_training import lora_errors, train_lora
+
+    def compiled_plan(cfg, on_gpu, compile_blocks=True):
+        return replace(original_plan(cfg, True, compile_blocks), compile_backend="aot_eager", compile=False)
+
+    original_plan = trainer.speed_plan
+    monkeypatch.setattr(trainer, "speed_plan", compiled_plan)
+    monkeypatch.setattr(activation_offload, "MIN_OFFLOADED_ELEMENTS", 1)
+    monkeypatch.setattr(speed, "_CHEAP_KEYS", 1)
+    group_offloads: list[bool] = []
+    monkeypatch.setattr(trainer, "enable_group_offload", lambda *a, **k: group_offloads.append(True))
+    stashed: list[tuple[int, ...]] = []
+    original = activation_offload.StashedTensor.__init__
+
+    def counting_init(self, tensor, stream, arena=None):
+        stashed.append(tuple(tensor.shape))
+        original(self, tensor, stream, arena)
+
+    monkeypatch.setattr(activation_offload.StashedTensor, "__init__", counting_init)
+    settings = {**RUN, "gradient_checkpointing_policy": "selective", "disable_validation": True}
+    expected = train_lora(tmp_path / "plain", tiny_model_dir, settings, monkeypatch)
+    assert not stashed
+    got = train_lora(tmp_path / "moved", tiny_model_dir, {**settings, "offload_activations": True}, monkeypatch)
+    assert not group_offloads  # the hooks alone moved what the blocks saved
+    assert any(len(shape) == 4 for shape in stashed)  # kept attention outputs too: selective stayed
+    errors = lora_errors(got, expected)
+    assert max(errors.values()) < 1e-5, errors
