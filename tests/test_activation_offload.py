@@ -14,6 +14,19 @@ from k5tune.train.speed import SpeedPlan, apply_speed_plan, offloads_saved_activ
 from tests.test_speed import _loss_and_grads, _tiny_with_live_lora
 
 
+def record_stashed_shapes(monkeypatch) -> list[tuple[int, ...]]:
+    """The shapes of the tensors moved to CPU memory from now on (by either offload path), in order."""
+    stashed: list[tuple[int, ...]] = []
+    original = activation_offload.StashedTensor.__init__
+
+    def counting_init(self, tensor, stream, arena=None):
+        stashed.append(tuple(tensor.shape))
+        original(self, tensor, stream, arena)
+
+    monkeypatch.setattr(activation_offload.StashedTensor, "__init__", counting_init)
+    return stashed
+
+
 def _compiled_pair(tiny_model_dir, checkpointing: str):
     torch._dynamo.reset()  # graphs compiled by other tests (another _CHEAP_KEYS) are not reused
     plain = _tiny_with_live_lora(tiny_model_dir)
@@ -31,14 +44,7 @@ def test_compiled_blocks_with_activation_offload_train_exactly_as_without(tiny_m
 
     monkeypatch.setattr(activation_offload, "MIN_OFFLOADED_ELEMENTS", 1)  # the tiny model's tensors are small
     monkeypatch.setattr(speed, "_CHEAP_KEYS", 1)  # and its attention short: keep it all, as at full size
-    stashed: list[tuple[int, ...]] = []
-    original = activation_offload.StashedTensor.__init__
-
-    def counting_init(self, tensor, stream, arena=None):
-        stashed.append(tuple(tensor.shape))
-        original(self, tensor, stream, arena)
-
-    monkeypatch.setattr(activation_offload.StashedTensor, "__init__", counting_init)
+    stashed = record_stashed_shapes(monkeypatch)
     plain, moved = _compiled_pair(tiny_model_dir, checkpointing)
     plain_loss, plain_grads = _loss_and_grads(plain.train(), torch.float32)
     assert not stashed
@@ -168,14 +174,7 @@ def test_k5tune_train_with_compiled_blocks_offloads_through_the_hooks(tmp_path, 
     monkeypatch.setattr(speed, "_CHEAP_KEYS", 1)
     group_offloads: list[bool] = []
     monkeypatch.setattr(trainer, "enable_group_offload", lambda *a, **k: group_offloads.append(True))
-    stashed: list[tuple[int, ...]] = []
-    original = activation_offload.StashedTensor.__init__
-
-    def counting_init(self, tensor, stream, arena=None):
-        stashed.append(tuple(tensor.shape))
-        original(self, tensor, stream, arena)
-
-    monkeypatch.setattr(activation_offload.StashedTensor, "__init__", counting_init)
+    stashed = record_stashed_shapes(monkeypatch)
     settings = {**RUN, "gradient_checkpointing_policy": "selective", "disable_validation": True}
     expected = train_lora(tmp_path / "plain", tiny_model_dir, settings, monkeypatch)
     assert not stashed

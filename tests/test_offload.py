@@ -10,6 +10,7 @@ from k5tune.config import load_config
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.train.offload import enable_group_offload
 from k5tune.train.trainer import train
+from tests.test_activation_offload import record_stashed_shapes
 from tests.test_training import lora_errors, make_project, train_lora
 
 # adam_epsilon: see tests/test_distributed.py — it keeps Adam from turning float noise in near-zero
@@ -149,14 +150,7 @@ def test_activation_offload_gives_the_same_lora(tmp_path, monkeypatch, tiny_mode
     import k5tune.train.activation_offload as activation_offload
 
     monkeypatch.setattr(activation_offload, "MIN_OFFLOADED_ELEMENTS", 1)
-    stashed = []
-    original = activation_offload.StashedTensor.__init__
-
-    def counting_init(self, tensor, stream, arena=None):
-        stashed.append(tuple(tensor.shape))
-        original(self, tensor, stream, arena)
-
-    monkeypatch.setattr(activation_offload.StashedTensor, "__init__", counting_init)
+    stashed = record_stashed_shapes(monkeypatch)
     expected = train_lora(tmp_path / "plain", tiny_model_dir, {**RUN, "gradient_checkpointing_policy": "full"},
                           monkeypatch)
     assert not stashed
