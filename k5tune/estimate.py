@@ -11,7 +11,8 @@ the block inputs to pinned CPU memory, FSDP2 shards weights and LoRA state over 
 Three constants are fitted, each on ONE measurement (H100, benchmarks/results/2026-11-27-h100.md):
 TRANSIENT_PER_TOKEN_DIM (the recompute working set; Lite, full checkpointing, run 3),
 ACTIVATION_OFFLOAD_RESIDUE (what offload_activations leaves on the GPU with eager blocks; Lite, run 12)
-and SAVED_OFFLOAD_RESIDUE (the same with compiled blocks, the default on a GPU; Lite, run 23). Every other measured figure is a prediction: k5tune/estimate_check.py lists them and
+and SAVED_OFFLOAD_RESIDUE (the same with compiled blocks, the default on a GPU; Lite, run 23). Every
+other measured figure is a prediction: k5tune/estimate_check.py lists them and
 `k5tune estimate --check` (and tests/test_estimate.py) compare. Caching is two phases, text then
 video, and its peak is the larger: the text encoders' weights are counted from the real classes
 (Qwen2.5-VL-7B 15.4 GiB, or one streamed part of it at a time, see
@@ -74,10 +75,9 @@ def _pinned_size(nbytes: int) -> int:
 
 
 def _arena_bytes(tensor_bytes: list[int], slab_bytes: int | None = None) -> int:
-    """Pinned memory of tensors placed in order, first fit, into slabs (1 GiB unless given), 4 KiB
-    aligned (PinnedArena); a tensor larger than a slab gets its own allocation, rounded up to a power of
-    two."""
-    from k5tune.train.activation_offload import PinnedArena
+    """Pinned memory of tensors placed in order into slabs as PinnedArena places them (1 GiB slabs
+    unless given); a tensor larger than a slab gets its own allocation, rounded up to a power of two."""
+    from k5tune.train.activation_offload import PinnedArena, first_fit
 
     slab_bytes = slab_bytes or PinnedArena.SLAB_BYTES
     used: list[int] = []
@@ -85,12 +85,8 @@ def _arena_bytes(tensor_bytes: list[int], slab_bytes: int | None = None) -> int:
     for nbytes in tensor_bytes:
         if nbytes > slab_bytes:
             oversized += _pinned_size(nbytes)
-            continue
-        slab = next((i for i, u in enumerate(used) if u + nbytes <= slab_bytes), None)
-        if slab is None:
-            slab = len(used)
-            used.append(0)
-        used[slab] = min(slab_bytes, used[slab] + -(-nbytes // PinnedArena.ALIGN) * PinnedArena.ALIGN)
+        else:
+            first_fit(used, nbytes, slab_bytes, PinnedArena.ALIGN)
     return len(used) * slab_bytes + oversized
 
 
@@ -102,6 +98,7 @@ def weight_count(flavour: str, precision: str = "no_change", modulation_fp32: bo
     from diffusers import Kandinsky5Transformer3DModel
 
     from k5tune.models.kandinsky5.quantize import base_linears
+    from k5tune.train.activation_offload import slab_bytes_for
 
     with torch.device("meta"):
         model = Kandinsky5Transformer3DModel(**FLAVOURS[flavour].transformer_config)
@@ -128,7 +125,7 @@ def weight_count(flavour: str, precision: str = "no_change", modulation_fp32: bo
     return WeightCount(
         total=size(model.named_parameters()),
         blocks=sum(block_sizes),
-        blocks_pinned=_arena_bytes(block_sizes, slab_bytes=min(2**30, sum(block_sizes) + 4096 * len(block_sizes))),
+        blocks_pinned=_arena_bytes(block_sizes, slab_bytes_for(block_sizes)),  # as GroupOffloader places them
         largest_block=size(model.visual_transformer_blocks[0].named_parameters()),
         largest_linear=max((m.weight.numel() for m in quantised), default=0),
     )

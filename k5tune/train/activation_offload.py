@@ -26,6 +26,25 @@ from torch import nn
 MIN_OFFLOADED_ELEMENTS = int(os.environ.get("K5TUNE_MIN_OFFLOADED_ELEMENTS", 2**20))
 
 
+def first_fit(used: list[int], nbytes: int, slab_bytes: int, align: int = 4096) -> tuple[int, int]:
+    """Where a request of `nbytes` goes among slabs of `slab_bytes` whose first `used[i]` bytes are
+    taken: (slab, start) in the first slab with room, a new slab appended to `used` when none has.
+    `used` advances by the aligned size. (PinnedArena places by it; k5tune estimate counts by it.)"""
+    slab = next((i for i, taken in enumerate(used) if taken + nbytes <= slab_bytes), None)
+    if slab is None:
+        slab = len(used)
+        used.append(0)
+    start = used[slab]
+    used[slab] = min(slab_bytes, start + -(-nbytes // align) * align)
+    return slab, start
+
+
+def slab_bytes_for(tensor_bytes: list[int]) -> int:
+    """A slab size for tensors placed once and kept (group offload's weight homes): no bigger than they
+    need, aligned, up to PinnedArena.SLAB_BYTES."""
+    return min(PinnedArena.SLAB_BYTES, sum(n + PinnedArena.ALIGN for n in tensor_bytes))
+
+
 class PinnedArena:
     """Pinned CPU memory carved from 1 GiB slabs, first fit: a request goes into the first slab with room.
     Why not one pinned tensor per request: torch's pinned allocator rounds every request up to a power of
@@ -59,13 +78,9 @@ class PinnedArena:
         nbytes = tensor.numel() * tensor.element_size()
         if nbytes > self.SLAB_BYTES:
             return torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, pin_memory=pin)
-        slab = next((i for i, used in enumerate(self.used) if used + nbytes <= self.SLAB_BYTES), None)
-        if slab is None:
-            slab = len(self.slabs)
+        slab, start = first_fit(self.used, nbytes, self.SLAB_BYTES, self.ALIGN)
+        if slab == len(self.slabs):
             self.slabs.append(torch.empty(self.SLAB_BYTES, dtype=torch.uint8, pin_memory=pin))
-            self.used.append(0)
-        start = self.used[slab]
-        self.used[slab] = min(self.SLAB_BYTES, start + -(-nbytes // self.ALIGN) * self.ALIGN)
         flat = self.slabs[slab][start : start + nbytes]
         return flat.view(tensor.dtype).as_strided(tensor.size(), tensor.stride())
 
@@ -84,20 +99,17 @@ class StashedTensor:
         self.device = tensor.device
         self.gpu: torch.Tensor | None = None
         self.ready: torch.cuda.Event | None = None
-        dense = _dense(tensor)
-        if arena is not None and dense:
+        cuda = tensor.device.type == "cuda"
+        if not _dense(tensor):
+            self.cpu = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=cuda)
+        elif arena is not None:
             self.cpu = arena.take(tensor)
             weakref.finalize(self, arena.release)
-        if tensor.device.type != "cuda":  # CPU runs (tests): a plain copy, so the path is the same
-            if arena is not None and dense:
-                self.cpu.copy_(tensor.detach())
-            else:
-                self.cpu = tensor.detach().clone()
+        else:
+            self.cpu = torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, pin_memory=cuda)
+        if not cuda:  # CPU runs (tests): a plain copy, so the path is the same
+            self.cpu.copy_(tensor.detach())
             return
-        if not dense:
-            self.cpu = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        elif arena is None:
-            self.cpu = torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, pin_memory=True)
         if stream is None:
             self.cpu.copy_(tensor.detach(), non_blocking=True)
             return
@@ -196,9 +208,9 @@ class SavedActivationOffload:
         device = args[0].device  # what is elsewhere (a GPU block's CPU RNG state) stays as it is
 
         def pack(tensor: torch.Tensor):
-            if (isinstance(tensor, nn.Parameter) or tensor.numel() < MIN_OFFLOADED_ELEMENTS or tensor.device != device
-                    or type(tensor) is not torch.Tensor or not _dense(tensor)
-                    or tensor.untyped_storage().data_ptr() in shared):
+            # (plain tensors only: weights arrive as Parameters, torchao's as wrapper subclasses)
+            if (type(tensor) is not torch.Tensor or tensor.numel() < MIN_OFFLOADED_ELEMENTS or tensor.device != device
+                    or not _dense(tensor) or tensor.untyped_storage().data_ptr() in shared):
                 return tensor
             stash = StashedTensor(tensor, self._stream_for(tensor), self.arena)
             saves.stashes.append(stash)

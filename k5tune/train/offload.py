@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from k5tune.train import activation_offload
-from k5tune.train.activation_offload import PinnedArena, StashedTensor
+from k5tune.train.activation_offload import PinnedArena, StashedTensor, slab_bytes_for
 
 
 class _Group:
@@ -171,9 +171,8 @@ class GroupOffloader:
         self.group_of: dict[int, _Group] = {}
         # one weight per pinned request would be rounded up to a power of two by torch's allocator (Pro:
         # 35.9 -> 39.3 GiB); the homes share slabs instead, no bigger than the weights need
-        tensors = [t for block in blocks for t in [*block.parameters(), *block.buffers()]]
-        block_bytes = sum(t.numel() * t.element_size() + PinnedArena.ALIGN for t in tensors)  # (with alignment)
-        homes = PinnedArena(pin=cuda, slab_bytes=min(PinnedArena.SLAB_BYTES, block_bytes))
+        homes = PinnedArena(pin=cuda, slab_bytes=slab_bytes_for(
+            [t.numel() * t.element_size() for block in blocks for t in [*block.parameters(), *block.buffers()]]))
         for members in units if offload_weights else ():
             group = _Group(len(self.groups), members, self.compute, homes)
             self.groups.append(group)
