@@ -141,8 +141,9 @@ class MemoryPreset:
 # Measured on an H100 (benchmarks/results/2026-11-27-h100.md), Lite at 512x768, 61 frames, LoRA rank 32 on
 # attention + feed-forward: selective checkpointing 1.73 s/step, 12.5 GiB; with activation offload 1.74 s,
 # 7.2 GiB (`k5tune train`, run 25); full 2.03 s, 10.4 GiB; int8 base 1.96 s, 10.4 GiB; group offload 1
-# block/group + stream (+ activation offload) 2.17 s, 4.1 GiB. Caching: VAE encode of one clip 12.2 GiB plain, 10.4 with patch conv, 2.6 with
-# tiling (blended, not exact); Qwen2.5-VL streamed from CPU memory with offload_during_startup (1.6 GiB).
+# block/group + stream (+ activation offload) 2.17 s, 4.1 GiB. Caching: VAE encode of one clip 12.2 GiB
+# plain, 10.4 with patch conv, 2.6 with tiling (blended, not exact); Qwen2.5-VL streamed from CPU memory
+# with offload_during_startup (1.6 GiB).
 # Each preset leaves ~1 GiB spare on the smallest card of its row.
 _GROUP_OFFLOAD = {"enable_group_offload": True, "group_offload_type": "block_level",
                   "group_offload_blocks_per_group": 1, "group_offload_use_stream": True}
