@@ -39,8 +39,8 @@ def _load(args: argparse.Namespace, extra: list[str]):
     return load_config(args.config, parse_overrides(extra))
 
 
-def _print_dry_run(loaded) -> int:
-    print(json.dumps(loaded.resolved(), indent=2))
+def _print_dry_run(loaded, derived: dict | None = None) -> int:
+    print(json.dumps({**loaded.resolved(), **({"derived": derived} if derived else {})}, indent=2))
     for notice in loaded.notices():
         print(f"note: {notice}", file=sys.stderr)
     return 0
@@ -51,7 +51,9 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
     loaded = _load(args, extra)
     if args.dry_run:
-        return _print_dry_run(loaded)
+        from k5tune.train.summary import training_summary
+
+        return _print_dry_run(loaded, training_summary(loaded))
     from k5tune.progress import TqdmProgress
     from k5tune.train import distributed
     from k5tune.train.trainer import describe_outputs, train

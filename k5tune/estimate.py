@@ -368,7 +368,7 @@ def pinned_cpu_gib(flavour: str, shape: TrainingShape, settings: TrainingSetting
 VAE_ANCHOR_SHAPE = (61, 512, 768)  # frames, height, width
 VAE_ANCHORS = {"plain": 12.2, "patch_conv": 10.42, "tiling": 2.59}
 CAPTION_BATCH = 8  # k5tune.cache.builder encodes captions 8 at a time
-CAPTION_TOKENS = 128 + 256  # the prompt template plus the longest caption kept (the worst case)
+CAPTION_TOKENS = 128 + 512  # the prompt template plus the longest caption kept (caption_max_tokens' default)
 
 
 @lru_cache(maxsize=1)

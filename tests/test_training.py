@@ -87,10 +87,10 @@ def test_training_pairs_match_the_oracle_convention():
 
 def test_sigma_sampling_shift_and_schemes():
     generator = torch.Generator().manual_seed(0)
-    plain = objective.sample_sigmas(20000, generator, shift=1.0)
+    plain = objective.sample_sigmas(20000, generator, 1.0, "logit_normal")
     assert 0 < plain.min() and plain.max() < 1
     assert abs(plain.median().item() - 0.5) < 0.02  # logit-normal(0, 1) is centred on 0.5
-    shifted = objective.sample_sigmas(20000, torch.Generator().manual_seed(0), shift=5.0)
+    shifted = objective.sample_sigmas(20000, torch.Generator().manual_seed(0), 5.0, "logit_normal")
     assert shifted.median() > 0.8  # shift 5 moves the mass towards noise, like the scheduler
     torch.testing.assert_close(objective.shift_sigmas(torch.tensor([0.5]), 5.0), torch.tensor([5 / 6]))
     uniform = objective.sample_sigmas(20000, torch.Generator().manual_seed(0), 1.0, "uniform")

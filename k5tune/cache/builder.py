@@ -16,7 +16,13 @@ from pathlib import Path
 import torch
 
 from k5tune.cache.store import TensorStore, content_key
-from k5tune.models.kandinsky5.encoding import MAX_CAPTION_TOKENS, encode_prompts, encode_video, text_pipeline
+from k5tune.models.kandinsky5.encoding import (
+    MAX_CAPTION_TOKENS,
+    caption_tokens,
+    encode_prompts,
+    encode_video,
+    text_pipeline,
+)
 from k5tune.models.kandinsky5.patch_conv import enable_patch_conv
 from k5tune.models.kandinsky5.text_stream import (
     free_gpu_bytes,
@@ -52,6 +58,8 @@ class CacheResult:
     text_peak_gib: float | None = None
     latent_peak_gib: float | None = None
     text_encoder_streamed: bool = False
+    # clips whose latents came out NaN/inf: not stored, not trained on (the stage reports them)
+    unusable: list = field(default_factory=list)
 
     @property
     def peak_gib(self) -> float | None:
@@ -76,6 +84,10 @@ class CacheResult:
     def sample(self, record_key: str, backend_id: str) -> dict[str, torch.Tensor]:
         """All cached tensors of a clip: `latents`, and `first_frame` for I2V flavours."""
         return self.latent_stores[backend_id].get(self.latent_keys[record_key])
+
+    def discard(self, record_key: str, backend_id: str) -> None:
+        """Delete a clip's entry (found unusable): the next cache stage encodes it again."""
+        self.latent_stores[backend_id].path(self.latent_keys[record_key]).unlink(missing_ok=True)
 
     def prompt(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.text_store.get(self.text_keys[caption])
@@ -108,10 +120,11 @@ def latent_key(record, vae_identity: dict, vae_dtype: torch.dtype, seed: int, fi
     )
 
 
-def text_key(caption: str, text_identity: dict, text_dtype: torch.dtype, start_index: int) -> str:
+def text_key(caption: str, text_identity: dict, text_dtype: torch.dtype, start_index: int,
+             max_tokens: int = MAX_CAPTION_TOKENS) -> str:
     return content_key(
         kind="text", caption=caption, model=text_identity, dtype=str(text_dtype), start=start_index,
-        max_tokens=MAX_CAPTION_TOKENS,
+        max_tokens=max_tokens,
     )
 
 
@@ -119,6 +132,17 @@ def _record_generator(seed: int, record_key: str) -> torch.Generator:
     """A per-clip generator, so random crops/starts do not depend on the order clips are cached in."""
     mixed = int.from_bytes(hashlib.sha256(f"{seed}:{record_key}".encode()).digest()[:8], "little")
     return torch.Generator().manual_seed(mixed)
+
+
+def long_captions(records, components, max_tokens: int) -> list[tuple[object, int]]:
+    """(record, tokens) of every clip with a caption longer than `max_tokens` Qwen tokens: training cuts it
+    there, as inference does (the dataset report lists them)."""
+    captions = sorted({c for r in records for c in r.captions})
+    if not captions:
+        return []
+    counts = dict(zip(captions, caption_tokens(text_pipeline(components, None, None), captions), strict=True))
+    return [(r, max(counts[c] for c in r.captions)) for r in records
+            if any(counts[c] > max_tokens for c in r.captions)]
 
 
 def _reset_peak(runtime: Runtime) -> None:
@@ -147,18 +171,19 @@ def _text_encoders(components, runtime: Runtime, offload_during_startup: bool, p
 
 
 def _encode_captions(captions: list[str], text_store: TensorStore, text_keys: dict[str, str], components,
-                     runtime: Runtime, offload_during_startup: bool, progress: Progress) -> bool:
+                     runtime: Runtime, train_config, progress: Progress) -> bool:
     """Encode and store `captions`; returns whether the text encoder was streamed.
 
     The pipeline holding the encoders lives only in this function, so nothing keeps them alive once
     the caller unloads them.
     """
-    qwen, clip, streamed = _text_encoders(components, runtime, offload_during_startup, progress)
+    qwen, clip, streamed = _text_encoders(components, runtime, train_config.offload_during_startup, progress)
     pipe = text_pipeline(components, qwen, clip)
     progress.start("caching text embeddings", len(captions))
     for offset in range(0, len(captions), CAPTION_BATCH):
         chunk = captions[offset : offset + CAPTION_BATCH]
-        for caption, embedding in zip(chunk, encode_prompts(pipe, chunk, runtime.device, runtime.text_dtype), strict=True):
+        encoded = encode_prompts(pipe, chunk, runtime.device, runtime.text_dtype, train_config.caption_max_tokens)
+        for caption, embedding in zip(chunk, encoded, strict=True):
             text_store.put(text_keys[caption], {"qwen": embedding.qwen, "clip": embedding.clip}, {"caption": caption})
         text_store.save_manifest()
         progress.advance(len(chunk))
@@ -204,13 +229,15 @@ def build_caches(
     captions = sorted({c for r in records for c in r.captions} | {EMPTY_CAPTION} | set(extra_prompts or []))
     text_identity = {"qwen": _folder_identity(components.source, "text_encoder"),
                      "clip": _folder_identity(components.source, "text_encoder_2")}
-    text_keys = {c: text_key(c, text_identity, runtime.text_dtype, components.prompt_start_index) for c in captions}
+    text_keys = {c: text_key(c, text_identity, runtime.text_dtype, components.prompt_start_index,
+                             train_config.caption_max_tokens) for c in captions}
     missing_captions = [c for c in captions if not text_store.verified(text_keys[c])][dist.rank :: dist.world]
+    #   (an unreadable or NaN/inf text entry is deleted by verified() and encoded again like a new one)
     streamed, text_peak = False, None
     if missing_captions:
         _reset_peak(runtime)
-        streamed = _encode_captions(missing_captions, text_store, text_keys, components, runtime,
-                                    train_config.offload_during_startup, progress)
+        streamed = _encode_captions(missing_captions, text_store, text_keys, components, runtime, train_config,
+                                    progress)
         text_peak = runtime.peak_memory_gib()
     if train_config.offload_during_startup:
         # The text encoders are done: free them before the VAE comes to the GPU.
@@ -225,7 +252,14 @@ def build_caches(
     i2v = components.source.flavour.is_i2v
     latent_keys = {r.key: latent_key(r, vae_identity, runtime.vae_dtype, train_config.seed, i2v) for r in records}
     dist.barrier()  # every caption is cached before anyone checks the latents (verified() may delete)
-    missing = [r for r in records if not latent_stores[r.backend_id].verified(latent_keys[r.key])][dist.rank :: dist.world]
+    missing_anywhere = []
+    for record in records:
+        problem = latent_stores[record.backend_id].problem(latent_keys[record.key])
+        if problem is not None:
+            missing_anywhere.append(record)
+        if problem not in (None, "missing") and dist.is_main:
+            progress.log(f"warning: the cached latents of {record.path} were {problem}: deleted, encoded again")
+    missing = missing_anywhere[dist.rank :: dist.world]
     latent_peak = None
     if missing:
         _reset_peak(runtime)
@@ -241,9 +275,9 @@ def build_caches(
                 tensors = {"latents": encode_video(vae, pixels.unsqueeze(0))[0]}
                 if i2v:  # the first frame alone, as the I2V pipeline encodes its image
                     tensors["first_frame"] = encode_video(vae, pixels[None, :, :1])[0]
-                store = latent_stores[record.backend_id]
-                store.put(latent_keys[record.key], tensors,
-                          {"clip": str(record.path), "bucket": record.bucket.name})
+                if all(torch.isfinite(t).all() for t in tensors.values()):  # (NaN/inf: never stored)
+                    latent_stores[record.backend_id].put(latent_keys[record.key], tensors,
+                                                         {"clip": str(record.path), "bucket": record.bucket.name})
                 progress.advance(1)
         finally:  # interrupted or failed: the entries already written are described too
             for store in latent_stores.values():
@@ -254,6 +288,8 @@ def build_caches(
         components.unload("vae")
         runtime.empty_cache()
     dist.barrier()  # every share is written: from here on each process reads the whole cache
+    # what is still missing was encoded to NaN/inf (by whichever process): every process agrees on it
+    unusable = [r for r in missing_anywhere if not latent_stores[r.backend_id].has(latent_keys[r.key])]
 
     return CacheResult(
         latent_keys=latent_keys,
@@ -267,6 +303,7 @@ def build_caches(
         text_peak_gib=text_peak,
         latent_peak_gib=latent_peak,
         text_encoder_streamed=streamed,
+        unusable=unusable,
     )
 
 

@@ -66,6 +66,41 @@ def _scan_progress(progress: Progress):
     return report
 
 
+def _without_unusable(records: list, cache: CacheResult, report, progress: Progress) -> list:
+    """Clips the VAE encoded to NaN/inf are reported (dataset report, log) and not trained on."""
+    from k5tune.data import SkipReason
+    from k5tune.errors import DatasetError
+
+    if not cache.unusable:
+        return records
+    dropped = {r.key for r in cache.unusable}
+    for record in cache.unusable:
+        report.add_skip(record.path, SkipReason.NONFINITE_LATENTS, "NaN/inf in the encoded latents", record.backend_id)
+        progress.log(f"warning: {record.path}: the VAE encoded it to NaN/inf values; it is left out")
+    report.used -= len(cache.unusable)
+    for summary in report.backends:
+        summary.used -= sum(r.backend_id == summary.id for r in cache.unusable)
+    kept = [r for r in records if r.key not in dropped]
+    if not kept:
+        raise DatasetError("every clip was encoded to NaN/inf values by the VAE; nothing to train on "
+                           "(see the dataset report)")
+    return kept
+
+
+def _note_long_captions(records: list, components, max_tokens: int, report, progress: Progress) -> None:
+    from k5tune.cache.builder import long_captions
+
+    long = long_captions(records, components, max_tokens)
+    if not long:
+        return
+    listed = ", ".join(f"{r.path.name} ({n})" for r, n in long[:10]) + (" ..." if len(long) > 10 else "")
+    note = (f"{len(long)} clip(s) have a caption longer than caption_max_tokens ({max_tokens} Qwen tokens): it is "
+            f"cut there, as inference cuts it: {listed}")
+    report.notes.append(note)
+    report.long_captions = [{"path": str(r.path), "tokens": n} for r, n in long]
+    progress.log(f"note: {note}")
+
+
 def run_cache_stage(loaded, runtime: Runtime, progress: Progress | None = None, dist=None) -> CacheStage:
     from k5tune.data import scan_backends
 
@@ -82,6 +117,8 @@ def run_cache_stage(loaded, runtime: Runtime, progress: Progress | None = None, 
     extra = [*prompts, negative_prompt(cfg)] if prompts else []
     cache = build_caches(cfg, loaded.media_backends, loaded.text_embeds_backend, records, components, runtime,
                          extra_prompts=extra, progress=progress, dist=dist)
+    records = _without_unusable(records, cache, report, progress)
+    _note_long_captions(records, components, cfg.caption_max_tokens, report, progress)
     if dist is None or dist.is_main:  # the report also says what caching cost (this process's GPU)
         atomic_write_json(path, {**report.to_dict(), "caching": cache.memory_summary()})
     if runtime.is_cuda:  # from here on, peaks (metrics.csv's peak_gib) are training's own

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from k5tune.atomic import TMP_PREFIX, atomic_target, atomic_write_json
+from k5tune.atomic import TMP_PREFIX, atomic_save_safetensors, atomic_write_json
 
 _TMP_PREFIX = TMP_PREFIX
 MANIFEST = "manifest.json"
@@ -59,8 +59,7 @@ class TensorStore:
         return self.path(key).is_file()
 
     def put(self, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
-        with atomic_target(self.path(key)) as temporary:
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, temporary)
+        atomic_save_safetensors(self.path(key), {k: v.detach().contiguous().cpu() for k, v in tensors.items()})
         self._manifest[key] = meta or {}
         self._dirty = True
 
@@ -71,18 +70,21 @@ class TensorStore:
             raise KeyError(f"cache entry {key} in {self.root} is unreadable: {exc}") from exc
 
     def verified(self, key: str) -> bool:
-        """True when the entry exists and its header parses (a torn file from another tool fails)."""
-        if not self.has(key):
-            return False
-        try:
-            from safetensors import safe_open
+        return self.problem(key) is None
 
-            with safe_open(self.path(key), framework="pt") as handle:
-                handle.keys()
-            return True
+    def problem(self, key: str) -> str | None:
+        """Why the entry cannot be used, or None: "missing", or "unreadable" / "NaN/inf values" (a torn or
+        truncated file; a NaN inside a valid file), in which case it is deleted, to be encoded again."""
+        if not self.has(key):
+            return "missing"
+        try:
+            if all(torch.isfinite(t).all() for t in load_file(self.path(key)).values()):
+                return None
+            problem = "NaN/inf values"
         except (SafetensorError, OSError):
-            self.path(key).unlink(missing_ok=True)
-            return False
+            problem = "unreadable"
+        self.path(key).unlink(missing_ok=True)
+        return problem
 
     def save_manifest(self) -> None:
         """Merge our entries into the manifest on disk under a lock (several processes may cache)."""

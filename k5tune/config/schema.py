@@ -65,6 +65,11 @@ class TrainConfig(BaseModel):
     caption_dropout_probability: float = _f(
         0.0, "Chance of training a sample with an empty caption (helps guidance).", ge=0.0, le=1.0
     )
+    caption_max_tokens: int = _f(
+        512, "Qwen tokens of a caption kept after the prompt template; longer captions are cut there and listed "
+        "in the dataset report. 512 is the diffusers pipelines' max_sequence_length, so training sees what "
+        "inference sees.", ge=1, le=1024,
+    )
 
     # --- output --------------------------------------------------------------------------------
     output_dir: str = _f("output/models", "Where checkpoints, the LoRA, logs and validation videos go.")
@@ -107,7 +112,8 @@ class TrainConfig(BaseModel):
     num_train_epochs: int | None = _f(None, "Epochs to train when max_train_steps is not set.", gt=0)
     seed: int = _f(42, "Seed for everything random: the same seed gives the same LoRA.")
     mixed_precision: Literal["bf16", "fp16", "no"] = _f(
-        "bf16", "Compute dtype on GPU (CPU always trains in fp32)."
+        "bf16", "Compute dtype on GPU (CPU always trains in fp32): bf16, or no (fp32). fp16 is refused: it needs "
+        "loss scaling, which k5tune does not do, and Kandinsky 5 is released in bf16."
     )
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward to save memory.")
     gradient_checkpointing_policy: Literal["selective", "full"] = _f(
@@ -142,11 +148,17 @@ class TrainConfig(BaseModel):
     flow_schedule_shift: float | None = _f(
         None, "Shift of the sigma distribution. Default: the `shift` in the model's scheduler config.", gt=0
     )
-    flow_sigma_sampling: Literal["logit_normal", "uniform"] = _f(
-        "logit_normal", "How training noise levels are drawn."
+    flow_sigma_sampling: Literal["uniform", "logit_normal", "mode"] = _f(
+        "uniform",
+        "How training noise levels are drawn, before the shift. uniform (default): the levels the sampler "
+        "itself visits (Kandinsky 5's training recipe is not published; logit_normal + shift 5 draws 0.7 % "
+        "below sigma 0.3, where the sampler spends 8 % of its steps, uniform 7.9 %); logit_normal: "
+        "sigmoid(N(flow_logit_mean, flow_logit_std)), SD3's choice; mode: SD3's mode sampling "
+        "(flow_mode_scale). `train --dry-run` prints the resulting quantiles.",
     )
     flow_logit_mean: float = _f(0.0, "Mean of the logit-normal sigma distribution.")
     flow_logit_std: float = _f(1.0, "Std of the logit-normal sigma distribution.", gt=0)
+    flow_mode_scale: float = _f(1.29, "Scale of SD3's mode sampling (flow_sigma_sampling mode).", ge=-1, le=1.5)
 
     # --- checkpoints ----------------------------------------------------------------------------
     checkpointing_steps: int = Field(
@@ -241,6 +253,15 @@ class TrainConfig(BaseModel):
     def _known_flavour(cls, value: str) -> str:
         if value not in FLAVOUR_NAMES:
             raise ValueError(f"unknown flavour '{value}'; valid flavours: {', '.join(FLAVOUR_NAMES)}")
+        return value
+
+    @field_validator("mixed_precision")
+    @classmethod
+    def _no_fp16(cls, value: str) -> str:
+        if value == "fp16":
+            raise ValueError("fp16 is not supported: it needs loss scaling, which k5tune does not do (gradients "
+                             "underflow), and Kandinsky 5 is released in bf16; use bf16 (GPUs since Ampere) or "
+                             "no (fp32)")
         return value
 
     @field_validator("validation_num_video_frames")

@@ -20,6 +20,7 @@ class SkipReason(StrEnum):
     TOO_LONG = "too_long"
     MISSING_CAPTION = "missing_caption"
     EMPTY_CAPTION = "empty_caption"
+    NONFINITE_LATENTS = "nonfinite_latents"
 
 
 REASON_HINTS: dict[SkipReason, str] = {
@@ -30,6 +31,7 @@ REASON_HINTS: dict[SkipReason, str] = {
     SkipReason.TOO_LONG: "more frames than video.max_frames after resampling to the frame rate",
     SkipReason.MISSING_CAPTION: "no same-named .txt caption beside the file",
     SkipReason.EMPTY_CAPTION: "the .txt caption has no text",
+    SkipReason.NONFINITE_LATENTS: "the VAE encoded this clip to NaN/inf values (not trained on; check the file)",
 }
 
 
@@ -60,6 +62,7 @@ class DatasetReport:
     buckets: dict[str, int] = field(default_factory=dict)  # bucket name -> clips (repeats not counted)
     backends: list[BackendSummary] = field(default_factory=list)
     upscaled: int = 0  # used clips smaller than their bucket on some side (they are enlarged)
+    long_captions: list[dict] = field(default_factory=list)  # clips whose caption is cut at caption_max_tokens
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import mimetypes
-import os
-import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from k5tune import __version__
+from k5tune.atomic import atomic_write_text
 from k5tune.config.loading import build_datasets, build_train_config
 from k5tune.config.schema import TrainConfig
 from k5tune.errors import ConfigError, DatasetError
@@ -82,19 +81,6 @@ class RunBody(BaseModel):
 
 class StopBody(BaseModel):
     force: bool = False
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Temp file in the same folder, then rename: a crash never leaves half a config behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _read_json_file(path: Path) -> tuple[Any, str | None, str]:
@@ -182,7 +168,7 @@ def create_app(project_dir: str | Path = ".", token: str | None = None, *, state
         except ConfigError as exc:
             return JSONResponse({"saved": False, "error": forms.field_error(exc)}, status_code=422)
         if not body.validate_only:
-            _write_atomic(file, forms.dumps(values))
+            atomic_write_text(file, forms.dumps(values))
         return JSONResponse({"saved": not body.validate_only, "path": paths.relative(file), "notices": notices})
 
     # --- dataset file -----------------------------------------------------------------------------
@@ -210,7 +196,7 @@ def create_app(project_dir: str | Path = ".", token: str | None = None, *, state
             return JSONResponse({"saved": False, "error": forms.field_error(exc, backends=body.backends)},
                                 status_code=422)
         if not body.validate_only:
-            _write_atomic(file, forms.dumps(body.backends))
+            atomic_write_text(file, forms.dumps(body.backends))
         return JSONResponse({"saved": not body.validate_only, "path": paths.relative(file)})
 
     @api.post("/datasets/preview")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from k5tune import __version__
+from k5tune.atomic import atomic_torch_save, atomic_write_json
 from k5tune.errors import ConfigError
 
 STATE_FILE = "training_state.pt"
@@ -56,6 +57,11 @@ def _fsync_folder(folder: Path) -> None:
             os.fsync(handle.fileno())
 
 
+# A checkpoint being replaced (the same step saved again) waits under this name until its successor is
+# in place: at every moment one complete copy exists under a name `list_checkpoints` can find again.
+_REPLACED = ".replaced-"
+
+
 def save_checkpoint(output_dir: Path, step: int, write_lora, state: dict[str, Any], limit: int | None) -> Path:
     """Write checkpoint-<step> atomically; `write_lora(folder)` writes the LoRA file into the folder."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -64,24 +70,41 @@ def save_checkpoint(output_dir: Path, step: int, write_lora, state: dict[str, An
     staging.mkdir()
     try:
         write_lora(staging)
-        torch.save(state, staging / STATE_FILE)
+        atomic_torch_save(staging / STATE_FILE, state)
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
         manifest = {"step": step, "k5tune": __version__, "files": files,
                     "epoch": state["position"]["epoch"], "next_group": state["position"]["next_group"]}
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        atomic_write_json(staging / MANIFEST_FILE, manifest)
         _fsync_folder(staging)
+        replaced = None
         if final.exists():  # the same step saved again (e.g. interrupt right after a periodic save)
-            shutil.rmtree(final)
+            replaced = output_dir / f"{_REPLACED}{final.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(final, replaced)
         os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
     rotate_checkpoints(output_dir, limit)
     return final
 
 
+def _recover_replaced(output_dir: Path) -> None:
+    """A kill between the two renames of a re-save leaves the old copy under its waiting name: put it
+    back where it was; once the new copy is in place, the waiting one is surplus."""
+    for waiting in sorted(output_dir.glob(f"{_REPLACED}{PREFIX}*")):
+        name = waiting.name[len(_REPLACED):].rsplit("-", 1)[0]
+        if (output_dir / name).exists():
+            shutil.rmtree(waiting, ignore_errors=True)
+        elif is_complete(waiting):
+            os.replace(waiting, output_dir / name)
+
+
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a folder without a valid manifest is not one)."""
+    if output_dir.is_dir():
+        _recover_replaced(output_dir)
     found = []
     for folder in output_dir.glob(f"{PREFIX}*"):
         suffix = folder.name[len(PREFIX):]
@@ -96,6 +119,19 @@ def is_complete(folder: Path) -> bool:
         return all((folder / name).is_file() for name in manifest["files"])
     except (OSError, ValueError, KeyError):
         return False
+
+
+def damage(folder: Path) -> str | None:
+    """Why a complete-looking checkpoint cannot be trusted (a file whose bytes differ from the sha256 its
+    manifest recorded: truncated, overwritten), or None when every file verifies."""
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        for name, digest in manifest["files"].items():
+            if _sha256(folder / name) != digest:
+                return f"{name} does not match the sha256 recorded when it was saved"
+    except (OSError, ValueError, KeyError) as exc:
+        return f"its manifest cannot be read ({exc})"
+    return None
 
 
 def rotate_checkpoints(output_dir: Path, limit: int | None) -> None:
@@ -159,15 +195,21 @@ def set_aside_checkpoints(output_dir: Path) -> list[Path]:
     return [folder for run in runs for folder in list_checkpoints(run)]
 
 
-def resolve_resume(output_dir: Path, value: str) -> Path | None:
-    """'latest' -> the newest complete checkpoint (None when there is none yet); else the given folder."""
+def resolve_resume(output_dir: Path, value: str, log=print) -> Path | None:
+    """'latest' -> the newest checkpoint whose files verify (None when there is none yet), naming each
+    damaged one it passes over; else the given folder, which must verify."""
     if value == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
+        for folder in reversed(list_checkpoints(output_dir)):
+            problem = damage(folder)
+            if problem is None:
+                return folder
+            log(f"warning: {folder} is damaged ({problem}); trying the checkpoint before it")
+        return None
     folder = Path(value)
-    if not folder.is_dir() or not is_complete(folder):
+    problem = damage(folder) if folder.is_dir() and is_complete(folder) else f"it needs {MANIFEST_FILE} and its files"
+    if problem is not None:
         raise ConfigError(
-            f"'{value}' is not a complete checkpoint folder (it needs {MANIFEST_FILE} and its files); "
+            f"'{value}' is not a usable checkpoint folder ({problem}); "
             f"use 'latest' or one of: {', '.join(p.name for p in list_checkpoints(output_dir)) or 'none yet'}",
             key="resume_from_checkpoint",
         )

@@ -62,10 +62,11 @@ def _whole(value: torch.Tensor) -> torch.Tensor:
 
 
 def adapter_metadata(transformer) -> str:
-    """The adapter's peft config, packed as diffusers' `load_lora_weights` expects (rank, alpha, ...)."""
-    config = transformer.peft_config["default"].to_dict()
-    packed = {f"transformer.{k}": (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-    return json.dumps(packed, indent=2, sort_keys=True, default=str)
+    """The adapter's peft config, packed as diffusers' `load_lora_weights` expects (rank, alpha, ...), with
+    lora_dropout 0 (see lora_formats.pack_adapter_config; the training value is in k5tune.lora_dropout)."""
+    from k5tune.train.lora_formats import pack_adapter_config
+
+    return pack_adapter_config(transformer.peft_config["default"].to_dict())
 
 
 def save_lora(
@@ -78,18 +79,14 @@ def save_lora(
     training facts under `k5tune.*` keys (flavour, rank, alpha, targets, steps, trigger word).
     `state` is the adapter's `lora_state_dict` when the caller gathered it already (FSDP2).
     """
-    from safetensors.torch import save_file
-
-    from k5tune.atomic import atomic_target
+    from k5tune.atomic import atomic_save_safetensors
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.to(dtype) for k, v in (lora_state_dict(transformer) if state is None else state).items()}
     header = {"format": "pt", "lora_adapter_metadata": adapter_metadata(transformer)}
     header.update({f"k5tune.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
-    with atomic_target(directory / LORA_WEIGHTS_NAME, suffix=".safetensors") as temporary:
-        save_file(tensors, temporary, metadata=header)
-    return directory / LORA_WEIGHTS_NAME
+    return atomic_save_safetensors(directory / LORA_WEIGHTS_NAME, tensors, header)
 
 
 def load_lora_weights(transformer, state: dict[str, torch.Tensor]) -> None:

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,8 +157,11 @@ def unpack_adapter_config(metadata: dict[str, str] | None) -> dict | None:
     return {k.removeprefix(_PACK_PREFIX): v for k, v in packed.items()}
 
 
-def _pack_adapter_config(config: dict) -> str:
-    # the same packing as k5tune.train.lora.adapter_metadata and diffusers' save_lora_adapter
+def pack_adapter_config(config: dict) -> str:
+    """The same packing as diffusers' save_lora_adapter. Every LoRA file k5tune writes says lora_dropout 0:
+    dropout only regularises training, and a loader given a non-zero value builds dropout layers in
+    training mode, so the same seed would give different videos."""
+    config = {**config, "lora_dropout": 0.0}
     packed = {f"{_PACK_PREFIX}{k}": (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
     return json.dumps(packed, indent=2, sort_keys=True, default=str)
 
@@ -269,8 +270,8 @@ def _fresh_config(base: dict | None, modules: dict[str, LoraModule], alphas: dic
         rank_pattern={_anchored(n): v for n, v in ranks.items() if v != r},
         alpha_pattern={_anchored(n): _whole(v) for n, v in alphas.items() if v != alpha},
     ).to_dict()
-    # keep training facts of the old config (dropout, init...) but not what decides the scale
-    kept = {k: v for k, v in (base or {}).items() if k in ("lora_dropout", "init_lora_weights", "bias")}
+    # keep training facts of the old config (init, bias) but not what decides the scale
+    kept = {k: v for k, v in (base or {}).items() if k in ("init_lora_weights", "bias")}
     return {**config, **kept, "use_rslora": False, "use_dora": False}
 
 
@@ -314,7 +315,8 @@ def to_diffusers(
     header = {"format": "pt", **(metadata or {})}
     config = unpack_adapter_config(metadata)
     if config is None or not _config_matches(config, modules, alphas):
-        header[METADATA_KEY] = _pack_adapter_config(_fresh_config(config, modules, alphas))
+        config = _fresh_config(config, modules, alphas)
+    header[METADATA_KEY] = pack_adapter_config(config)
     return out, header
 
 
@@ -367,25 +369,15 @@ def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise K5TuneError(f"{path}: not a readable .safetensors file ({first_line})") from None
     if METADATA_KEY not in metadata and (config := _sidecar_config(path)) is not None:
-        metadata[METADATA_KEY] = _pack_adapter_config(config)
+        metadata[METADATA_KEY] = pack_adapter_config(config)
     return state_dict, metadata, path
 
 
 def write_lora(state_dict: dict[str, torch.Tensor], metadata: dict[str, str], destination: str | Path) -> Path:
-    """Write atomically: a temp file in the same folder, then os.replace (never a half-written LoRA)."""
-    from safetensors.torch import save_file
+    """Write atomically (k5tune.atomic): never a half-written LoRA, and a full disk named as such."""
+    from k5tune.atomic import atomic_save_safetensors
 
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=destination.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata=metadata)
-        os.replace(tmp, destination)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return destination
+    return atomic_save_safetensors(destination, {k: v.contiguous() for k, v in state_dict.items()}, metadata)
 
 
 def default_output_name(source: Path, to: Target) -> str:

@@ -6,6 +6,7 @@ where it is. The loop reads only cached tensors: no video decoding, no text enco
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -59,7 +60,23 @@ from k5tune.validate.runner import ValidationVideo, check_validation_images, run
 
 
 class NotFiniteLoss(K5TuneError):
-    """Too many NaN/inf losses in a row."""
+    """Too many NaN/inf losses or gradients in a row."""
+
+
+class UnusableCacheEntry(Exception):
+    """A clip's cache entry could not be used mid-run (named in the log; the clip is left out)."""
+
+
+@contextlib.contextmanager
+def step_scope(transformer):
+    """State a step sets on the model (the batch's text mask, TREAD's generators) lives from its forward
+    to the end of its backward (checkpointed blocks recompute with it) and no longer: whatever runs next
+    (validation, another batch) starts clean."""
+    try:
+        yield
+    finally:
+        set_text_mask(transformer, None)
+        set_tread_step(transformer, None)
 
 
 @dataclass
@@ -167,16 +184,17 @@ class Trainer:
         # 0. Refuse what is not built yet before any slow work, so the user learns at once.
         refuse_pending_features(cfg)
         check_validation_images(cfg)
-        self.resume_from = (checkpoint.resolve_resume(self.output_dir, cfg.resume_from_checkpoint)
-                            if cfg.resume_from_checkpoint else None)
-        for notice in cfg.notices():
-            progress.log(f"note: {notice}")
 
         # 1. One place decides device and dtypes; seeded generators carry all randomness. Under
         #    torchrun / accelerate launch each process takes its GPU and a slice of every batch.
         self.dist = init_from_env()
         if not self.dist.is_main:
             self.progress = progress = SilentProgress()  # one process speaks for all
+        for notice in cfg.notices():
+            progress.log(f"note: {notice}")
+        #    The checkpoint to resume from: the newest one whose files verify (a damaged one is named).
+        self.resume_from = (checkpoint.resolve_resume(self.output_dir, cfg.resume_from_checkpoint, progress.log)
+                            if cfg.resume_from_checkpoint else None)
         self.runtime = Runtime.detect(cfg.mixed_precision, self.device or self.dist.device(torch.cuda.is_available()))
         torch.manual_seed(cfg.seed)
 
@@ -257,11 +275,9 @@ class Trainer:
         batches_per_epoch = len(batches_for_epoch(self.records, self.global_batch, 0, cfg.seed))
         self.total_steps, self.epochs = plan_steps(cfg, batches_per_epoch)
         self.optimizer = make_optimizer(self.params, cfg)
-        from diffusers.optimization import get_scheduler
-
-        self.scheduler = get_scheduler(cfg.lr_scheduler, optimizer=self.optimizer,
-                                       num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=self.total_steps)
+        self.scheduler = self._make_scheduler()
         self.step, self.epoch, self.next_group, self.nonfinite_in_row = 0, 0, 0, 0
+        self.unusable_clips: set[str] = set()  # clips whose cache entry turned out unusable mid-run
 
         # 5b. Resume: LoRA, optimizer, schedule, RNG and the data position of the checkpoint.
         if self.resume_from is not None:
@@ -288,6 +304,37 @@ class Trainer:
         self.epoch, self.next_group = state["position"]["epoch"], state["position"]["next_group"]
         self.nonfinite_in_row = state.get("nonfinite_in_row", 0)
         self.progress.log(f"resumed from {folder} at step {self.step}")
+        self._follow_schedule_changes(state)
+
+    def _make_scheduler(self, last_epoch: int = -1):
+        from diffusers.optimization import get_scheduler
+
+        cfg = self.cfg
+        return get_scheduler(cfg.lr_scheduler, optimizer=self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                             num_training_steps=self.total_steps, last_epoch=last_epoch)
+
+    def _schedule_settings(self) -> dict:
+        cfg = self.cfg
+        return {"learning_rate": cfg.learning_rate, "lr_scheduler": cfg.lr_scheduler,
+                "lr_warmup_steps": cfg.lr_warmup_steps, "total_steps": self.total_steps}
+
+    def _follow_schedule_changes(self, state: dict) -> None:
+        """A learning rate or schedule changed since the checkpoint takes effect (the optimizer state
+        restored the old one): the new schedule continues from the resumed step, as if it had been the
+        schedule all along. Unchanged settings keep the restored state untouched (resume stays exact)."""
+        saved = state.get("schedule")
+        if saved is None:  # a checkpoint from before the schedule was recorded: its rate is in the optimizer
+            saved = {"learning_rate": state["optimizer"]["param_groups"][0].get("initial_lr")}
+        now = self._schedule_settings()
+        changed = {k: (saved[k], now[k]) for k in now if saved.get(k) is not None and saved[k] != now[k]}
+        if not changed:
+            return
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = group["lr"] = self.cfg.learning_rate
+        self.scheduler = self._make_scheduler(last_epoch=self.step - 1)
+        what = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
+        self.progress.log(f"changed since the checkpoint: {what}; the new schedule applies from step {self.step} "
+                          f"(learning rate now {self.scheduler.get_last_lr()[0]:.3g})")
 
     def _set_earlier_runs_aside(self) -> None:
         """Files of another run in output_dir go to earlier-runs/<stamp>/ (see checkpoint.py): all of
@@ -310,7 +357,8 @@ class Trainer:
     def _lora_meta(self) -> dict:
         cfg = self.cfg
         meta = {"flavour": cfg.model_flavour, "rank": cfg.lora_rank, "alpha": cfg.effective_lora_alpha,
-                "targets": cfg.lora_target_modules, "modules": len(self.adapted), "steps": self.step}
+                "targets": cfg.lora_target_modules, "modules": len(self.adapted), "steps": self.step,
+                "lora_dropout": cfg.lora_dropout}
         if cfg.trigger_word:
             meta["trigger_word"] = cfg.trigger_word
         return meta
@@ -336,6 +384,9 @@ class Trainer:
         return lora_state_dict(self.transformer) if self.fsdp else None
 
     def save_checkpoint(self) -> Path:
+        if not self._weights_finite():  # (non-finite weights are never saved, never called good)
+            raise NotFiniteLoss(f"the LoRA weights hold NaN/inf values at step {self.step}: nothing saved; lower "
+                                f"learning_rate; last good checkpoint: {self._last_good_checkpoint() or 'none'}")
         folder = self.output_dir / f"{checkpoint.PREFIX}{self.step}"
         lora = self._gathered_lora()
         optimizer = fsdp.full_optimizer_state(self.transformer, self.optimizer) if self.fsdp else None
@@ -353,6 +404,7 @@ class Trainer:
             "rng": checkpoint.rng_state(),
             "nonfinite_in_row": self.nonfinite_in_row,
             "seed": self.cfg.seed,
+            "schedule": self._schedule_settings(),
         }
         folder = checkpoint.save_checkpoint(
             self.output_dir, self.step, lambda d: save_lora(self.transformer, d, self._lora_meta(), state=lora), state,
@@ -429,49 +481,23 @@ class Trainer:
 
     def train_step(self, group: list[list[int]]) -> dict | None:
         """One optimizer step over `group` (global batches of record indices); None when skipped."""
-        cfg, dist = self.cfg, self.dist
         started = time.perf_counter()
         loss_sum = torch.zeros(1, dtype=torch.float64)
         with self.speed.attention_context():
             for micro, global_batch in enumerate(group):
-                # this process's slice; positions index the global batch, so every sample draws the
-                # same noise whichever process trains it (and however many there are)
-                first = dist.rank * cfg.train_batch_size
-                positions = list(range(first, min(first + cfg.train_batch_size, len(global_batch))))
-                weight = len(positions) / len(global_batch) / len(group)
-                if not positions:
-                    if not self.fsdp:
-                        continue
-                    # a sharded model computes only with every process: run the last sample, weighted 0
-                    positions, weight = [len(global_batch) - 1], 0.0
-                if self.fsdp:
-                    fsdp.set_gradient_sync(self.transformer, micro == len(group) - 1)
-                loss = micro_batch_loss(self.transformer, self.cache, [self.records[global_batch[p]] for p in positions],
-                                        positions, self.epoch, cfg.seed, self.step, micro, cfg, self.shift,
-                                        self.runtime)
-                # this slice's share of the global-batch mean; the gradient sum across processes is the mean
-                share = loss * weight
-                # FSDP2 averages gradients over the processes where we need their sum
-                (share * dist.world if self.fsdp else share).backward()
-                loss_sum += share.detach().double().cpu()
-        dist.sum_(loss_sum)
+                loss_sum += self._micro_step(micro, global_batch, len(group))
+        self.dist.sum_(loss_sum)
         if not self.fsdp:  # FSDP2 reduced them already (its average of the world-scaled losses is our sum)
-            dist.sum_gradients(self.params)
+            self.dist.sum_gradients(self.params)
         loss_value = loss_sum.item()
-        if not math.isfinite(loss_value):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.nonfinite_in_row += 1
-            self.progress.log(f"step {self.step + 1}: loss is {loss_value}; update skipped "
-                              f"({self.nonfinite_in_row} in a row)")
-            if self.nonfinite_in_row >= cfg.max_nonfinite_steps:
-                kept = checkpoint.list_checkpoints(self.output_dir)
-                raise NotFiniteLoss(
-                    f"{self.nonfinite_in_row} non-finite losses in a row at step {self.step + 1}: lower "
-                    f"learning_rate or check the data; last good checkpoint: {kept[-1] if kept else 'none'}")
-            return None
-        self.nonfinite_in_row = 0
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf"))
+        # a non-finite loss or gradient skips the update (clip_grad_norm_ returns inf/NaN for either)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm or float("inf"))
+                     if math.isfinite(loss_value) else torch.tensor(float("nan")))
         grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
+        if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
+            what = f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {grad_norm}"
+            return self._skip_update(what)
+        self.nonfinite_in_row = 0
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -479,6 +505,73 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "loss": loss_value, "lr": self.scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm, "step_seconds": time.perf_counter() - started,
                 "peak_gib": self.runtime.peak_memory_gib()}
+
+    def _skip_update(self, what: str) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_in_row += 1
+        self.progress.log(f"step {self.step + 1}: {what}; update skipped ({self.nonfinite_in_row} in a row)")
+        if self.nonfinite_in_row >= self.cfg.max_nonfinite_steps:
+            raise NotFiniteLoss(
+                f"{self.nonfinite_in_row} non-finite losses or gradients in a row at step {self.step + 1}: lower "
+                f"learning_rate or check the data; last good checkpoint: {self._last_good_checkpoint() or 'none'}")
+        return None
+
+    def _weights_finite(self) -> bool:
+        local = all(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in self.params)
+        return not self.dist.any(not local)  # (FSDP2: each process holds a shard; all decide together)
+
+    def _last_good_checkpoint(self) -> Path | None:
+        return next((c for c in reversed(checkpoint.list_checkpoints(self.output_dir))
+                     if checkpoint.damage(c) is None), None)
+
+    def _micro_step(self, micro: int, global_batch: list[int], group_size: int) -> torch.Tensor:
+        """Forward and backward of this process's slice of one global batch; its share of the loss."""
+        cfg, dist = self.cfg, self.dist
+        # this process's slice; positions index the global batch, so every sample draws the same noise
+        # whichever process trains it (and however many there are)
+        first = dist.rank * cfg.train_batch_size
+        positions = [p for p in range(first, min(first + cfg.train_batch_size, len(global_batch)))
+                     if self.records[global_batch[p]].key not in self.unusable_clips]
+        weight = len(positions) / len(global_batch) / group_size
+        if not positions:
+            if not self.fsdp:
+                return torch.zeros(1, dtype=torch.float64)
+            # a sharded model computes only with every process: run the last sample, weighted 0
+            positions, weight = [len(global_batch) - 1], 0.0
+        if self.fsdp:
+            fsdp.set_gradient_sync(self.transformer, micro == group_size - 1)
+        try:
+            batch = [self.records[global_batch[p]] for p in positions]
+            samples = [self._cached_sample(record) for record in batch]
+        except UnusableCacheEntry:  # named and set aside: train this micro-batch without it
+            return self._micro_step(micro, global_batch, group_size)
+        # per-step state set on the model (text mask, TREAD's generators) lives until this backward ends
+        with step_scope(self.transformer):
+            loss = micro_batch_loss(self.transformer, self.cache, batch, samples, positions, self.epoch, cfg.seed,
+                                    self.step, micro, cfg, self.shift, self.runtime)
+            # this slice's share of the global-batch mean; the gradient sum across processes is the mean
+            share = loss * weight
+            # FSDP2 averages gradients over the processes where we need their sum
+            (share * dist.world if self.fsdp else share).backward()
+        return share.detach().double().cpu()
+
+    def _cached_sample(self, record) -> dict[str, torch.Tensor]:
+        """A clip's cached tensors; an entry that cannot be read or holds NaN/inf is deleted (the next run
+        encodes it again), named, and the clip is left out of the rest of this run."""
+        problem = None
+        try:
+            sample = self.cache.sample(record.key, record.backend_id)
+            if not all(torch.isfinite(t).all() for t in sample.values()):
+                problem = "its cached latents hold NaN/inf values"
+        except KeyError as exc:
+            problem = str(exc)
+        if problem is None:
+            return sample
+        self.unusable_clips.add(record.key)
+        self.cache.discard(record.key, record.backend_id)
+        self.progress.log(f"warning: clip {record.path} left out of this run: {problem} (entry deleted; the next "
+                          "run encodes it again)")
+        raise UnusableCacheEntry(record.key)
 
 
 def train(loaded, progress: Progress | None = None, device: str | None = None) -> TrainResult:
@@ -501,16 +594,15 @@ def push_to_hub(repo_id: str, output_dir: Path, result: TrainResult) -> str:
     return str(getattr(info, "commit_url", info))
 
 
-def micro_batch_loss(transformer, cache: CacheResult, batch, positions: list[int], epoch: int, seed: int, step: int,
-                     micro: int, cfg, shift: float, runtime: Runtime) -> torch.Tensor:
-    """Mean loss of one slice of a global batch, from cached latents and prompt embeddings.
+def micro_batch_loss(transformer, cache: CacheResult, batch, samples: list[dict], positions: list[int], epoch: int,
+                     seed: int, step: int, micro: int, cfg, shift: float, runtime: Runtime) -> torch.Tensor:
+    """Mean loss of one slice of a global batch, from its cached samples and prompt embeddings.
 
     Each sample draws its caption dropout, noise and sigma from its own generator, keyed by the step,
     the micro-batch and its position in the global batch."""
     from k5tune.data import pick_caption
 
     generators = [step_generator(seed, step, micro, position) for position in positions]
-    samples = [cache.sample(r.key, r.backend_id) for r in batch]
     latents = torch.stack([s["latents"] for s in samples]).float()
     captions = []
     for record, generator in zip(batch, generators, strict=True):
@@ -522,7 +614,7 @@ def micro_batch_loss(transformer, cache: CacheResult, batch, positions: list[int
 
     noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators])
     sigmas = torch.cat([objective.sample_sigmas(1, g, shift, cfg.flow_sigma_sampling, cfg.flow_logit_mean,
-                                                cfg.flow_logit_std) for g in generators])
+                                                cfg.flow_logit_std, cfg.flow_mode_scale) for g in generators])
     first_frames = torch.stack([s["first_frame"] for s in samples]).float() if "first_frame" in samples[0] else None
     pixel_size = (batch[0].bucket.height, batch[0].bucket.width)
     return flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime, first_frames,

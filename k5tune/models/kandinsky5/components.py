@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from k5tune.errors import K5TuneError
-from k5tune.models.flavours import Flavour, get_flavour
+from k5tune.models.source import ModelSource, resolve_model_source  # noqa: F401 (re-exported)
 from k5tune.models.tiny import PROMPT_INDEX_FILE
 
 # The diffusers pipeline cuts this many template tokens for the real Qwen2.5-VL tokenizer.
@@ -33,24 +33,6 @@ def _quiet_library_progress() -> None:
 
 class ModelLoadError(K5TuneError):
     """A model component that cannot be found or read."""
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the weights come from and which flavour they are."""
-
-    path_or_id: str
-    flavour: Flavour
-    revision: str | None = None
-
-    @property
-    def is_local(self) -> bool:
-        return Path(self.path_or_id).is_dir()
-
-
-def resolve_model_source(flavour_name: str, override: str | None = None, revision: str | None = None) -> ModelSource:
-    flavour = get_flavour(flavour_name)
-    return ModelSource(path_or_id=override or flavour.hub_id, flavour=flavour, revision=revision)
 
 
 @dataclass

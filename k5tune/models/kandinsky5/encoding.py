@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-MAX_CAPTION_TOKENS = 256  # Qwen tokens kept after the template (SPEC §2)
+# Qwen tokens of a caption kept after the template: the diffusers pipelines' own `max_sequence_length`
+# default, so training sees a long caption cut where inference cuts it (config: caption_max_tokens).
+MAX_CAPTION_TOKENS = 512
 
 
 @dataclass
@@ -40,18 +42,19 @@ def text_pipeline(components, text_encoder, text_encoder_2):
     return pipe
 
 
-def _too_long(pipe, captions: list[str]) -> list[bool]:
-    """Which captions the pipeline will truncate (more than MAX_CAPTION_TOKENS after the template)."""
+def caption_tokens(pipe, captions: list[str]) -> list[int]:
+    """Qwen tokens of each caption after the pipeline's template and cleaning (what the cap applies to).
+    Needs only the pipeline's tokenizer (`text_pipeline(components, None, None)` will do)."""
     from diffusers.pipelines.kandinsky5.pipeline_kandinsky import prompt_clean
 
     texts = [pipe.prompt_template.format(prompt_clean(caption)) for caption in captions]
     mask = pipe.tokenizer(text=texts, images=None, videos=None, return_tensors="pt", padding="longest")["attention_mask"]
-    return [int(n) > pipe.prompt_template_encode_start_idx + MAX_CAPTION_TOKENS for n in mask.sum(1)]
+    return [int(n) - pipe.prompt_template_encode_start_idx for n in mask.sum(1)]
 
 
-def _encode_batch(pipe, captions: list[str], device, dtype) -> list[PromptEmbedding]:
+def _encode_batch(pipe, captions: list[str], device, dtype, max_tokens: int) -> list[PromptEmbedding]:
     qwen, clip, cu_seqlens = pipe.encode_prompt(
-        captions, max_sequence_length=MAX_CAPTION_TOKENS, device=device, dtype=dtype
+        captions, max_sequence_length=max_tokens, device=device, dtype=dtype
     )
     lengths = cu_seqlens.diff().tolist()
     return [
@@ -61,7 +64,8 @@ def _encode_batch(pipe, captions: list[str], device, dtype) -> list[PromptEmbedd
 
 
 @torch.no_grad()
-def encode_prompts(pipe, captions: list[str], device: torch.device, dtype: torch.dtype) -> list[PromptEmbedding]:
+def encode_prompts(pipe, captions: list[str], device: torch.device, dtype: torch.dtype,
+                   max_tokens: int = MAX_CAPTION_TOKENS) -> list[PromptEmbedding]:
     """Encode captions in one batch and split them back into unpadded per-caption embeddings.
 
     Qwen is causal and the tokenizer pads on the right, so a caption's tokens never see padding:
@@ -69,15 +73,16 @@ def encode_prompts(pipe, captions: list[str], device: torch.device, dtype: torch
     alone: its truncation step (diffusers 0.42.1) reads the padded ids of the whole batch and cuts the
     padding, as if it were text, off every shorter caption of the batch, leaving them empty.
     """
-    too_long = _too_long(pipe, captions)
+    too_long = [n > max_tokens for n in caption_tokens(pipe, captions)]
     batched = [i for i, long in enumerate(too_long) if not long]
     out: list[PromptEmbedding | None] = [None] * len(captions)
     if batched:
-        for i, embedding in zip(batched, _encode_batch(pipe, [captions[i] for i in batched], device, dtype), strict=True):
+        encoded = _encode_batch(pipe, [captions[i] for i in batched], device, dtype, max_tokens)
+        for i, embedding in zip(batched, encoded, strict=True):
             out[i] = embedding
     for i, long in enumerate(too_long):
         if long:
-            out[i] = _encode_batch(pipe, [captions[i]], device, dtype)[0]
+            out[i] = _encode_batch(pipe, [captions[i]], device, dtype, max_tokens)[0]
     return out  # type: ignore[return-value]
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 
 GIB = 2**30
-# What a batch of 8 captions at the 256-token limit needs beside the weights: the logits the model's
-# head computes (8 x 384 x 152064 in bf16, 0.87 GiB) and the hidden states of every layer that the
-# pipeline asks for (0.59 GiB), rounded up.
-TEXT_ACTIVATION_HEADROOM = 2 * GIB
+# What a batch of 8 captions at the 512-token limit needs beside the weights: the logits the model's
+# head computes (8 x 640 x 152064 in bf16, 1.45 GiB) and the hidden states of every layer that the
+# pipeline asks for (0.98 GiB), rounded up.
+TEXT_ACTIVATION_HEADROOM = 3 * GIB
 
 # The modules of Qwen2_5_VLForConditionalGeneration that group offloading must descend into (its
 # block level only groups ModuleLists that are direct children). The embedding is called by
