@@ -21,9 +21,9 @@ import json
 import torch
 
 from k5tune.bench import BenchConfig, _inputs, build_transformer
+from k5tune.lora.adapter import add_lora, lora_parameters
 from k5tune.models.kandinsky5.text_mask import install_text_mask
 from k5tune.runtime import Runtime
-from k5tune.train.lora import add_lora, lora_parameters
 from k5tune.train.speed import SpeedPlan, apply_speed_plan
 from k5tune.train.trainer import flow_matching_step_loss
 

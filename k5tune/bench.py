@@ -160,10 +160,10 @@ def _quantize(transformer, precision: str, device: torch.device) -> dict:
 
 
 def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
+    from k5tune.lora.adapter import add_lora, lora_parameters
     from k5tune.models.kandinsky5.text_mask import install_text_mask
     from k5tune.runtime import Runtime
     from k5tune.train import objective
-    from k5tune.train.lora import add_lora, lora_parameters
     from k5tune.train.trainer import flow_matching_step_loss
 
     runtime = Runtime.detect("bf16", str(device))
@@ -208,9 +208,9 @@ def stock_step_fn(transformer, bench: BenchConfig, device: torch.device):
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
+    from k5tune.lora.adapter import target_regex
     from k5tune.models.kandinsky5.model_input import transformer_kwargs, with_conditioning_channels
     from k5tune.train import objective
-    from k5tune.train.lora import target_regex
 
     transformer.requires_grad_(False)
     transformer.add_adapter(LoraConfig(r=bench.rank, lora_alpha=bench.rank, target_modules=target_regex(LORA_TARGETS)))

@@ -76,7 +76,7 @@ def check_request(request: GenerateRequest) -> tuple[str, int, int]:
 def generate(request: GenerateRequest) -> Path:
     from PIL import Image
 
-    from k5tune.train.lora_formats import load_lora_into_transformer
+    from k5tune.lora.convert import load_lora_into_transformer
 
     flavour, height, width = check_request(request)
     runtime = Runtime.detect("bf16", request.device)

@@ -12,19 +12,19 @@ from safetensors.torch import load_file, save_file
 
 from k5tune.cli import main
 from k5tune.errors import K5TuneError
-from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
-from k5tune.models.kandinsky5.model_input import pad_prompts, transformer_kwargs, with_conditioning_channels
-from k5tune.train.lora import add_lora, save_lora
-from k5tune.train.lora_formats import (
+from k5tune.lora.adapter import add_lora
+from k5tune.lora.convert import (
     convert_file,
-    detect_format,
     load_lora_into_transformer,
     normalize_for_diffusers,
-    read_lora,
     to_comfyui,
     to_diffusers,
-    unpack_adapter_config,
 )
+from k5tune.lora.files import read_lora, save_lora
+from k5tune.lora.layouts import detect_format
+from k5tune.lora.scale import unpack_adapter_config
+from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
+from k5tune.models.kandinsky5.model_input import pad_prompts, transformer_kwargs, with_conditioning_channels
 
 TARGETS = ["to_query", "to_key", "to_value", "out_layer", "feed_forward"]
 RANK, ALPHA = 4, 8  # alpha != rank, so a lost alpha shows as a wrong scale (2 instead of 1)

@@ -7,13 +7,13 @@ import copy
 import pytest
 import torch
 
+from k5tune.lora.adapter import add_lora
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.models.kandinsky5.modulation import (
     modulation_layers,
     modulation_storage_dtype,
     store_modulation_in,
 )
-from k5tune.train.lora import add_lora
 from k5tune.train.speed import SpeedPlan, apply_speed_plan
 from tests.test_speed import _loss_and_grads
 

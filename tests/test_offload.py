@@ -39,7 +39,7 @@ def test_offloaded_training_gives_the_same_lora_after_3_steps(tmp_path, monkeypa
 def test_offloaded_weights_are_really_away_between_uses(tiny_model_dir):
     """While a block's group is offloaded its frozen weights are empty stand-ins: any use would fail."""
     transformer = Kandinsky5Components(resolve_model_source("t2v-lite-sft-5s", tiny_model_dir)).transformer()
-    from k5tune.train.lora import add_lora
+    from k5tune.lora.adapter import add_lora
 
     add_lora(transformer, 4, 4, 0.0, ["to_query"], seed=0)
     key = transformer.visual_transformer_blocks[1].self_attention.to_key.weight.detach().clone()
@@ -96,7 +96,7 @@ def test_leaf_level_keeps_at_most_two_layers_and_saves_weights_by_reference(tiny
     """During a leaf_level step no more than two layers' weights are resident at any time, and the
     recomputation for backward saves references instead of the weights."""
     import k5tune.train.offload as offload
-    from k5tune.train.lora import add_lora, lora_parameters
+    from k5tune.lora.adapter import add_lora, lora_parameters
 
     transformer = Kandinsky5Components(resolve_model_source("t2v-lite-sft-5s", tiny_model_dir)).transformer()
     add_lora(transformer, 4, 4, 0.0, ["to_query", "out_layer"], seed=0)
@@ -128,7 +128,7 @@ def test_leaf_level_keeps_at_most_two_layers_and_saves_weights_by_reference(tiny
 def test_offloaded_backward_recomputes_under_the_same_autocast(tiny_model_dir):
     """bf16 weights with fp32 modulation under autocast (the GPU set-up), here with CPU autocast: the
     recomputation in backward must run under the forward's autocast or the dtypes clash."""
-    from k5tune.train.lora import add_lora, lora_parameters
+    from k5tune.lora.adapter import add_lora, lora_parameters
 
     transformer = Kandinsky5Components(resolve_model_source("t2v-lite-sft-5s", tiny_model_dir)).transformer(
         dtype=torch.bfloat16)

@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 pytest.importorskip("torchao")
 
 from k5tune.errors import ConfigError  # noqa: E402
+from k5tune.lora.adapter import add_lora, lora_parameters  # noqa: E402
+from k5tune.lora.files import LORA_WEIGHTS_NAME, save_lora  # noqa: E402
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source  # noqa: E402
 from k5tune.models.kandinsky5.model_input import (  # noqa: E402
     pad_prompts,
@@ -33,7 +35,6 @@ from k5tune.models.kandinsky5.quantize import (  # noqa: E402
 from k5tune.models.kandinsky5.text_mask import install_text_mask  # noqa: E402
 from k5tune.runtime import Runtime  # noqa: E402
 from k5tune.train import objective  # noqa: E402
-from k5tune.train.lora import LORA_WEIGHTS_NAME, add_lora, lora_parameters, save_lora  # noqa: E402
 from k5tune.train.offload import enable_group_offload  # noqa: E402
 from k5tune.train.speed import SpeedPlan, apply_speed_plan  # noqa: E402
 from k5tune.train.trainer import flow_matching_step_loss  # noqa: E402

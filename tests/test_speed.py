@@ -10,11 +10,11 @@ import torch
 
 from k5tune.bench import forward_flops, useful_flops
 from k5tune.cli import main
+from k5tune.lora.adapter import add_lora
 from k5tune.models.flavours import LITE_TRANSFORMER
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.models.kandinsky5.model_input import pad_prompts
 from k5tune.runtime import Runtime
-from k5tune.train.lora import add_lora
 from k5tune.train.speed import SpeedPlan, apply_speed_plan
 from k5tune.train.trainer import flow_matching_step_loss
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from k5tune.cli import main
 from k5tune.config import load_config
 from k5tune.data.synthetic import write_clip, write_demo_dataset
+from k5tune.lora.adapter import add_lora
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.models.kandinsky5.model_input import (
     TextBatch,
@@ -24,7 +25,6 @@ from k5tune.models.kandinsky5.model_input import (
 )
 from k5tune.models.kandinsky5.text_mask import install_text_mask, set_text_mask
 from k5tune.train import objective
-from k5tune.train.lora import add_lora
 from k5tune.train.trainer import train
 from k5tune.validate.media import read_video_info
 

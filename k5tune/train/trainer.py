@@ -23,6 +23,9 @@ import torch
 from k5tune.cache.builder import EMPTY_CAPTION, CacheResult
 from k5tune.cache.stage import run_cache_stage
 from k5tune.errors import ConfigError, K5TuneError, NotYetAvailable
+from k5tune.lora.adapter import add_lora, load_lora_weights, lora_parameters, lora_state_dict
+from k5tune.lora.convert import convert_file
+from k5tune.lora.files import LORA_WEIGHTS_NAME, save_lora
 from k5tune.models.kandinsky5.model_input import (
     first_frame_loss_weights,
     pad_prompts,
@@ -38,15 +41,6 @@ from k5tune.progress import Progress, SilentProgress
 from k5tune.runtime import Runtime
 from k5tune.train import checkpoint, fsdp, objective
 from k5tune.train.distributed import init_from_env
-from k5tune.train.lora import (
-    LORA_WEIGHTS_NAME,
-    add_lora,
-    load_lora_weights,
-    lora_parameters,
-    lora_state_dict,
-    save_lora,
-)
-from k5tune.train.lora_formats import convert_file
 from k5tune.train.metrics import MetricsLog, NullMetrics, Tracker, plot_loss, truncate_metrics
 from k5tune.train.offload import enable_group_offload, place_for_offload
 from k5tune.train.speed import (

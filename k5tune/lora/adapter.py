@@ -1,14 +1,10 @@
-"""LoRA on the transformer (peft), and its file in the layout diffusers' `load_lora_weights` reads."""
+"""The LoRA adapter on the transformer (peft): which modules, its trainable weights, its state."""
 
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 
 import torch
-
-LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
 # Config target names -> module-name patterns. 'out_layer' means the attentions' output projections
 # only: a bare "out_layer" would also match the final Kandinsky5OutLayer (not a Linear) and the
@@ -59,34 +55,6 @@ def lora_state_dict(transformer) -> dict[str, torch.Tensor]:
 
 def _whole(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if hasattr(value, "full_tensor") else value
-
-
-def adapter_metadata(transformer) -> str:
-    """The adapter's peft config, packed as diffusers' `load_lora_weights` expects (rank, alpha, ...), with
-    lora_dropout 0 (see lora_formats.pack_adapter_config; the training value is in k5tune.lora_dropout)."""
-    from k5tune.train.lora_formats import pack_adapter_config
-
-    return pack_adapter_config(transformer.peft_config["default"].to_dict())
-
-
-def save_lora(
-    transformer, directory: str | Path, metadata: dict[str, object], dtype: torch.dtype = torch.float32,
-    state: dict[str, torch.Tensor] | None = None,
-) -> Path:
-    """Write `pytorch_lora_weights.safetensors` atomically.
-
-    Metadata: diffusers' `lora_adapter_metadata` (so alpha != rank loads right) plus k5tune's own
-    training facts under `k5tune.*` keys (flavour, rank, alpha, targets, steps, trigger word).
-    `state` is the adapter's `lora_state_dict` when the caller gathered it already (FSDP2).
-    """
-    from k5tune.atomic import atomic_save_safetensors
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.to(dtype) for k, v in (lora_state_dict(transformer) if state is None else state).items()}
-    header = {"format": "pt", "lora_adapter_metadata": adapter_metadata(transformer)}
-    header.update({f"k5tune.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
-    return atomic_save_safetensors(directory / LORA_WEIGHTS_NAME, tensors, header)
 
 
 def load_lora_weights(transformer, state: dict[str, torch.Tensor]) -> None:
