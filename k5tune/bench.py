@@ -13,13 +13,13 @@ import gc
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 from k5tune.config.frames import latent_frames, parse_resolution, snap_resolution
 from k5tune.models.flavours import FLAVOURS
-from k5tune.train.speed import SpeedPlan, apply_speed_plan, blocks_may_compile, offloads_saved_activations
+from k5tune.train.plan import TrainingPlan
 
 TEXT_TOKENS = 128  # a typical caption after the template cut
 LORA_TARGETS = ["to_query", "to_key", "to_value", "out_layer", "feed_forward"]  # attention + feed-forward
@@ -37,18 +37,10 @@ class BenchConfig:
     compare_stock: bool = False
     model: str | None = None  # a diffusers folder (e.g. the tiny model) instead of the full-size config
     tread: object | None = None  # a TreadConfig: also time the routed step on the same model
-    offload_blocks_per_group: int | None = None  # group offload of the transformer blocks
-    offload_stream: bool = False
-    offload_leaf_level: bool = False  # group_offload_type leaf_level: each layer moves on its own
-    offload_activations: bool | None = None  # None: as in training, on with group offload
-    base_precision: str = "no_change"  # base_model_precision of our model (the stock one stays unquantised)
-    modulation_bf16: bool = False  # modulation_precision bf16 for our model (the stock one keeps fp32)
     device: str | None = None
-    plan: SpeedPlan = field(default_factory=SpeedPlan)
-
-    @property
-    def activations_offloaded(self) -> bool:
-        return bool(self.offload_blocks_per_group) if self.offload_activations is None else self.offload_activations
+    # our step's memory and speed plan, as training builds it (its modulation_fp32 defaults to True here:
+    # the stock model keeps fp32 modulation, and --modulation-bf16 stores ours as training does)
+    plan: TrainingPlan = field(default_factory=lambda: TrainingPlan(modulation_fp32=True))
 
 
 def forward_flops(config: dict, tokens: int, text_tokens: int, batch: int) -> float:
@@ -150,42 +142,17 @@ def _measure(step, bench: BenchConfig, device: torch.device) -> dict:
     return result
 
 
-def _quantize(transformer, precision: str, device: torch.device) -> dict:
-    """`base_model_precision` as training applies it (before LoRA); the weights' bytes after it."""
-    from k5tune.models.kandinsky5.quantize import parameter_bytes, quantize_base
-
-    quantized = quantize_base(transformer, precision, device)
-    return {"precision": precision, "transformer_weights_gib": parameter_bytes(transformer) / 2**30,
-            **({"quantized": asdict(quantized)} if quantized else {})}
-
-
 def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
-    from k5tune.lora.adapter import add_lora, lora_parameters
-    from k5tune.models.kandinsky5.text_mask import install_text_mask
+    """Our training step, the model set up exactly as `k5tune train` sets it up (train/build.py)."""
     from k5tune.runtime import Runtime
     from k5tune.train import objective
-    from k5tune.train.trainer import flow_matching_step_loss
+    from k5tune.train.build import LoraSettings, build_training_model
+    from k5tune.train.step import flow_matching_step_loss
 
     runtime = Runtime.detect("bf16", str(device))
-    add_lora(transformer, bench.rank, bench.rank, 0.0, LORA_TARGETS, seed=0)
-    params = lora_parameters(transformer)
-    for p in params:
-        p.data = p.data.float()
-    offload_weights = bool(bench.offload_blocks_per_group)
-    compilable = blocks_may_compile(offloaded=offload_weights, sharded=False,
-                                    quantized=bench.base_precision != "no_change")
-    plan = replace(bench.plan, offload_activations=bench.activations_offloaded)
-    if not compilable:
-        plan = replace(plan, compile_blocks=False)
-    apply_speed_plan(transformer, plan)
-    if offload_weights or (bench.activations_offloaded and not offloads_saved_activations(plan, transformer)):
-        from k5tune.train.offload import enable_group_offload
-
-        enable_group_offload(transformer, bench.offload_blocks_per_group or 1, bench.offload_stream or not offload_weights,
-                             offload_activations=bench.activations_offloaded, offload_weights=offload_weights,
-                             leaf_level=bench.offload_leaf_level)
-    install_text_mask(transformer)
-    transformer.train()
+    model = build_training_model(transformer, bench.plan, LoraSettings(bench.rank, bench.rank, tuple(LORA_TARGETS)),
+                                 runtime)
+    params = model.params
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     latents, text, pixel_size, generator = _inputs(transformer, bench, device)
 
@@ -238,6 +205,12 @@ def stock_step_fn(transformer, bench: BenchConfig, device: torch.device):
     return step
 
 
+def _parameter_bytes(transformer) -> int:
+    from k5tune.models.kandinsky5.quantize import parameter_bytes
+
+    return parameter_bytes(transformer)
+
+
 def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -259,11 +232,7 @@ def run_bench(bench: BenchConfig) -> dict:
         "batch": bench.batch,
         "rank": bench.rank,
         "lora_targets": LORA_TARGETS,
-        "plan": asdict(bench.plan),
-        "group_offload": ({"blocks_per_group": bench.offload_blocks_per_group, "stream": bench.offload_stream,
-                           "type": "leaf_level" if bench.offload_leaf_level else "block_level"}
-                          if bench.offload_blocks_per_group else None),
-        "offload_activations": bench.activations_offloaded,
+        "plan": {**asdict(bench.plan), **bench.plan.describe(device.type == "cuda")},
         "steps_timed": bench.steps,
         "warmup": bench.warmup,
     }
@@ -275,18 +244,12 @@ def run_bench(bench: BenchConfig) -> dict:
         del stock  # the last reference: the stock model must be gone before ours is built
         _free_memory()
     transformer = build_transformer(bench, device)
-    if bench.modulation_bf16:  # as training does it: only over a bf16 (not quantised) base on a GPU
-        if bench.base_precision == "no_change" and device.type == "cuda":
-            from k5tune.models.kandinsky5.modulation import store_modulation_in
-
-            report["modulation_bf16_saved_gib"] = store_modulation_in(transformer, torch.bfloat16) / 2**30
-        else:
-            report["modulation_bf16_saved_gib"] = 0.0  # quantised anyway, or an fp32 model on the CPU
-    report["base_precision"] = _quantize(transformer, bench.base_precision, device)
+    weights_before = _parameter_bytes(transformer)
     config = dict(transformer.config)
     flops = useful_flops(config, tokens, TEXT_TOKENS, bench.batch)
     report["useful_tflop"] = flops / 1e12
     step = ours_step_fn(transformer, bench, device)
+    report["transformer_weights_gib"] = {"before": weights_before / 2**30, "as_trained": _parameter_bytes(transformer) / 2**30}
     report["ours"] = _measure(step, bench, device)
     if bench.tread is not None:
         from k5tune.models.kandinsky5.tread import install_tread, resolve_routes

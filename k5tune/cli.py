@@ -54,9 +54,10 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         from k5tune.train.summary import training_summary
 
         return _print_dry_run(loaded, training_summary(loaded))
+    from k5tune import distributed
     from k5tune.progress import TqdmProgress
-    from k5tune.train import distributed
-    from k5tune.train.trainer import describe_outputs, train
+    from k5tune.train.outputs import describe_outputs
+    from k5tune.workflow import train
 
     if loaded.train.num_processes > 1 and "WORLD_SIZE" not in os.environ:
         # start the processes for the user: torchrun runs this same command once per GPU
@@ -74,18 +75,17 @@ def cmd_cache(args: argparse.Namespace, extra: list[str]) -> int:
     loaded = _load(args, extra)
     if args.dry_run:
         return _print_dry_run(loaded)
-    from k5tune.cache.stage import run_cache_stage
     from k5tune.progress import TqdmProgress
-    from k5tune.runtime import Runtime
+    from k5tune.workflow import cache
 
-    stage = run_cache_stage(loaded, Runtime.detect(loaded.train.mixed_precision), TqdmProgress())
+    stage = cache(loaded, TqdmProgress())
     print(stage.summary())
     return 0
 
 
 def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     from k5tune.demo import run_demo
-    from k5tune.train.trainer import describe_outputs
+    from k5tune.train.outputs import describe_outputs
 
     workdir, result = run_demo(args.workdir)
     print(f"demo finished in {workdir} (its config is {workdir}/config/config.json)")
@@ -111,14 +111,20 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     from k5tune.config.frames import frame_count_problem
     from k5tune.errors import ConfigError
     from k5tune.models.flavours import require_flavour
-    from k5tune.train.speed import SpeedPlan
+    from k5tune.train.plan import TrainingPlan
 
     require_flavour(args.flavour, "--flavour")
     if frame_count_problem(args.frames):
         raise ConfigError(frame_count_problem(args.frames), key="--frames")
-    plan = SpeedPlan(fast_path=not args.no_fused, attention=args.attention, checkpointing=args.checkpointing,
-                     compile=False if args.no_compile else None, keep_attention_blocks=args.keep_attention_blocks,
-                     compile_blocks=False if args.no_compile_blocks or args.no_compile else None)
+    offload = args.group_offload is not None
+    plan = TrainingPlan(
+        fused_kernels=not args.no_fused, attention=args.attention, checkpointing=args.checkpointing,
+        keep_attention_blocks=args.keep_attention_blocks, group_offload_blocks=args.group_offload,
+        group_offload_stream=args.offload_stream or not offload, group_offload_leaf=args.leaf_level,
+        offload_activations=offload if args.offload_activations is None else args.offload_activations,
+        base_precision=args.base_precision, modulation_fp32=not args.modulation_bf16,
+        compile_kernels=False if args.no_compile else None,
+        compile_blocks=False if args.no_compile_blocks or args.no_compile else None)
     tread = None
     if args.tread:
         from pydantic import ValidationError
@@ -131,10 +137,7 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
             raise ConfigError(f"not a valid tread_config: {exc.errors()[0]['msg']}", key="--tread") from None
     bench = BenchConfig(flavour=args.flavour, resolution=args.resolution, frames=args.frames, rank=args.rank,
                         steps=args.steps, warmup=args.warmup, batch=args.batch, compare_stock=args.compare_stock,
-                        model=args.model, device=args.device, plan=plan, tread=tread,
-                        offload_blocks_per_group=args.group_offload, offload_stream=args.offload_stream,
-                        offload_activations=args.offload_activations, base_precision=args.base_precision,
-                        offload_leaf_level=args.leaf_level, modulation_bf16=args.modulation_bf16)
+                        model=args.model, device=args.device, plan=plan, tread=tread)
     text = format_report(run_bench(bench))
     print(text)
     if args.output:

@@ -73,7 +73,7 @@ def prepare_demo(workdir: str | Path) -> Path:
 
 def run_demo(workdir: str | Path = "k5tune-demo", progress: Progress | None = None):
     from k5tune.config import load_config
-    from k5tune.train.trainer import train
+    from k5tune.workflow import train
 
     workdir = prepare_demo(workdir)
     # The config's relative paths are relative to the folder k5tune runs in, as for any user.

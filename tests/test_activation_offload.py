@@ -10,7 +10,8 @@ import torch
 
 import k5tune.train.activation_offload as activation_offload
 import k5tune.train.speed as speed
-from k5tune.train.speed import SpeedPlan, apply_speed_plan, offloads_saved_activations
+from k5tune.train.plan import TrainingPlan
+from k5tune.train.speed import apply_speed_plan
 from tests.test_speed import _loss_and_grads, _tiny_with_live_lora
 
 
@@ -31,9 +32,9 @@ def _compiled_pair(tiny_model_dir, checkpointing: str):
     torch._dynamo.reset()  # graphs compiled by other tests (another _CHEAP_KEYS) are not reused
     plain = _tiny_with_live_lora(tiny_model_dir)
     moved = copy.deepcopy(plain)
-    plan = SpeedPlan(checkpointing=checkpointing, compile_blocks=True, compile_backend="aot_eager")
+    plan = TrainingPlan(checkpointing=checkpointing, compile_blocks=True, compile_backend="aot_eager")
     apply_speed_plan(plain, plan)
-    apply_speed_plan(moved, SpeedPlan(checkpointing=checkpointing, compile_blocks=True, compile_backend="aot_eager",
+    apply_speed_plan(moved, TrainingPlan(checkpointing=checkpointing, compile_blocks=True, compile_backend="aot_eager",
                                       offload_activations=True))
     return plain, moved
 
@@ -96,11 +97,12 @@ def test_shared_inputs_and_weights_are_not_moved(tiny_model_dir, monkeypatch):
 
 def test_eager_blocks_leave_activation_offload_to_the_offloader(tiny_model_dir):
     transformer = _tiny_with_live_lora(tiny_model_dir)
-    eager = SpeedPlan(compile=False, compile_blocks=False, offload_activations=True)
-    compiled = SpeedPlan(compile_blocks=True, compile_backend="aot_eager", offload_activations=True)
-    assert not offloads_saved_activations(eager, transformer)
-    assert offloads_saved_activations(compiled, transformer)
-    assert not offloads_saved_activations(SpeedPlan(compile_blocks=True), transformer)
+    eager = TrainingPlan(compile_kernels=False, compile_blocks=False, offload_activations=True)
+    compiled = TrainingPlan(compile_blocks=True, compile_backend="aot_eager", offload_activations=True)
+    assert not eager.offloads_through_hooks(on_gpu=False)
+    assert compiled.offloads_through_hooks(on_gpu=False)
+    assert not TrainingPlan(compile_blocks=True).offloads_through_hooks(on_gpu=False)
+    del transformer
 
 
 def test_pinned_arena_packs_stashes_into_reused_slabs():
@@ -141,7 +143,7 @@ def test_a_step_reuses_the_previous_steps_pinned_slabs(tiny_model_dir, monkeypat
 
     from k5tune.models.kandinsky5.model_input import pad_prompts  # a forward without backward
     from k5tune.runtime import Runtime
-    from k5tune.train.trainer import flow_matching_step_loss
+    from k5tune.train.step import flow_matching_step_loss
 
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(2, 3, 4, 6, 16, generator=generator)
@@ -161,19 +163,21 @@ def test_k5tune_train_with_compiled_blocks_offloads_through_the_hooks(tmp_path, 
     and trains the LoRA that training without it trains."""
     from dataclasses import replace
 
-    import k5tune.train.trainer as trainer
+    from k5tune.train import build
     from tests.test_offload import RUN
     from tests.test_training import lora_errors, train_lora
 
-    def compiled_plan(cfg, on_gpu, compile_blocks=True):
-        return replace(original_plan(cfg, True, compile_blocks), compile_backend="aot_eager", compile=False)
+    original_plan = TrainingPlan.from_config
 
-    original_plan = trainer.speed_plan
-    monkeypatch.setattr(trainer, "speed_plan", compiled_plan)
+    def compiled_plan(cfg, processes=1):  # the plan of a GPU run (TrainingPlan decides on the device)
+        return replace(original_plan(cfg, processes), compile_blocks=True, compile_backend="aot_eager",
+                       compile_kernels=False)
+
+    monkeypatch.setattr(TrainingPlan, "from_config", staticmethod(compiled_plan))
     monkeypatch.setattr(activation_offload, "MIN_OFFLOADED_ELEMENTS", 1)
     monkeypatch.setattr(speed, "_CHEAP_KEYS", 1)
     group_offloads: list[bool] = []
-    monkeypatch.setattr(trainer, "enable_group_offload", lambda *a, **k: group_offloads.append(True))
+    monkeypatch.setattr(build, "enable_group_offload", lambda *a, **k: group_offloads.append(True))
     stashed = record_stashed_shapes(monkeypatch)
     settings = {**RUN, "gradient_checkpointing_policy": "selective", "disable_validation": True}
     expected = train_lora(tmp_path / "plain", tiny_model_dir, settings, monkeypatch)

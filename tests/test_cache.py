@@ -28,7 +28,8 @@ from k5tune.cache.builder import EMPTY_CAPTION, CacheResult, build_caches
 from k5tune.cli import main
 from k5tune.config.datasets import TextEmbedsBackend, VideoBackend
 from k5tune.config.schema import TrainConfig
-from k5tune.data import load_clip_frames, scan_backends
+from k5tune.data.frames import load_clip_frames
+from k5tune.data.scan import scan_backends
 from k5tune.data.synthetic import write_clip
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.models.kandinsky5 import patch_conv as patch_conv_module

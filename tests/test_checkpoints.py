@@ -15,7 +15,8 @@ from k5tune.cli import main
 from k5tune.config import load_config
 from k5tune.progress import SilentProgress
 from k5tune.train import checkpoint, trainer
-from k5tune.train.trainer import StopRequests, train
+from k5tune.train.stop import StopRequests
+from k5tune.workflow import train
 from tests.test_training import make_project
 
 RUN = {"max_train_steps": 6, "train_batch_size": 1, "checkpointing_steps": 2, "checkpoints_total_limit": 10,

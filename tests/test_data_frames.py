@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from k5tune.data import load_clip_frames, scan_backends
-from k5tune.data.frames import cover_size, match_frames, resize, target_times
+from k5tune.data.frames import cover_size, load_clip_frames, match_frames, resize, target_times
+from k5tune.data.scan import scan_backends
 from k5tune.data.synthetic import write_clip, write_image
 from k5tune.errors import DatasetError
 from tests.data_fixtures import caption, image_backend, shape_centroid, video_backend

@@ -8,8 +8,10 @@ import json
 import pytest
 
 from k5tune.config.datasets import TextEmbedsBackend
-from k5tune.data import batches_for_epoch, load_clip_frames, scan_backends
+from k5tune.data.buckets import batches_for_epoch
+from k5tune.data.frames import load_clip_frames
 from k5tune.data.report import SkipReason
+from k5tune.data.scan import scan_backends
 from k5tune.data.synthetic import write_clip, write_demo_dataset
 from k5tune.errors import DatasetError
 from tests.data_fixtures import caption, image_backend, make_images, make_mixed_dataset, video_backend

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from k5tune.cache import builder
 from k5tune.cli import main
 from k5tune.config import load_config
-from k5tune.train.distributed import Dist
+from k5tune.distributed import Dist
 from tests.test_training import lora_errors, make_project, train_lora
 
 # adam_epsilon: Adam divides by sqrt(v); for gradients near zero that turns float noise (the gloo sum and

@@ -23,7 +23,7 @@ from k5tune import atomic
 from k5tune.cli import main
 from k5tune.config import load_config
 from k5tune.train import checkpoint, trainer
-from k5tune.train.trainer import train
+from k5tune.workflow import train
 from tests.test_checkpoints import RUN, assert_same, lora
 from tests.test_integrity import FullDisk, InfiniteGradient
 from tests.test_training import make_project

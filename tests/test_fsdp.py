@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from k5tune.cli import main
 from k5tune.config import load_config
-from k5tune.train.trainer import train
+from k5tune.workflow import train
 from tests.test_distributed import RUN, train_lora_on_two_processes
 from tests.test_training import lora_errors, make_project, train_lora
 

@@ -19,8 +19,8 @@ from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.models.kandinsky5.encoding import encode_video
 from k5tune.models.kandinsky5.model_input import first_frame_loss_weights, with_first_frame_condition
 from k5tune.train import objective, trainer
-from k5tune.train.trainer import train
 from k5tune.validate.media import read_video_info
+from k5tune.workflow import train
 
 
 def i2v_pipeline(model_dir: str):

@@ -17,12 +17,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from k5tune import atomic
+from k5tune.cache.result import CacheResult
 from k5tune.cli import main
 from k5tune.config import load_config
 from k5tune.errors import ConfigError
 from k5tune.progress import SilentProgress
 from k5tune.train import checkpoint, objective, trainer
-from k5tune.train.trainer import train
+from k5tune.workflow import train
 from tests.test_checkpoints import RUN, assert_same, lora
 from tests.test_training import make_project
 
@@ -278,7 +279,7 @@ class RecordingProgress(SilentProgress):
 def test_a_cache_entry_that_goes_bad_mid_run_leaves_its_clip_out(tmp_path, monkeypatch, tiny_model_dir):
     folder = make_project(tmp_path, tiny_model_dir, {**RUN, "train_batch_size": 2})
     monkeypatch.chdir(folder)
-    real = trainer.CacheResult.sample
+    real = CacheResult.sample
     bad = {}
 
     def one_clip_goes_bad(self, record_key, backend_id):
@@ -286,7 +287,7 @@ def test_a_cache_entry_that_goes_bad_mid_run_leaves_its_clip_out(tmp_path, monke
         bad.setdefault("key", record_key)  # the first clip trained on
         return {k: v * float("nan") for k, v in sample.items()} if record_key == bad["key"] else sample
 
-    monkeypatch.setattr(trainer.CacheResult, "sample", one_clip_goes_bad)
+    monkeypatch.setattr(CacheResult, "sample", one_clip_goes_bad)
     progress = RecordingProgress()
     result = train(load_config(), progress=progress)
     assert result.steps == 6 and result.nonfinite_skipped == 0  # its batch-mates still trained

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from k5tune.config import load_config
-from k5tune.train.trainer import train
+from k5tune.workflow import train
 from tests.test_training import make_project
 
 VALIDATE = {"max_train_steps": 2, "validation_prompt": "a red circle moving to the right", "validation_steps": 1,

@@ -14,7 +14,8 @@ from k5tune.models.kandinsky5.modulation import (
     modulation_storage_dtype,
     store_modulation_in,
 )
-from k5tune.train.speed import SpeedPlan, apply_speed_plan
+from k5tune.train.plan import TrainingPlan
+from k5tune.train.speed import apply_speed_plan
 from tests.test_speed import _loss_and_grads
 
 
@@ -26,7 +27,7 @@ def test_bf16_storage_gives_the_training_step_bit_for_bit(tiny_model_dir, fast_p
         dtype=torch.bfloat16)
     assert {p.dtype for layer in modulation_layers(stock) for p in layer.parameters()} == {torch.float32}
     add_lora(stock, 8, 8, 0.0, ["to_query", "to_key", "to_value", "out_layer"], seed=0)
-    apply_speed_plan(stock, SpeedPlan(fast_path=fast_path, compile=False))
+    apply_speed_plan(stock, TrainingPlan(fused_kernels=fast_path, compile_kernels=False))
     stored = copy.deepcopy(stock)
     fp32_bytes = sum(p.numel() * 4 for layer in modulation_layers(stock) for p in layer.parameters())
     assert len(modulation_layers(stock)) == 1 + 2 + 1  # the text block, 2 visual blocks, the out layer

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from k5tune.config import load_config
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.train.offload import enable_group_offload
-from k5tune.train.trainer import train
+from k5tune.workflow import train
 from tests.test_activation_offload import record_stashed_shapes
 from tests.test_training import lora_errors, make_project, train_lora
 
@@ -80,7 +80,7 @@ def one_step_backward(transformer, dtype: torch.dtype) -> None:
     """Loss and backward of one tiny batch in `dtype` (CPU autocast when it is not fp32)."""
     from k5tune.models.kandinsky5.model_input import pad_prompts
     from k5tune.runtime import Runtime
-    from k5tune.train.trainer import flow_matching_step_loss
+    from k5tune.train.step import flow_matching_step_loss
 
     transformer.train()
     generator = torch.Generator().manual_seed(0)

@@ -36,8 +36,9 @@ from k5tune.models.kandinsky5.text_mask import install_text_mask  # noqa: E402
 from k5tune.runtime import Runtime  # noqa: E402
 from k5tune.train import objective  # noqa: E402
 from k5tune.train.offload import enable_group_offload  # noqa: E402
-from k5tune.train.speed import SpeedPlan, apply_speed_plan  # noqa: E402
-from k5tune.train.trainer import flow_matching_step_loss  # noqa: E402
+from k5tune.train.plan import TrainingPlan
+from k5tune.train.speed import apply_speed_plan  # noqa: E402
+from k5tune.train.step import flow_matching_step_loss  # noqa: E402
 from tests.test_speed import _loss_and_grads  # noqa: E402
 
 ALL_TARGETS = ["to_query", "to_key", "to_value", "out_layer", "feed_forward"]
@@ -121,7 +122,7 @@ def test_fused_lora_over_a_quantised_base_matches_peft(tiny_model_dir, precision
         if ".lora_B" in name:  # B starts at zero; randomise so every LoRA weight gets a gradient
             parameter.data = torch.randn(parameter.shape, generator=generator) * 0.05
     fast = copy.deepcopy(plain)
-    apply_speed_plan(fast, SpeedPlan(checkpointing="selective", compile=False))
+    apply_speed_plan(fast, TrainingPlan(checkpointing="selective", compile_kernels=False))
     plain.enable_gradient_checkpointing()
     plain_loss, plain_grads = _loss_and_grads(plain.train(), torch.float32)
     fast_loss, fast_grads = _loss_and_grads(fast.train(), torch.float32)
@@ -140,7 +141,7 @@ def _train(transformer, steps: int, dtype: torch.dtype, lr: float, batch: int, o
     params = lora_parameters(transformer)
     for p in params:
         p.data = p.data.float()
-    apply_speed_plan(transformer, SpeedPlan(checkpointing="full" if offload else "none", compile=False))
+    apply_speed_plan(transformer, TrainingPlan(checkpointing="full" if offload else "none", compile_kernels=False))
     if offload:
         enable_group_offload(transformer, blocks_per_group=1)
     install_text_mask(transformer)
@@ -280,6 +281,7 @@ def _trainer_quantises() -> bool:
 @pytest.mark.skipif(not _trainer_quantises(), reason="k5tune train does not take base_model_precision yet")
 @pytest.mark.parametrize("offload", [False, True])
 def test_k5tune_train_with_an_int8_base(tmp_path, monkeypatch, tiny_model_dir, offload):
+    from k5tune.cache.stage import run_cache_stage
     from k5tune.config import load_config
     from k5tune.train.trainer import Trainer
     from tests.test_training import make_project
@@ -288,7 +290,7 @@ def test_k5tune_train_with_an_int8_base(tmp_path, monkeypatch, tiny_model_dir, o
                                                      "train_batch_size": 2, "enable_group_offload": offload})
     monkeypatch.chdir(folder)
     trainer = Trainer(load_config())
-    result = trainer.run()
+    result = trainer.run(run_cache_stage(load_config(), trainer.runtime))
     wrapper = trainer.transformer.visual_transformer_blocks[0].self_attention.to_query
     assert type(wrapper).__name__ == "TorchaoLoraLinear" and is_quantized(wrapper.base_layer.weight)
     assert result.steps == 2 and all(np.isfinite(result.losses))

@@ -15,8 +15,9 @@ from k5tune.models.flavours import LITE_TRANSFORMER
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.models.kandinsky5.model_input import pad_prompts
 from k5tune.runtime import Runtime
-from k5tune.train.speed import SpeedPlan, apply_speed_plan
-from k5tune.train.trainer import flow_matching_step_loss
+from k5tune.train.plan import TrainingPlan
+from k5tune.train.speed import apply_speed_plan
+from k5tune.train.step import flow_matching_step_loss
 
 
 def _tiny_with_live_lora(tiny_model_dir):
@@ -37,8 +38,8 @@ def eager_and_compiled_blocks(tiny_model_dir, checkpointing: str):
     without code generation)."""
     eager = _tiny_with_live_lora(tiny_model_dir)
     compiled = copy.deepcopy(eager)
-    apply_speed_plan(eager, SpeedPlan(checkpointing=checkpointing, compile=False, compile_blocks=False))
-    apply_speed_plan(compiled, SpeedPlan(checkpointing=checkpointing, compile_blocks=True, compile_backend="aot_eager"))
+    apply_speed_plan(eager, TrainingPlan(checkpointing=checkpointing, compile_kernels=False, compile_blocks=False))
+    apply_speed_plan(compiled, TrainingPlan(checkpointing=checkpointing, compile_blocks=True, compile_backend="aot_eager"))
     return eager, compiled
 
 
@@ -63,7 +64,7 @@ def test_fast_path_equals_stock_forward_and_lora_gradients(tiny_model_dir, check
     stock = _tiny_with_live_lora(tiny_model_dir)
     fast = copy.deepcopy(stock)
     stock.enable_gradient_checkpointing()
-    apply_speed_plan(fast, SpeedPlan(checkpointing=checkpointing, compile=False))
+    apply_speed_plan(fast, TrainingPlan(checkpointing=checkpointing, compile_kernels=False))
     stock_loss, stock_grads = _loss_and_grads(stock.train(), torch.float32)
     fast_loss, fast_grads = _loss_and_grads(fast.train(), torch.float32)
     torch.testing.assert_close(fast_loss, stock_loss, rtol=1e-5, atol=1e-6)
@@ -95,7 +96,7 @@ def test_fast_path_in_bf16_stays_within_bf16_tolerance(tiny_model_dir):
     stock = components.transformer(dtype=torch.bfloat16)
     add_lora(stock, 8, 8, 0.0, ["to_query", "to_key", "to_value", "out_layer"], seed=0)
     fast = copy.deepcopy(stock)
-    apply_speed_plan(fast, SpeedPlan(compile=False))
+    apply_speed_plan(fast, TrainingPlan(compile_kernels=False))
     stock_loss, _ = _loss_and_grads(stock.train(), torch.bfloat16)
     fast_loss, _ = _loss_and_grads(fast.train(), torch.bfloat16)
     assert abs(fast_loss.item() - stock_loss.item()) <= 1e-2 * abs(stock_loss.item())
@@ -127,7 +128,7 @@ def test_bench_with_leaf_level_offload_on_cpu(tiny_model_dir, capsys):
     assert main(["bench", "--model", tiny_model_dir, "--resolution", "32x48", "--frames", "9", "--steps", "1",
                  "--warmup", "1", "--group-offload", "1", "--leaf-level"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["group_offload"]["type"] == "leaf_level" and printed["offload_activations"] is True
+    assert printed["plan"]["group_offload_leaf"] and printed["plan"]["offload_activations"] is True
     assert printed["ours"]["step_s"] > 0
 
 

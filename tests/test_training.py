@@ -25,8 +25,8 @@ from k5tune.models.kandinsky5.model_input import (
 )
 from k5tune.models.kandinsky5.text_mask import install_text_mask, set_text_mask
 from k5tune.train import objective
-from k5tune.train.trainer import train
 from k5tune.validate.media import read_video_info
+from k5tune.workflow import train
 
 # --- conventions: an oracle transformer run through the pipeline's own loop ------------------------
 

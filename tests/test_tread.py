@@ -15,7 +15,7 @@ from k5tune.errors import ConfigError
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.models.kandinsky5.model_input import pad_prompts, transformer_kwargs, with_conditioning_channels
 from k5tune.models.kandinsky5.tread import Route, install_tread, keep_indices, resolve_routes, set_tread_step
-from k5tune.train.trainer import train
+from k5tune.workflow import train
 from tests.test_training import lora_errors, make_project, train_lora
 
 

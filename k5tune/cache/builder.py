@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from k5tune.cache.result import EMPTY_CAPTION, CacheResult
 from k5tune.cache.store import TensorStore, content_key
 from k5tune.models.kandinsky5.encoding import (
     MAX_CAPTION_TOKENS,
@@ -33,65 +33,12 @@ from k5tune.models.kandinsky5.text_stream import (
 from k5tune.progress import Progress, SilentProgress
 from k5tune.runtime import Runtime
 
-EMPTY_CAPTION = ""  # cached for caption dropout and as the fallback negative prompt
 CAPTION_BATCH = 8
 # Prefetching the next streamed Qwen layer on a side CUDA stream is off: that path needs a GPU to be
 # exercised at all (CPU tests cannot reach it), and caching a few captions gains nothing from it (the
 # first pass of diffusers' prefetching is a blocking trace anyway). benchmarks/text_encode_stream.py
 # measures both ways; switch it on once that shows it exact and faster.
 TEXT_STREAM_PREFETCH = False
-
-
-@dataclass
-class CacheResult:
-    """What the training loop needs to find every cached tensor."""
-
-    latent_keys: dict[str, str]  # record.key -> latent entry key
-    latent_stores: dict[str, TensorStore]  # backend id -> store
-    text_keys: dict[str, str]  # caption -> text entry key
-    text_store: TensorStore
-    encoded_latents: int = 0
-    encoded_captions: int = 0
-    seconds: float = 0.0
-    extra_prompts: list[str] = field(default_factory=list)
-    # GPU peak memory (GiB) of each phase that encoded something; None without a GPU or work
-    text_peak_gib: float | None = None
-    latent_peak_gib: float | None = None
-    text_encoder_streamed: bool = False
-    # clips whose latents came out NaN/inf: not stored, not trained on (the stage reports them)
-    unusable: list = field(default_factory=list)
-
-    @property
-    def peak_gib(self) -> float | None:
-        """The caching peak: the larger of the two phases (each starts from a reset counter)."""
-        peaks = [p for p in (self.text_peak_gib, self.latent_peak_gib) if p is not None]
-        return max(peaks) if peaks else None
-
-    def memory_summary(self) -> dict:
-        """What the dataset report records about this caching run."""
-        return {"peak_gib": self.peak_gib, "text_peak_gib": self.text_peak_gib,
-                "latent_peak_gib": self.latent_peak_gib, "text_encoder_streamed": self.text_encoder_streamed,
-                "encoded_latents": self.encoded_latents, "encoded_captions": self.encoded_captions,
-                "seconds": round(self.seconds, 2)}
-
-    def size_bytes(self) -> int:
-        stores = {id(s): s for s in [*self.latent_stores.values(), self.text_store]}
-        return sum(s.size_bytes() for s in stores.values())
-
-    def latents(self, record_key: str, backend_id: str) -> torch.Tensor:
-        return self.sample(record_key, backend_id)["latents"]
-
-    def sample(self, record_key: str, backend_id: str) -> dict[str, torch.Tensor]:
-        """All cached tensors of a clip: `latents`, and `first_frame` for I2V flavours."""
-        return self.latent_stores[backend_id].get(self.latent_keys[record_key])
-
-    def discard(self, record_key: str, backend_id: str) -> None:
-        """Delete a clip's entry (found unusable): the next cache stage encodes it again."""
-        self.latent_stores[backend_id].path(self.latent_keys[record_key]).unlink(missing_ok=True)
-
-    def prompt(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
-        entry = self.text_store.get(self.text_keys[caption])
-        return entry["qwen"], entry["clip"]
 
 
 def _folder_identity(source, subfolder: str) -> dict:
@@ -207,8 +154,8 @@ def build_caches(
     With several processes (`dist`), each encodes its share of what is missing, once; after a
     barrier every process sees the whole cache.
     """
-    from k5tune.data import load_clip_frames
-    from k5tune.train.distributed import Dist
+    from k5tune.data.frames import load_clip_frames
+    from k5tune.distributed import Dist
 
     dist = dist or Dist()
     progress = progress or SilentProgress()

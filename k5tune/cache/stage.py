@@ -5,50 +5,15 @@ Used by `k5tune cache` (which stops here) and by `k5tune train` (which goes on t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 
 from k5tune.atomic import atomic_write_json
-from k5tune.cache.builder import CacheResult, build_caches, report_path
+from k5tune.cache.builder import build_caches, report_path
+from k5tune.cache.result import CacheResult, CacheStage
+from k5tune.config.validation import negative_prompt, validation_prompts
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.progress import Progress, SilentProgress
 from k5tune.runtime import Runtime
-from k5tune.validate.runner import negative_prompt, validation_prompts
-
-
-@dataclass
-class CacheStage:
-    records: list
-    report: object  # k5tune.data.DatasetReport
-    report_json: Path
-    cache: CacheResult
-    components: Kandinsky5Components
-
-    def summary(self) -> str:
-        lines = [
-            f"cache: {self.cache.encoded_latents} clip(s) and {self.cache.encoded_captions} caption(s) encoded, "
-            f"the rest reused; {self.cache.size_bytes() / 2**20:.1f} MiB on disk; {self.cache.seconds:.1f} s"
-        ]
-        peak = memory_line(self.cache)
-        if peak:
-            lines.append(peak)
-        lines.append(f"dataset report: {self.report_json}")
-        return "\n".join(lines)
-
-
-def memory_line(cache: CacheResult) -> str | None:
-    """'caching peak X GiB ...' when a GPU did the encoding; None otherwise."""
-    if cache.peak_gib is None:
-        return None
-    parts = []
-    if cache.text_peak_gib is not None:
-        how = "Qwen2.5-VL streamed from CPU memory" if cache.text_encoder_streamed else "text encoders on the GPU"
-        parts.append(f"text embeddings {cache.text_peak_gib:.2f} GiB, {how}")
-    if cache.latent_peak_gib is not None:
-        parts.append(f"video latents {cache.latent_peak_gib:.2f} GiB")
-    return f"caching peak {cache.peak_gib:.2f} GiB of GPU memory ({'; '.join(parts)})"
 
 
 def _scan_progress(progress: Progress):
@@ -68,7 +33,7 @@ def _scan_progress(progress: Progress):
 
 def _without_unusable(records: list, cache: CacheResult, report, progress: Progress) -> list:
     """Clips the VAE encoded to NaN/inf are reported (dataset report, log) and not trained on."""
-    from k5tune.data import SkipReason
+    from k5tune.data.report import SkipReason
     from k5tune.errors import DatasetError
 
     if not cache.unusable:
@@ -102,7 +67,7 @@ def _note_long_captions(records: list, components, max_tokens: int, report, prog
 
 
 def run_cache_stage(loaded, runtime: Runtime, progress: Progress | None = None, dist=None) -> CacheStage:
-    from k5tune.data import scan_backends
+    from k5tune.data.scan import scan_backends
 
     progress = progress or SilentProgress()
     cfg = loaded.train

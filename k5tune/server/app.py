@@ -220,8 +220,8 @@ def create_app(project_dir: str | Path = ".", token: str | None = None, *, state
         if frame_rate is None:
             values = forms.ordered_config(config_values(body.config))
             frame_rate = float(values.get("frame_rate") or TrainConfig.model_fields["frame_rate"].default)
-        from k5tune.data import scan_backends
         from k5tune.data.report import REASON_HINTS
+        from k5tune.data.scan import scan_backends
 
         try:
             records, report = await run_in_threadpool(scan_backends, confined, frame_rate)

@@ -1,18 +1,21 @@
-"""Speed settings of the training step, decided in one place and shared by `k5tune train` and
-`k5tune bench`: the fused fast path, the attention kernel, and how much is recomputed in backward.
+"""Applying the speed side of a TrainingPlan (plan.py) to the transformer: the fused fast path, the
+attention kernel, compiled blocks, and how much is recomputed in backward.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from k5tune.train.activation_offload import SavedActivationOffload
+
+if TYPE_CHECKING:
+    from k5tune.train.plan import TrainingPlan
 
 # Preference per `attention_backend`. cuDNN first on Hopper: measured ~1.6x faster than flash at
 # head dim 64 (SPEC §10); SDPA falls through the list when a kernel cannot take the inputs (e.g. a mask).
@@ -31,29 +34,12 @@ _ATTENTION_OPS = {
 }
 
 
-@dataclass(frozen=True)
-class SpeedPlan:
-    fast_path: bool = True
-    attention: str = "auto"  # key of _BACKENDS
-    checkpointing: str = "selective"  # none | full | selective (keep attention outputs, recompute the rest)
-    compile: bool | None = None  # compile the fused groups (default: on CUDA)
-    keep_attention_blocks: int | None = None  # selective: only the first N visual blocks keep attention
-    # torch.compile each checkpointed block whole, its checkpoint inside (default: on CUDA). The
-    # step is otherwise bound by Python: ~9,000 kernels launched op by op, and selective
-    # checkpointing's dispatch mode sees every op (measured on an H100: 1.85 s of CPU per 1.94 s
-    # Lite step; with TREAD the GPU waits half the step). Off where `blocks_may_compile` says so, and
-    # without checkpointing.
-    compile_blocks: bool | None = None
-    compile_backend: str = "inductor"  # (tests compile with "aot_eager": same graphs, no code generation)
-    # compiled blocks: what each block saves for backward (its input, the attention outputs kept) waits
-    # in pinned CPU memory (activation_offload.py); eager blocks offload through offload.py instead
-    offload_activations: bool = False
-
-    def attention_context(self):
-        backends = _BACKENDS.get(self.attention)
-        if backends is None:
-            return contextlib.nullcontext()
-        return sdpa_kernel(backends, set_priority=True)
+def attention_context(attention: str):
+    """The SDPA kernel preference of `attention_backend` (a context for the forward and backward)."""
+    backends = _BACKENDS.get(attention)
+    if backends is None:
+        return contextlib.nullcontext()
+    return sdpa_kernel(backends, set_priority=True)
 
 
 # Attention with fewer keys than this (the cross-attention to ~100-256 text tokens) is cheap to redo.
@@ -112,43 +98,27 @@ def _checkpoint_compiled(module, *args, selective: bool, keep_blocks: int | None
         return region(module, *args)
 
 
-def blocks_may_compile(offloaded: bool, sharded: bool, quantized: bool) -> bool:
-    """Group offload (`offloaded`: weights) and FSDP2 wrap each block in their own checkpoint; torchao's
-    int8/fp8 weights inside a compiled block are not measured yet. (Activation offload alone compiles:
-    the plan's `offload_activations`.) `k5tune train` and `k5tune bench` both ask here."""
-    return not (offloaded or sharded or quantized)
-
-
-def compiles_blocks(plan: SpeedPlan, transformer) -> bool:
-    if plan.checkpointing == "none" or not plan.fast_path:
-        return False
-    if plan.compile_blocks is not None:
-        return plan.compile_blocks
-    return next(transformer.parameters()).is_cuda
-
-
-def offloads_saved_activations(plan: SpeedPlan, transformer) -> bool:
-    """Whether the plan's compiled blocks offload their own saved activations (else, when activation
-    offload is wanted, the offloader's checkpoint does it: offload.py)."""
-    return plan.offload_activations and compiles_blocks(plan, transformer)
-
-
-def apply_speed_plan(transformer, plan: SpeedPlan) -> None:
+def apply_speed_plan(transformer, plan: TrainingPlan, on_gpu: bool | None = None) -> None:
+    """Wire the blocks as `plan` says: fused kernels, compiled regions, the checkpointing policy, and
+    (compiled blocks) the saved-tensor offload. `on_gpu`: the training device, not where the weights
+    are now (with offload or FSDP2 they are still in CPU memory here); default: where they are."""
     from k5tune.models.kandinsky5.fast import enable_fast_path
 
-    compiled = compiles_blocks(plan, transformer)
-    if plan.fast_path:
+    if on_gpu is None:
+        on_gpu = next(transformer.parameters()).is_cuda
+    compiled = plan.compiles_blocks(on_gpu)
+    if plan.fused_kernels:
         from k5tune.train.fused_lora import enable_fused_lora
 
         # (compiled blocks trace the element-wise groups into their own graph; the groups' own compiled
         # versions still serve the eager paths: validation, offload)
-        enable_fast_path(transformer, plan.compile)
+        enable_fast_path(transformer, plan.compiles_kernels(on_gpu))
         enable_fused_lora(transformer)
     for index, block in enumerate(transformer.visual_transformer_blocks):
         block._k5_visual_index = index
     if compiled:
         offload = None
-        if plan.offload_activations:
+        if plan.offloads_through_hooks(on_gpu):
             offload = SavedActivationOffload(first_block=[*transformer.text_transformer_blocks,
                                                           *transformer.visual_transformer_blocks][0])
         transformer._k5_activation_offload = offload  # (None without it; for tests and diagnostics)

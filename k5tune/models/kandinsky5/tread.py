@@ -28,21 +28,23 @@ class Route:
     end: int  # last routed block (inclusive)
 
 
-def resolve_routes(tread_config, num_blocks: int) -> list[Route]:
-    """Resolve negative indices against the model's visual blocks and check the routes."""
+def resolve_routes(tread, num_blocks: int) -> list[Route]:
+    """Resolve negative indices against the model's visual blocks and check the routes. `tread`: a
+    tread_config, or its routes as (selection ratio, start, end) tuples (TrainingPlan.tread)."""
+    given = [(r.selection_ratio, r.start_layer_idx, r.end_layer_idx) for r in tread.routes] if hasattr(
+        tread, "routes") else list(tread)
     routes = []
-    for position, route in enumerate(tread_config.routes):
-        start = route.start_layer_idx + num_blocks if route.start_layer_idx < 0 else route.start_layer_idx
-        end = route.end_layer_idx + num_blocks if route.end_layer_idx < 0 else route.end_layer_idx
+    for position, (ratio, first, last) in enumerate(given):
+        start = first + num_blocks if first < 0 else first
+        end = last + num_blocks if last < 0 else last
         where = f"tread_config.routes.{position}"
         if not (0 <= start < num_blocks and 0 <= end < num_blocks):
-            raise ConfigError(f"start_layer_idx {route.start_layer_idx} / end_layer_idx {route.end_layer_idx} fall "
-                              f"outside the model's {num_blocks} visual blocks (valid: -{num_blocks}..{num_blocks - 1})",
-                              key=where)
+            raise ConfigError(f"start_layer_idx {first} / end_layer_idx {last} fall outside the model's "
+                              f"{num_blocks} visual blocks (valid: -{num_blocks}..{num_blocks - 1})", key=where)
         if start >= end:
-            raise ConfigError(f"start_layer_idx ({route.start_layer_idx} = block {start}) must come before "
-                              f"end_layer_idx ({route.end_layer_idx} = block {end})", key=where)
-        routes.append(Route(route.selection_ratio, start, end))
+            raise ConfigError(f"start_layer_idx ({first} = block {start}) must come before end_layer_idx ({last} = "
+                              f"block {end})", key=where)
+        routes.append(Route(ratio, start, end))
     routes.sort(key=lambda r: r.start)
     for earlier, later in zip(routes, routes[1:], strict=False):
         if later.start <= earlier.end:

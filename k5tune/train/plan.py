@@ -1,0 +1,164 @@
+"""The memory and speed plan of a training step: what is recomputed, what is offloaded, what compiles.
+
+One object, three readers: `k5tune train` builds it from config.json (`from_config`), `k5tune bench`
+from a scenario, and `k5tune estimate` (with the wizard and the web UI through its recommender) tries
+candidates of it. Every decision derived from the settings (which offload mechanism runs, whether
+blocks compile, whether selective checkpointing still holds) is a method here, so the trainer, the
+bench and the memory model cannot disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+Checkpointing = Literal["selective", "full", "none"]
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    checkpointing: Checkpointing = "selective"  # gradient_checkpointing(_policy)
+    keep_attention_blocks: int | None = None  # selective: only the first N visual blocks keep attention
+    fused_kernels: bool = True  # k5tune's fused blocks; False: diffusers' stock blocks, run op by op
+    attention: str = "auto"  # attention_backend
+    group_offload_blocks: int | None = None  # enable_group_offload: blocks per group (None: off)
+    group_offload_stream: bool = True  # group_offload_use_stream: prefetch the next group
+    group_offload_leaf: bool = False  # group_offload_type leaf_level
+    offload_activations: bool = False
+    base_precision: str = "no_change"  # base_model_precision
+    modulation_fp32: bool = False  # modulation_precision fp32 (auto stores them in the compute dtype)
+    fsdp_processes: int = 1  # fsdp_enable over this many processes (1: not sharded)
+    fsdp_reshard: bool = True  # fsdp_reshard_after_forward
+    tread: tuple[tuple[float, int, int], ...] = ()  # TREAD routes as given (negative indices unresolved)
+    # how the step executes; None: decided by the device (compiled on a GPU). Tests compile with
+    # "aot_eager" (the same graphs, no code generation); the bench can switch compilation off.
+    compile_kernels: bool | None = None  # the fused element-wise groups
+    compile_blocks: bool | None = None  # each checkpointed block whole, its checkpoint inside
+    compile_backend: str = "inductor"
+
+    @classmethod
+    def from_config(cls, cfg, processes: int = 1) -> TrainingPlan:
+        """The plan config.json asks for, over `processes` processes (FSDP2 shards only over several)."""
+        offload = cfg.enable_group_offload
+        sharded = cfg.fsdp_enable and processes > 1
+        tread = () if cfg.tread_config is None else tuple(
+            (r.selection_ratio, r.start_layer_idx, r.end_layer_idx) for r in cfg.tread_config.routes)
+        return cls(
+            checkpointing=cfg.gradient_checkpointing_policy if cfg.gradient_checkpointing else "none",
+            fused_kernels=cfg.fused_kernels, attention=cfg.attention_backend,
+            group_offload_blocks=cfg.group_offload_blocks_per_group if offload else None,
+            group_offload_stream=cfg.group_offload_use_stream or not offload,
+            group_offload_leaf=offload and cfg.group_offload_type == "leaf_level",
+            offload_activations=cfg.activations_offloaded, base_precision=cfg.base_model_precision,
+            modulation_fp32=cfg.modulation_precision == "fp32",
+            fsdp_processes=processes if sharded else 1,
+            fsdp_reshard=cfg.fsdp_reshard_after_forward or not sharded, tread=tread,
+        )
+
+    # --- decisions derived from the settings -----------------------------------------------------
+
+    @property
+    def group_offload(self) -> bool:
+        return self.group_offload_blocks is not None
+
+    @property
+    def sharded(self) -> bool:
+        return self.fsdp_processes > 1
+
+    @property
+    def quantized(self) -> bool:
+        return self.base_precision != "no_change"
+
+    @property
+    def blocks_may_compile(self) -> bool:
+        """Group offload and FSDP2 wrap each block in their own checkpoint; torchao's int8/fp8 weights
+        inside a compiled block are not measured yet. (Activation offload alone compiles.)"""
+        return not (self.group_offload or self.sharded or self.quantized)
+
+    def compiles_kernels(self, on_gpu: bool) -> bool:
+        return on_gpu if self.compile_kernels is None else self.compile_kernels
+
+    def compiles_blocks(self, on_gpu: bool) -> bool:
+        if self.checkpointing == "none" or not self.fused_kernels or not self.blocks_may_compile:
+            return False
+        return on_gpu if self.compile_blocks is None else self.compile_blocks
+
+    def offloads_through_hooks(self, on_gpu: bool) -> bool:
+        """Compiled blocks move what they save for backward themselves (activation_offload.py) and keep
+        their checkpointing policy."""
+        return self.offload_activations and self.compiles_blocks(on_gpu)
+
+    def needs_offloader(self, on_gpu: bool) -> bool:
+        """Whether offload.py's block offloader runs: for weights (group offload), or for activations of
+        eager blocks (which it checkpoints itself, recomputing each block whole)."""
+        return self.group_offload or (self.offload_activations and not self.offloads_through_hooks(on_gpu))
+
+    def recomputes_fully(self, on_gpu: bool = True) -> bool:
+        """Blocks run through the offloader's checkpoint recompute whole, whatever the policy says."""
+        return self.needs_offloader(on_gpu)
+
+    def effective(self, on_gpu: bool = True) -> TrainingPlan:
+        """This plan as training runs it (offloaded blocks recompute fully whatever the policy)."""
+        if self.recomputes_fully(on_gpu) and self.checkpointing == "selective":
+            return replace(self, checkpointing="full", keep_attention_blocks=None)
+        return self
+
+    def problem(self) -> str | None:
+        """Why this combination cannot train, or None."""
+        if self.sharded and self.group_offload:
+            return "fsdp_enable and enable_group_offload cannot be combined: shard over several GPUs, or offload on one"
+        if self.sharded and self.quantized:
+            return f"base_model_precision {self.base_precision} cannot be combined with fsdp_enable"
+        return None
+
+    def attention_context(self):
+        from k5tune.train.speed import attention_context
+
+        return attention_context(self.attention) if self.attention else contextlib.nullcontext()
+
+    # --- presentation: a one-line label, and the config.json keys that select it -------------------
+
+    def label(self) -> str:
+        parts = [] if self.recomputes_fully() else [
+            "no gradient checkpointing" if self.checkpointing == "none" else f"{self.checkpointing} checkpointing"]
+        if self.keep_attention_blocks is not None and not self.recomputes_fully():
+            parts.append(f"attention kept in {self.keep_attention_blocks} blocks")
+        if self.quantized:
+            parts.append(f"{self.base_precision} base")
+        if self.group_offload:
+            stream = "stream" if self.group_offload_stream else "no stream"
+            parts.append(f"group offload ({self.group_offload_blocks} block/group, {stream})")
+        if self.offload_activations:
+            parts.append("activation offload")
+        if self.modulation_fp32 and not self.quantized:
+            parts.append("fp32 modulation")
+        if self.sharded:
+            parts.append(f"FSDP2 over {self.fsdp_processes} GPUs" + ("" if self.fsdp_reshard else ", no reshard"))
+        if self.tread:
+            parts.append("TREAD " + ", ".join(f"({r}, {a}..{b})" for r, a, b in self.tread))
+        return ", ".join(parts)
+
+    def config_keys(self) -> dict[str, Any]:
+        """The config.json keys that select this plan's memory settings."""
+        keys: dict[str, Any] = {"gradient_checkpointing": self.checkpointing != "none"}
+        if not self.recomputes_fully() and self.checkpointing != "none":
+            keys["gradient_checkpointing_policy"] = self.checkpointing
+        keys["base_model_precision"] = self.base_precision
+        keys["enable_group_offload"] = self.group_offload
+        if self.group_offload:
+            keys["group_offload_blocks_per_group"] = self.group_offload_blocks
+            keys["group_offload_use_stream"] = self.group_offload_stream
+        keys["offload_activations"] = self.offload_activations
+        keys["modulation_precision"] = "fp32" if self.modulation_fp32 else "auto"
+        keys["fsdp_enable"] = self.sharded
+        return keys
+
+    def describe(self, on_gpu: bool) -> dict[str, Any]:
+        """What `train --dry-run` and the bench report say about the plan."""
+        return {"label": self.label(), "compiled_blocks": self.compiles_blocks(on_gpu),
+                "activation_offload": ("saved-tensor hooks" if self.offloads_through_hooks(on_gpu) else
+                                       "block offloader" if self.offload_activations else None),
+                "recomputes_blocks_whole": self.recomputes_fully(on_gpu),
+                "config_keys": json.loads(json.dumps(self.config_keys()))}

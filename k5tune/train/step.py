@@ -1,0 +1,96 @@
+"""One micro-batch's loss, from cached tensors: what `k5tune train` and `k5tune bench` both run.
+
+Randomness comes from generators keyed by (seed, step, micro-batch, position in the global batch),
+so a resumed run, or one spread over several processes, draws exactly what one uninterrupted process
+would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+import torch
+
+from k5tune.cache.result import EMPTY_CAPTION, CacheResult
+from k5tune.data.discovery import pick_caption
+from k5tune.models.kandinsky5.model_input import (
+    first_frame_loss_weights,
+    pad_prompts,
+    transformer_kwargs,
+    with_conditioning_channels,
+    with_first_frame_condition,
+)
+from k5tune.models.kandinsky5.text_mask import set_text_mask
+from k5tune.models.kandinsky5.tread import set_tread_step
+from k5tune.runtime import Runtime
+from k5tune.train import objective
+
+
+def step_generator(seed: int, *parts: int) -> torch.Generator:
+    """A CPU generator for one (step, micro-batch, position): draws never depend on what ran before."""
+    digest = hashlib.sha256(":".join(map(str, (seed, *parts))).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+@contextlib.contextmanager
+def step_scope(transformer):
+    """State a step sets on the model (the batch's text mask, TREAD's generators) lives from its forward
+    to the end of its backward (checkpointed blocks recompute with it) and no longer: whatever runs next
+    (validation, another batch) starts clean."""
+    try:
+        yield
+    finally:
+        set_text_mask(transformer, None)
+        set_tread_step(transformer, None)
+
+
+def micro_batch_loss(transformer, cache: CacheResult, batch, samples: list[dict], positions: list[int], epoch: int,
+                     seed: int, step: int, micro: int, cfg, shift: float, runtime: Runtime) -> torch.Tensor:
+    """Mean loss of one slice of a global batch, from its cached samples and prompt embeddings.
+
+    Each sample draws its caption dropout, noise and sigma from its own generator."""
+    generators = [step_generator(seed, step, micro, position) for position in positions]
+    latents = torch.stack([s["latents"] for s in samples]).float()
+    captions = []
+    for record, generator in zip(batch, generators, strict=True):
+        dropped = (cfg.caption_dropout_probability > 0
+                   and torch.rand(1, generator=generator).item() < cfg.caption_dropout_probability)
+        captions.append(EMPTY_CAPTION if dropped else pick_caption(record.captions, epoch, seed, record.key))
+    prompts = [cache.prompt(c) for c in captions]
+    text = pad_prompts([q for q, _ in prompts], [c for _, c in prompts])
+
+    noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators])
+    sigmas = torch.cat([objective.sample_sigmas(1, g, shift, cfg.flow_sigma_sampling, cfg.flow_logit_mean,
+                                                cfg.flow_logit_std, cfg.flow_mode_scale) for g in generators])
+    first_frames = torch.stack([s["first_frame"] for s in samples]).float() if "first_frame" in samples[0] else None
+    pixel_size = (batch[0].bucket.height, batch[0].bucket.width)
+    return flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime, first_frames,
+                                   route_generator=generators)
+
+
+def flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime: Runtime,
+                            first_frames: torch.Tensor | None = None,
+                            route_generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+    """The loss of one micro-batch from its tensors.
+
+    `route_generator` draws the TREAD routing when routes are installed: one generator per sample (each
+    sample's own, in training), or one for the batch."""
+    noisy = objective.add_noise(latents, noise, sigmas)
+    target = objective.velocity_target(latents, noise)
+    if first_frames is not None:
+        # I2V: frame 0 is the clean image latent (as the I2V pipeline places it) and is not in the loss
+        model_input = with_first_frame_condition(noisy, first_frames)
+        frame_weights = first_frame_loss_weights(*latents.shape[:2])
+    else:
+        model_input, frame_weights = with_conditioning_channels(noisy), None
+
+    device, dtype = runtime.device, runtime.compute_dtype
+    model_input = model_input.to(device=device, dtype=dtype)
+    set_text_mask(transformer, text.mask.to(device) if text.needs_mask else None)
+    set_tread_step(transformer, route_generator, protect_first_frame=first_frames is not None)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        prediction = transformer(**transformer_kwargs(transformer, model_input, text, sigmas.to(device), pixel_size),
+                                 return_dict=False)
+    return objective.flow_matching_loss(prediction, target.to(device),
+                                        None if frame_weights is None else frame_weights.to(device))

@@ -1,0 +1,48 @@
+"""The stages of a command, in order: what `k5tune train` and `k5tune cache` run (the server's runs,
+the demo and the tests call these too).
+
+train: check the settings and join the processes (Trainer), cache what is missing (cache stage: the
+only place that decodes video or runs an encoder), then train from the caches. Each run records
+structured events (train/events.py) from its first check to its outcome.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from k5tune.cache.result import CacheStage
+from k5tune.cache.stage import run_cache_stage
+from k5tune.progress import Progress, SilentProgress
+from k5tune.runtime import Runtime
+from k5tune.train.events import EventLog, EventProgress, events_path
+from k5tune.train.outputs import TrainResult
+from k5tune.train.trainer import Trainer
+
+
+def train(loaded, progress: Progress | None = None, device: str | None = None) -> TrainResult:
+    """Cache, train, validate and save, as config.json says."""
+    from k5tune.distributed import init_from_env
+
+    main = init_from_env().is_main
+    events = EventLog(events_path(Path(loaded.train.output_dir).resolve()) if main else None)
+    progress = EventProgress(progress or SilentProgress(), events)
+    events.emit("run", command="train", config=str(loaded.config_path), output_dir=loaded.train.output_dir)
+    try:
+        trainer = Trainer(loaded, progress, device, events)
+        stage = run_cache_stage(loaded, trainer.runtime, trainer.progress, trainer.dist)
+        trainer.progress.log(stage.summary())
+        result = trainer.run(stage)
+    except BaseException as exc:
+        events.emit("end", outcome="failed", error=f"{type(exc).__name__}: {exc}")
+        events.close()
+        raise
+    result.is_main = trainer.dist.is_main
+    events.emit("end", outcome="stopped" if result.interrupted else "completed", steps=result.steps,
+                lora=None if result.interrupted else result.lora_path, checkpoint=result.last_checkpoint)
+    events.close()
+    return result
+
+
+def cache(loaded, progress: Progress | None = None) -> CacheStage:
+    """Discover, probe and cache only (`k5tune cache`)."""
+    return run_cache_stage(loaded, Runtime.detect(loaded.train.mixed_precision), progress or SilentProgress())
