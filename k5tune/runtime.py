@@ -31,6 +31,10 @@ class Runtime:
         if self.is_cuda:
             torch.cuda.empty_cache()
 
+    def reset_peak_memory(self) -> None:
+        if self.is_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
     def peak_memory_gib(self) -> float | None:
         if not self.is_cuda:
             return None

@@ -24,7 +24,8 @@ import torch
 from safetensors.torch import load_file
 
 from k5tune.cache import TensorStore
-from k5tune.cache.builder import EMPTY_CAPTION, CacheResult, build_caches
+from k5tune.cache.builder import build_caches
+from k5tune.cache.result import EMPTY_CAPTION, CacheResult
 from k5tune.cli import main
 from k5tune.config.datasets import TextEmbedsBackend, VideoBackend
 from k5tune.config.schema import TrainConfig
@@ -219,28 +220,40 @@ def test_edited_caption_reencodes_only_that_caption(first, tmp_path):
 
 def test_interrupted_latent_caching_leaves_no_half_entry_and_the_rerun_finishes(first, tmp_path, monkeypatch):
     """Ctrl-C while the second clip's latents are being written (a partial temp file on disk)."""
-    from safetensors.torch import save
-
-    import k5tune.cache.store as store_module
+    from k5tune import atomic
 
     project = first.project.copy(tmp_path)
     shutil.rmtree(tmp_path / "cache" / "vae")
-    real_save_file = store_module.save_file
+    real_open = atomic.open_for_writing
     latent_writes: list[str] = []
 
-    def interrupted_save_file(tensors, filename, metadata=None):
-        if "latents" in tensors:
-            latent_writes.append(filename)
-            if len(latent_writes) == 2:
-                data = save(tensors)
-                Path(filename).write_bytes(data[: len(data) // 2])  # the write is half done ...
-                raise KeyboardInterrupt  # ... when the user presses Ctrl-C
-        return real_save_file(tensors, filename, metadata)
+    class HalfWritten:
+        def __init__(self, handle):
+            self.handle = handle
 
-    monkeypatch.setattr(store_module, "save_file", interrupted_save_file)
+        def write(self, data):
+            self.handle.write(data[: len(data) // 2])  # the write is half done ...
+            self.handle.flush()
+            raise KeyboardInterrupt  # ... when the user presses Ctrl-C
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    def interrupted_open(path):
+        handle = real_open(path)
+        if (tmp_path / "cache" / "vae") in Path(path).parents:
+            latent_writes.append(str(path))
+            if len(latent_writes) == 2:
+                return HalfWritten(handle)
+        return handle
+
+    monkeypatch.setattr(atomic, "open_for_writing", interrupted_open)
     with pytest.raises(KeyboardInterrupt):
         project.cache()
-    monkeypatch.setattr(store_module, "save_file", real_save_file)
+    monkeypatch.setattr(atomic, "open_for_writing", real_open)
 
     video, _ = project.backends()
     records, _ = scan_backends([video], FPS)
@@ -267,22 +280,23 @@ def test_killed_write_leaves_only_a_temp_file_which_the_next_open_removes(tmp_pa
         """
         import os, signal, sys
         import torch
-        from safetensors.torch import save
+        from k5tune import atomic
         import k5tune.cache.store as store_module
 
         store = store_module.TensorStore(sys.argv[1])
         store.put("aa" * 20, {"latents": torch.ones(4, 4)})
         store.save_manifest()
 
-        def dying_save_file(tensors, filename, metadata=None):
-            data = save(tensors)
-            with open(filename, "wb") as handle:
-                handle.write(data[: len(data) // 2])
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.kill(os.getpid(), signal.SIGKILL)
+        class Dying:  # the process dies half-way through writing the entry's bytes
+            def __init__(self, handle): self.handle = handle
+            def write(self, data):
+                self.handle.write(data[: len(data) // 2]); self.handle.flush(); os.fsync(self.handle.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+            def __enter__(self): return self
+            def __exit__(self, *exc): pass
 
-        store_module.save_file = dying_save_file
+        real_open = atomic.open_for_writing
+        atomic.open_for_writing = lambda path: Dying(real_open(path))
         store.put("bb" * 20, {"latents": torch.zeros(64, 64)})
         """
     )
@@ -464,7 +478,7 @@ def test_offload_during_startup_streams_qwen_and_caches_the_same_embeddings(firs
 
 
 def test_caching_peak_line(tmp_path):
-    from k5tune.cache.stage import memory_line
+    from k5tune.cache.result import memory_line
 
     store = TensorStore(tmp_path / "text")
     result = CacheResult({}, {}, {}, store, encoded_latents=3, encoded_captions=4, text_peak_gib=1.6,
@@ -487,7 +501,7 @@ def test_patch_conv_from_the_config_slices_the_vae_and_caches_the_same_latents(f
         patched.append(real_enable(vae, max_elements=2**15))
         return patched[-1]
 
-    monkeypatch.setattr("k5tune.cache.builder.enable_patch_conv", enable_small)
+    monkeypatch.setattr("k5tune.cache.latents.enable_patch_conv", enable_small)
     conv_calls: list[tuple[int, ...]] = []
     real_conv3d = torch.nn.functional.conv3d
 

@@ -7,7 +7,7 @@ import json
 
 from safetensors.torch import load_file
 
-from k5tune.cache import builder
+from k5tune.cache.result import EMPTY_CAPTION
 from k5tune.cli import main
 from k5tune.config import load_config
 from k5tune.distributed import Dist
@@ -62,13 +62,14 @@ def test_caching_work_is_split_between_processes(tmp_path, monkeypatch, tiny_mod
     with monkeypatch.context() as patch:
         patch.setattr(Dist, "barrier", lambda self: None)
         patch.setattr(TensorStore, "verified", lambda self, key: False)
+        patch.setattr(TensorStore, "problem", lambda self, key: "missing")
         first = run_cache_stage(loaded, runtime, dist=Dist(rank=0, world=2)).cache
         second = run_cache_stage(loaded, runtime, dist=Dist(rank=1, world=2)).cache
     assert (first.encoded_latents, second.encoded_latents) == (2, 2)  # 4 clips, half each
     assert first.encoded_captions + second.encoded_captions == len(first.text_keys)
     after = run_cache_stage(loaded, runtime).cache  # one process afterwards: everything is there
     assert (after.encoded_latents, after.encoded_captions) == (0, 0)
-    assert builder.EMPTY_CAPTION in after.text_keys
+    assert EMPTY_CAPTION in after.text_keys
 
 
 def test_two_processes_with_group_offload_equal_one_process(tmp_path, monkeypatch, tiny_model_dir):

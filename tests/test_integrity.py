@@ -249,7 +249,7 @@ def _latent_root(folder: Path) -> Path:
 
 
 def test_a_clip_the_vae_encodes_to_nan_is_reported_and_left_out(tmp_path, monkeypatch, tiny_model_dir):
-    from k5tune.cache import builder
+    from k5tune.cache import latents as builder
 
     folder = make_project(tmp_path, tiny_model_dir, {**RUN, "max_train_steps": 2})
     monkeypatch.chdir(folder)

@@ -53,7 +53,7 @@ def _without_unusable(records: list, cache: CacheResult, report, progress: Progr
 
 
 def _note_long_captions(records: list, components, max_tokens: int, report, progress: Progress) -> None:
-    from k5tune.cache.builder import long_captions
+    from k5tune.cache.text import long_captions
 
     long = long_captions(records, components, max_tokens)
     if not long:

@@ -81,27 +81,10 @@ def _examine(
     report: DatasetReport,
 ) -> ClipRecord | None:
     """One file -> a record, or None after adding the reason to the report."""
-    try:
-        if path.stat().st_size == 0:
-            report.add_skip(path, SkipReason.EMPTY_FILE, "the file is 0 bytes", backend.id)
-            return None
-        captions = captions_for(path, backend.caption_strategy, backend.instance_prompt)
-        info = probe_video(path) if backend.dataset_type == "video" else probe_image(path)
-    except CaptionProblem as problem:
-        report.add_skip(path, problem.reason, problem.detail, backend.id)
+    probed = _probe(backend, path, report)
+    if probed is None:
         return None
-    except ProbeError as problem:
-        report.add_skip(path, problem.reason, problem.detail, backend.id)
-        return None
-    except OSError as exc:  # vanished or unreadable between discovery and probing
-        report.add_skip(path, SkipReason.UNREADABLE, f"cannot read the file: {exc}", backend.id)
-        return None
-    except Exception as exc:  # a decoder surprise on odd bytes must cost one file, not the whole scan
-        report.add_skip(
-            path, SkipReason.UNREADABLE, f"probing failed: {type(exc).__name__}: {exc}", backend.id
-        )
-        return None
-
+    captions, info = probed
     if isinstance(backend, VideoBackend):
         target_fps = float(backend.video.frame_rate or frame_rate)
         frames = _video_frames(backend, path, info, target_fps, report)
@@ -139,6 +122,23 @@ def _examine(
         target_fps=target_fps,
         repeats=backend.repeats,
     )
+
+
+def _probe(backend: VideoBackend | ImageBackend, path: Path, report: DatasetReport) -> tuple[list[str], MediaInfo] | None:
+    """(captions, media info), or None after adding the reason to the report."""
+    try:
+        if path.stat().st_size == 0:
+            report.add_skip(path, SkipReason.EMPTY_FILE, "the file is 0 bytes", backend.id)
+            return None
+        captions = captions_for(path, backend.caption_strategy, backend.instance_prompt)
+        return captions, (probe_video(path) if backend.dataset_type == "video" else probe_image(path))
+    except (CaptionProblem, ProbeError) as problem:
+        report.add_skip(path, problem.reason, problem.detail, backend.id)
+    except OSError as exc:  # vanished or unreadable between discovery and probing
+        report.add_skip(path, SkipReason.UNREADABLE, f"cannot read the file: {exc}", backend.id)
+    except Exception as exc:  # a decoder surprise on odd bytes must cost one file, not the whole scan
+        report.add_skip(path, SkipReason.UNREADABLE, f"probing failed: {type(exc).__name__}: {exc}", backend.id)
+    return None
 
 
 def _video_frames(

@@ -113,18 +113,7 @@ def write_clip(
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = coded_w, coded_h, "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "12", "preset": "veryfast"}
-        elif codec == "mpeg4":
-            stream.options = {"qscale": "2"}
-        if turns and rotation_as == "matrix":
-            stream.set_display_rotation(turns * 90)
-        elif turns and rotation_as == "tag":
-            stream.metadata["rotate"] = str((-turns * 90) % 360)  # the tag counts clockwise
-        elif turns:
-            raise ValueError(f"rotation_as must be 'matrix' or 'tag', got {rotation_as!r}")
+        stream = _video_stream(container, codec, fps, coded_w, coded_h, turns, rotation_as)
         for index in range(frames):
             center = shape_center(
                 index / fps, width=width, height=height, motion=motion, size=size, speed=speed
@@ -136,6 +125,22 @@ def write_clip(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def _video_stream(container, codec: str, fps: float, width: int, height: int, turns: int, rotation_as: str):
+    stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    if codec == "libx264":
+        stream.options = {"crf": "12", "preset": "veryfast"}
+    elif codec == "mpeg4":
+        stream.options = {"qscale": "2"}
+    if turns and rotation_as == "matrix":
+        stream.set_display_rotation(turns * 90)
+    elif turns and rotation_as == "tag":
+        stream.metadata["rotate"] = str((-turns * 90) % 360)  # the tag counts clockwise
+    elif turns:
+        raise ValueError(f"rotation_as must be 'matrix' or 'tag', got {rotation_as!r}")
+    return stream
 
 
 def write_audio_only(path: Path | str, seconds: float = 1.0, sample_rate: int = 44100) -> Path:

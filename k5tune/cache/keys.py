@@ -1,0 +1,52 @@
+"""Content keys of cache entries: a hash of everything that changes a result, so a second run encodes
+nothing, a new resolution re-encodes only latents, and an edited caption only that caption."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from k5tune.cache.store import content_key
+from k5tune.models.kandinsky5.encoding import MAX_CAPTION_TOKENS
+
+
+def folder_identity(source, subfolder: str) -> dict:
+    """What identifies one component's weights: hub id + revision, or a local folder's files."""
+    identity = {"source": source.path_or_id, "revision": source.revision, "part": subfolder}
+    folder = Path(source.path_or_id) / subfolder
+    if folder.is_dir():
+        digest = hashlib.sha256()
+        for path in sorted(folder.iterdir()):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            if path.suffix == ".json":
+                digest.update(path.read_bytes())
+        identity["files"] = digest.hexdigest()
+    return identity
+
+
+def latent_key(record, vae_identity: dict, vae_dtype: torch.dtype, seed: int, first_frame: bool = False) -> str:
+    random_choice = record.crop_style == "random" or record.random_start
+    return content_key(
+        kind="latent+first_frame" if first_frame else "latent",
+        sample=record.sample_signature(),  # clip bytes, bucket, fps, crop, rotation, frame pipeline
+        vae=vae_identity,
+        dtype=str(vae_dtype),
+        seed=seed if random_choice else None,  # the random crop/start is drawn from the seed
+    )
+
+
+def text_key(caption: str, text_identity: dict, text_dtype: torch.dtype, start_index: int,
+             max_tokens: int = MAX_CAPTION_TOKENS) -> str:
+    return content_key(
+        kind="text", caption=caption, model=text_identity, dtype=str(text_dtype), start=start_index,
+        max_tokens=max_tokens,
+    )
+
+
+def record_generator(seed: int, record_key: str) -> torch.Generator:
+    """A per-clip generator, so random crops/starts do not depend on the order clips are cached in."""
+    mixed = int.from_bytes(hashlib.sha256(f"{seed}:{record_key}".encode()).digest()[:8], "little")
+    return torch.Generator().manual_seed(mixed)
