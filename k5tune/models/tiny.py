@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from k5tune.models.flavours import NABLA_ATTENTION  # as the 10 s checkpoints configure it
 from k5tune.models.tokenizers_offline import build_clip_tokenizer, build_qwen_tokenizer
 
 # Where k5tune records facts about a model folder that diffusers does not save (see PROMPT_INDEX_FILE).
@@ -34,11 +35,12 @@ TINY_TRANSFORMER = {
 }
 
 
-def _tiny_transformer(seed: int, visual_blocks: int = TINY_TRANSFORMER["num_visual_blocks"]):
+def _tiny_transformer(seed: int, visual_blocks: int = TINY_TRANSFORMER["num_visual_blocks"], nabla: bool = False):
     from diffusers import Kandinsky5Transformer3DModel
 
     torch.manual_seed(seed)
-    model = Kandinsky5Transformer3DModel(**{**TINY_TRANSFORMER, "num_visual_blocks": visual_blocks})
+    model = Kandinsky5Transformer3DModel(**{**TINY_TRANSFORMER, "num_visual_blocks": visual_blocks,
+                                            **(NABLA_ATTENTION if nabla else {})})
     # The released classes zero-initialise every modulation layer, which gates all residual branches
     # off and would give LoRA exactly zero gradient. Random modulation makes the tiny model "live".
     generator = torch.Generator().manual_seed(seed + 1)
@@ -135,7 +137,7 @@ def prompt_template_start_index(tokenizer, template: str) -> int:
     return len(tokenizer(prefix)["input_ids"])
 
 
-def build_tiny_pipeline(i2v: bool = False, seed: int = 0, visual_blocks: int = 2):
+def build_tiny_pipeline(i2v: bool = False, seed: int = 0, visual_blocks: int = 2, nabla: bool = False):
     """The tiny pipeline in memory (T2V or I2V), with our prompt start index set on it."""
     from diffusers import FlowMatchEulerDiscreteScheduler, Kandinsky5I2VPipeline, Kandinsky5T2VPipeline
 
@@ -143,7 +145,7 @@ def build_tiny_pipeline(i2v: bool = False, seed: int = 0, visual_blocks: int = 2
     tokenizer_2 = build_clip_tokenizer()
     pipeline_cls = Kandinsky5I2VPipeline if i2v else Kandinsky5T2VPipeline
     pipe = pipeline_cls(
-        transformer=_tiny_transformer(seed, visual_blocks),
+        transformer=_tiny_transformer(seed, visual_blocks, nabla),
         vae=_tiny_vae(seed + 10),
         text_encoder=_tiny_qwen(seed + 20, len(tokenizer)),
         tokenizer=tokenizer,
@@ -155,10 +157,13 @@ def build_tiny_pipeline(i2v: bool = False, seed: int = 0, visual_blocks: int = 2
     return pipe
 
 
-def make_tiny_model(directory: str | Path, i2v: bool = False, seed: int = 0, visual_blocks: int = 2) -> Path:
-    """Write the tiny model to `directory` in diffusers layout and return the path."""
+def make_tiny_model(directory: str | Path, i2v: bool = False, seed: int = 0, visual_blocks: int = 2,
+                    nabla: bool = False) -> Path:
+    """Write the tiny model to `directory` in diffusers layout and return the path. `nabla`: its transformer
+    config asks for NABLA sparse attention, as the 10 s and Pro HD checkpoints do (sizes must then be
+    multiples of 128 px)."""
     directory = Path(directory)
-    pipe = build_tiny_pipeline(i2v=i2v, seed=seed, visual_blocks=visual_blocks)
+    pipe = build_tiny_pipeline(i2v=i2v, seed=seed, visual_blocks=visual_blocks, nabla=nabla)
     pipe.save_pretrained(directory)
     # save_pretrained does not keep the pipeline's template cut; record it for our loader.
     (directory / PROMPT_INDEX_FILE).write_text(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from k5tune.lora.adapter import add_lora, lora_parameters
+from k5tune.models.kandinsky5 import nabla
 from k5tune.models.kandinsky5.modulation import store_modulation_in
 from k5tune.models.kandinsky5.quantize import quantize_base
 from k5tune.models.kandinsky5.text_mask import install_text_mask
@@ -67,6 +68,8 @@ def build_training_model(transformer, plan: TrainingPlan, lora: LoraSettings, ru
     for p in lora_parameters(transformer):
         p.data = p.data.float()
     apply_speed_plan(transformer, plan, on_gpu)
+    if plan.nabla is not None:  # (after the fast path, whose processors it wraps)
+        nabla.install(transformer, plan.nabla)
     if plan.compiles_blocks(on_gpu):
         log("note: the first steps also compile the transformer blocks (torch.compile: ~40 s for Lite on an "
             "H100); fused_kernels false skips it")

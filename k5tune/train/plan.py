@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from k5tune.models.kandinsky5.nabla import NablaSettings
+
 Checkpointing = Literal["selective", "full", "none"]
 
 
@@ -32,6 +34,7 @@ class TrainingPlan:
     fsdp_processes: int = 1  # fsdp_enable over this many processes (1: not sharded)
     fsdp_reshard: bool = True  # fsdp_reshard_after_forward
     tread: tuple[tuple[float, int, int], ...] = ()  # TREAD routes as given (negative indices unresolved)
+    nabla: NablaSettings | None = None  # sparse NABLA attention (None: dense); resolved by attention.py
     # how the step executes; None: decided by the device (compiled on a GPU). Tests compile with
     # "aot_eager" (the same graphs, no code generation); the bench can switch compilation off.
     compile_kernels: bool | None = None  # the fused element-wise groups
@@ -39,8 +42,9 @@ class TrainingPlan:
     compile_backend: str = "inductor"
 
     @classmethod
-    def from_config(cls, cfg, processes: int = 1) -> TrainingPlan:
-        """The plan config.json asks for, over `processes` processes (FSDP2 shards only over several)."""
+    def from_config(cls, cfg, processes: int = 1, nabla: NablaSettings | None = None) -> TrainingPlan:
+        """The plan config.json asks for, over `processes` processes (FSDP2 shards only over several);
+        `nabla`: the attention resolved for the model (train/attention.py)."""
         offload = cfg.enable_group_offload
         sharded = cfg.fsdp_enable and processes > 1
         tread = () if cfg.tread_config is None else tuple(
@@ -54,7 +58,7 @@ class TrainingPlan:
             offload_activations=cfg.activations_offloaded, base_precision=cfg.base_model_precision,
             modulation_fp32=cfg.modulation_precision == "fp32",
             fsdp_processes=processes if sharded else 1,
-            fsdp_reshard=cfg.fsdp_reshard_after_forward or not sharded, tread=tread,
+            fsdp_reshard=cfg.fsdp_reshard_after_forward or not sharded, tread=tread, nabla=nabla,
         )
 
     # --- decisions derived from the settings -----------------------------------------------------
@@ -81,7 +85,8 @@ class TrainingPlan:
         return on_gpu if self.compile_kernels is None else self.compile_kernels
 
     def compiles_blocks(self, on_gpu: bool) -> bool:
-        if self.checkpointing == "none" or not self.fused_kernels or not self.blocks_may_compile:
+        # (NABLA builds its block mask from each layer's queries: its blocks run eagerly, FlexAttention compiled)
+        if self.checkpointing == "none" or not self.fused_kernels or not self.blocks_may_compile or self.nabla:
             return False
         return on_gpu if self.compile_blocks is None else self.compile_blocks
 
@@ -111,6 +116,9 @@ class TrainingPlan:
             return "fsdp_enable and enable_group_offload cannot be combined: shard over several GPUs, or offload on one"
         if self.sharded and self.quantized:
             return f"base_model_precision {self.base_precision} cannot be combined with fsdp_enable"
+        if self.nabla and self.tread:
+            return ("tread_config cannot be combined with NABLA attention (routed tokens break its 8x8-patch blocks); "
+                    "set sparse_attention to dense, or remove tread_config")
         return None
 
     def attention_context(self):
@@ -138,6 +146,8 @@ class TrainingPlan:
             parts.append(f"FSDP2 over {self.fsdp_processes} GPUs" + ("" if self.fsdp_reshard else ", no reshard"))
         if self.tread:
             parts.append("TREAD " + ", ".join(f"({r}, {a}..{b})" for r, a, b in self.tread))
+        if self.nabla:
+            parts.append(f"NABLA (P {self.nabla.P}, STA {self.nabla.wT}x{self.nabla.wH}x{self.nabla.wW})")
         return ", ".join(parts)
 
     def config_keys(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import torch
 
 from k5tune.cache.result import EMPTY_CAPTION, CacheResult
 from k5tune.data.discovery import pick_caption
+from k5tune.models.kandinsky5 import nabla
 from k5tune.models.kandinsky5.model_input import (
     first_frame_loss_weights,
     pad_prompts,
@@ -38,11 +39,13 @@ def step_scope(transformer):
     """State a step sets on the model (the batch's text mask, TREAD's generators) lives from its forward
     to the end of its backward (checkpointed blocks recompute with it) and no longer: whatever runs next
     (validation, another batch) starts clean."""
+    nabla.share_masks(transformer, True)  # each layer's NABLA mask: built in forward, reused in backward
     try:
         yield
     finally:
         set_text_mask(transformer, None)
         set_tread_step(transformer, None)
+        nabla.share_masks(transformer, False)
 
 
 def micro_batch_loss(transformer, cache: CacheResult, batch, samples: list[dict], positions: list[int], epoch: int,

@@ -72,10 +72,19 @@ def pad_prompts(qwen_list: list[torch.Tensor], clip_list: list[torch.Tensor]) ->
 def transformer_kwargs(
     transformer, model_input: torch.Tensor, text: TextBatch, sigmas: torch.Tensor, pixel_size: tuple[int, int]
 ) -> dict:
-    """Keyword arguments for `transformer(**kwargs, return_dict=False)`."""
+    """Keyword arguments for `transformer(**kwargs, return_dict=False)`; with NABLA installed (nabla.py),
+    the `sparse_params` the pipeline would pass for this shape."""
     device = model_input.device
     _, frames, height, width, _ = model_input.shape
-    return {
+    extra = {}
+    settings = getattr(transformer, "_k5_nabla", None)
+    if settings is not None:
+        from k5tune.models.kandinsky5.nabla import cached_sparse_params
+
+        patch = transformer.config.patch_size
+        extra["sparse_params"] = cached_sparse_params((frames // patch[0], height // patch[1], width // patch[2]),
+                                                      settings, device)
+    return {**extra,
         "hidden_states": model_input,
         "encoder_hidden_states": text.qwen.to(device=device, dtype=model_input.dtype),
         "pooled_projections": text.clip.to(device=device, dtype=model_input.dtype),

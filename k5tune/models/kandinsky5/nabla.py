@@ -1,0 +1,192 @@
+"""NABLA sparse attention, as the diffusers Kandinsky 5 pipeline runs it, for training too.
+
+The 10 s and Pro HD checkpoints attend sparsely: the visual tokens are ordered in 8x8 patches per
+latent frame ("fractal" order, so each block of 64 tokens is one patch), and each head keeps, per query
+block, the key blocks that hold a share P of its pooled attention map (`nablaT_v2`), plus a sliding
+window of neighbouring patches in time and space (STA). The reference for all of it is diffusers: the
+pipeline's `get_sparse_params` (and its `fast_sta_nabla`) and the transformer's `nablaT_v2`, which are
+called here rather than written again, so the mask training sees is the mask inference sees.
+
+On a GPU the block mask drives FlexAttention (compiled): only the kept blocks are computed. FlexAttention
+has no backward on the CPU, so there the same mask, expanded to tokens, drives SDPA: the same maths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+BLOCK = 64  # tokens per block: one 8x8 patch of one latent frame
+PATCH_SIDE = 8  # the patched grid must tile into 8x8 patches
+
+
+@dataclass(frozen=True)
+class NablaSettings:
+    P: float = 0.9  # share of each query block's pooled attention mass kept  # noqa: N815
+    wT: int = 11  # STA window in latent frames  # noqa: N815
+    wH: int = 3  # STA window in patches, height  # noqa: N815
+    wW: int = 3  # STA window in patches, width  # noqa: N815
+    add_sta: bool = True
+    method: str = "topcdf"
+
+    @classmethod
+    def from_transformer_config(cls, config: dict[str, Any]) -> NablaSettings | None:
+        """The checkpoint's own NABLA settings, or None when its attention is regular."""
+        if config.get("attention_type") != "nabla":
+            return None
+        default = cls()
+        return cls(P=float(config.get("attention_P", default.P)), wT=int(config.get("attention_wT", default.wT)),
+                   wH=int(config.get("attention_wH", default.wH)), wW=int(config.get("attention_wW", default.wW)),
+                   add_sta=bool(config.get("attention_add_sta", default.add_sta)),
+                   method=str(config.get("attention_method", default.method)))
+
+    def with_overrides(self, **given: Any) -> NablaSettings:
+        return replace(self, **{k: v for k, v in given.items() if v is not None})
+
+    def transformer_config(self) -> dict[str, Any]:
+        """The transformer config entries that make the diffusers pipeline run these settings."""
+        return {"attention_type": "nabla", "attention_P": self.P, "attention_wT": self.wT, "attention_wH": self.wH,
+                "attention_wW": self.wW, "attention_add_sta": self.add_sta, "attention_method": self.method}
+
+
+def tiling_problem(height: int, width: int, spatial_compression: int = 8, patch: int = 2) -> str | None:
+    """Why a pixel size cannot run NABLA (the patched grid must tile into 8x8 patches), or None."""
+    multiple = spatial_compression * patch * PATCH_SIDE
+    if height % multiple == 0 and width % multiple == 0:
+        return None
+    return f"{height}x{width} does not tile into NABLA's blocks: both sides must be multiples of {multiple}"
+
+
+def nearest_tiling_sizes(height: int, width: int, multiple: int = 128) -> list[str]:
+    """The sizes of multiples of `multiple` around HEIGHTxWIDTH (down and up), for error messages."""
+    heights = sorted({max(multiple, height // multiple * multiple), -(-height // multiple) * multiple})
+    widths = sorted({max(multiple, width // multiple * multiple), -(-width // multiple) * multiple})
+    return [f"{h}x{w}" for h in heights for w in widths]
+
+
+def sparse_params(visual_shape: tuple[int, int, int], settings: NablaSettings, device: torch.device) -> dict:
+    """The `sparse_params` the diffusers pipeline builds for a patched grid (T, H, W), with `settings`."""
+    from diffusers import Kandinsky5T2VPipeline
+
+    frames, height, width = visual_shape
+    if height % PATCH_SIDE or width % PATCH_SIDE:
+        raise ValueError(f"patched grid {height}x{width} does not tile into {PATCH_SIDE}x{PATCH_SIDE} patches")
+    sta = Kandinsky5T2VPipeline.fast_sta_nabla(frames, height // PATCH_SIDE, width // PATCH_SIDE, settings.wT,
+                                               settings.wH, settings.wW, device=device)
+    return {"sta_mask": sta.unsqueeze(0).unsqueeze(0), "attention_type": "nabla", "to_fractal": True,
+            "P": settings.P, "wT": settings.wT, "wW": settings.wW, "wH": settings.wH, "add_sta": settings.add_sta,
+            "visual_shape": visual_shape, "method": settings.method}
+
+
+_sparse_params_cache: dict = {}
+
+
+def cached_sparse_params(visual_shape: tuple[int, int, int], settings: NablaSettings, device: torch.device) -> dict:
+    """`sparse_params` for a grid, built once per (grid, settings, device): the STA mask of a bucket is
+    the same at every step."""
+    key = (visual_shape, settings, str(device))
+    if key not in _sparse_params_cache:
+        _sparse_params_cache[key] = sparse_params(visual_shape, settings, device)
+    return _sparse_params_cache[key]
+
+
+@torch.no_grad()
+def block_mask(query: torch.Tensor, key: torch.Tensor, params: dict):
+    """diffusers' own NABLA block mask for (B, S, heads, D) queries and keys (a FlexAttention BlockMask)."""
+    from diffusers.models.transformers.transformer_kandinsky import nablaT_v2
+
+    return nablaT_v2(query, key, params["sta_mask"], thr=params["P"])
+
+
+def density(mask) -> float:
+    """Share of (query block, key block) pairs computed, over batch and heads."""
+    return 1.0 - mask.sparsity() / 100.0
+
+
+_compiled_flex = None
+
+
+def _flex_attention():
+    global _compiled_flex
+    if _compiled_flex is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask) -> torch.Tensor:
+    """Attention of (B, S, heads, D) tensors under a NABLA block mask -> (B, S, heads, D)."""
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    if q.is_cuda:
+        out = _flex_attention()(q, k, v, block_mask=mask)
+    else:  # no FlexAttention backward on the CPU: the same mask, expanded to tokens, through SDPA
+        blocks = mask.to_dense().bool()  # (B, heads, S/64, S/64)
+        dense = blocks.repeat_interleave(BLOCK, dim=-2).repeat_interleave(BLOCK, dim=-1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+    return out.transpose(1, 2)
+
+
+def _qkv(attn, hidden_states: torch.Tensor, rotary_emb: torch.Tensor):
+    """Queries, keys and values exactly as diffusers' Kandinsky5AttnProcessor makes them (the same ops,
+    so the block mask built from them is bit for bit the pipeline's)."""
+    query, key, value = attn.to_query(hidden_states), attn.to_key(hidden_states), attn.to_value(hidden_states)
+    shape = query.shape[:-1]
+    query, key, value = (t.reshape(*shape, attn.num_heads, -1) for t in (query, key, value))
+    query = attn.query_norm(query.float()).type_as(query)
+    key = attn.key_norm(key.float()).type_as(key)
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        pairs = x.reshape(*x.shape[:-1], -1, 1, 2).to(torch.float32)
+        return (rotary_emb * pairs).sum(dim=-1).reshape(*x.shape).to(torch.bfloat16)
+
+    return rotate(query).type_as(query), rotate(key).type_as(key), value
+
+
+class NablaAttnProcessor:
+    """A visual self-attention's processor under NABLA: with `sparse_params` the sparse path, without
+    them (dense validation, a regular model) the processor it replaced.
+
+    Within a training step (`share_masks`), each layer builds its block mask once: the recomputation of
+    a checkpointed block in backward reuses the forward's mask (its queries and keys are the same)."""
+
+    def __init__(self, dense):
+        self.dense = dense
+        self.mask = None
+        self.sharing = False
+        self.last_density: float | None = None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, rotary_emb=None, sparse_params=None):
+        if sparse_params is None or encoder_hidden_states is not None:
+            return self.dense(attn, hidden_states, encoder_hidden_states, rotary_emb, sparse_params)
+        query, key, value = _qkv(attn, hidden_states, rotary_emb)
+        mask = self.mask if self.sharing and self.mask is not None else block_mask(query, key, sparse_params)
+        if self.sharing:
+            self.mask = mask
+        out = attention(query, key, value, mask)
+        return attn.out_layer(out.flatten(-2, -1))
+
+
+def self_attentions(transformer):
+    return [block.self_attention for block in transformer.visual_transformer_blocks]
+
+
+def install(transformer, settings: NablaSettings) -> None:
+    """NABLA processors on the visual self-attentions, and `settings` in the transformer's config, so the
+    diffusers pipeline (validation) runs the same attention."""
+    for attention_module in self_attentions(transformer):
+        if not isinstance(attention_module.processor, NablaAttnProcessor):
+            attention_module.set_processor(NablaAttnProcessor(attention_module.processor))
+    transformer.register_to_config(**settings.transformer_config())
+    transformer._k5_nabla = settings
+
+
+def share_masks(transformer, enabled: bool) -> None:
+    """Start (True) or end (False) a training step's mask sharing; ending drops the step's masks."""
+    for attention_module in self_attentions(transformer):
+        processor = attention_module.processor
+        if isinstance(processor, NablaAttnProcessor):
+            processor.sharing, processor.mask = enabled, None

@@ -1,0 +1,195 @@
+"""NABLA sparse attention in training: the mask the pipeline builds, the same maths, its gradients."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from k5tune.lora.adapter import add_lora
+from k5tune.models.kandinsky5 import Kandinsky5Components, nabla, resolve_model_source
+from k5tune.models.kandinsky5.model_input import pad_prompts, transformer_kwargs, with_conditioning_channels
+from k5tune.runtime import Runtime
+from k5tune.train.build import LoraSettings, build_training_model
+from k5tune.train.plan import TrainingPlan
+from k5tune.train.step import flow_matching_step_loss, step_scope
+
+# 256x384 px -> latent 32x48 -> patched 16x24: 2x3 patches of 8x8 per frame, so the STA window (3x3
+# patches) leaves some blocks out; P 0.5 makes the pooled-map part sparse too
+PIXELS = (256, 384)
+LATENT = (1, 2, 32, 48, 16)
+SETTINGS = nabla.NablaSettings(P=0.5, wT=11, wH=3, wW=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_nabla_dir(tmp_path_factory) -> str:
+    from k5tune.models.tiny import make_tiny_model
+
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-nabla"), nabla=True))
+
+
+def _transformer(model_dir: str):
+    transformer = Kandinsky5Components(resolve_model_source("t2v-lite-sft-10s", model_dir)).transformer()
+    transformer.register_to_config(**SETTINGS.transformer_config())
+    return transformer
+
+
+def _inputs(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(LATENT, generator=generator)
+    text = pad_prompts([torch.randn(5, 32, generator=generator)], [torch.randn(32, generator=generator)])
+    return latents, text, torch.randn(LATENT, generator=generator)
+
+
+def _record_masks(monkeypatch, module) -> list:
+    masks = []
+    real = module.nablaT_v2 if hasattr(module, "nablaT_v2") else module.block_mask
+
+    def recording(*args, **kwargs):
+        masks.append(real(*args, **kwargs))
+        return masks[-1]
+
+    monkeypatch.setattr(module, "nablaT_v2" if hasattr(module, "nablaT_v2") else "block_mask", recording)
+    return masks
+
+
+def _reference_attention(query, key, value, attn_mask=None, **_):
+    """Plain masked SDPA with the block mask expanded to tokens: what compiled FlexAttention computes (and
+    the official Kandinsky 5 code runs). (diffusers calls FlexAttention uncompiled, whose eager fallback
+    ignores the block sparsity of a mask without mask_mod and computes dense attention.)"""
+    dense = None if attn_mask is None else attn_mask.to_dense().bool().repeat_interleave(64, -2).repeat_interleave(64, -1)
+    out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                         attn_mask=dense)
+    return out.transpose(1, 2)
+
+
+def _flex_reference(model_dir: str):
+    """The diffusers transformer as the pipeline runs it: its processors on the flex backend (the only one
+    that takes a BlockMask), NABLA settings in its config."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    reference = _transformer(model_dir)
+    for module in reference.modules():
+        if hasattr(module, "processor"):
+            module.processor._attention_backend = AttentionBackendName.FLEX
+    return reference
+
+
+def test_each_layer_builds_the_pipelines_mask_bit_for_bit(tiny_nabla_dir, monkeypatch):
+    """Given a layer's input, our processor builds exactly the mask diffusers' processor builds (the same
+    queries and keys, then diffusers' own nablaT_v2)."""
+    from diffusers.models.transformers import transformer_kandinsky
+
+    latents, text, _ = _inputs()
+    reference = _flex_reference(tiny_nabla_dir)
+    inputs = []  # each visual self-attention's (hidden states, rope) in the reference forward
+    for block in reference.visual_transformer_blocks:
+        block.self_attention.register_forward_pre_hook(
+            lambda module, args, kwargs: inputs.append((args[0].clone(), kwargs["rotary_emb"])), with_kwargs=True)
+    params = nabla.sparse_params((2, 16, 24), SETTINGS, torch.device("cpu"))
+    kwargs = transformer_kwargs(reference, with_conditioning_channels(latents), text, torch.tensor([0.6]), PIXELS)
+    masks = _record_masks(monkeypatch, transformer_kandinsky)
+    with torch.no_grad():  # (FlexAttention has no backward on the CPU)
+        reference(**kwargs, sparse_params=params, return_dict=False)
+    expected = list(masks)
+    ours = nabla.NablaAttnProcessor(dense=None)
+    for block, (hidden, rope), theirs in zip(reference.visual_transformer_blocks, inputs, expected, strict=True):
+        masks.clear()
+        with torch.no_grad():
+            ours(block.self_attention, hidden, rotary_emb=rope, sparse_params=params)
+        assert torch.equal(masks[0].to_dense(), theirs.to_dense())
+    assert 0.2 < nabla.density(expected[0]) < 1.0  # really sparse, not empty
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-blocks", "stock-blocks"])
+def test_our_forward_computes_what_diffusers_computes(tiny_nabla_dir, monkeypatch, fused):
+    """The whole forward (fractal order, our blocks, the sparse attention) against diffusers' forward with
+    the pipeline's sparse_params and the reference sparse attention, each layer given the reference's
+    mask. (The masks themselves are equal given equal inputs, above; but a mask is a step function of
+    its layer's input, and CPU float noise, e.g. the rounding of a copy of the model whose tensors sit at
+    other addresses, 7e-7 here, can flip a block sitting at the P threshold.)"""
+    from diffusers.models.transformers import transformer_kandinsky
+
+    latents, text, _ = _inputs()
+    sigmas = torch.tensor([0.6])
+    reference = _transformer(tiny_nabla_dir)
+    monkeypatch.setattr(transformer_kandinsky, "dispatch_attention_fn", _reference_attention)
+    ours = copy.deepcopy(reference)
+    params = nabla.sparse_params((2, 16, 24), SETTINGS, torch.device("cpu"))
+    kwargs = transformer_kwargs(reference, with_conditioning_channels(latents), text, sigmas, PIXELS)
+    masks = _record_masks(monkeypatch, transformer_kandinsky)
+    with torch.no_grad():
+        expected = reference(**kwargs, sparse_params=params, return_dict=False)
+    replay = list(masks)
+    build_training_model(ours, TrainingPlan(fused_kernels=fused, compile_kernels=False, nabla=SETTINGS),
+                         LoraSettings(4, 4, ("to_query",)), Runtime.detect("no", "cpu"))
+    monkeypatch.setattr(nabla, "block_mask", lambda query, key, params: replay.pop(0))
+    ours.eval()
+    with torch.no_grad():
+        got = ours(**transformer_kwargs(ours, with_conditioning_channels(latents), text, sigmas, PIXELS),
+                   return_dict=False)
+    assert not replay
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_lora_gradients_equal_a_plain_masked_reference(tiny_nabla_dir, monkeypatch):
+    from diffusers.models.transformers import transformer_kandinsky
+
+    latents, text, noise = _inputs(1)
+    sigmas = torch.tensor([0.4])
+    runtime = Runtime.detect("no", "cpu")
+    targets = ("to_query", "to_key", "to_value", "out_layer")
+    reference = _transformer(tiny_nabla_dir)
+    ours = copy.deepcopy(reference)
+    add_lora(reference, 4, 4, 0.0, list(targets), seed=0)
+    monkeypatch.setattr(transformer_kandinsky, "dispatch_attention_fn", _reference_attention)
+    reference.train()
+    params = nabla.sparse_params((2, 16, 24), SETTINGS, torch.device("cpu"))
+    kwargs = transformer_kwargs(reference, with_conditioning_channels(latents), text, sigmas, PIXELS)
+    from k5tune.train import objective
+
+    noisy = with_conditioning_channels(objective.add_noise(latents, noise, sigmas))
+    kwargs["hidden_states"] = noisy
+    masks = _record_masks(monkeypatch, transformer_kandinsky)
+    prediction = reference(**kwargs, sparse_params=params, return_dict=False)
+    objective.flow_matching_loss(prediction, objective.velocity_target(latents, noise)).backward()
+    expected = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
+
+    plan = TrainingPlan(checkpointing="full", compile_kernels=False, nabla=SETTINGS)
+    model = build_training_model(ours, plan, LoraSettings(4, 4, targets), runtime)
+    replay = list(masks)  # each layer under the reference's mask (see the forward test)
+    monkeypatch.setattr(nabla, "block_mask", lambda query, key, params: replay.pop(0))
+    with step_scope(ours):
+        flow_matching_step_loss(ours, latents, text, noise, sigmas, PIXELS, runtime).backward()
+    got = {n: p.grad for n, p in ours.named_parameters() if p.grad is not None}
+    assert not replay  # one mask per layer: the checkpointed recomputation reused the forward's
+    assert set(got) == set(expected) and len(got) == len(model.params)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_training_step_builds_each_layers_mask_once(tiny_nabla_dir, monkeypatch):
+    """Forward and the checkpointed recomputation in backward share the mask: two builds for two layers."""
+    latents, text, noise = _inputs(2)
+    ours = _transformer(tiny_nabla_dir)
+    runtime = Runtime.detect("no", "cpu")
+    build_training_model(ours, TrainingPlan(checkpointing="full", compile_kernels=False, nabla=SETTINGS),
+                         LoraSettings(4, 4, ("to_query",)), runtime)
+    built = _record_masks(monkeypatch, nabla)
+    with step_scope(ours):
+        flow_matching_step_loss(ours, latents, text, noise, torch.tensor([0.5]), PIXELS, runtime).backward()
+    assert len(built) == 2
+    processors = [block.self_attention.processor for block in ours.visual_transformer_blocks]
+    assert all(p.mask is None and not p.sharing for p in processors)  # nothing kept after the step
+
+
+def test_tiling_and_settings():
+    assert nabla.tiling_problem(512, 768) is None
+    assert "multiples of 128" in nabla.tiling_problem(480, 848)
+    assert nabla.nearest_tiling_sizes(480, 848) == ["384x768", "384x896", "512x768", "512x896"]
+    config = {"attention_type": "nabla", "attention_P": 0.8, "attention_wT": 7}
+    assert nabla.NablaSettings.from_transformer_config(config) == nabla.NablaSettings(P=0.8, wT=7)
+    assert nabla.NablaSettings.from_transformer_config({"attention_type": "regular"}) is None
+    assert TrainingPlan(nabla=SETTINGS, tread=((0.5, 1, 2),)).problem().startswith("tread_config cannot")
