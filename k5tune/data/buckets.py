@@ -47,8 +47,10 @@ def round_to_multiple(value: float, multiple: int = SPATIAL_MULTIPLE) -> int:
     return max(multiple, int(math.floor(value / multiple + 0.5)) * multiple)
 
 
-def bucket_size(width: int, height: int, resolution: int, resolution_type: str = "pixel") -> tuple[int, int]:
-    """(bucket width, bucket height) for a clip of display size width x height."""
+def bucket_size(width: int, height: int, resolution: int, resolution_type: str = "pixel",
+                multiple: int = SPATIAL_MULTIPLE) -> tuple[int, int]:
+    """(bucket width, bucket height) for a clip of display size width x height; sides are multiples of
+    `multiple` (16: the VAE's 8x times the 2x2 patch; 128 under NABLA, whose 8x8-patch blocks must tile)."""
     aspect_w, aspect_h = snap_aspect(width, height)
     ratio = aspect_w / aspect_h
     if resolution_type == "pixel":
@@ -57,7 +59,7 @@ def bucket_size(width: int, height: int, resolution: int, resolution_type: str =
         out_w, out_h = resolution * math.sqrt(ratio), resolution / math.sqrt(ratio)
     else:
         raise ValueError(f"unknown resolution_type {resolution_type!r}; use 'pixel' or 'area'")
-    return round_to_multiple(out_w), round_to_multiple(out_h)
+    return round_to_multiple(out_w, multiple), round_to_multiple(out_h, multiple)
 
 
 def resampled_frame_count(num_source_frames: int, source_fps: Fraction | float, target_fps: float) -> int:
@@ -95,8 +97,9 @@ def make_bucket(
     frames: int,
     resolution: int,
     resolution_type: str = "pixel",
+    multiple: int = SPATIAL_MULTIPLE,
 ) -> Bucket:
-    bucket_w, bucket_h = bucket_size(width, height, resolution, resolution_type)
+    bucket_w, bucket_h = bucket_size(width, height, resolution, resolution_type, multiple)
     return Bucket(bucket_w, bucket_h, frames)
 
 

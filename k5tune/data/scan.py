@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from k5tune.config.datasets import MEDIA_TYPES, ImageBackend, TextEmbedsBackend, VideoBackend
+from k5tune.config.frames import SPATIAL_MULTIPLE
 from k5tune.data.buckets import bucket_frames, make_bucket, resampled_frame_count
 from k5tune.data.discovery import CaptionProblem, captions_for, discover_media, media_extensions
 from k5tune.data.probe import MediaInfo, ProbeError, probe_image, probe_video
@@ -21,6 +22,7 @@ def scan_backends(
     backends: Sequence[VideoBackend | ImageBackend | TextEmbedsBackend],
     frame_rate: float,
     progress: Progress | None = None,
+    spatial_multiple: int = SPATIAL_MULTIPLE,
 ) -> tuple[list[ClipRecord], DatasetReport]:
     """Every usable clip of the enabled media backends, in a stable order, and the report.
 
@@ -28,6 +30,7 @@ def scan_backends(
     `frame_rate` is the config's frame rate, used where a video backend sets no video.frame_rate.
     `progress(done, total, message)` is called once per file. Bad files never raise: they are skipped
     and reported. Raises DatasetError for a missing folder or when no clip is left at all.
+    `spatial_multiple`: what bucket sides are multiples of (128 under NABLA attention).
     """
     media = [b for b in backends if getattr(b, "dataset_type", None) in MEDIA_TYPES and not b.disabled]
     if not media:
@@ -56,7 +59,7 @@ def scan_backends(
     records: list[ClipRecord] = []
     summaries = {summary.id: summary for summary in report.backends}
     for done, (backend, folder, path) in enumerate(work, start=1):
-        record = _examine(backend, folder, path, frame_rate, report)
+        record = _examine(backend, folder, path, frame_rate, report, spatial_multiple)
         if record is not None:
             records.append(record)
             summaries[backend.id].used += 1
@@ -79,6 +82,7 @@ def _examine(
     path: Path,
     frame_rate: float,
     report: DatasetReport,
+    multiple: int = SPATIAL_MULTIPLE,
 ) -> ClipRecord | None:
     """One file -> a record, or None after adding the reason to the report."""
     probed = _probe(backend, path, report)
@@ -114,7 +118,7 @@ def _examine(
         rotation=info.rotation,
         available_frames=available,
         bucket=make_bucket(
-            info.width, info.height, sample_frames, backend.resolution, backend.resolution_type
+            info.width, info.height, sample_frames, backend.resolution, backend.resolution_type, multiple
         ),
         content_hash=content_hash,
         crop_style=backend.crop_style,
