@@ -419,11 +419,7 @@ def datasets_path_for(config_path: Path, explicit: str | None, directory: str) -
 
 def _bare_message(exc: ConfigError, keep_backend: bool = False) -> str:
     """The message without the 'file, key ...:' lead (and 'backend ...:': the question already says it)."""
-    text = str(exc)
-    where = ", ".join(part for part in (exc.file, f"key '{exc.key}'" if exc.key else None) if part)
-    if where and text.startswith(where + ": "):
-        text = text[len(where) + 2:]
-    return text if keep_backend else re.sub(r"^backend '[^']*': ", "", text)
+    return exc.message if keep_backend else re.sub(r"^backend '[^']*': ", "", exc.message)
 
 
 def _json_or_text(text: str) -> Any:

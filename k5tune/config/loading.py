@@ -200,7 +200,7 @@ def build_datasets(raw: Any, file: str) -> list:
             model.model_validate(entry)
         except ValidationError as exc:
             error = _first_error(exc, file)
-            raise ConfigError(f"{label}: {str(error).split(': ', 1)[-1]}", file=file, key=error.key) from None
+            raise ConfigError(f"{label}: {error.message}", file=file, key=error.key) from None
     backends = _BACKEND_LIST.validate_python(raw)
     ids = [b.id for b in backends]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})

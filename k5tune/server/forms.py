@@ -115,9 +115,8 @@ def form_schema() -> dict:
 def field_error(exc: ConfigError, *, backends: list | None = None) -> dict:
     """A loader error as {message, key, field, backend}: `field` is the form field to mark (the first
     part of the key, aliases mapped to their field), `backend` the dataset entry's index."""
-    where = ", ".join(part for part in (exc.file, f"key '{exc.key}'" if exc.key else None) if part)
     text = str(exc)
-    message = text[len(where) + 2 :] if where and text.startswith(where + ": ") else text
+    message = exc.message
     key = exc.key or None
     field = None
     if key:
