@@ -16,13 +16,12 @@ from k5tune.errors import K5TuneError
 
 
 def _config_keys_epilog() -> str:
-    from k5tune.config.schema import TrainConfig
+    from k5tune.config.fields import config_fields
 
     lines = ["config keys (any of them can be given as --key=value or --key value; bare --flag means true):"]
-    for name, info in TrainConfig.model_fields.items():
-        default = info.get_default(call_default_factory=True)
-        shown = json.dumps(default.model_dump() if hasattr(default, "model_dump") else default, default=str)
-        lines.append(f"  --{name} (default {shown})\n      {info.description}")
+    for setting in config_fields():
+        shown = json.dumps(setting.default, default=str)
+        lines.append(f"  --{setting.name} (default {shown})\n      {setting.description}")
     return "\n".join(lines)
 
 

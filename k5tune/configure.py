@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from k5tune.atomic import atomic_write_text
 from k5tune.config.datasets import ImageBackend, TextEmbedsBackend, VideoBackend
+from k5tune.config.fields import bare_key, canonical_config, canonical_key, config_field
 from k5tune.config.frames import MIN_I2V_FRAMES, parse_resolution, snap_resolution
 from k5tune.config.loading import (
     EXAMPLES_DIR,
@@ -319,15 +320,11 @@ def _drop_invalid(entry: dict[str, Any], model: type[BaseModel], what: str,
 
 def _canonical_config(raw: dict[str, Any], notes: list[str], where: str) -> dict[str, Any]:
     """Keys as field names: `--key` and aliases (`framerate`) become the one name the schema declares."""
-    known = TrainConfig.known_keys()
-    canonical: dict[str, Any] = {}
-    for key, value in raw.items():
-        bare = key[2:] if key.startswith("--") else key
-        name = known.get(bare, bare)
+    for key in raw:
+        name = canonical_key(key) or bare_key(key)
         if name != key:
             notes.append(f"{where}: key '{key}' is written as '{name}'")
-        canonical[name] = value
-    return canonical
+    return canonical_config(raw)
 
 
 @dataclass
@@ -650,7 +647,7 @@ class Wizard:
     def _config_default(self, key: str) -> Any:
         if key in self.config:
             return self.config[key]
-        return TrainConfig.model_fields[key].get_default(call_default_factory=True)
+        return config_field(key).default
 
     def _set_config(self, key: str, value: Any) -> None:
         if value is None:
