@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from k5tune.atomic import atomic_write_text
+from k5tune.atomic import atomic_write_json
 from k5tune.config.datasets import ImageBackend, TextEmbedsBackend, VideoBackend
 from k5tune.config.fields import bare_key, canonical_config, canonical_key, config_field
 from k5tune.config.frames import MIN_I2V_FRAMES, parse_resolution, snap_resolution
@@ -507,13 +507,7 @@ def survey_folder(folder: Path) -> FolderSurvey:
 
 
 # --------------------------------------------------------------------------------------------------
-# writing
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write pretty-printed JSON to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+# before writing: both files checked together
 
 
 def validate_together(config: dict[str, Any], datasets: list[dict[str, Any]], config_path: Path,
@@ -1011,8 +1005,8 @@ class Wizard:
             if path.is_file():
                 shutil.copy2(path, path.with_name(path.name + ".bak"))
                 self.io.say(f"kept the old {path} as {path.name}.bak")
-        write_json_atomic(self.datasets_path, self.datasets)
-        write_json_atomic(self.config_path, self.config)
+        atomic_write_json(self.datasets_path, self.datasets)  # indent 2, UTF-8 as typed, final newline
+        atomic_write_json(self.config_path, self.config)
         self.io.say(f"wrote {self.config_path} and {self.datasets_path}")
 
     def _print_next_steps(self, loaded: LoadedConfig) -> None:
