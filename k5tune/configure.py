@@ -28,8 +28,9 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from k5tune.atomic import atomic_write_text
+from k5tune.atomic import atomic_write_json
 from k5tune.config.datasets import ImageBackend, TextEmbedsBackend, VideoBackend
+from k5tune.config.fields import bare_key, canonical_config, canonical_key, config_field
 from k5tune.config.frames import MIN_I2V_FRAMES, parse_resolution, snap_resolution
 from k5tune.config.loading import (
     EXAMPLES_DIR,
@@ -319,15 +320,11 @@ def _drop_invalid(entry: dict[str, Any], model: type[BaseModel], what: str,
 
 def _canonical_config(raw: dict[str, Any], notes: list[str], where: str) -> dict[str, Any]:
     """Keys as field names: `--key` and aliases (`framerate`) become the one name the schema declares."""
-    known = TrainConfig.known_keys()
-    canonical: dict[str, Any] = {}
-    for key, value in raw.items():
-        bare = key[2:] if key.startswith("--") else key
-        name = known.get(bare, bare)
+    for key in raw:
+        name = canonical_key(key) or bare_key(key)
         if name != key:
             notes.append(f"{where}: key '{key}' is written as '{name}'")
-        canonical[name] = value
-    return canonical
+    return canonical_config(raw)
 
 
 @dataclass
@@ -419,11 +416,7 @@ def datasets_path_for(config_path: Path, explicit: str | None, directory: str) -
 
 def _bare_message(exc: ConfigError, keep_backend: bool = False) -> str:
     """The message without the 'file, key ...:' lead (and 'backend ...:': the question already says it)."""
-    text = str(exc)
-    where = ", ".join(part for part in (exc.file, f"key '{exc.key}'" if exc.key else None) if part)
-    if where and text.startswith(where + ": "):
-        text = text[len(where) + 2:]
-    return text if keep_backend else re.sub(r"^backend '[^']*': ", "", text)
+    return exc.message if keep_backend else re.sub(r"^backend '[^']*': ", "", exc.message)
 
 
 def _json_or_text(text: str) -> Any:
@@ -514,13 +507,7 @@ def survey_folder(folder: Path) -> FolderSurvey:
 
 
 # --------------------------------------------------------------------------------------------------
-# writing
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write pretty-printed JSON to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+# before writing: both files checked together
 
 
 def validate_together(config: dict[str, Any], datasets: list[dict[str, Any]], config_path: Path,
@@ -654,7 +641,7 @@ class Wizard:
     def _config_default(self, key: str) -> Any:
         if key in self.config:
             return self.config[key]
-        return TrainConfig.model_fields[key].get_default(call_default_factory=True)
+        return config_field(key).default
 
     def _set_config(self, key: str, value: Any) -> None:
         if value is None:
@@ -1018,8 +1005,8 @@ class Wizard:
             if path.is_file():
                 shutil.copy2(path, path.with_name(path.name + ".bak"))
                 self.io.say(f"kept the old {path} as {path.name}.bak")
-        write_json_atomic(self.datasets_path, self.datasets)
-        write_json_atomic(self.config_path, self.config)
+        atomic_write_json(self.datasets_path, self.datasets)  # indent 2, UTF-8 as typed, final newline
+        atomic_write_json(self.config_path, self.config)
         self.io.say(f"wrote {self.config_path} and {self.datasets_path}")
 
     def _print_next_steps(self, loaded: LoadedConfig) -> None:

@@ -15,6 +15,7 @@ class ConfigError(K5TuneError):
     def __init__(self, message: str, *, file: str | None = None, key: str | None = None):
         self.file = file
         self.key = key
+        self.message = message  # without the "file, key '...': " lead, for places that show file and key apart
         where = ", ".join(part for part in (file, f"key '{key}'" if key else None) if part)
         super().__init__(f"{where}: {message}" if where else message)
 

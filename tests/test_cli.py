@@ -77,3 +77,28 @@ def test_unknown_argument_to_a_plain_command_is_rejected(capsys):
     with pytest.raises(SystemExit) as info:
         main(["make-tiny-model", "x", "--bogus"])
     assert info.value.code == 2
+
+
+def test_every_command_module_is_registered_with_its_interface():
+    """One module per command under k5tune/commands/, each in the registry the parser is built from."""
+    import importlib
+    import pkgutil
+
+    import k5tune.commands
+    from k5tune.commands import COMMANDS as REGISTRY
+
+    modules = [importlib.import_module(f"k5tune.commands.{info.name}")
+               for info in pkgutil.iter_modules(k5tune.commands.__path__) if not info.name.startswith("_")]
+    assert sorted(m.__name__ for m in modules) == sorted(m.__name__ for m in REGISTRY)
+    assert sorted(command.NAME for command in REGISTRY) == sorted(COMMANDS)
+    for command in REGISTRY:
+        assert callable(command.add_arguments) and callable(command.run), command.__name__
+        assert command.HELP and command.DESCRIPTION and isinstance(command.TAKES_OVERRIDES, bool)
+    # only the commands that read config.json take --key=value overrides
+    assert [c.NAME for c in REGISTRY if c.TAKES_OVERRIDES] == ["train", "cache"]
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "k5tune.cli", "--version"], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0 and result.stdout.startswith("k5tune ")

@@ -329,3 +329,10 @@ def test_config_reference_page_is_up_to_date():
 
     page = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
     assert page.read_text() == render(), "run: python -m k5tune.config.reference > docs/config-reference.md"
+
+
+def test_config_error_keeps_its_bare_message_apart_from_file_and_key():
+    error = ConfigError("must be greater than 0: got -1", file="config/config.json", key="lora_rank")
+    assert str(error) == "config/config.json, key 'lora_rank': must be greater than 0: got -1"
+    assert error.message == "must be greater than 0: got -1"
+    assert ConfigError("plain").message == str(ConfigError("plain")) == "plain"

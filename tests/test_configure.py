@@ -136,6 +136,9 @@ def test_answers_are_written_and_load_with_load_config(workdir):
     assert not train.enable_group_offload and not train.activations_offloaded
     assert "k5tune train --dry-run" in terminal.output
     assert Path("config/config.json").read_text().startswith('{\n  "')  # pretty-printed
+    for name in ("config/config.json", "config/multidatabackend.json"):  # the wizard's format, byte for byte
+        text = Path(name).read_text(encoding="utf-8")
+        assert text == json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n"
 
 
 def test_a_wrong_frame_count_is_asked_again_with_the_nearest_counts(workdir):

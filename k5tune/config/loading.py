@@ -25,6 +25,7 @@ from k5tune.config.datasets import (
     VideoBackend,
     VideoOptions,
 )
+from k5tune.config.fields import bare_key, canonical_key, known_keys
 from k5tune.config.frames import MIN_I2V_FRAMES
 from k5tune.config.schema import TrainConfig
 from k5tune.errors import ConfigError
@@ -97,7 +98,7 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
 
 
 def _typed_value(key: str, raw: str) -> Any:
-    field_name = TrainConfig.known_keys().get(key)
+    field_name = canonical_key(key)
     if field_name is not None and _is_text_field(field_name) and raw.strip()[:1] not in ("{", "[") and raw != "null":
         return raw
     try:
@@ -155,16 +156,17 @@ def _first_error(exc: ValidationError, file: str, prefix: str = "") -> ConfigErr
 
 
 def _normalise_keys(raw: dict[str, Any]) -> dict[str, Any]:
-    """Accept SimpleTuner-style keys written with a leading '--'."""
-    return {key[2:] if key.startswith("--") else key: value for key, value in raw.items()}
+    """Accept SimpleTuner-style keys written with a leading '--' (aliases stay as written: the schema
+    takes them, and a field given under two names is an error)."""
+    return {bare_key(key): value for key, value in raw.items()}
 
 
 def build_train_config(raw: dict[str, Any], file: str) -> TrainConfig:
     raw = _normalise_keys(raw)
-    _check_unknown_keys(raw, file, TrainConfig.known_keys())
+    _check_unknown_keys(raw, file, known_keys())
     seen: dict[str, str] = {}
     for key in raw:
-        name = TrainConfig.known_keys()[key]
+        name = known_keys()[key]
         if name in seen:
             raise ConfigError(f"given twice, as '{seen[name]}' and '{key}'; keep one", file=file, key=name)
         seen[name] = key
@@ -200,7 +202,7 @@ def build_datasets(raw: Any, file: str) -> list:
             model.model_validate(entry)
         except ValidationError as exc:
             error = _first_error(exc, file)
-            raise ConfigError(f"{label}: {str(error).split(': ', 1)[-1]}", file=file, key=error.key) from None
+            raise ConfigError(f"{label}: {error.message}", file=file, key=error.key) from None
     backends = _BACKEND_LIST.validate_python(raw)
     ids = [b.id for b in backends]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -250,9 +252,9 @@ def load_config(
         raise ConfigError("config.json must be a JSON object of settings ({\"key\": value, ...})", file=str(config_path))
     merged = _normalise_keys(raw)
     for key, value in (overrides or {}).items():
-        name = TrainConfig.known_keys().get(key)
+        name = known_keys().get(key)
         # an override replaces the file's value even when the two use different aliases
-        for existing in [k for k in merged if name is not None and TrainConfig.known_keys().get(k) == name]:
+        for existing in [k for k in merged if name is not None and known_keys().get(k) == name]:
             del merged[existing]
         merged[key] = value
     source = str(config_path) + (" (with command-line overrides)" if overrides else "")

@@ -8,35 +8,28 @@ from __future__ import annotations
 import json
 import sys
 
-from pydantic import AliasChoices, BaseModel
-
 from k5tune.config.datasets import ImageBackend, TextEmbedsBackend, VideoBackend, VideoOptions
-from k5tune.config.schema import TrainConfig
+from k5tune.config.fields import Setting, config_fields, describe
 
 
-def _default(info) -> str:
-    value = info.get_default(call_default_factory=True)
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    return f"`{json.dumps(value, default=str)}`"
+def _row(setting: Setting) -> str:
+    aliases = f" (alias: {', '.join(f'`{a}`' for a in setting.aliases)})" if setting.aliases else ""
+    default = "required" if setting.required else f"`{json.dumps(setting.default, default=str)}`"
+    text = setting.description.replace("|", "\\|")
+    return f"| `{setting.name}`{aliases} | {default} | {text} |"
 
 
-def _aliases(info) -> str:
-    alias = info.validation_alias
-    if isinstance(alias, AliasChoices):
-        others = [str(a) for a in alias.choices][1:]
-        return f" (alias: {', '.join(f'`{a}`' for a in others)})" if others else ""
-    return ""
+def _table(settings: list[Setting]) -> list[str]:
+    return ["| key | default | meaning |", "|---|---|---|", *(_row(setting) for setting in settings)]
 
 
-def _table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> list[str]:
-    rows = ["| key | default | meaning |", "|---|---|---|"]
-    for name, info in model.model_fields.items():
-        if name in skip:
-            continue
-        text = (info.description or "").replace("|", "\\|")
-        rows.append(f"| `{name}`{_aliases(info)} | {_default(info)} | {text} |")
-    return rows
+def _sections(settings: list[Setting]) -> list[str]:
+    """One table per section, in the order the sections first appear (as the web form's fieldsets)."""
+    titles = list(dict.fromkeys(setting.section for setting in settings))
+    lines: list[str] = []
+    for title in titles:
+        lines += [f"### {title}", "", *_table([s for s in settings if s.section == title]), ""]
+    return lines
 
 
 def render() -> str:
@@ -48,27 +41,26 @@ def render() -> str:
         "",
         "## config/config.json",
         "",
-        *_table(TrainConfig),
-        "",
+        *_sections(config_fields()),
         "## config/multidatabackend.json",
         "",
         "A JSON list of backends. `dataset_type` picks the kind.",
         "",
         "### Video backend (`dataset_type: video`)",
         "",
-        *_table(VideoBackend, skip=("dataset_type",)),
+        *_table(describe(VideoBackend, skip=("dataset_type",))),
         "",
         "#### The `video` section",
         "",
-        *_table(VideoOptions),
+        *_table(describe(VideoOptions)),
         "",
         "### Image backend (`dataset_type: image`), trained as 1-frame clips",
         "",
-        *_table(ImageBackend, skip=("dataset_type",)),
+        *_table(describe(ImageBackend, skip=("dataset_type",))),
         "",
         "### Text-embedding cache (`dataset_type: text_embeds`)",
         "",
-        *_table(TextEmbedsBackend, skip=("dataset_type",)),
+        *_table(describe(TextEmbedsBackend, skip=("dataset_type",))),
         "",
     ]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Schema of `config/config.json`: every training setting, declared once.
 
-Each field's description is its documentation: it feeds `k5tune train --help-config`, the web form
-and the wizard. Unknown keys are errors (see loading.py for the "did you mean" message).
+Each field's description is its documentation: through k5tune.config.fields it feeds `k5tune train
+--help`, the web form, the wizard and docs/config-reference.md; SECTIONS groups the fields. Unknown keys
+are errors (see loading.py for the "did you mean" message).
 """
 
 from __future__ import annotations
@@ -360,14 +361,33 @@ class TrainConfig(BaseModel):
             notes.append("tracker_project_name has no effect with report_to none")
         return notes
 
-    @classmethod
-    def known_keys(cls) -> dict[str, str]:
-        """Every accepted key (aliases included) mapped to its field name."""
-        keys: dict[str, str] = {}
-        for name, info in cls.model_fields.items():
-            keys[name] = name
-            alias = info.validation_alias
-            if isinstance(alias, AliasChoices):
-                for choice in alias.choices:
-                    keys[str(choice)] = name
-        return keys
+
+# The web form's fieldsets, as data (the `# --- title ---` comments above only help reading the class);
+# a test checks that every field is in exactly one section, in declaration order.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "model": ("model_family", "model_flavour", "pretrained_model_name_or_path", "model_type", "revision"),
+    "data": ("data_backend_config", "frame_rate", "caption_dropout_probability", "caption_max_tokens"),
+    "output": ("output_dir", "lora_format", "trigger_word", "push_to_hub", "hub_model_id"),
+    "LoRA": ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules"),
+    "optimisation": ("train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler",
+        "lr_warmup_steps", "optimizer", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon",
+        "max_grad_norm", "max_train_steps", "num_train_epochs", "seed", "mixed_precision",
+        "gradient_checkpointing", "gradient_checkpointing_policy", "fused_kernels", "base_model_precision",
+        "modulation_precision", "attention_backend", "max_nonfinite_steps"),
+    "flow matching": ("flow_schedule_shift", "flow_sigma_sampling", "flow_logit_mean", "flow_logit_std",
+        "flow_mode_scale"),
+    "checkpoints": ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint"),
+    "logging": ("report_to", "tracker_project_name", "tracker_run_name", "logging_dir"),
+    "validation": ("validation_prompt", "validation_prompt_library", "validation_negative_prompt",
+        "validation_steps", "validation_resolution", "validation_num_video_frames", "validation_guidance",
+        "validation_num_inference_steps", "validation_seed", "validation_image", "disable_validation"),
+    "memory": ("offload_during_startup", "vae_enable_patch_conv", "vae_enable_tiling", "enable_group_offload",
+        "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream",
+        "offload_activations"),
+    "distributed": ("num_processes", "fsdp_enable", "fsdp_reshard_after_forward"),
+    "TREAD": ("tread_config",),
+    "CREPA": ("crepa_enabled", "crepa_block_index", "crepa_lambda", "crepa_adjacent_distance",
+        "crepa_adjacent_tau", "crepa_encoder", "crepa_encoder_image_size", "crepa_drop_vae_encoder"),
+    "scheduled sampling (rollout)": ("scheduled_sampling_max_step_offset", "scheduled_sampling_probability",
+        "scheduled_sampling_sampler"),
+}

@@ -242,25 +242,25 @@ class RunManager:
             return self.store.get(run_id)
 
     def _snapshot(self, config_file: Path) -> tuple[dict, Path, Path | None]:
-        from k5tune.config.schema import TrainConfig
+        from k5tune.config.fields import canonical_config, config_field
 
         snapshot: dict = {"config_file": self.paths.relative(config_file)}
         raw: dict = {}
         try:
             parsed = json.loads(config_file.read_text(encoding="utf-8"))
-            raw = {k.removeprefix("--"): v for k, v in parsed.items()} if isinstance(parsed, dict) else {}
+            raw = canonical_config(parsed) if isinstance(parsed, dict) else {}
             snapshot["config"] = parsed
         except FileNotFoundError:
             snapshot["config"] = None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             snapshot["config"] = None
             snapshot["config_error"] = str(exc)
-        fields = TrainConfig.model_fields
         output = raw.get("output_dir")
-        output = output if isinstance(output, str) and output else fields["output_dir"].default
+        output = output if isinstance(output, str) and output else config_field("output_dir").default
         output_dir = self.paths.resolve(output)  # PathRefused: outputs the server could not show
         dataset_name = raw.get("data_backend_config")
-        dataset_name = dataset_name if isinstance(dataset_name, str) else fields["data_backend_config"].default
+        if not isinstance(dataset_name, str):
+            dataset_name = config_field("data_backend_config").default
         dataset_file = None
         if self.paths.inside(dataset_name) and self.paths.resolve(dataset_name).is_file():
             dataset_file = self.paths.resolve(dataset_name)

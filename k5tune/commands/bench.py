@@ -1,0 +1,111 @@
+"""`k5tune bench`: time training steps at full model size with random weights, beside stock diffusers."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "bench"
+HELP = "time training steps at full model size with random weights, beside stock diffusers"
+DESCRIPTION = ("Build the full-size transformer of a flavour with random weights on the GPU and time LoRA training "
+               "steps (warm-up excluded, median); prints JSON: step seconds, peak GiB, tokens, useful TFLOP, "
+               "achieved TFLOP/s and the fraction of the card's measured matmul rate.")
+TAKES_OVERRIDES = False
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_shape_arguments(parser)
+    _add_plan_arguments(parser)
+    _add_memory_arguments(parser)
+    parser.add_argument("--no-fused", action="store_true", help="our step without the fused blocks")
+    parser.add_argument("--no-compile", action="store_true", help="do not torch.compile the fused groups")
+    parser.add_argument("--no-compile-blocks", action="store_true",
+                        help="run the blocks eagerly (only their fused groups compiled)")
+    parser.add_argument("--output", help="also write the JSON report to this file")
+
+
+def _add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--flavour", default="t2v-lite-sft-5s", help="which model size/config (default Lite 5s)")
+    parser.add_argument("--resolution", default="512x768", help="HEIGHTxWIDTH (default 512x768)")
+    parser.add_argument("--frames", type=int, default=61, help="frames, 4k+1 (default 61)")
+    parser.add_argument("--rank", type=int, default=32, help="LoRA rank (default 32)")
+    parser.add_argument("--batch", type=int, default=1, help="clips per step (default 1)")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps; the median is reported (default 6)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed first steps (default 2)")
+    parser.add_argument("--compare-stock", action="store_true", help="also time the stock diffusers + peft step")
+    parser.add_argument("--model", help="a diffusers folder instead of the full-size config (e.g. the tiny model)")
+    parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: a GPU if there is one)")
+
+
+def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--attention", default="auto", choices=["auto", "sdpa", "cudnn", "flash"],
+                        help="attention kernel preference (default auto)")
+    parser.add_argument("--checkpointing", default="selective", choices=["selective", "full", "none"],
+                        help="activation checkpointing of our step (default selective)")
+    parser.add_argument("--keep-attention-blocks", type=int,
+                        help="selective checkpointing: only the first N visual blocks keep attention outputs")
+    parser.add_argument("--tread", help="TREAD routes as JSON (like tread_config): also time the routed step, "
+                        "e.g. '{\"routes\": [{\"selection_ratio\": 0.5, \"start_layer_idx\": 2, \"end_layer_idx\": -2}]}'")
+
+
+def _add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--group-offload", type=int, metavar="BLOCKS_PER_GROUP",
+                        help="offload the transformer blocks to the CPU in groups of this many blocks")
+    parser.add_argument("--offload-stream", action="store_true", help="prefetch offloaded groups on a side stream")
+    parser.add_argument("--leaf-level", action="store_true",
+                        help="with --group-offload: move each layer on its own (group_offload_type leaf_level)")
+    parser.add_argument("--offload-activations", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep checkpointed block inputs in CPU memory (default: on with --group-offload)")
+    parser.add_argument("--base-precision", default="no_change", choices=["no_change", "int8", "fp8"],
+                        help="weight-only quantisation of our model's frozen base (base_model_precision; torchao); "
+                        "the --compare-stock model stays unquantised")
+    parser.add_argument("--modulation-bf16", action="store_true",
+                        help="store our model's modulation layers in bf16 (modulation_precision bf16)")
+
+
+def _tread(text: str | None):
+    """--tread's JSON as a TreadConfig (None without it)."""
+    if not text:
+        return None
+    from pydantic import ValidationError
+
+    from k5tune.config.schema import TreadConfig
+    from k5tune.errors import ConfigError
+
+    try:
+        return TreadConfig.model_validate_json(text)
+    except ValidationError as exc:
+        raise ConfigError(f"not a valid tread_config: {exc.errors()[0]['msg']}", key="--tread") from None
+
+
+def _plan(args: argparse.Namespace):
+    """Our step's TrainingPlan from the flags (the memory and speed settings training reads from config)."""
+    from k5tune.train.plan import TrainingPlan
+
+    offload = args.group_offload is not None
+    return TrainingPlan(
+        fused_kernels=not args.no_fused, attention=args.attention, checkpointing=args.checkpointing,
+        keep_attention_blocks=args.keep_attention_blocks, group_offload_blocks=args.group_offload,
+        group_offload_stream=args.offload_stream or not offload, group_offload_leaf=args.leaf_level,
+        offload_activations=offload if args.offload_activations is None else args.offload_activations,
+        base_precision=args.base_precision, modulation_fp32=not args.modulation_bf16,
+        compile_kernels=False if args.no_compile else None,
+        compile_blocks=False if args.no_compile_blocks or args.no_compile else None)
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    from k5tune.bench import BenchConfig, format_report, run_bench
+    from k5tune.config.frames import frame_count_problem
+    from k5tune.errors import ConfigError
+    from k5tune.models.flavours import require_flavour
+    require_flavour(args.flavour, "--flavour")
+    if frame_count_problem(args.frames):
+        raise ConfigError(frame_count_problem(args.frames), key="--frames")
+    bench = BenchConfig(flavour=args.flavour, resolution=args.resolution, frames=args.frames, rank=args.rank,
+                        steps=args.steps, warmup=args.warmup, batch=args.batch, compare_stock=args.compare_stock,
+                        model=args.model, device=args.device, plan=_plan(args), tread=_tread(args.tread))
+    text = format_report(run_bench(bench))
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 0
