@@ -77,11 +77,16 @@ def generate(request: GenerateRequest) -> Path:
     from PIL import Image
 
     from k5tune.lora.convert import load_lora_into_transformer
+    from k5tune.models.kandinsky5.nabla import NablaSettings
+    from k5tune.models.kandinsky5.nabla import install as install_nabla
 
     flavour, height, width = check_request(request)
     runtime = Runtime.detect("bf16", request.device)
     components = Kandinsky5Components(resolve_model_source(flavour, request.model))
     transformer = components.transformer(dtype=runtime.compute_dtype, device=runtime.device)
+    settings = NablaSettings.from_transformer_config(dict(transformer.config))
+    if settings is not None:  # the sparse attention the checkpoint runs, as training and validation run it
+        install_nabla(transformer, settings)
     if request.lora:
         adapter = load_lora_into_transformer(transformer, request.lora)
         transformer.set_adapters([adapter], weights=[request.lora_scale])

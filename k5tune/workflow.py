@@ -29,7 +29,8 @@ def train(loaded, progress: Progress | None = None, device: str | None = None) -
     events.emit("run", command="train", config=str(loaded.config_path), output_dir=loaded.train.output_dir)
     try:
         trainer = Trainer(loaded, progress, device, events)
-        stage = run_cache_stage(loaded, trainer.runtime, trainer.progress, trainer.dist)
+        stage = run_cache_stage(loaded, trainer.runtime, trainer.progress, trainer.dist,
+                                trainer.attention.spatial_multiple)
         trainer.progress.log(stage.summary())
         result = trainer.run(stage)
     except BaseException as exc:
@@ -44,5 +45,10 @@ def train(loaded, progress: Progress | None = None, device: str | None = None) -
 
 
 def cache(loaded, progress: Progress | None = None) -> CacheStage:
-    """Discover, probe and cache only (`k5tune cache`)."""
-    return run_cache_stage(loaded, Runtime.detect(loaded.train.mixed_precision), progress or SilentProgress())
+    """Discover, probe and cache only (`k5tune cache`), with the buckets training will use."""
+    from k5tune.train.attention import check_sizes, resolve_for_model
+
+    attention = resolve_for_model(loaded.train)
+    check_sizes(loaded.train, loaded.media_backends, attention)
+    return run_cache_stage(loaded, Runtime.detect(loaded.train.mixed_precision), progress or SilentProgress(),
+                           spatial_multiple=attention.spatial_multiple)

@@ -193,3 +193,118 @@ def test_tiling_and_settings():
     assert nabla.NablaSettings.from_transformer_config(config) == nabla.NablaSettings(P=0.8, wT=7)
     assert nabla.NablaSettings.from_transformer_config({"attention_type": "regular"}) is None
     assert TrainingPlan(nabla=SETTINGS, tread=((0.5, 1, 2),)).problem().startswith("tread_config cannot")
+
+
+# --- k5tune train on a NABLA checkpoint ----------------------------------------------------------------
+
+NABLA_RUN = {"max_train_steps": 2, "train_batch_size": 1, "validation_prompt": "a red circle moving right",
+             "validation_resolution": "256x384", "validation_num_video_frames": 5, "validation_num_inference_steps": 2,
+             "validation_steps": 100, "checkpointing_steps": 100}
+NABLA_DATA = {"resolution": 256, "video": {"num_frames": 5}}
+
+
+def _dry_run(monkeypatch, capsys, folder, *extra) -> dict:
+    from k5tune.cli import main
+
+    monkeypatch.chdir(folder)
+    assert main(["train", "--dry-run", *extra]) == 0
+    import json
+
+    return json.loads(capsys.readouterr().out)["derived"]["attention"]
+
+
+def test_the_attention_follows_the_checkpoint_and_can_be_switched(tmp_path, monkeypatch, capsys, tiny_nabla_dir,
+                                                                  tiny_model_dir):
+    from tests.test_training import make_project
+
+    nabla_project = make_project(tmp_path / "nabla", tiny_nabla_dir, NABLA_RUN, datasets=NABLA_DATA)
+    attention = _dry_run(monkeypatch, capsys, nabla_project)
+    assert attention["attention"] == "nabla" and attention["from"].startswith("the checkpoint")
+    assert attention["threshold_P"] == 0.9 and attention["sta_window"] == "11x3x3"
+    tuned = _dry_run(monkeypatch, capsys, nabla_project, "--nabla_threshold", "0.7", "--nabla_window", "5x3x3")
+    assert tuned["threshold_P"] == 0.7 and tuned["sta_window"] == "5x3x3" and "nabla_threshold" in tuned["from"]
+    assert _dry_run(monkeypatch, capsys, nabla_project, "--sparse_attention", "dense")["attention"] == "dense"
+    regular = make_project(tmp_path / "regular", tiny_model_dir, NABLA_RUN, datasets=NABLA_DATA)
+    assert _dry_run(monkeypatch, capsys, regular)["attention"] == "dense"
+    opted_in = _dry_run(monkeypatch, capsys, regular, "--sparse_attention", "nabla")
+    assert opted_in["attention"] == "nabla" and "10 s checkpoints' settings" in opted_in["from"]
+
+
+def test_sizes_that_cannot_tile_are_refused_with_the_nearest_valid_ones(tmp_path, monkeypatch, capsys, tiny_nabla_dir):
+    from k5tune.cli import main
+    from tests.test_training import make_project
+
+    monkeypatch.chdir(make_project(tmp_path / "a", tiny_nabla_dir, {**NABLA_RUN, "validation_resolution": "480x848"},
+                                   datasets=NABLA_DATA))
+    assert main(["train"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "key 'validation_resolution'" in error and "384x768, 384x896, 512x768, 512x896" in error
+    monkeypatch.chdir(make_project(tmp_path / "b", tiny_nabla_dir, NABLA_RUN, datasets={"resolution": 200}))
+    assert main(["train"]) == 2
+    assert "resolution 200 does not tile" in (error := capsys.readouterr().err) and "use 128 or 256" in error
+    monkeypatch.chdir(make_project(tmp_path / "c", tiny_nabla_dir, {**NABLA_RUN, "tread_config": {"routes": [
+        {"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 1}]}}, datasets=NABLA_DATA))
+    assert main(["train"]) == 2
+    assert "key 'tread_config': tread_config cannot be combined with NABLA" in capsys.readouterr().err
+
+
+def _frames(path) -> torch.Tensor:
+    import av
+
+    with av.open(str(path)) as container:
+        return torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]).float()
+
+
+def test_validation_and_generate_run_the_attention_training_ran(tmp_path, monkeypatch, tiny_nabla_dir):
+    """Training, validation and `k5tune generate` (the trained LoRA loaded) all run the checkpoint's NABLA
+    attention with the same settings, and generate computes with the weights validation used. (Their
+    videos are not compared pixel for pixel: with random weights the pooled attention map is nearly
+    uniform, so float noise between the fused training blocks and the stock ones flips blocks at the P
+    threshold; the same-input parity of masks and outputs is tested above.)"""
+    import json
+
+    from safetensors.torch import load_file
+
+    from k5tune.cli import main
+    from k5tune.config import load_config
+    from k5tune.workflow import train
+    from tests.test_training import make_project
+
+    folder = make_project(tmp_path, tiny_nabla_dir, NABLA_RUN, datasets=NABLA_DATA)
+    monkeypatch.chdir(folder)
+    seen = []  # (phase, settings, grid, density) of every sparse attention call
+    real = nabla.block_mask
+
+    def recording(query, key, params):
+        mask = real(query, key, params)
+        seen.append((torch.is_grad_enabled(), params["P"], params["wT"], params["wH"], params["wW"],
+                     params["visual_shape"], nabla.density(mask)))
+        return mask
+
+    monkeypatch.setattr(nabla, "block_mask", recording)
+    result = train(load_config())
+    report = json.loads(result.report_json.read_text())
+    assert report["buckets"] == {"384x256@5": 4} and any("NABLA attention: buckets" in n for n in report["notes"])
+    training = [s for s in seen if s[0]]
+    validation = [s for s in seen if not s[0] and s[5] == (2, 16, 24)]
+    assert training and validation and min(s[6] for s in seen) < 1.0  # sparse in both
+    assert {s[1:5] for s in training} == {s[1:5] for s in validation} == {(0.9, 11, 3, 3)}
+    seen.clear()
+    loaded = {}
+    real_load = nabla.install
+
+    def spy(transformer, settings):
+        real_load(transformer, settings)
+        loaded["transformer"] = transformer
+
+    monkeypatch.setattr(nabla, "install", spy)
+    assert main(["generate", "--model", tiny_nabla_dir, "--lora", str(result.lora_path), "--prompt",
+                 NABLA_RUN["validation_prompt"], "--frames", "5", "--resolution", "256x384", "--steps", "2",
+                 "--seed", "42", "--device", "cpu", "--output", str(tmp_path / "generated.mp4")]) == 0
+    assert seen and {s[1:6] for s in seen} == {s[1:6] for s in validation}
+    import re
+
+    generated = {"transformer." + re.sub(r"\.(lora_[AB])\.[^.]+\.weight$", r".\1.weight", name): p.detach().float()
+                 for name, p in loaded["transformer"].named_parameters() if ".lora_" in name}
+    trained = load_file(result.lora_path)
+    assert generated.keys() == trained.keys() and all(torch.equal(generated[k], trained[k]) for k in trained)

@@ -10,6 +10,7 @@ import torch
 from k5tune.atomic import atomic_write_json
 from k5tune.cache.builder import build_caches, report_path
 from k5tune.cache.result import CacheResult, CacheStage
+from k5tune.config.frames import SPATIAL_MULTIPLE
 from k5tune.config.validation import negative_prompt, validation_prompts
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.progress import Progress, SilentProgress
@@ -66,12 +67,36 @@ def _note_long_captions(records: list, components, max_tokens: int, report, prog
     progress.log(f"note: {note}")
 
 
-def run_cache_stage(loaded, runtime: Runtime, progress: Progress | None = None, dist=None) -> CacheStage:
+def _note_tiling(records: list, backends, multiple: int, report) -> None:
+    """Under NABLA, buckets are multiples of `multiple` px: name the clips whose bucket (so resize and
+    crop) differs from the one they would have had."""
+    from k5tune.data.buckets import make_bucket
+
+    if multiple == SPATIAL_MULTIPLE:
+        return
+    by_id = {b.id: b for b in backends}
+    changed = []
+    for r in records:
+        backend = by_id[r.backend_id]
+        usual = make_bucket(r.width, r.height, r.bucket.frames, backend.resolution, backend.resolution_type)
+        if usual != r.bucket:
+            changed.append(f"{r.path.name} ({usual.name} -> {r.bucket.name})")
+    report.notes.append(f"NABLA attention: buckets are multiples of {multiple} px, so its 8x8-patch blocks tile; "
+                        f"{len(changed)} clip(s) are resized or cropped to another bucket than they would be "
+                        "otherwise" + (f": {', '.join(changed[:20])}" + (" ..." if len(changed) > 20 else "")
+                                       if changed else ""))
+
+
+def run_cache_stage(loaded, runtime: Runtime, progress: Progress | None = None, dist=None,
+                    spatial_multiple: int = SPATIAL_MULTIPLE) -> CacheStage:
+    """`spatial_multiple`: what bucket sides are multiples of (128 under NABLA attention, train/attention.py)."""
     from k5tune.data.scan import scan_backends
 
     progress = progress or SilentProgress()
     cfg = loaded.train
-    records, report = scan_backends(loaded.media_backends, cfg.frame_rate, progress=_scan_progress(progress))
+    records, report = scan_backends(loaded.media_backends, cfg.frame_rate, progress=_scan_progress(progress),
+                                    spatial_multiple=spatial_multiple)
+    _note_tiling(records, loaded.media_backends, spatial_multiple, report)
     path = report_path(loaded.text_embeds_backend, loaded.media_backends)
     report_json = report.write_json(path) if dist is None or dist.is_main else path
     progress.log(report.format())

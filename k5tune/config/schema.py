@@ -138,12 +138,30 @@ class TrainConfig(BaseModel):
         "training step is bit-identical and Pro needs 4.4 GiB less. fp32: as diffusers (validation previews "
         "then use the exact fp32 weights).",
     )
-    attention_backend: Literal["auto", "sdpa", "cudnn", "flash"] = _f(
-        "auto", "Attention kernel; auto picks the fastest correct one for the GPU."
-    )
     max_nonfinite_steps: int = _f(
         5, "Stop after this many NaN/inf losses in a row (each one skips its update).", gt=0
     )
+
+    # --- attention ---------------------------------------------------------------------------------
+    attention_backend: Literal["auto", "sdpa", "cudnn", "flash"] = _f(
+        "auto", "Attention kernel of dense attention; auto picks the fastest correct one for the GPU."
+    )
+    sparse_attention: Literal["auto", "nabla", "dense"] = _f(
+        "auto",
+        "auto: train with the attention the checkpoint runs (NABLA sparse attention for the 10 s and Pro HD "
+        "flavours, as their pipelines do at inference; dense for the others); nabla: opt a regular checkpoint "
+        "in (the 10 s checkpoints' settings); dense: full attention. Under NABLA, sizes are multiples of "
+        "128 px. `train --dry-run` prints the choice and where it came from.",
+    )
+    nabla_threshold: float | None = _f(
+        None, "NABLA's P: each query block keeps the key blocks holding this share of its pooled attention. "
+        "Default: the checkpoint's (0.9).", gt=0, le=1,
+    )
+    nabla_window: str | None = _f(
+        None, "NABLA's sliding window (STA) as FRAMESxHEIGHTxWIDTH in latent frames x 8x8 patches, e.g. 11x3x3. "
+        "Default: the checkpoint's.",
+    )
+    nabla_add_sta: bool | None = _f(None, "Add the sliding window to NABLA's mask. Default: the checkpoint's (true).")
 
     # --- flow matching --------------------------------------------------------------------------
     flow_schedule_shift: float | None = _f(
@@ -285,6 +303,15 @@ class TrainConfig(BaseModel):
         parse_resolution(value)
         return value
 
+    @field_validator("nabla_window")
+    @classmethod
+    def _window_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            from k5tune.models.kandinsky5.nabla import parse_window
+
+            parse_window(value)
+        return value
+
     @field_validator("lora_target_modules")
     @classmethod
     def _targets_known(cls, value: list[str]) -> list[str]:
@@ -320,46 +347,10 @@ class TrainConfig(BaseModel):
         return float(self.lora_alpha if self.lora_alpha is not None else self.lora_rank)
 
     def notices(self) -> list[str]:
-        """Warnings for settings that are adjusted or have no effect in the current mode."""
-        notes: list[str] = []
-        raw = parse_resolution(self.validation_resolution)
-        if raw != self.validation_size:
-            notes.append(
-                f"validation_resolution {self.validation_resolution} is rounded down to multiples of 16: "
-                f"{self.validation_size[0]}x{self.validation_size[1]}"
-            )
-        if not 2.0 <= self.validation_guidance <= 6.0:
-            notes.append(
-                f"validation_guidance {self.validation_guidance} is outside 2-6: expect black or noisy "
-                "validation videos; 5.0 is recommended"
-            )
-        set_keys = self.model_fields_set
-        if not self.enable_group_offload:
-            ignored = sorted(set_keys & {"group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream"})
-            if ignored:
-                notes.append(f"{', '.join(ignored)} ha{'s' if len(ignored) == 1 else 've'} no effect "
-                             "without enable_group_offload")
-        if self.group_offload_type == "leaf_level" and "group_offload_blocks_per_group" in set_keys:
-            notes.append("group_offload_blocks_per_group has no effect with group_offload_type leaf_level "
-                         "(each layer moves on its own)")
-        if not self.crepa_enabled:
-            ignored = sorted(k for k in set_keys if k.startswith("crepa_") and k != "crepa_enabled")
-            if ignored:
-                notes.append(f"{', '.join(ignored)} ha{'s' if len(ignored) == 1 else 've'} no effect without crepa_enabled")
-        if self.scheduled_sampling_max_step_offset == 0:
-            ignored = sorted(k for k in set_keys if k.startswith("scheduled_sampling_") and k != "scheduled_sampling_max_step_offset")
-            if ignored:
-                notes.append(f"{', '.join(ignored)} ha{'s' if len(ignored) == 1 else 've'} no effect while "
-                             "scheduled_sampling_max_step_offset is 0")
-        if self.validation_prompt is None and self.validation_prompt_library is None and not self.disable_validation:
-            notes.append("no validation_prompt: no validation videos will be made")
-        if self.max_train_steps is not None and self.num_train_epochs is not None:
-            notes.append("max_train_steps and num_train_epochs are both set: max_train_steps wins")
-        if not self.fsdp_enable and "fsdp_reshard_after_forward" in set_keys:
-            notes.append("fsdp_reshard_after_forward has no effect without fsdp_enable")
-        if self.report_to == "none" and "tracker_project_name" in set_keys:
-            notes.append("tracker_project_name has no effect with report_to none")
-        return notes
+        """Warnings for settings that are adjusted or have no effect in the current mode (notices.py)."""
+        from k5tune.config.notices import config_notices
+
+        return config_notices(self)
 
 
 # The web form's fieldsets, as data (the `# --- title ---` comments above only help reading the class);
@@ -373,7 +364,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "lr_warmup_steps", "optimizer", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon",
         "max_grad_norm", "max_train_steps", "num_train_epochs", "seed", "mixed_precision",
         "gradient_checkpointing", "gradient_checkpointing_policy", "fused_kernels", "base_model_precision",
-        "modulation_precision", "attention_backend", "max_nonfinite_steps"),
+        "modulation_precision", "max_nonfinite_steps"),
+    "attention": ("attention_backend", "sparse_attention", "nabla_threshold", "nabla_window", "nabla_add_sta"),
     "flow matching": ("flow_schedule_shift", "flow_sigma_sampling", "flow_logit_mean", "flow_logit_std",
         "flow_mode_scale"),
     "checkpoints": ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint"),

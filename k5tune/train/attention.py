@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from k5tune.errors import ConfigError
-from k5tune.models.kandinsky5.nabla import NablaSettings, nearest_tiling_sizes, tiling_problem
+from k5tune.models.kandinsky5.nabla import NablaSettings, nearest_tiling_sizes, parse_window, tiling_problem
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,6 @@ class AttentionChoice:
         return {"attention": "nabla", "from": self.source, "threshold_P": settings.P,
                 "sta_window": f"{settings.wT}x{settings.wH}x{settings.wW}", "add_sta": settings.add_sta,
                 "method": settings.method, "sizes": "multiples of 128 px"}
-
-
-def parse_window(text: str) -> tuple[int, int, int]:
-    """'11x3x3' (latent frames x patches high x patches wide) -> (11, 3, 3)."""
-    parts = text.lower().split("x")
-    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"'{text}' is not FRAMESxHEIGHTxWIDTH of positive whole numbers, e.g. 11x3x3")
-    return int(parts[0]), int(parts[1]), int(parts[2])
 
 
 def resolve(cfg, transformer_config: dict[str, Any] | None, where: str) -> AttentionChoice:

@@ -110,16 +110,23 @@ class TrainingPlan:
             return replace(self, checkpointing="full", keep_attention_blocks=None)
         return self
 
+    def problems(self) -> list[tuple[str, str]]:
+        """(config key, why) for each combination that cannot train."""
+        found = []
+        if self.sharded and self.group_offload:
+            found.append(("fsdp_enable", "fsdp_enable and enable_group_offload cannot be combined: shard over "
+                                         "several GPUs, or offload on one"))
+        if self.sharded and self.quantized:
+            found.append(("fsdp_enable", f"base_model_precision {self.base_precision} cannot be combined with "
+                                         "fsdp_enable"))
+        if self.nabla and self.tread:
+            found.append(("tread_config", "tread_config cannot be combined with NABLA attention (routed tokens break "
+                                          "its 8x8-patch blocks); set sparse_attention to dense, or remove tread_config"))
+        return found
+
     def problem(self) -> str | None:
         """Why this combination cannot train, or None."""
-        if self.sharded and self.group_offload:
-            return "fsdp_enable and enable_group_offload cannot be combined: shard over several GPUs, or offload on one"
-        if self.sharded and self.quantized:
-            return f"base_model_precision {self.base_precision} cannot be combined with fsdp_enable"
-        if self.nabla and self.tread:
-            return ("tread_config cannot be combined with NABLA attention (routed tokens break its 8x8-patch blocks); "
-                    "set sparse_attention to dense, or remove tread_config")
-        return None
+        return self.problems()[0][1] if self.problems() else None
 
     def attention_context(self):
         from k5tune.train.speed import attention_context

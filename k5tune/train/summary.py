@@ -39,4 +39,6 @@ def noise_levels(loaded) -> dict[str, Any]:
 
 
 def training_summary(loaded) -> dict[str, Any]:
-    return {"training_noise_levels": noise_levels(loaded)}
+    from k5tune.train.attention import resolve_for_model
+
+    return {"attention": resolve_for_model(loaded.train).describe(), "training_noise_levels": noise_levels(loaded)}

@@ -24,6 +24,7 @@ from k5tune.lora.files import LORA_WEIGHTS_NAME, save_lora
 from k5tune.progress import Progress, SilentProgress
 from k5tune.runtime import Runtime
 from k5tune.train import checkpoint, fsdp
+from k5tune.train.attention import check_sizes, resolve_for_model
 from k5tune.train.build import LoraSettings, build_training_model
 from k5tune.train.events import EventLog
 from k5tune.train.metrics import MetricsLog, NullMetrics, Tracker, plot_loss
@@ -70,9 +71,12 @@ class Trainer:
         #    torchrun / accelerate launch each process takes its GPU and a slice of every batch.
         self.dist = init_from_env()
         self.progress = (progress or SilentProgress()) if self.dist.is_main else SilentProgress()  # one speaks
-        self.plan = TrainingPlan.from_config(cfg, self.dist.world)
-        if self.plan.problem():
-            raise ConfigError(self.plan.problem(), key="fsdp_enable")
+        #    The attention the checkpoint runs (NABLA for the 10 s and Pro HD flavours), and every size tiling it.
+        self.attention = resolve_for_model(cfg)
+        check_sizes(cfg, loaded.media_backends, self.attention)
+        self.plan = TrainingPlan.from_config(cfg, self.dist.world, nabla=self.attention.nabla)
+        for key, problem in self.plan.problems():
+            raise ConfigError(problem, key=key)
         for notice in cfg.notices() + self._plan_notices():
             self.progress.log(f"note: {notice}")
         #    The checkpoint to resume from: the newest one whose files verify (a damaged one is named).

@@ -25,10 +25,10 @@ PATCH_SIDE = 8  # the patched grid must tile into 8x8 patches
 
 @dataclass(frozen=True)
 class NablaSettings:
-    P: float = 0.9  # share of each query block's pooled attention mass kept  # noqa: N815
-    wT: int = 11  # STA window in latent frames  # noqa: N815
-    wH: int = 3  # STA window in patches, height  # noqa: N815
-    wW: int = 3  # STA window in patches, width  # noqa: N815
+    P: float = 0.9  # share of each query block's pooled attention mass kept
+    wT: int = 11  # STA window in latent frames
+    wH: int = 3  # STA window in patches, height
+    wW: int = 3  # STA window in patches, width
     add_sta: bool = True
     method: str = "topcdf"
 
@@ -50,6 +50,14 @@ class NablaSettings:
         """The transformer config entries that make the diffusers pipeline run these settings."""
         return {"attention_type": "nabla", "attention_P": self.P, "attention_wT": self.wT, "attention_wH": self.wH,
                 "attention_wW": self.wW, "attention_add_sta": self.add_sta, "attention_method": self.method}
+
+
+def parse_window(text: str) -> tuple[int, int, int]:
+    """'11x3x3' (latent frames x patches high x patches wide) -> (11, 3, 3)."""
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"'{text}' is not FRAMESxHEIGHTxWIDTH of positive whole numbers, e.g. 11x3x3")
+    return int(parts[0]), int(parts[1]), int(parts[2])
 
 
 def tiling_problem(height: int, width: int, spatial_compression: int = 8, patch: int = 2) -> str | None:
