@@ -308,3 +308,16 @@ def test_validation_and_generate_run_the_attention_training_ran(tmp_path, monkey
                  for name, p in loaded["transformer"].named_parameters() if ".lora_" in name}
     trained = load_file(result.lora_path)
     assert generated.keys() == trained.keys() and all(torch.equal(generated[k], trained[k]) for k in trained)
+
+
+def test_a_fixed_density_mask_keeps_that_share_of_blocks():
+    """The bench's stand-in for a trained checkpoint's sparser maps: the top share per query block plus the
+    sliding window."""
+    generator = torch.Generator().manual_seed(3)
+    query, key = (torch.randn(1, 64 * 48, 2, 8, generator=generator) for _ in range(2))
+    params = nabla.sparse_params((1, 48, 64), nabla.NablaSettings(wT=1, wH=1, wW=1, fixed_density=0.25),
+                                 torch.device("cpu"))
+    mask = nabla.block_mask(query, key, params)
+    dense = mask.to_dense().bool()
+    assert dense.diagonal(dim1=-2, dim2=-1).all()  # the window (here the block itself)
+    assert 0.25 <= nabla.density(mask) <= 0.25 + 1 / 48

@@ -31,6 +31,10 @@ class NablaSettings:
     wW: int = 3  # STA window in patches, width
     add_sta: bool = True
     method: str = "topcdf"
+    # benchmarks only: keep this share of key blocks per query block (the top of the pooled map) instead of
+    # the P threshold. Random weights give a nearly uniform map, so P keeps ~90 % of blocks where a trained
+    # checkpoint keeps far fewer; this times the sparse step at a chosen density.
+    fixed_density: float | None = None
 
     @classmethod
     def from_transformer_config(cls, config: dict[str, Any]) -> NablaSettings | None:
@@ -86,7 +90,7 @@ def sparse_params(visual_shape: tuple[int, int, int], settings: NablaSettings, d
                                                settings.wH, settings.wW, device=device)
     return {"sta_mask": sta.unsqueeze(0).unsqueeze(0), "attention_type": "nabla", "to_fractal": True,
             "P": settings.P, "wT": settings.wT, "wW": settings.wW, "wH": settings.wH, "add_sta": settings.add_sta,
-            "visual_shape": visual_shape, "method": settings.method}
+            "visual_shape": visual_shape, "method": settings.method, "fixed_density": settings.fixed_density}
 
 
 _sparse_params_cache: dict = {}
@@ -106,7 +110,26 @@ def block_mask(query: torch.Tensor, key: torch.Tensor, params: dict):
     """diffusers' own NABLA block mask for (B, S, heads, D) queries and keys (a FlexAttention BlockMask)."""
     from diffusers.models.transformers.transformer_kandinsky import nablaT_v2
 
+    if params.get("fixed_density") is not None:
+        return _fixed_density_mask(query, key, params["sta_mask"], params["fixed_density"])
     return nablaT_v2(query, key, params["sta_mask"], thr=params["P"])
+
+
+def _fixed_density_mask(query: torch.Tensor, key: torch.Tensor, sta: torch.Tensor, density: float):
+    """The benchmark stand-in (NablaSettings.fixed_density): per query block, the top `density` share of key
+    blocks of the pooled map (pooled as nablaT_v2 pools), with the sliding window added."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    q, k = query.transpose(1, 2), key.transpose(1, 2)
+    batch, heads, tokens, dim = q.shape
+    pooled = (q.reshape(batch, heads, tokens // BLOCK, BLOCK, dim).mean(-2)
+              @ k.reshape(batch, heads, tokens // BLOCK, BLOCK, dim).mean(-2).transpose(-2, -1))
+    keep = max(1, round(density * pooled.shape[-1]))
+    mask = torch.zeros_like(pooled, dtype=torch.bool).scatter_(-1, pooled.topk(keep, dim=-1).indices, True)
+    mask = torch.logical_or(mask, sta.bool())
+    counts = mask.sum(-1).to(torch.int32)
+    indices = mask.to(torch.int32).argsort(dim=-1, descending=True).to(torch.int32)
+    return BlockMask.from_kv_blocks(torch.zeros_like(counts), indices, counts, indices, BLOCK_SIZE=BLOCK, mask_mod=None)
 
 
 def density(mask) -> float:
