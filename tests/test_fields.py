@@ -14,7 +14,8 @@ from k5tune.config.fields import (
     describe,
     known_keys,
 )
-from k5tune.config.schema import SECTIONS, TrainConfig
+from k5tune.config.schema import TrainConfig
+from k5tune.config.sections import SECTIONS
 
 
 def test_every_field_is_in_exactly_one_section():

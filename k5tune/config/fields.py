@@ -19,7 +19,8 @@ import annotated_types
 from pydantic import AliasChoices, BaseModel
 from pydantic.fields import FieldInfo
 
-from k5tune.config.schema import SECTIONS, TrainConfig
+from k5tune.config.schema import TrainConfig
+from k5tune.config.sections import SECTIONS
 
 DEFAULT_SECTION = "settings"  # models without declared sections (the dataset backends)
 _LIMITS = {"gt": annotated_types.Gt, "ge": annotated_types.Ge, "lt": annotated_types.Lt,

@@ -261,10 +261,25 @@ class TrainConfig(BaseModel):
 
     # --- scheduled sampling (rollout) --------------------------------------------------------------
     scheduled_sampling_max_step_offset: int = _f(
-        0, "Max denoising steps rolled out by the model before a training step (0 = off).", ge=0
+        0, "Rollout: at most this many steps of the validation sampler (validation_num_inference_steps, the "
+        "model's shift) the current model denoises a sample itself, from a noisier level, before it is "
+        "trained on (0 = off). Each costs one forward without gradients.", ge=0, le=1000,
     )
-    scheduled_sampling_probability: float = _f(1.0, "Chance that a sample is rolled out.", ge=0, le=1)
-    scheduled_sampling_sampler: Literal["euler"] = _f("euler", "Sampler used for the rollout.")
+    scheduled_sampling_probability: float = _f(
+        1.0, "Chance that a sample is rolled out (when no ramp is set).", ge=0, le=1)
+    scheduled_sampling_prob_start: float = _f(0.0, "Ramp: the chance at scheduled_sampling_start_step.", ge=0, le=1)
+    scheduled_sampling_prob_end: float | None = _f(
+        None, "Ramp: the chance after scheduled_sampling_ramp_steps. Default: scheduled_sampling_probability.",
+        ge=0, le=1)
+    scheduled_sampling_ramp_steps: int = _f(
+        0, "Steps over which the chance goes from prob_start to prob_end (0: no ramp, the probability throughout).",
+        ge=0)
+    scheduled_sampling_start_step: int = _f(0, "No rollout before this optimizer step.", ge=0)
+    scheduled_sampling_ramp_shape: Literal["linear", "cosine"] = _f("linear", "How the chance ramps.")
+    scheduled_sampling_strategy: Literal["uniform", "max"] = _f(
+        "uniform", "How many steps a rolled-out sample takes: uniform from 1 to the max offset, or always the max.")
+    scheduled_sampling_sampler: Literal["euler"] = _f(
+        "euler", "Sampler of the rollout steps (the validation pipelines' FlowMatchEulerDiscreteScheduler).")
 
     # --- validators ---------------------------------------------------------------------------------
     @field_validator("model_flavour")
@@ -323,6 +338,24 @@ class TrainConfig(BaseModel):
             raise ValueError("at least one LoRA target is needed")
         return value
 
+    @field_validator("scheduled_sampling_max_step_offset")
+    @classmethod
+    def _rollout_fits(cls, value: int, info: ValidationInfo) -> int:
+        steps = info.data.get("validation_num_inference_steps", 30)
+        if value >= steps:
+            raise ValueError(f"{value} steps do not fit the {steps}-step sampler they are counted on "
+                             f"(validation_num_inference_steps); use at most {steps - 1}")
+        return value
+
+    @field_validator("scheduled_sampling_prob_end")
+    @classmethod
+    def _ramp_goes_up(cls, value: float | None, info: ValidationInfo) -> float | None:
+        start = info.data.get("scheduled_sampling_prob_start", 0.0)
+        if value is not None and value < start:
+            raise ValueError(f"{value} is below scheduled_sampling_prob_start {start}: the ramp ends where it "
+                             "starts or higher")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.push_to_hub and not self.hub_model_id:
@@ -352,34 +385,3 @@ class TrainConfig(BaseModel):
 
         return config_notices(self)
 
-
-# The web form's fieldsets, as data (the `# --- title ---` comments above only help reading the class);
-# a test checks that every field is in exactly one section, in declaration order.
-SECTIONS: dict[str, tuple[str, ...]] = {
-    "model": ("model_family", "model_flavour", "pretrained_model_name_or_path", "model_type", "revision"),
-    "data": ("data_backend_config", "frame_rate", "caption_dropout_probability", "caption_max_tokens"),
-    "output": ("output_dir", "lora_format", "trigger_word", "push_to_hub", "hub_model_id"),
-    "LoRA": ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules"),
-    "optimisation": ("train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler",
-        "lr_warmup_steps", "optimizer", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon",
-        "max_grad_norm", "max_train_steps", "num_train_epochs", "seed", "mixed_precision",
-        "gradient_checkpointing", "gradient_checkpointing_policy", "fused_kernels", "base_model_precision",
-        "modulation_precision", "max_nonfinite_steps"),
-    "attention": ("attention_backend", "sparse_attention", "nabla_threshold", "nabla_window", "nabla_add_sta"),
-    "flow matching": ("flow_schedule_shift", "flow_sigma_sampling", "flow_logit_mean", "flow_logit_std",
-        "flow_mode_scale"),
-    "checkpoints": ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint"),
-    "logging": ("report_to", "tracker_project_name", "tracker_run_name", "logging_dir"),
-    "validation": ("validation_prompt", "validation_prompt_library", "validation_negative_prompt",
-        "validation_steps", "validation_resolution", "validation_num_video_frames", "validation_guidance",
-        "validation_num_inference_steps", "validation_seed", "validation_image", "disable_validation"),
-    "memory": ("offload_during_startup", "vae_enable_patch_conv", "vae_enable_tiling", "enable_group_offload",
-        "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream",
-        "offload_activations"),
-    "distributed": ("num_processes", "fsdp_enable", "fsdp_reshard_after_forward"),
-    "TREAD": ("tread_config",),
-    "CREPA": ("crepa_enabled", "crepa_block_index", "crepa_lambda", "crepa_adjacent_distance",
-        "crepa_adjacent_tau", "crepa_encoder", "crepa_encoder_image_size", "crepa_drop_vae_encoder"),
-    "scheduled sampling (rollout)": ("scheduled_sampling_max_step_offset", "scheduled_sampling_probability",
-        "scheduled_sampling_sampler"),
-}

@@ -9,19 +9,39 @@ COLUMNS = ["step", "epoch", "loss", "lr", "grad_norm", "step_seconds", "peak_gib
 
 
 class MetricsLog:
-    """Appends one row per optimizer step to `metrics.csv` (flushed, so a crash keeps the rows)."""
+    """Appends one row per optimizer step to `metrics.csv` (flushed, so a crash keeps the rows). `extra`:
+    the columns of the features this run uses (rollout, ...) after the usual ones; a file written with
+    other columns (a resumed run that switched a feature on) is rewritten with all of them first."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, extra: list[str] | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.columns = COLUMNS + [c for c in extra or [] if c not in COLUMNS]
+        self._widen()
         new = not self.path.exists()
         self._handle = self.path.open("a", newline="")
-        self._writer = csv.DictWriter(self._handle, fieldnames=COLUMNS)
+        self._writer = csv.DictWriter(self._handle, fieldnames=self.columns)
         if new:
             self._writer.writeheader()
 
+    def _widen(self) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            header, rows = reader.fieldnames or [], list(reader)
+        if header == self.columns:
+            return
+        self.columns = self.columns + [c for c in header if c not in self.columns]
+        from k5tune.atomic import atomic_target
+
+        with atomic_target(self.path) as temporary, temporary.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
     def write(self, **row) -> None:
-        self._writer.writerow({k: row.get(k) for k in COLUMNS})
+        self._writer.writerow({k: row.get(k) for k in self.columns})
         self._handle.flush()
 
     def close(self) -> None:
@@ -145,11 +165,12 @@ def truncate_metrics(path: str | Path, last_step: int) -> None:
     if not path.is_file():
         return
     with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        columns, rows = reader.fieldnames or COLUMNS, list(reader)
     kept = [r for r in rows if r.get("step") and int(float(r["step"])) <= last_step]
     if len(kept) == len(rows):
         return
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({k: r.get(k) for k in COLUMNS} for r in kept)
+        writer.writerows(kept)

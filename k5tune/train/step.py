@@ -26,6 +26,7 @@ from k5tune.models.kandinsky5.text_mask import set_text_mask
 from k5tune.models.kandinsky5.tread import set_tread_step
 from k5tune.runtime import Runtime
 from k5tune.train import objective
+from k5tune.train.rollout import Rollout
 
 
 def step_generator(seed: int, *parts: int) -> torch.Generator:
@@ -49,10 +50,12 @@ def step_scope(transformer):
 
 
 def micro_batch_loss(transformer, cache: CacheResult, batch, samples: list[dict], positions: list[int], epoch: int,
-                     seed: int, step: int, micro: int, cfg, shift: float, runtime: Runtime) -> torch.Tensor:
+                     seed: int, step: int, micro: int, cfg, shift: float, runtime: Runtime,
+                     rollout: Rollout | None = None) -> torch.Tensor:
     """Mean loss of one slice of a global batch, from its cached samples and prompt embeddings.
 
-    Each sample draws its caption dropout, noise and sigma from its own generator."""
+    Each sample draws its caption dropout, noise and sigma from its own generator (and, with rollout,
+    whether and how far it is rolled out from another, so that its other draws never change)."""
     generators = [step_generator(seed, step, micro, position) for position in positions]
     latents = torch.stack([s["latents"] for s in samples]).float()
     captions = []
@@ -68,28 +71,50 @@ def micro_batch_loss(transformer, cache: CacheResult, batch, samples: list[dict]
                                                 cfg.flow_logit_std, cfg.flow_mode_scale) for g in generators])
     first_frames = torch.stack([s["first_frame"] for s in samples]).float() if "first_frame" in samples[0] else None
     pixel_size = (batch[0].bucket.height, batch[0].bucket.width)
-    return flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime, first_frames,
-                                   route_generator=generators)
+    noisy, target = objective.add_noise(latents, noise, sigmas), objective.velocity_target(latents, noise)
+    if rollout is not None:
+        draws = [rollout.settings.draw(step_generator(seed, step, micro, position, ROLLOUT_DRAWS), step)
+                 for position in positions]
+
+        def predict(index: int):
+            text_of_one = pad_prompts([prompts[index][0]], [prompts[index][1]])
+            frame = None if first_frames is None else first_frames[index:index + 1]
+            return lambda x, sigma: predict_velocity(transformer, x[None], sigma, text_of_one, pixel_size, runtime,
+                                                     frame)[0]
+
+        noisy, target, sigmas = rollout.apply(latents, noise, sigmas, noisy, target, draws, predict)
+    return prediction_loss(transformer, noisy, target, text, sigmas, pixel_size, runtime, first_frames,
+                           route_generator=generators)
+
+
+ROLLOUT_DRAWS = 1  # (a sample's rollout draws come from its generator keyed with this, apart from its noise)
 
 
 def flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime: Runtime,
                             first_frames: torch.Tensor | None = None,
                             route_generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
-    """The loss of one micro-batch from its tensors.
+    """The loss of one micro-batch from its tensors (the bench times this).
 
     `route_generator` draws the TREAD routing when routes are installed: one generator per sample (each
     sample's own, in training), or one for the batch."""
-    noisy = objective.add_noise(latents, noise, sigmas)
-    target = objective.velocity_target(latents, noise)
-    if first_frames is not None:
-        # I2V: frame 0 is the clean image latent (as the I2V pipeline places it) and is not in the loss
-        model_input = with_first_frame_condition(noisy, first_frames)
-        frame_weights = first_frame_loss_weights(*latents.shape[:2])
-    else:
-        model_input, frame_weights = with_conditioning_channels(noisy), None
+    noisy, target = objective.add_noise(latents, noise, sigmas), objective.velocity_target(latents, noise)
+    return prediction_loss(transformer, noisy, target, text, sigmas, pixel_size, runtime, first_frames,
+                           route_generator)
 
+
+def _model_input(noisy: torch.Tensor, first_frames: torch.Tensor | None) -> torch.Tensor:
+    # I2V: frame 0 is the clean image latent (as the I2V pipeline places it)
+    return with_conditioning_channels(noisy) if first_frames is None else with_first_frame_condition(noisy,
+                                                                                                     first_frames)
+
+
+def prediction_loss(transformer, noisy, target, text, sigmas, pixel_size, runtime: Runtime,
+                    first_frames: torch.Tensor | None = None,
+                    route_generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+    """The model's prediction at `noisy` (level `sigmas`) against `target`; I2V's frame 0 out of the loss."""
+    frame_weights = None if first_frames is None else first_frame_loss_weights(*noisy.shape[:2])
     device, dtype = runtime.device, runtime.compute_dtype
-    model_input = model_input.to(device=device, dtype=dtype)
+    model_input = _model_input(noisy, first_frames).to(device=device, dtype=dtype)
     set_text_mask(transformer, text.mask.to(device) if text.needs_mask else None)
     set_tread_step(transformer, route_generator, protect_first_frame=first_frames is not None)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -97,3 +122,23 @@ def flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_siz
                                  return_dict=False)
     return objective.flow_matching_loss(prediction, target.to(device),
                                         None if frame_weights is None else frame_weights.to(device))
+
+
+@torch.no_grad()
+def predict_velocity(transformer, noisy, sigma, text, pixel_size, runtime: Runtime,
+                     first_frames: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's velocity as the sampler asks for it: eval mode (no dropout; TREAD dense), no gradient,
+    no text mask (one caption), on the CPU in fp32 afterwards."""
+    was_training = transformer.training
+    transformer.eval()
+    try:
+        device, dtype = runtime.device, runtime.compute_dtype
+        model_input = _model_input(noisy, first_frames).to(device=device, dtype=dtype)
+        set_text_mask(transformer, None)
+        sigmas = torch.as_tensor(sigma, dtype=torch.float32).reshape(1).expand(noisy.shape[0])
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            velocity = transformer(**transformer_kwargs(transformer, model_input, text, sigmas.to(device),
+                                                        pixel_size), return_dict=False)
+        return velocity.float().cpu()
+    finally:
+        transformer.train(was_training)

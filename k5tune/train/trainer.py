@@ -23,13 +23,14 @@ from k5tune.lora.convert import convert_file
 from k5tune.lora.files import LORA_WEIGHTS_NAME, save_lora
 from k5tune.progress import Progress, SilentProgress
 from k5tune.runtime import Runtime
-from k5tune.train import checkpoint, fsdp
+from k5tune.train import checkpoint, fsdp, objective
 from k5tune.train.attention import check_sizes, resolve_for_model
 from k5tune.train.build import LoraSettings, build_training_model
 from k5tune.train.events import EventLog
 from k5tune.train.metrics import MetricsLog, NullMetrics, Tracker, plot_loss
 from k5tune.train.outputs import TrainResult, push_to_hub
 from k5tune.train.plan import TrainingPlan
+from k5tune.train.rollout import Rollout, RolloutSettings, RolloutStats
 from k5tune.train.run_files import set_earlier_runs_aside
 from k5tune.train.schedule import (
     follow_schedule_changes,
@@ -53,9 +54,8 @@ class UnusableCacheEntry(Exception):
 
 def refuse_pending_features(train_config) -> None:
     """Settings whose feature is not built yet stop the run with a clear message."""
-    if train_config.crepa_enabled or train_config.scheduled_sampling_max_step_offset > 0:
-        raise NotYetAvailable("CREPA and scheduled sampling are not implemented yet; set crepa_enabled=false "
-                              "and scheduled_sampling_max_step_offset=0")
+    if train_config.crepa_enabled:
+        raise NotYetAvailable("CREPA is not implemented yet; set crepa_enabled=false")
 
 
 class Trainer:
@@ -77,6 +77,11 @@ class Trainer:
         self.plan = TrainingPlan.from_config(cfg, self.dist.world, nabla=self.attention.nabla)
         for key, problem in self.plan.problems():
             raise ConfigError(problem, key=key)
+        self.rollout_settings = RolloutSettings.from_config(cfg)
+        if self.rollout_settings and self.plan.sharded:  # (FSDP2's forwards must run on every process at once)
+            raise ConfigError("scheduled sampling cannot be combined with fsdp_enable yet: each process rolls out "
+                              "its own samples, but a sharded model computes only with all processes together",
+                              key="scheduled_sampling_max_step_offset")
         for notice in cfg.notices() + self._plan_notices():
             self.progress.log(f"note: {notice}")
         #    The checkpoint to resume from: the newest one whose files verify (a damaged one is named).
@@ -105,6 +110,9 @@ class Trainer:
                                      progress.log)
         self.transformer, self.params, self.adapted = model.transformer, model.params, model.adapted
         self.shift = cfg.flow_schedule_shift or self.components.scheduler_shift()
+        #    Rollout counts steps of the sampler users generate with: the validation pipeline's schedule.
+        self.rollout = self.rollout_settings and Rollout(self.rollout_settings, objective.sampler_levels(
+            cfg.validation_num_inference_steps, self.components.scheduler_shift()))
 
         # 5. Optimizer and schedule, sized from the epoch plan; a global batch holds train_batch_size
         #    clips per process, and process r trains slice r of it.
@@ -155,7 +163,8 @@ class Trainer:
         # only the first process writes metrics, logs, checkpoints, videos and the LoRA
         if main:  # (only once setup worked: a run that fails before training moves nothing)
             set_earlier_runs_aside(self.output_dir, self.resume_from, self.step, self.progress.log)
-        metrics = MetricsLog(self.output_dir / "metrics.csv") if main else NullMetrics()
+        extra = ["rollout_share", "rollout_forwards"] if self.rollout else []
+        metrics = MetricsLog(self.output_dir / "metrics.csv", extra) if main else NullMetrics()
         tracker = (Tracker(cfg.report_to, self.output_dir / cfg.logging_dir,
                            cfg.tracker_run_name or time.strftime("%Y%m%d-%H%M%S"), cfg.tracker_project_name,
                            cfg.model_dump(mode="json")) if main else Tracker("none", "", ""))
@@ -227,6 +236,8 @@ class Trainer:
         """One optimizer step over `group` (global batches of record indices); None when skipped."""
         started = time.perf_counter()
         loss_sum = torch.zeros(1, dtype=torch.float64)
+        if self.rollout:
+            self.rollout.stats = RolloutStats()
         with self.plan.attention_context():
             for micro, global_batch in enumerate(group):
                 loss_sum += self._micro_step(micro, global_batch, len(group))
@@ -248,7 +259,7 @@ class Trainer:
         self.step += 1
         return {"step": self.step, "epoch": self.epoch, "loss": loss_value, "lr": self.scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm, "step_seconds": time.perf_counter() - started,
-                "peak_gib": self.runtime.peak_memory_gib()}
+                "peak_gib": self.runtime.peak_memory_gib(), **(self.rollout.stats.row() if self.rollout else {})}
 
     def _skip_update(self, what: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -282,7 +293,7 @@ class Trainer:
             return self._micro_step(micro, global_batch, group_size)
         with step_scope(self.transformer):  # per-step model state lives until this backward ends
             loss = micro_batch_loss(self.transformer, self.cache, batch, samples, positions, self.epoch, cfg.seed,
-                                    self.step, micro, cfg, self.shift, self.runtime)
+                                    self.step, micro, cfg, self.shift, self.runtime, self.rollout)
             # this slice's share of the global-batch mean; the gradient sum across processes is the mean
             share = loss * weight
             # FSDP2 averages gradients over the processes where we need their sum
