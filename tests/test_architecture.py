@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("validate", {"k5tune.validate"}),
     ("train", {"k5tune.train"}),
     ("applications", {"k5tune.workflow", "k5tune.estimate", "k5tune.estimate_check", "k5tune.bench",
-                      "k5tune.generate"}),
+                      "k5tune.generate", "k5tune.probe"}),
     ("wizard", {"k5tune.configure", "k5tune.wizard"}),
     ("server", {"k5tune.server"}),
     ("commands", {"k5tune.demo", "k5tune.commands", "k5tune.cli"}),

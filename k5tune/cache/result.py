@@ -72,6 +72,7 @@ class CacheStage:
     report_json: Path
     cache: CacheResult
     components: object  # k5tune.models.kandinsky5.Kandinsky5Components (loads on demand)
+    eval_records: list = field(default_factory=list)  # held out for the eval loss, cached, never trained on
 
     def summary(self) -> str:
         lines = [

@@ -87,6 +87,21 @@ def _note_tiling(records: list, backends, multiple: int, report) -> None:
                                        if changed else ""))
 
 
+def _hold_out(records: list, backends, cfg, report) -> tuple[list, list]:
+    """(training clips, eval clips): eval backends' clips and a seeded share of the others."""
+    from k5tune.data.holdout import held_out
+    from k5tune.errors import DatasetError
+
+    train, evaluated = held_out(records, {b.id for b in backends if b.eval}, cfg.eval_holdout_fraction, cfg.seed)
+    if evaluated:
+        report.notes.append(f"{len(evaluated)} clip(s) held out for the eval loss (never trained on): "
+                            + ", ".join(r.path.name for r in evaluated[:10]) + (" ..." if len(evaluated) > 10 else ""))
+    if not train:
+        raise DatasetError("every clip is held out for evaluation: nothing is left to train on (eval: true on every "
+                           "backend, or eval_holdout_fraction too high)")
+    return train, evaluated
+
+
 def run_cache_stage(loaded, runtime: Runtime, progress: Progress | None = None, dist=None,
                     spatial_multiple: int = SPATIAL_MULTIPLE) -> CacheStage:
     """`spatial_multiple`: what bucket sides are multiples of (128 under NABLA attention, train/attention.py)."""
@@ -109,8 +124,10 @@ def run_cache_stage(loaded, runtime: Runtime, progress: Progress | None = None, 
                          extra_prompts=extra, progress=progress, dist=dist)
     records = _without_unusable(records, cache, report, progress)
     _note_long_captions(records, components, cfg.caption_max_tokens, report, progress)
+    records, eval_records = _hold_out(records, loaded.media_backends, cfg, report)
     if dist is None or dist.is_main:  # the report also says what caching cost (this process's GPU)
         atomic_write_json(path, {**report.to_dict(), "caching": cache.memory_summary()})
     if runtime.is_cuda:  # from here on, peaks (metrics.csv's peak_gib) are training's own
         torch.cuda.reset_peak_memory_stats(runtime.device)
-    return CacheStage(records=records, report=report, report_json=report_json, cache=cache, components=components)
+    return CacheStage(records=records, report=report, report_json=report_json, cache=cache, components=components,
+                      eval_records=eval_records)

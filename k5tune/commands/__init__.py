@@ -21,6 +21,7 @@ from k5tune.commands import (
     estimate,
     generate,
     make_tiny_model,
+    probe,
     server,
     train,
 )
@@ -39,5 +40,5 @@ class Command(Protocol):
 
 # in the order `k5tune --help` lists them
 COMMANDS: tuple[Command, ...] = (
-    train, cache, demo, generate, bench, estimate, server, configure, make_tiny_model, convert_lora,
+    train, cache, demo, generate, bench, estimate, server, configure, make_tiny_model, convert_lora, probe,
 )

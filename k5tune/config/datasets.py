@@ -111,6 +111,9 @@ class _MediaBackend(_Strict):
         None, description="Where VAE latents are cached. Default: cache/vae/<id>."
     )
     disabled: bool = Field(False, description="Skip this backend entirely.")
+    eval: bool = Field(
+        False, description="Held out for the eval loss: cached like the others, evaluated every eval_steps, "
+        "never trained on (see eval_holdout_fraction for a seeded split of the training clips instead).")
 
     @model_validator(mode="after")
     def _instance_prompt_needed(self):

@@ -219,6 +219,18 @@ class TrainConfig(BaseModel):
     )
     disable_validation: bool = _f(False, "Never run validation.")
 
+    # --- evaluation ------------------------------------------------------------------------------
+    eval_steps: int = _f(
+        100, "Compute the eval loss every N steps and at the end, when there is an eval set (a dataset with "
+        "eval: true, or eval_holdout_fraction).", gt=0)
+    eval_holdout_fraction: float = _f(
+        0.0, "Share of the training clips held out for the eval loss, chosen by a seeded split (seed): never "
+        "trained on.", ge=0, lt=1)
+    eval_noise_levels: int = _f(
+        8, "The eval loss is measured at this many fixed noise levels, evenly spread over (0, 1), with fixed "
+        "noise per clip and level (eval_seed): the same every time, whatever training drew.", gt=0, le=64)
+    eval_seed: int = _f(0, "Seed of the eval noise (independent of training's seed).")
+
     # --- memory ----------------------------------------------------------------------------------
     offload_during_startup: bool = _f(
         False, "Caching: keep Qwen2.5-VL in CPU memory and stream its layers to the GPU, and free the text "

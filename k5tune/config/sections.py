@@ -22,6 +22,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "validation": ("validation_prompt", "validation_prompt_library", "validation_negative_prompt",
         "validation_steps", "validation_resolution", "validation_num_video_frames", "validation_guidance",
         "validation_num_inference_steps", "validation_seed", "validation_image", "disable_validation"),
+    "evaluation": ("eval_steps", "eval_holdout_fraction", "eval_noise_levels", "eval_seed"),
     "memory": ("offload_during_startup", "vae_enable_patch_conv", "vae_enable_tiling", "enable_group_offload",
         "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream",
         "offload_activations"),

@@ -101,30 +101,36 @@ def write_clip(
     path = Path(path)
     if width % 2 or height % 2:
         raise ValueError(f"{width}x{height}: yuv420p needs even sides")
-    rgb = COLORS[color] if isinstance(color, str) else tuple(color)
-    size = size or shape_size(width, height)
-    travel = (width if motion in ("right", "left") else height) - size
-    if speed is None:
-        speed = travel / (frames / fps) if frames > 1 else 0.0
     turns = (rotation or 0) // 90 % 4
     if rotation is not None and rotation % 90:
         raise ValueError(f"rotation {rotation} is not a multiple of 90")
     coded_w, coded_h = (height, width) if turns % 2 else (width, height)
-
+    pictures = render_clip(frames=frames, fps=fps, width=width, height=height, motion=motion, shape=shape,
+                           color=color, background=background, size=size, speed=speed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = _video_stream(container, codec, fps, coded_w, coded_h, turns, rotation_as)
-        for index in range(frames):
-            center = shape_center(
-                index / fps, width=width, height=height, motion=motion, size=size, speed=speed
-            )
-            picture = draw_frame(width, height, center, size, shape, rgb, background)
+        for picture in pictures:
             coded = np.ascontiguousarray(np.rot90(picture, k=-turns)) if turns else picture
             for packet in stream.encode(av.VideoFrame.from_ndarray(coded, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def render_clip(*, frames: int = 48, fps: float = 24.0, width: int = 64, height: int = 48, motion: str = "right",
+                shape: str = "circle", color: Color | str = "red", background: Color = BACKGROUND,
+                size: int | None = None, speed: float | None = None) -> np.ndarray:
+    """The (frames, height, width, 3) uint8 pictures `write_clip` encodes."""
+    rgb = COLORS[color] if isinstance(color, str) else tuple(color)
+    size = size or shape_size(width, height)
+    travel = (width if motion in ("right", "left") else height) - size
+    if speed is None:
+        speed = travel / (frames / fps) if frames > 1 else 0.0
+    return np.stack([draw_frame(width, height, shape_center(index / fps, width=width, height=height, motion=motion,
+                                                            size=size, speed=speed), size, shape, rgb, background)
+                     for index in range(frames)])
 
 
 def _video_stream(container, codec: str, fps: float, width: int, height: int, turns: int, rotation_as: str):

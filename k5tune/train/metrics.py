@@ -83,6 +83,9 @@ def plot_loss(csv_path: str | Path, png_path: str | Path) -> Path | None:
     figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
     axis.plot(steps, losses, alpha=0.35, label="loss")
     axis.plot(steps, smooth, label=f"moving average ({window})")
+    evaluated = [r for r in rows if "eval_loss" in r]
+    if evaluated:  # the held-out loss beside it (train/evaluate.py): where it turns up, the LoRA overfits
+        axis.plot([r["step"] for r in evaluated], [r["eval_loss"] for r in evaluated], "o-", label="eval loss")
     axis.set_xlabel("step")
     axis.set_ylabel("flow-matching loss")
     axis.set_title("k5tune training loss")

@@ -26,6 +26,9 @@ class TrainResult:
     is_main: bool = True  # False in the other processes of a multi-GPU run
     videos: list[ValidationVideo] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    best_eval: tuple[int, float] | None = None  # (step, eval loss) of the lowest eval loss
+    closest_checkpoint: Path | None = None  # the checkpoint nearest that step
+    eval_by_dataset: dict[str, float] = field(default_factory=dict)  # the last eval loss per eval dataset
 
 
 def describe_outputs(result: TrainResult) -> str:
@@ -38,6 +41,9 @@ def describe_outputs(result: TrainResult) -> str:
              f"  metrics:     {result.metrics_csv}",
              f"  loss plot:   {result.loss_plot}",
              f"  data report: {result.report_json}"]
+    if result.best_eval:
+        step, loss = result.best_eval
+        lines.append(f"  eval loss:   lowest at step {step} ({loss:.4g}); closest checkpoint: {result.closest_checkpoint}")
     if result.nonfinite_skipped:
         lines.append(f"  note: {result.nonfinite_skipped} step(s) with a NaN/inf loss or gradient were skipped")
     final_videos = result.videos[-len({v.prompt for v in result.videos}):] if result.videos else []

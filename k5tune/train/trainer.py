@@ -17,8 +17,7 @@ import torch
 from k5tune.cache.result import CacheStage
 from k5tune.config.validation import check_validation_images
 from k5tune.distributed import init_from_env
-from k5tune.errors import ConfigError, K5TuneError, NotYetAvailable
-from k5tune.lora.adapter import load_lora_weights, lora_state_dict
+from k5tune.errors import ConfigError, NotYetAvailable
 from k5tune.lora.convert import convert_file
 from k5tune.lora.files import LORA_WEIGHTS_NAME, save_lora
 from k5tune.progress import Progress, SilentProgress
@@ -26,26 +25,23 @@ from k5tune.runtime import Runtime
 from k5tune.train import checkpoint, fsdp, objective
 from k5tune.train.attention import check_sizes, resolve_for_model
 from k5tune.train.build import LoraSettings, build_training_model
+from k5tune.train.checkpointing import CheckpointingMixin, NotFiniteLoss
+from k5tune.train.evaluate import COLUMNS as EVAL_COLUMNS
+from k5tune.train.evaluate import Evaluator, best_step, eval_levels, summarize
 from k5tune.train.events import EventLog
-from k5tune.train.metrics import MetricsLog, NullMetrics, Tracker, plot_loss
+from k5tune.train.metrics import MetricsLog, NullMetrics, Tracker, plot_loss, read_metrics
 from k5tune.train.outputs import TrainResult, push_to_hub
 from k5tune.train.plan import TrainingPlan
 from k5tune.train.rollout import Rollout, RolloutSettings, RolloutStats
 from k5tune.train.run_files import set_earlier_runs_aside
 from k5tune.train.schedule import (
-    follow_schedule_changes,
     make_optimizer,
     make_scheduler,
     plan_steps,
-    schedule_settings,
 )
 from k5tune.train.step import micro_batch_loss, step_scope
 from k5tune.train.stop import StopRequests
 from k5tune.validate.runner import ValidationVideo, run_validation
-
-
-class NotFiniteLoss(K5TuneError):
-    """Too many NaN/inf losses or gradients in a row (or NaN/inf weights)."""
 
 
 class UnusableCacheEntry(Exception):
@@ -58,7 +54,7 @@ def refuse_pending_features(train_config) -> None:
         raise NotYetAvailable("CREPA is not implemented yet; set crepa_enabled=false")
 
 
-class Trainer:
+class Trainer(CheckpointingMixin):
     def __init__(self, loaded, progress: Progress | None = None, device: str | None = None,
                  events: EventLog | None = None):
         cfg = self.cfg = loaded.train
@@ -100,6 +96,8 @@ class Trainer:
         """The model, optimizer and schedule over the cached dataset; the resume point restored."""
         cfg, progress = self.cfg, self.progress
         self.records, self.cache, self.components = stage.records, stage.cache, stage.components
+        self.evaluator = stage.eval_records and Evaluator(stage.eval_records, stage.cache,
+                                                          eval_levels(cfg.eval_noise_levels), cfg.eval_seed)
         self.report_json = stage.report_json
         self.prompts = self.cache.extra_prompts[:-1]  # validation prompts (the last one is the negative)
 
@@ -136,26 +134,6 @@ class Trainer:
                          + (f" (set-aside runs have some, e.g. {aside[-1]}: resume_from_checkpoint takes a "
                             "folder too)" if aside else ""))
 
-    def _restore(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        state = checkpoint.load_state(folder)
-        if self.plan.sharded:
-            fsdp.load_full_lora(self.transformer, load_file(folder / LORA_WEIGHTS_NAME))
-            fsdp.load_full_optimizer_state(self.transformer, self.optimizer, state["optimizer"])
-        else:
-            load_lora_weights(self.transformer, load_file(folder / LORA_WEIGHTS_NAME))
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        checkpoint.restore_rng_state(state["rng"])
-        self.step = state["step"]
-        self.epoch, self.next_group = state["position"]["epoch"], state["position"]["next_group"]
-        self.nonfinite_in_row = state.get("nonfinite_in_row", 0)
-        self.progress.log(f"resumed from {folder} at step {self.step}")
-        changed = follow_schedule_changes(self.cfg, self.optimizer, self.total_steps, self.step, state,
-                                          self.progress.log)
-        self.scheduler = changed or self.scheduler
-
     # ------------------------------------------------------------------------------------------------
     def run(self, stage: CacheStage) -> TrainResult:
         self.setup(stage)
@@ -163,7 +141,7 @@ class Trainer:
         # only the first process writes metrics, logs, checkpoints, videos and the LoRA
         if main:  # (only once setup worked: a run that fails before training moves nothing)
             set_earlier_runs_aside(self.output_dir, self.resume_from, self.step, self.progress.log)
-        extra = ["rollout_share", "rollout_forwards"] if self.rollout else []
+        extra = (["rollout_share", "rollout_forwards"] if self.rollout else []) + (EVAL_COLUMNS if self.evaluator else [])
         metrics = MetricsLog(self.output_dir / "metrics.csv", extra) if main else NullMetrics()
         tracker = (Tracker(cfg.report_to, self.output_dir / cfg.logging_dir,
                            cfg.tracker_run_name or time.strftime("%Y%m%d-%H%M%S"), cfg.tracker_project_name,
@@ -182,6 +160,12 @@ class Trainer:
             tracker.close()
         if main:
             result.loss_plot = plot_loss(metrics.path, self.output_dir / "loss.png")
+            result.best_eval = best_step(read_metrics(metrics.path)) if self.evaluator else None
+            result.eval_by_dataset = getattr(self, "last_eval", {})
+            if result.best_eval:
+                steps = {int(p.name.split("-")[1]): p for p in checkpoint.list_checkpoints(self.output_dir)}
+                nearest = min(steps, key=lambda s: (abs(s - result.best_eval[0]), s), default=None)
+                result.closest_checkpoint = steps.get(nearest)
         self.dist.barrier()
         if cfg.push_to_hub and not result.interrupted and main:
             result.hub_url = push_to_hub(cfg.hub_model_id, self.output_dir, result)
@@ -203,6 +187,8 @@ class Trainer:
                     if row is None:
                         result.nonfinite_skipped += 1
                         continue
+                    if self.evaluator and (self.step % cfg.eval_steps == 0 or self.step == self.total_steps):
+                        row.update(self.evaluate())
                     metrics.write(**row)
                     tracker.scalars(self.step, **{k: v for k, v in row.items() if k not in ("step", "epoch")})
                     self.events.emit("step", **row)
@@ -260,6 +246,17 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "loss": loss_value, "lr": self.scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm, "step_seconds": time.perf_counter() - started,
                 "peak_gib": self.runtime.peak_memory_gib(), **(self.rollout.stats.row() if self.rollout else {})}
+
+    def evaluate(self) -> dict[str, float]:
+        """The eval loss now (evaluate.py); each process evaluates its share of the clips, except under
+        FSDP2, where a sharded model computes only with every process: all evaluate all."""
+        with self.plan.attention_context():
+            table = self.evaluator.losses(self.transformer, self.runtime,
+                                          (0, 1) if self.plan.sharded else (self.dist.rank, self.dist.world))
+        if not self.plan.sharded:
+            self.dist.sum_(table)
+        self.last_eval = self.evaluator.by_dataset(table)
+        return summarize(table, self.evaluator.levels)
 
     def _skip_update(self, what: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -319,58 +316,6 @@ class Trainer:
         raise UnusableCacheEntry(record.key)
 
     # ------------------------------------------------------------------------------------------------
-    def _weights_finite(self) -> bool:
-        local = all(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in self.params)
-        return not self.dist.any(not local)  # (FSDP2: each process holds a shard; all decide together)
-
-    def _last_good_checkpoint(self) -> Path | None:
-        return next((c for c in reversed(checkpoint.list_checkpoints(self.output_dir))
-                     if checkpoint.damage(c) is None), None)
-
-    def _gathered_lora(self) -> dict[str, torch.Tensor] | None:
-        """FSDP2: the whole LoRA, gathered by every process (rank 0 writes it); else None (saved directly)."""
-        return lora_state_dict(self.transformer) if self.plan.sharded else None
-
-    def save_checkpoint(self) -> Path:
-        if not self._weights_finite():  # (non-finite weights are never saved, never called good)
-            raise NotFiniteLoss(f"the LoRA weights hold NaN/inf values at step {self.step}: nothing saved; lower "
-                                f"learning_rate; last good checkpoint: {self._last_good_checkpoint() or 'none'}")
-        folder = self.output_dir / f"{checkpoint.PREFIX}{self.step}"
-        lora = self._gathered_lora()
-        optimizer = fsdp.full_optimizer_state(self.transformer, self.optimizer) if self.plan.sharded else None
-        if self.dist.is_main:
-            folder = self._write_checkpoint(lora, optimizer)
-        self.dist.barrier()
-        return folder
-
-    def _write_checkpoint(self, lora: dict | None = None, optimizer: dict | None = None) -> Path:
-        state = {
-            "step": self.step,
-            "position": {"epoch": self.epoch, "next_group": self.next_group},
-            "optimizer": self.optimizer.state_dict() if optimizer is None else optimizer,
-            "scheduler": self.scheduler.state_dict(),
-            "rng": checkpoint.rng_state(),
-            "nonfinite_in_row": self.nonfinite_in_row,
-            "seed": self.cfg.seed,
-            "schedule": schedule_settings(self.cfg, self.total_steps),
-        }
-        folder = checkpoint.save_checkpoint(
-            self.output_dir, self.step, lambda d: save_lora(self.transformer, d, self._lora_meta(), state=lora), state,
-            self.cfg.checkpoints_total_limit,
-        )
-        self.progress.log(f"checkpoint saved: {folder}")
-        self.events.emit("checkpoint", step=self.step, path=folder)
-        return folder
-
-    def _lora_meta(self) -> dict:
-        cfg = self.cfg
-        meta = {"flavour": cfg.model_flavour, "rank": cfg.lora_rank, "alpha": cfg.effective_lora_alpha,
-                "targets": cfg.lora_target_modules, "modules": len(self.adapted), "steps": self.step,
-                "lora_dropout": cfg.lora_dropout}
-        if cfg.trigger_word:
-            meta["trigger_word"] = cfg.trigger_word
-        return meta
-
     def _stopping(self, stop: StopRequests) -> bool:
         """A stop asked of any process stops them all at the same step."""
         return self.dist.any(stop.requested)
