@@ -167,6 +167,7 @@ def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    step.model = model  # what the set-up did (e.g. what it quantised)
     return step
 
 
@@ -250,6 +251,9 @@ def run_bench(bench: BenchConfig) -> dict:
     report["useful_tflop"] = flops / 1e12
     step = ours_step_fn(transformer, bench, device)
     report["transformer_weights_gib"] = {"before": weights_before / 2**30, "as_trained": _parameter_bytes(transformer) / 2**30}
+    quantized = step.model.quantized
+    report["base_precision"] = {"precision": bench.plan.base_precision,
+                                **({"quantized": asdict(quantized)} if quantized else {})}
     report["ours"] = _measure(step, bench, device)
     if bench.tread is not None:
         from k5tune.models.kandinsky5.tread import install_tread, resolve_routes

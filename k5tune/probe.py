@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from k5tune.data.synthetic import COLORS, SHAPES, write_clip
+from k5tune.atomic import atomic_write_json
+from k5tune.data.synthetic import COLORS, SHAPES, render_clip, write_clip
 
 CAPTION = "a shape moving"
 MOTIONS = ("right", "down")
@@ -106,6 +107,26 @@ def _project(root: Path, model: Path, trained_on: str, steps: int, seed: int) ->
     return folder / "config" / "config.json"
 
 
+def make_latents_carry_the_clip(model: Path) -> float:
+    """Rescale the tiny VAE so the synthetic clips' latents have unit std, as the real VAE's 0.476986 does
+    for real videos. With the released factor the random VAE's latents have a std of about 0.11: the
+    training noise (std 1) drowns what tells one motion from another and no LoRA could learn it. Returns
+    the new scaling factor (written to the model's vae/config.json)."""
+    import torch
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    vae = AutoencoderKLHunyuanVideo.from_pretrained(model, subfolder="vae").eval()
+    clips = [render_clip(frames=17, width=64, height=48, motion=motion) for motion in MOTIONS]
+    pixels = torch.stack([torch.from_numpy(c).permute(3, 0, 1, 2).float() / 127.5 - 1 for c in clips])
+    with torch.no_grad():
+        std = vae.encode(pixels).latent_dist.mode().std().item()
+    config_path = model / "vae" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["scaling_factor"] = round(1.0 / std, 6)
+    atomic_write_json(config_path, config)
+    return config["scaling_factor"]
+
+
 def run_probe(workdir: str | Path, steps: int = 300, seed: int = 0, progress=None) -> ProbeResult:
     from k5tune.config import load_config
     from k5tune.models.tiny import make_tiny_model
@@ -113,6 +134,7 @@ def run_probe(workdir: str | Path, steps: int = 300, seed: int = 0, progress=Non
 
     root = Path(workdir).resolve()
     model = make_tiny_model(root / "tiny-model")
+    make_latents_carry_the_clip(model)
     for motion in MOTIONS:
         write_motion_clips(root / "clips" / motion, motion, 8)
         write_motion_clips(root / "clips" / f"held-out-{motion}", motion, 4, offset=8)  # unseen clips

@@ -169,8 +169,8 @@ def test_k5tune_train_with_compiled_blocks_offloads_through_the_hooks(tmp_path, 
 
     original_plan = TrainingPlan.from_config
 
-    def compiled_plan(cfg, processes=1):  # the plan of a GPU run (TrainingPlan decides on the device)
-        return replace(original_plan(cfg, processes), compile_blocks=True, compile_backend="aot_eager",
+    def compiled_plan(cfg, processes=1, nabla=None):  # the plan of a GPU run (TrainingPlan decides on the device)
+        return replace(original_plan(cfg, processes, nabla), compile_blocks=True, compile_backend="aot_eager",
                        compile_kernels=False)
 
     monkeypatch.setattr(TrainingPlan, "from_config", staticmethod(compiled_plan))

@@ -10,7 +10,7 @@ import pytest
 
 from k5tune.cli import build_parser, main
 
-COMMANDS = ["train", "cache", "generate", "bench", "estimate", "server", "configure", "demo", "make-tiny-model",
+COMMANDS = ["train", "cache", "generate", "bench", "estimate", "server", "configure", "demo", "make-tiny-model", "probe",
             "convert-lora"]
 
 
@@ -56,7 +56,7 @@ def test_pending_settings_say_so_in_one_line_and_exit_2(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     assert main(["train"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "CREPA and scheduled sampling are not implemented yet" in err
+    assert err.count("\n") == 1 and "CREPA is not implemented yet" in err
 
 
 def test_configure_example_writes_the_example_files(tmp_path, monkeypatch, capsys):

@@ -106,8 +106,8 @@ def test_i2v_train_and_validate_with_an_image(tmp_path, monkeypatch, tiny_i2v_mo
 
     trainers = []
 
-    def setup(self):
-        real_setup(self)
+    def setup(self, stage):
+        real_setup(self, stage)
         trainers.append(self)
         spies.append(ForwardSpy(self.transformer))
 

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from k5tune.train.lora_formats import convert_file
+    from k5tune.lora.convert import convert_file
 
     written, layout, modules = convert_file(args.input, args.output, args.to)
     print(f"wrote {written}: {modules} LoRA modules, {layout} layout -> {args.to} layout")

@@ -16,7 +16,7 @@ import torch
 from k5tune.lora.adapter import add_lora, lora_parameters
 from k5tune.models.kandinsky5 import nabla
 from k5tune.models.kandinsky5.modulation import store_modulation_in
-from k5tune.models.kandinsky5.quantize import quantize_base
+from k5tune.models.kandinsky5.quantize import QuantReport, quantize_base
 from k5tune.models.kandinsky5.text_mask import install_text_mask
 from k5tune.models.kandinsky5.tread import install_tread, resolve_routes
 from k5tune.runtime import Runtime
@@ -45,6 +45,7 @@ class TrainingModel:
     transformer: torch.nn.Module
     params: list[torch.nn.Parameter]  # the LoRA weights (fp32): what the optimizer updates
     adapted: list[str]  # names of the adapted modules
+    quantized: QuantReport | None = None  # what base_model_precision quantised (None: nothing)
 
 
 def build_training_model(transformer, plan: TrainingPlan, lora: LoraSettings, runtime: Runtime,
@@ -61,8 +62,8 @@ def build_training_model(transformer, plan: TrainingPlan, lora: LoraSettings, ru
     # block by block on the GPU, so its bf16 blocks are never all there at once.
     if not (plan.group_offload or plan.sharded or plan.quantized):
         transformer.to(runtime.device)
-    quantize_base(transformer, plan.base_precision, runtime.device, offload=plan.group_offload,
-                  sharded=plan.sharded, log=log)
+    quantized = quantize_base(transformer, plan.base_precision, runtime.device, offload=plan.group_offload,
+                              sharded=plan.sharded, log=log)
     # LoRA weights train in fp32 under autocast, which keeps their small updates from being rounded away.
     adapted = add_lora(transformer, lora.rank, lora.alpha, lora.dropout, list(lora.targets), lora.seed)
     for p in lora_parameters(transformer):
@@ -82,7 +83,7 @@ def build_training_model(transformer, plan: TrainingPlan, lora: LoraSettings, ru
     if plan.tread:
         install_tread(transformer, resolve_routes(plan.tread, len(transformer.visual_transformer_blocks)))
     transformer.train()
-    return TrainingModel(transformer, lora_parameters(transformer), adapted)  # (after sharding replaced them)
+    return TrainingModel(transformer, lora_parameters(transformer), adapted, quantized)  # (after sharding)
 
 
 def _offload(transformer, plan: TrainingPlan, runtime: Runtime, log: Callable[[str], None]) -> None:

@@ -18,18 +18,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from k5tune.errors import ConfigError
-
-
-def check_fsdp_settings(cfg, world: int) -> bool:
-    """Whether to shard; clear errors for combinations that cannot work."""
-    if not cfg.fsdp_enable:
-        return False
-    if cfg.enable_group_offload:
-        raise ConfigError("fsdp_enable and enable_group_offload cannot be combined: shard over several GPUs, "
-                          "or offload on one", key="fsdp_enable")
-    return world > 1
-
 
 def _fp32_module_names(transformer) -> set[str]:
     return set(getattr(transformer, "_keep_in_fp32_modules", None) or [])

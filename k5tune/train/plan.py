@@ -33,6 +33,7 @@ class TrainingPlan:
     modulation_fp32: bool = False  # modulation_precision fp32 (auto stores them in the compute dtype)
     fsdp_processes: int = 1  # fsdp_enable over this many processes (1: not sharded)
     fsdp_reshard: bool = True  # fsdp_reshard_after_forward
+    fsdp_asked: bool = False  # fsdp_enable, even on one process (where it does not shard)
     tread: tuple[tuple[float, int, int], ...] = ()  # TREAD routes as given (negative indices unresolved)
     nabla: NablaSettings | None = None  # sparse NABLA attention (None: dense); resolved by attention.py
     # how the step executes; None: decided by the device (compiled on a GPU). Tests compile with
@@ -58,7 +59,8 @@ class TrainingPlan:
             offload_activations=cfg.activations_offloaded, base_precision=cfg.base_model_precision,
             modulation_fp32=cfg.modulation_precision == "fp32",
             fsdp_processes=processes if sharded else 1,
-            fsdp_reshard=cfg.fsdp_reshard_after_forward or not sharded, tread=tread, nabla=nabla,
+            fsdp_reshard=cfg.fsdp_reshard_after_forward or not sharded, fsdp_asked=cfg.fsdp_enable,
+            tread=tread, nabla=nabla,
         )
 
     # --- decisions derived from the settings -----------------------------------------------------
@@ -113,7 +115,7 @@ class TrainingPlan:
     def problems(self) -> list[tuple[str, str]]:
         """(config key, why) for each combination that cannot train."""
         found = []
-        if self.sharded and self.group_offload:
+        if (self.sharded or self.fsdp_asked) and self.group_offload:
             found.append(("fsdp_enable", "fsdp_enable and enable_group_offload cannot be combined: shard over "
                                          "several GPUs, or offload on one"))
         if self.sharded and self.quantized:
