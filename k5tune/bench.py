@@ -38,6 +38,8 @@ class BenchConfig:
     model: str | None = None  # a diffusers folder (e.g. the tiny model) instead of the full-size config
     tread: object | None = None  # a TreadConfig: also time the routed step on the same model
     device: str | None = None
+    rollout_steps: int = 0  # scheduled sampling's worst case: every sample rolled out this many sampler steps
+    time_forward: bool = False  # also time one no-grad forward (what rollout and eval loss cost per call)
     # our step's memory and speed plan, as training builds it (its modulation_fp32 defaults to True here:
     # the stock model keeps fp32 modulation, and --modulation-bf16 stores ours as training does)
     plan: TrainingPlan = field(default_factory=lambda: TrainingPlan(modulation_fp32=True))
@@ -147,7 +149,7 @@ def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
     from k5tune.runtime import Runtime
     from k5tune.train import objective
     from k5tune.train.build import LoraSettings, build_training_model
-    from k5tune.train.step import flow_matching_step_loss
+    from k5tune.train.step import flow_matching_step_loss, step_scope
 
     runtime = Runtime.detect("bf16", str(device))
     model = build_training_model(transformer, bench.plan, LoraSettings(bench.rank, bench.rank, tuple(LORA_TARGETS)),
@@ -156,12 +158,17 @@ def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     latents, text, pixel_size, generator = _inputs(transformer, bench, device)
 
+    roll = _rollout_fn(transformer, bench, text, pixel_size, runtime)
+
     def step():
-        with bench.plan.attention_context():
+        with bench.plan.attention_context(), step_scope(transformer):
             noise = torch.randn(latents.shape, generator=generator)
             sigmas = objective.sample_sigmas(bench.batch, generator, 5.0)
-            loss = flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime,
-                                           route_generator=generator)
+            if roll is not None:
+                loss = roll(latents, noise)
+            else:
+                loss = flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime,
+                                               route_generator=generator)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -169,6 +176,62 @@ def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
 
     step.model = model  # what the set-up did (e.g. what it quantised)
     return step
+
+
+ROLLOUT_SAMPLER_STEPS = 50  # the validation sampler the offsets count in
+ROLLOUT_LEVEL = 25  # the level rolled out to: mid-trajectory, so every offset up to 25 fits
+
+
+def _rollout_fn(transformer, bench: BenchConfig, text, pixel_size, runtime):
+    """With --rollout K: the loss of a step whose every sample is rolled out K sampler steps first (rollout's
+    worst case, p 1 at offset K: K extra no-grad forwards per sample), as train/rollout.py does it."""
+    if not bench.rollout_steps:
+        return None
+    from k5tune.train import objective
+    from k5tune.train.rollout import roll_out
+    from k5tune.train.step import predict_velocity, prediction_loss
+
+    levels = objective.sampler_levels(ROLLOUT_SAMPLER_STEPS, 5.0)
+
+    def loss(latents, noise):
+        rolled = [roll_out(lambda x, sigma: predict_velocity(transformer, x[None], sigma, text, pixel_size,
+                                                             runtime)[0],
+                           latents[i], noise[i], levels, ROLLOUT_LEVEL, bench.rollout_steps)
+                  for i in range(latents.shape[0])]
+        noisy, target = torch.stack([x for x, _ in rolled]), torch.stack([t for _, t in rolled])
+        sigmas = levels[ROLLOUT_LEVEL].repeat(latents.shape[0])
+        return prediction_loss(transformer, noisy, target, text, sigmas, pixel_size, runtime)
+
+    return loss
+
+
+def forward_fn(transformer, bench: BenchConfig, device: torch.device):
+    """One no-grad forward of our model (eval mode), as a rollout step or an eval-loss level runs it."""
+    from k5tune.runtime import Runtime
+    from k5tune.train.step import predict_velocity
+
+    runtime = Runtime.detect("bf16", str(device))
+    latents, text, pixel_size, _ = _inputs(transformer, bench, device)
+    return lambda: predict_velocity(transformer, latents, torch.tensor(0.5), text, pixel_size, runtime)
+
+
+def attention_report(transformer, bench: BenchConfig, step) -> dict:
+    """The attention our step ran, with NABLA's measured mask density (one extra step, recorded)."""
+    from k5tune.models.kandinsky5 import nabla
+
+    settings = bench.plan.nabla
+    if settings is None:
+        return {"attention": "dense"}
+    processors = [a.processor for a in nabla.self_attentions(transformer)]
+    for processor in processors:
+        processor.record_density = True
+    step()
+    densities = [p.last_density for p in processors if p.last_density is not None]
+    for processor in processors:
+        processor.record_density = False
+    return {"attention": "nabla", **asdict(settings),
+            "mask_density": sum(densities) / len(densities) if densities else None,
+            "mask_density_by_layer": [round(d, 4) for d in densities]}
 
 
 def stock_step_fn(transformer, bench: BenchConfig, device: torch.device):
@@ -255,6 +318,12 @@ def run_bench(bench: BenchConfig) -> dict:
     report["base_precision"] = {"precision": bench.plan.base_precision,
                                 **({"quantized": asdict(quantized)} if quantized else {})}
     report["ours"] = _measure(step, bench, device)
+    report["attention"] = attention_report(transformer, bench, step)
+    if bench.rollout_steps:
+        report["rollout"] = {"steps": bench.rollout_steps, "probability": 1.0, "level": ROLLOUT_LEVEL,
+                             "sampler_steps": ROLLOUT_SAMPLER_STEPS}
+    if bench.time_forward:
+        report["ours_forward"] = _measure(forward_fn(transformer, bench, device), bench, device)
     if bench.tread is not None:
         from k5tune.models.kandinsky5.tread import install_tread, resolve_routes
 

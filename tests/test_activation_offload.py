@@ -12,25 +12,12 @@ import k5tune.train.activation_offload as activation_offload
 import k5tune.train.speed as speed
 from k5tune.train.plan import TrainingPlan
 from k5tune.train.speed import apply_speed_plan
-from tests.test_speed import _loss_and_grads, _tiny_with_live_lora
-
-
-def record_stashed_shapes(monkeypatch) -> list[tuple[int, ...]]:
-    """The shapes of the tensors moved to CPU memory from now on (by either offload path), in order."""
-    stashed: list[tuple[int, ...]] = []
-    original = activation_offload.StashedTensor.__init__
-
-    def counting_init(self, tensor, stream, arena=None):
-        stashed.append(tuple(tensor.shape))
-        original(self, tensor, stream, arena)
-
-    monkeypatch.setattr(activation_offload.StashedTensor, "__init__", counting_init)
-    return stashed
+from tests.helpers import loss_and_grads, record_stashed_shapes, tiny_with_live_lora
 
 
 def _compiled_pair(tiny_model_dir, checkpointing: str):
     torch._dynamo.reset()  # graphs compiled by other tests (another _CHEAP_KEYS) are not reused
-    plain = _tiny_with_live_lora(tiny_model_dir)
+    plain = tiny_with_live_lora(tiny_model_dir)
     moved = copy.deepcopy(plain)
     plan = TrainingPlan(checkpointing=checkpointing, compile_blocks=True, compile_backend="aot_eager")
     apply_speed_plan(plain, plan)
@@ -47,13 +34,13 @@ def test_compiled_blocks_with_activation_offload_train_exactly_as_without(tiny_m
     monkeypatch.setattr(speed, "_CHEAP_KEYS", 1)  # and its attention short: keep it all, as at full size
     stashed = record_stashed_shapes(monkeypatch)
     plain, moved = _compiled_pair(tiny_model_dir, checkpointing)
-    plain_loss, plain_grads = _loss_and_grads(plain.train(), torch.float32)
+    plain_loss, plain_grads = loss_and_grads(plain.train(), torch.float32)
     assert not stashed
     for _ in range(2):
         torch._dynamo.utils.counters.clear()
         for parameter in moved.parameters():
             parameter.grad = None
-        moved_loss, moved_grads = _loss_and_grads(moved.train(), torch.float32)
+        moved_loss, moved_grads = loss_and_grads(moved.train(), torch.float32)
     # the second step compiled nothing: each call's hooks are new functions, and dynamo does not guard on them
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
 
@@ -89,14 +76,14 @@ def test_shared_inputs_and_weights_are_not_moved(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(activation_offload.StashedTensor, "__init__", recording_init)
     monkeypatch.setattr(activation_offload.SavedActivationOffload, "around", recording_around)
     _, moved = _compiled_pair(tiny_model_dir, "selective")
-    _loss_and_grads(moved.train(), torch.float32)
+    loss_and_grads(moved.train(), torch.float32)
     weights = {p.untyped_storage().data_ptr() for p in moved.parameters()}
     assert stashed_ids and shared_ids and not weights.intersection(stashed_ids)
     assert not shared_ids.intersection(stashed_ids)
 
 
 def test_eager_blocks_leave_activation_offload_to_the_offloader(tiny_model_dir):
-    transformer = _tiny_with_live_lora(tiny_model_dir)
+    transformer = tiny_with_live_lora(tiny_model_dir)
     eager = TrainingPlan(compile_kernels=False, compile_blocks=False, offload_activations=True)
     compiled = TrainingPlan(compile_blocks=True, compile_backend="aot_eager", offload_activations=True)
     assert not eager.offloads_through_hooks(on_gpu=False)
@@ -134,11 +121,11 @@ def test_a_step_reuses_the_previous_steps_pinned_slabs(tiny_model_dir, monkeypat
     monkeypatch.setattr(activation_offload, "MIN_OFFLOADED_ELEMENTS", 1)
     _, moved = _compiled_pair(tiny_model_dir, "selective")
     offload = moved._k5_activation_offload
-    _loss_and_grads(moved.train(), torch.float32)
+    loss_and_grads(moved.train(), torch.float32)
     arena = offload.arena
     slabs = [slab.data_ptr() for slab in arena.slabs]
     assert slabs and arena.outstanding > 0  # this pass's chain is kept until the next pass starts
-    _loss_and_grads(moved.train(), torch.float32)
+    loss_and_grads(moved.train(), torch.float32)
     assert offload.arena is arena and [slab.data_ptr() for slab in arena.slabs] == slabs
 
     from k5tune.models.kandinsky5.model_input import pad_prompts  # a forward without backward
@@ -152,7 +139,7 @@ def test_a_step_reuses_the_previous_steps_pinned_slabs(tiny_model_dir, monkeypat
     runtime = Runtime(torch.device("cpu"), torch.float32, torch.float32, torch.float32)
     kept = flow_matching_step_loss(moved, latents, text, torch.randn(latents.shape, generator=generator),
                                    torch.tensor([0.3, 0.8]), (32, 48), runtime)
-    _loss_and_grads(moved.train(), torch.float32)
+    loss_and_grads(moved.train(), torch.float32)
     assert offload.arena is not arena  # `kept`'s graph still holds its stashes in the old slabs
     assert torch.isfinite(kept)
 
@@ -164,8 +151,8 @@ def test_k5tune_train_with_compiled_blocks_offloads_through_the_hooks(tmp_path, 
     from dataclasses import replace
 
     from k5tune.train import build
-    from tests.test_offload import RUN
-    from tests.test_training import lora_errors, train_lora
+    from tests.helpers import OFFLOAD_RUN as RUN
+    from tests.helpers import lora_errors, train_lora
 
     original_plan = TrainingPlan.from_config
 

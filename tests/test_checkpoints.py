@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from k5tune.cli import main
 from k5tune.config import load_config
@@ -17,35 +14,8 @@ from k5tune.progress import SilentProgress
 from k5tune.train import checkpoint, trainer
 from k5tune.train.stop import StopRequests
 from k5tune.workflow import train
-from tests.test_training import make_project
-
-RUN = {"max_train_steps": 6, "train_batch_size": 1, "checkpointing_steps": 2, "checkpoints_total_limit": 10,
-       "lora_dropout": 0.1, "lr_scheduler": "cosine", "lr_warmup_steps": 1}
-
-
-class InterruptAt(SilentProgress):
-    """Sends this process SIGINT (or SIGTERM) right after optimizer step `step`, like a user pressing
-    Ctrl-C or a scheduler stopping the job."""
-
-    def __init__(self, step: int, signum: int = signal.SIGINT):
-        self.target, self.done, self.signum = step, 0, signum
-
-    def advance(self, n: int = 1, **info) -> None:
-        if "loss" not in info:  # caching progress, not a training step
-            return
-        self.done += n
-        if self.done == self.target:
-            os.kill(os.getpid(), self.signum)
-
-
-def lora(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / "pytorch_lora_weights.safetensors")
-
-
-def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+from tests.helpers import CHECKPOINT_RUN as RUN
+from tests.helpers import InterruptAt, assert_same, lora, make_project
 
 
 @pytest.fixture

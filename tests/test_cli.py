@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,9 @@ def test_make_tiny_model_command(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "image-to-video" in result.stdout
     assert (tmp_path / "m" / "model_index.json").read_text().count("Kandinsky5I2VPipeline") == 1
+    assert main(["make-tiny-model", str(tmp_path / "n"), "--nabla"]) == 0
+    config = json.loads((tmp_path / "n" / "transformer" / "config.json").read_text())
+    assert config["attention_type"] == "nabla" and config["attention_P"] == 0.9
 
 
 def test_unknown_argument_to_a_plain_command_is_rejected(capsys):

@@ -14,7 +14,7 @@ from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.runtime import Runtime
 from k5tune.train import evaluate
 from k5tune.workflow import train
-from tests.test_training import make_project
+from tests.helpers import make_project
 
 RUN = {"max_train_steps": 4, "train_batch_size": 1, "eval_steps": 2, "checkpointing_steps": 2, "eval_noise_levels": 3}
 EVAL_SET = {"id": "held-out", "dataset_type": "video", "instance_data_dir": "datasets/held-out", "resolution": 48,

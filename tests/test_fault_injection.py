@@ -24,9 +24,8 @@ from k5tune.cli import main
 from k5tune.config import load_config
 from k5tune.train import checkpoint, trainer
 from k5tune.workflow import train
-from tests.test_checkpoints import RUN, assert_same, lora
-from tests.test_integrity import FullDisk, InfiniteGradient
-from tests.test_training import make_project
+from tests.helpers import CHECKPOINT_RUN as RUN
+from tests.helpers import FullDisk, InfiniteGradient, assert_same, lora, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +146,7 @@ def test_kill_9_while_a_checkpoint_is_written(tmp_path, monkeypatch, tiny_model_
 
 
 def test_ctrl_c_saves_and_the_resumed_run_is_exact(tmp_path, monkeypatch, tiny_model_dir, uninterrupted):
-    from tests.test_checkpoints import InterruptAt
+    from tests.helpers import InterruptAt
 
     folder = make_project(tmp_path, tiny_model_dir, FAULT_RUN)
     monkeypatch.chdir(folder)

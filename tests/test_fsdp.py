@@ -8,8 +8,14 @@ from safetensors.torch import load_file
 from k5tune.cli import main
 from k5tune.config import load_config
 from k5tune.workflow import train
-from tests.test_distributed import RUN, train_lora_on_two_processes
-from tests.test_training import lora_errors, make_project, train_lora
+from tests.helpers import DISTRIBUTED_RUN as RUN
+from tests.helpers import (
+    assert_same_training,
+    lora_errors,
+    make_project,
+    train_lora,
+    train_lora_on_two_processes,
+)
 
 SHARDED = {**RUN, "num_processes": 2, "fsdp_enable": True, "lr_scheduler": "constant"}
 
@@ -21,8 +27,7 @@ def test_sharded_training_equals_one_process_and_resumes(tmp_path, monkeypatch, 
     got = train_lora_on_two_processes(tmp_path / "sharded", tiny_model_dir, SHARDED, monkeypatch)
     assert "FSDP2: the transformer is sharded over 2 processes" in capfd.readouterr().out
     output = tmp_path / "sharded" / "output"
-    errors = lora_errors(got, expected)
-    assert max(errors.values()) < 1e-3, errors
+    assert_same_training(got, expected)
     assert len(list((output / "validation").rglob("*.mp4"))) == 1  # written once, by the first process
     assert [p.name for p in sorted(output.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-3"]
 
@@ -42,8 +47,7 @@ def test_sharded_training_with_activation_offload(tmp_path, monkeypatch, tiny_mo
                                                                 "disable_validation": True}, monkeypatch)
     got = train_lora_on_two_processes(tmp_path / "sharded", tiny_model_dir, {
         **SHARDED, "offload_activations": True, "disable_validation": True}, monkeypatch)
-    errors = lora_errors(got, expected)
-    assert max(errors.values()) < 1e-3, errors
+    assert_same_training(got, expected)
 
 
 def test_fsdp_with_one_process_trains_unsharded(tmp_path, monkeypatch, tiny_model_dir):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from PIL import Image
 from k5tune.cli import main
 from k5tune.config import load_config
 from k5tune.config.loading import build_train_config
-from k5tune.data.synthetic import write_demo_dataset
 from k5tune.errors import ConfigError
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.models.kandinsky5.encoding import encode_video
@@ -21,6 +19,7 @@ from k5tune.models.kandinsky5.model_input import first_frame_loss_weights, with_
 from k5tune.train import objective, trainer
 from k5tune.validate.media import read_video_info
 from k5tune.workflow import train
+from tests.helpers import make_i2v_project
 
 
 def i2v_pipeline(model_dir: str):
@@ -66,22 +65,6 @@ def test_frame_zero_is_out_of_the_loss():
     changed[:, 0] += 100
     assert objective.flow_matching_loss(changed, target, weights) == loss
     torch.testing.assert_close(loss, (prediction[:, 1:] - target[:, 1:]).square().mean())
-
-
-def make_i2v_project(folder: Path, model_dir: str, config: dict) -> Path:
-    write_demo_dataset(folder / "datasets" / "videos", n=2, frames=24, width=48, height=32)
-    (folder / "config").mkdir(parents=True, exist_ok=True)
-    base = {"model_flavour": "i2v-lite-5s", "pretrained_model_name_or_path": model_dir, "report_to": "none",
-            "output_dir": "output", "learning_rate": 1e-3, "lora_rank": 4, "max_train_steps": 2,
-            "validation_prompt": "a red circle moving to the right", "validation_steps": 10,
-            "validation_resolution": "32x48", "validation_num_video_frames": 17, "validation_num_inference_steps": 3}
-    (folder / "config" / "config.json").write_text(json.dumps({**base, **config}))
-    (folder / "config" / "multidatabackend.json").write_text(json.dumps([
-        {"id": "clips", "dataset_type": "video", "instance_data_dir": "datasets/videos", "resolution": 32,
-         "video": {"num_frames": 17}},
-        {"id": "text", "dataset_type": "text_embeds", "default": True, "cache_dir": "cache/text"},
-    ]))
-    return folder
 
 
 class ForwardSpy:

@@ -24,8 +24,8 @@ from k5tune.errors import ConfigError
 from k5tune.progress import SilentProgress
 from k5tune.train import checkpoint, objective, trainer
 from k5tune.workflow import train
-from tests.test_checkpoints import RUN, assert_same, lora
-from tests.test_training import make_project
+from tests.helpers import CHECKPOINT_RUN as RUN
+from tests.helpers import FullDisk, InfiniteGradient, assert_same, lora, make_project
 
 VALIDATE = {"validation_prompt": "a red circle", "validation_resolution": "32x48", "validation_num_video_frames": 5,
             "validation_num_inference_steps": 2}
@@ -84,16 +84,6 @@ def test_a_lora_trained_with_dropout_gives_the_same_video_twice(tmp_path, monkey
 # --- 3. non-finite gradients are not applied ---------------------------------------------------------
 
 
-class InfiniteGradient(torch.autograd.Function):
-    """The loss passes through unchanged; its gradient comes back infinite."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * float("inf")
 
 
 def with_infinite_gradient_at(calls: set[int], monkeypatch) -> None:
@@ -300,37 +290,8 @@ def test_a_cache_entry_that_goes_bad_mid_run_leaves_its_clip_out(tmp_path, monke
 # --- 7. a full disk ------------------------------------------------------------------------------------
 
 
-class FullDisk:
-    """Stands in for atomic.open_for_writing: a file whose (temporary) path contains `where`, or for which
-    `where(path)` is true, fails with ENOSPC once 64 bytes are written, as a write to a full disk does."""
-
-    def __init__(self, real, where):
-        self.real = real
-        self.matches = where if callable(where) else (lambda path: where in str(path))
-
-    def __call__(self, path: Path):
-        handle = self.real(path)
-        return _FailingWriter(handle) if self.matches(Path(path)) else handle
 
 
-class _FailingWriter:
-    def __init__(self, handle):
-        self.handle, self.written = handle, 0
-
-    def write(self, data) -> int:
-        self.written += len(data)
-        if self.written > 64:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return self.handle.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.handle.close()
 
 
 def test_a_full_disk_is_one_clear_error_and_loses_nothing(tmp_path, monkeypatch, tiny_model_dir, capsys):

@@ -6,7 +6,7 @@ import pytest
 
 from k5tune.config import load_config
 from k5tune.workflow import train
-from tests.test_training import make_project
+from tests.helpers import make_project
 
 VALIDATE = {"max_train_steps": 2, "validation_prompt": "a red circle moving to the right", "validation_steps": 1,
             "validation_resolution": "32x48", "validation_num_video_frames": 5, "validation_num_inference_steps": 2}

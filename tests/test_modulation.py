@@ -16,7 +16,7 @@ from k5tune.models.kandinsky5.modulation import (
 )
 from k5tune.train.plan import TrainingPlan
 from k5tune.train.speed import apply_speed_plan
-from tests.test_speed import _loss_and_grads
+from tests.helpers import loss_and_grads
 
 
 @pytest.mark.parametrize("fast_path", [True, False])
@@ -33,8 +33,8 @@ def test_bf16_storage_gives_the_training_step_bit_for_bit(tiny_model_dir, fast_p
     assert len(modulation_layers(stock)) == 1 + 2 + 1  # the text block, 2 visual blocks, the out layer
     assert store_modulation_in(stored, torch.bfloat16) == fp32_bytes // 2
     assert {p.dtype for layer in modulation_layers(stored) for p in layer.parameters()} == {torch.bfloat16}
-    stock_loss, stock_grads = _loss_and_grads(stock.train(), torch.bfloat16)
-    stored_loss, stored_grads = _loss_and_grads(stored.train(), torch.bfloat16)
+    stock_loss, stock_grads = loss_and_grads(stock.train(), torch.bfloat16)
+    stored_loss, stored_grads = loss_and_grads(stored.train(), torch.bfloat16)
     assert torch.equal(stored_loss, stock_loss)
     assert stock_grads.keys() == stored_grads.keys() and stock_grads
     for name in stock_grads:

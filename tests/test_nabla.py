@@ -215,7 +215,7 @@ def _dry_run(monkeypatch, capsys, folder, *extra) -> dict:
 
 def test_the_attention_follows_the_checkpoint_and_can_be_switched(tmp_path, monkeypatch, capsys, tiny_nabla_dir,
                                                                   tiny_model_dir):
-    from tests.test_training import make_project
+    from tests.helpers import make_project
 
     nabla_project = make_project(tmp_path / "nabla", tiny_nabla_dir, NABLA_RUN, datasets=NABLA_DATA)
     attention = _dry_run(monkeypatch, capsys, nabla_project)
@@ -232,7 +232,7 @@ def test_the_attention_follows_the_checkpoint_and_can_be_switched(tmp_path, monk
 
 def test_sizes_that_cannot_tile_are_refused_with_the_nearest_valid_ones(tmp_path, monkeypatch, capsys, tiny_nabla_dir):
     from k5tune.cli import main
-    from tests.test_training import make_project
+    from tests.helpers import make_project
 
     monkeypatch.chdir(make_project(tmp_path / "a", tiny_nabla_dir, {**NABLA_RUN, "validation_resolution": "480x848"},
                                    datasets=NABLA_DATA))
@@ -268,7 +268,7 @@ def test_validation_and_generate_run_the_attention_training_ran(tmp_path, monkey
     from k5tune.cli import main
     from k5tune.config import load_config
     from k5tune.workflow import train
-    from tests.test_training import make_project
+    from tests.helpers import make_project
 
     folder = make_project(tmp_path, tiny_nabla_dir, NABLA_RUN, datasets=NABLA_DATA)
     monkeypatch.chdir(folder)

@@ -10,14 +10,8 @@ from k5tune.config import load_config
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.train.offload import enable_group_offload
 from k5tune.workflow import train
-from tests.test_activation_offload import record_stashed_shapes
-from tests.test_training import lora_errors, make_project, train_lora
-
-# adam_epsilon: see tests/test_distributed.py — it keeps Adam from turning float noise in near-zero
-# gradients (the offloaded blocks sum their gradients in another order) into whole +-lr steps.
-RUN = {"max_train_steps": 3, "train_batch_size": 2, "lora_rank": 4, "checkpointing_steps": 100, "adam_epsilon": 1e-4,
-       "validation_prompt": "a red circle moving to the right", "validation_steps": 100,
-       "validation_resolution": "32x48", "validation_num_video_frames": 5, "validation_num_inference_steps": 2}
+from tests.helpers import OFFLOAD_RUN as RUN
+from tests.helpers import assert_same_training, make_project, record_stashed_shapes, train_lora
 
 
 @pytest.mark.parametrize("blocks_per_group", [1, 2])
@@ -31,8 +25,7 @@ def test_offloaded_training_gives_the_same_lora_after_3_steps(tmp_path, monkeypa
     })
     monkeypatch.chdir(offloaded)
     result = train(load_config())  # validation ran too: inference through the offloaded blocks
-    errors = lora_errors(load_file(result.lora_path), expected)
-    assert max(errors.values()) < 1e-4, errors
+    assert_same_training(load_file(result.lora_path), expected)
     assert result.videos and result.videos[-1].path.is_file()
 
 
@@ -70,8 +63,7 @@ def test_leaf_level_offload_gives_the_same_lora(tmp_path, monkeypatch, tiny_mode
         result = train(load_config())
         runs[name] = load_file(result.lora_path)
     assert result.videos and result.videos[-1].path.is_file()
-    errors = lora_errors(runs["leaf"], runs["plain"])
-    assert max(errors.values()) < 1e-3, errors
+    assert_same_training(runs["leaf"], runs["plain"])
     for key in runs["plain"]:
         assert torch.equal(runs["leaf"][key], runs["block"][key]), key
 
@@ -158,8 +150,7 @@ def test_activation_offload_gives_the_same_lora(tmp_path, monkeypatch, tiny_mode
         **RUN, "offload_activations": True, "enable_group_offload": with_weights}, monkeypatch)
     blocks = 1 + 2  # text + visual blocks of the tiny model; each forward stashes every block's input
     assert len(stashed) >= 3 * blocks
-    errors = lora_errors(got, expected)
-    assert max(errors.values()) < 1e-4, errors
+    assert_same_training(got, expected)
 
 
 def test_offload_activations_needs_gradient_checkpointing(tmp_path, monkeypatch, tiny_model_dir):

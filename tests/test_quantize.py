@@ -39,7 +39,7 @@ from k5tune.train.offload import enable_group_offload  # noqa: E402
 from k5tune.train.plan import TrainingPlan
 from k5tune.train.speed import apply_speed_plan  # noqa: E402
 from k5tune.train.step import flow_matching_step_loss  # noqa: E402
-from tests.test_speed import _loss_and_grads  # noqa: E402
+from tests.helpers import assert_same_training, loss_and_grads
 
 ALL_TARGETS = ["to_query", "to_key", "to_value", "out_layer", "feed_forward"]
 # the tiny model: 1 text block (4 attention + 2 feed-forward + 1 modulation linears), 2 visual blocks (8 + 2 + 1)
@@ -77,7 +77,7 @@ def test_block_linears_are_quantised_the_base_shrinks_and_lora_trains_over_it(ti
     assert trainable == {n for n, _ in transformer.named_parameters() if ".lora_" in n}
     params = lora_parameters(transformer)
     assert all(p.dtype == torch.float32 and not is_quantized(p) for p in params)
-    _, grads = _loss_and_grads(transformer.train(), torch.float32)
+    _, grads = loss_and_grads(transformer.train(), torch.float32)
     assert set(grads) == trainable  # only LoRA weights get gradients, every one of them
     assert all(torch.isfinite(g).all() for g in grads.values())
 
@@ -124,8 +124,8 @@ def test_fused_lora_over_a_quantised_base_matches_peft(tiny_model_dir, precision
     fast = copy.deepcopy(plain)
     apply_speed_plan(fast, TrainingPlan(checkpointing="selective", compile_kernels=False))
     plain.enable_gradient_checkpointing()
-    plain_loss, plain_grads = _loss_and_grads(plain.train(), torch.float32)
-    fast_loss, fast_grads = _loss_and_grads(fast.train(), torch.float32)
+    plain_loss, plain_grads = loss_and_grads(plain.train(), torch.float32)
+    fast_loss, fast_grads = loss_and_grads(fast.train(), torch.float32)
     torch.testing.assert_close(fast_loss, plain_loss, rtol=1e-5, atol=1e-6)
     assert plain_grads.keys() == fast_grads.keys() and len(plain_grads) == 26 * 2
     for name in plain_grads:
@@ -235,10 +235,7 @@ def test_group_offload_trains_over_an_int8_base(tiny_model_dir):
             weight = transformer.visual_transformer_blocks[0].self_attention.to_key.weight
             assert is_quantized(weight) and weight.qdata.numel() == 0 and weight.scale.numel() == 0
     expected, got = results
-    assert got.keys() == expected.keys()
-    for name in expected:
-        error = (got[name] - expected[name]).norm() / expected[name].norm().clamp(min=1e-12)
-        assert error < 1e-4, (name, error.item())
+    assert_same_training(got, expected)
 
 
 def test_missing_or_old_torchao_and_old_gpus_get_a_clear_error(tiny_model_dir, monkeypatch):
@@ -284,7 +281,7 @@ def test_k5tune_train_with_an_int8_base(tmp_path, monkeypatch, tiny_model_dir, o
     from k5tune.cache.stage import run_cache_stage
     from k5tune.config import load_config
     from k5tune.train.trainer import Trainer
-    from tests.test_training import make_project
+    from tests.helpers import make_project
 
     folder = make_project(tmp_path, tiny_model_dir, {"base_model_precision": "int8", "max_train_steps": 2,
                                                      "train_batch_size": 2, "enable_group_offload": offload})

@@ -18,8 +18,7 @@ from k5tune.train import objective
 from k5tune.train.rollout import Rollout, RolloutSettings, source_level
 from k5tune.train.step import predict_velocity
 from k5tune.workflow import train
-from tests.test_checkpoints import InterruptAt, assert_same, lora
-from tests.test_training import make_project
+from tests.helpers import InterruptAt, assert_same, lora, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +89,7 @@ def test_rollout_with_i2v_and_tread(tmp_path, monkeypatch, tiny_model_dir, tiny_
     """I2V: the image latent conditions every rollout step; TREAD: training routes, rollouts run dense
     (eval mode, as the sampler runs)."""
     from k5tune.models.kandinsky5 import tread
-    from tests.test_i2v import make_i2v_project
+    from tests.helpers import make_i2v_project
 
     routed: list[bool] = []
     real = tread._routed_forward

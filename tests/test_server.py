@@ -18,7 +18,7 @@ from k5tune.config.schema import TrainConfig
 from k5tune.data.synthetic import write_clip
 from k5tune.server.app import create_app
 from k5tune.server.auth import server_token
-from tests.test_training import make_project
+from tests.helpers import make_project
 
 # steps are ~0.1 s on the tiny model: 2000 steps outlast any test, which stops the run itself
 LONG_RUN = {"max_train_steps": 2000, "checkpointing_steps": 1000, "train_batch_size": 2}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from k5tune.data.synthetic import write_clip
-from tests.test_training import make_project
+from tests.helpers import make_project
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -13,60 +13,19 @@ from k5tune.cli import main
 from k5tune.lora.adapter import add_lora
 from k5tune.models.flavours import LITE_TRANSFORMER
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
-from k5tune.models.kandinsky5.model_input import pad_prompts
-from k5tune.runtime import Runtime
 from k5tune.train.plan import TrainingPlan
 from k5tune.train.speed import apply_speed_plan
-from k5tune.train.step import flow_matching_step_loss
-
-
-def _tiny_with_live_lora(tiny_model_dir):
-    """The tiny transformer with LoRA on attention and feed-forward, B randomised so every LoRA weight
-    gets a gradient."""
-    transformer = Kandinsky5Components(resolve_model_source("t2v-lite-sft-5s", tiny_model_dir)).transformer()
-    add_lora(transformer, 8, 16, 0.0, ["to_query", "to_key", "to_value", "out_layer", "feed_forward"], seed=0)
-    generator = torch.Generator().manual_seed(1)
-    for name, parameter in transformer.named_parameters():
-        if ".lora_B" in name:
-            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.05
-    return transformer
-
-
-def eager_and_compiled_blocks(tiny_model_dir, checkpointing: str):
-    """Two copies of `_tiny_with_live_lora`: the eager fast path, and its blocks compiled with aot_eager
-    (the graphs dynamo and AOTAutograd build for the GPU, checkpoint and selective policy inside,
-    without code generation)."""
-    eager = _tiny_with_live_lora(tiny_model_dir)
-    compiled = copy.deepcopy(eager)
-    apply_speed_plan(eager, TrainingPlan(checkpointing=checkpointing, compile_kernels=False, compile_blocks=False))
-    apply_speed_plan(compiled, TrainingPlan(checkpointing=checkpointing, compile_blocks=True, compile_backend="aot_eager"))
-    return eager, compiled
-
-
-def _loss_and_grads(transformer, dtype, route_generator: torch.Generator | None = None):
-    generator = torch.Generator().manual_seed(0)
-    latents = torch.randn(2, 3, 4, 6, 16, generator=generator)
-    text = pad_prompts([torch.randn(4, 32, generator=generator), torch.randn(7, 32, generator=generator)],
-                       [torch.randn(32, generator=generator), torch.randn(32, generator=generator)])
-    noise = torch.randn(latents.shape, generator=generator)
-    runtime = Runtime(torch.device("cpu"), dtype, dtype, dtype)
-    from k5tune.models.kandinsky5.text_mask import install_text_mask
-
-    install_text_mask(transformer)
-    loss = flow_matching_step_loss(transformer, latents, text, noise, torch.tensor([0.3, 0.8]), (32, 48), runtime,
-                                   route_generator=route_generator)
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in transformer.named_parameters() if p.grad is not None}
+from tests.helpers import eager_and_compiled_blocks, loss_and_grads, tiny_with_live_lora
 
 
 @pytest.mark.parametrize("checkpointing", ["selective", "full", "none"])
 def test_fast_path_equals_stock_forward_and_lora_gradients(tiny_model_dir, checkpointing):
-    stock = _tiny_with_live_lora(tiny_model_dir)
+    stock = tiny_with_live_lora(tiny_model_dir)
     fast = copy.deepcopy(stock)
     stock.enable_gradient_checkpointing()
     apply_speed_plan(fast, TrainingPlan(checkpointing=checkpointing, compile_kernels=False))
-    stock_loss, stock_grads = _loss_and_grads(stock.train(), torch.float32)
-    fast_loss, fast_grads = _loss_and_grads(fast.train(), torch.float32)
+    stock_loss, stock_grads = loss_and_grads(stock.train(), torch.float32)
+    fast_loss, fast_grads = loss_and_grads(fast.train(), torch.float32)
     torch.testing.assert_close(fast_loss, stock_loss, rtol=1e-5, atol=1e-6)
     assert stock_grads.keys() == fast_grads.keys() and len(stock_grads) == 26 * 2
     for name in stock_grads:
@@ -80,8 +39,8 @@ def test_compiled_blocks_equal_the_eager_fast_path(tiny_model_dir, checkpointing
     torch._dynamo.reset()  # graphs other tests compiled for the same regions would be reused
     eager, compiled = eager_and_compiled_blocks(tiny_model_dir, checkpointing)
     torch._dynamo.utils.counters.clear()
-    eager_loss, eager_grads = _loss_and_grads(eager.train(), torch.float32)
-    compiled_loss, compiled_grads = _loss_and_grads(compiled.train(), torch.float32)
+    eager_loss, eager_grads = loss_and_grads(eager.train(), torch.float32)
+    compiled_loss, compiled_grads = loss_and_grads(compiled.train(), torch.float32)
     # one graph per block kind (text, first visual block without an input gradient, the other visual
     # block): both visual blocks share a graph
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 3
@@ -97,8 +56,8 @@ def test_fast_path_in_bf16_stays_within_bf16_tolerance(tiny_model_dir):
     add_lora(stock, 8, 8, 0.0, ["to_query", "to_key", "to_value", "out_layer"], seed=0)
     fast = copy.deepcopy(stock)
     apply_speed_plan(fast, TrainingPlan(compile_kernels=False))
-    stock_loss, _ = _loss_and_grads(stock.train(), torch.bfloat16)
-    fast_loss, _ = _loss_and_grads(fast.train(), torch.bfloat16)
+    stock_loss, _ = loss_and_grads(stock.train(), torch.bfloat16)
+    fast_loss, _ = loss_and_grads(fast.train(), torch.bfloat16)
     assert abs(fast_loss.item() - stock_loss.item()) <= 1e-2 * abs(stock_loss.item())
 
 
@@ -137,3 +96,20 @@ def test_bench_rejects_bad_arguments(capsys):
     assert main(["bench", "--frames", "60"]) == 2
     assert main(["bench", "--tread", '{"routes": []}']) == 2
     assert "tread" in capsys.readouterr().err
+
+
+def test_bench_times_nabla_rollout_and_a_forward_on_cpu(tiny_model_dir, capsys):
+    """--sparse-attention nabla reports the masks' measured density; --rollout K adds K no-grad forwards per
+    sample to the step; --forward times one no-grad forward (what a rollout step or an eval level costs)."""
+    assert main(["bench", "--model", tiny_model_dir, "--resolution", "128x256", "--frames", "9", "--steps", "1",
+                 "--warmup", "0", "--sparse-attention", "nabla", "--nabla-density", "0.25", "--rollout", "2",
+                 "--forward"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    attention = printed["attention"]
+    assert attention["attention"] == "nabla" and attention["fixed_density"] == 0.25
+    assert len(attention["mask_density_by_layer"]) == 2 and 0 < attention["mask_density"] <= 1
+    assert printed["plan"]["nabla"]["fixed_density"] == 0.25
+    assert printed["rollout"]["steps"] == 2 and printed["ours_forward"]["step_s"] > 0
+    assert main(["bench", "--model", tiny_model_dir, "--resolution", "32x48", "--frames", "9", "--steps", "1",
+                 "--warmup", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["attention"] == {"attention": "dense"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import statistics
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from safetensors.torch import load_file
 
 from k5tune.cli import main
 from k5tune.config import load_config
-from k5tune.data.synthetic import write_clip, write_demo_dataset
+from k5tune.data.synthetic import write_clip
 from k5tune.lora.adapter import add_lora
 from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.models.kandinsky5.model_input import (
@@ -27,6 +26,7 @@ from k5tune.models.kandinsky5.text_mask import install_text_mask, set_text_mask
 from k5tune.train import objective
 from k5tune.validate.media import read_video_info
 from k5tune.workflow import train
+from tests.helpers import make_project
 
 # --- conventions: an oracle transformer run through the pipeline's own loop ------------------------
 
@@ -135,29 +135,10 @@ def test_padding_does_not_change_any_sample(tiny_model_dir):
 # --- end-to-end runs of `k5tune train` on the tiny model ---------------------------------------------
 
 
-def make_project(folder: Path, model_dir: str, config: dict, clips: int = 4, datasets: dict | None = None) -> Path:
-    write_demo_dataset(folder / "datasets" / "videos", n=clips, frames=24, width=64, height=48)
-    (folder / "config").mkdir(parents=True, exist_ok=True)
-    base = {"pretrained_model_name_or_path": model_dir, "report_to": "none", "output_dir": "output",
-            "learning_rate": 1e-3, "lr_warmup_steps": 0, "lora_rank": 4, "seed": 7}
-    (folder / "config" / "config.json").write_text(json.dumps({**base, **config}))
-    backend = {"id": "clips", "dataset_type": "video", "instance_data_dir": "datasets/videos", "resolution": 48,
-               "video": {"num_frames": 17}, **(datasets or {})}
-    (folder / "config" / "multidatabackend.json").write_text(json.dumps(
-        [backend, {"id": "text", "dataset_type": "text_embeds", "default": True, "cache_dir": "cache/text"}]))
-    return folder
 
 
-def train_lora(folder: Path, model_dir: str, config: dict, monkeypatch) -> dict[str, torch.Tensor]:
-    """Make a project, train it in this process and return its LoRA."""
-    monkeypatch.chdir(make_project(folder, model_dir, config))
-    return load_file(train(load_config()).lora_path)
 
 
-def lora_errors(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Relative L2 error of every LoRA tensor (the same keys are required)."""
-    assert got.keys() == expected.keys()
-    return {key: ((got[key] - expected[key]).norm() / expected[key].norm().clamp(min=1e-12)).item() for key in expected}
 
 
 def test_k5tune_train_end_to_end(tmp_path, monkeypatch, tiny_model_dir, capsys):

@@ -16,7 +16,7 @@ from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
 from k5tune.models.kandinsky5.model_input import pad_prompts, transformer_kwargs, with_conditioning_channels
 from k5tune.models.kandinsky5.tread import Route, install_tread, keep_indices, resolve_routes, set_tread_step
 from k5tune.workflow import train
-from tests.test_training import lora_errors, make_project, train_lora
+from tests.helpers import assert_same_training, make_project, train_lora
 
 
 def routes(*triples):
@@ -159,8 +159,7 @@ def test_tread_with_i2v_keeps_the_conditioning_frame_and_resumes_exactly(tmp_pat
     from safetensors.torch import load_file
 
     from k5tune.progress import SilentProgress
-    from tests.test_checkpoints import InterruptAt
-    from tests.test_i2v import make_i2v_project
+    from tests.helpers import InterruptAt, make_i2v_project
 
     routes_config = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 1}]}
     config = {"max_train_steps": 4, "checkpointing_steps": 2, "tread_config": routes_config,
@@ -197,20 +196,19 @@ def test_tread_with_group_offload_trains_like_without(tmp_path, monkeypatch, tin
     got = train_lora(tmp_path / "offloaded", tiny_model_dir, {**base, "enable_group_offload": True}, monkeypatch)
     # float-order noise only (offloaded blocks run through another checkpoint function); 1e-4 flaked
     # once in a full-suite run, as the data-parallel comparisons did before (tests/test_distributed.py)
-    errors = lora_errors(got, expected)
-    assert max(errors.values()) < 1e-3, errors
+    assert_same_training(got, expected)
 
 
 @pytest.mark.parametrize("checkpointing", ["selective", "full"])
 def test_tread_through_compiled_blocks_equals_the_eager_blocks(tiny_model_dir, checkpointing):
     # the speed issue's default on a GPU: blocks compiled whole; the routed blocks see a shorter sequence
-    from tests.test_speed import _loss_and_grads, eager_and_compiled_blocks
+    from tests.helpers import eager_and_compiled_blocks, loss_and_grads
 
     grads = []
     eager, compiled = eager_and_compiled_blocks(tiny_model_dir, checkpointing)
     for model in (eager, compiled):
         install_tread(model, [Route(0.5, 0, 1)])
-        grads.append(_loss_and_grads(model.train(), torch.float32, route_generator=torch.Generator().manual_seed(5))[1])
+        grads.append(loss_and_grads(model.train(), torch.float32, route_generator=torch.Generator().manual_seed(5))[1])
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, msg=name)

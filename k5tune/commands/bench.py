@@ -44,6 +44,18 @@ def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="activation checkpointing of our step (default selective)")
     parser.add_argument("--keep-attention-blocks", type=int,
                         help="selective checkpointing: only the first N visual blocks keep attention outputs")
+    parser.add_argument("--sparse-attention", default="auto", choices=["auto", "nabla", "dense"],
+                        help="auto: what the flavour's transformer config says (NABLA for the 10 s and Pro HD "
+                        "flavours); nabla or dense to choose (default auto)")
+    parser.add_argument("--nabla-threshold", type=float, help="NABLA's P (default: the checkpoint's, 0.9)")
+    parser.add_argument("--nabla-density", type=float,
+                        help="keep this share of key blocks per query block instead of the P threshold (random "
+                        "weights give a near-uniform attention map, where P keeps ~90%%; a trained checkpoint's "
+                        "map is peaked): times the sparse step at a chosen density")
+    parser.add_argument("--rollout", type=int, default=0, metavar="K",
+                        help="scheduled sampling's worst case: every sample rolled out K sampler steps first")
+    parser.add_argument("--forward", action="store_true",
+                        help="also time one no-grad forward (a rollout step, one eval-loss level)")
     parser.add_argument("--tread", help="TREAD routes as JSON (like tread_config): also time the routed step, "
                         "e.g. '{\"routes\": [{\"selection_ratio\": 0.5, \"start_layer_idx\": 2, \"end_layer_idx\": -2}]}'")
 
@@ -78,6 +90,27 @@ def _tread(text: str | None):
         raise ConfigError(f"not a valid tread_config: {exc.errors()[0]['msg']}", key="--tread") from None
 
 
+def _nabla(args: argparse.Namespace):
+    """The NABLA settings our step runs (None: dense), resolved as training resolves sparse_attention."""
+    import json
+
+    from k5tune.models.flavours import FLAVOURS
+    from k5tune.models.kandinsky5.nabla import NablaSettings
+
+    if args.sparse_attention == "dense":
+        return None
+    if args.model:
+        config = json.loads((Path(args.model) / "transformer" / "config.json").read_text())
+    else:
+        config = FLAVOURS[args.flavour].transformer_config
+    settings = NablaSettings.from_transformer_config(config)
+    if settings is None and args.sparse_attention == "nabla":
+        settings = NablaSettings()
+    if settings is None:
+        return None
+    return settings.with_overrides(P=args.nabla_threshold, fixed_density=args.nabla_density)
+
+
 def _plan(args: argparse.Namespace):
     """Our step's TrainingPlan from the flags (the memory and speed settings training reads from config)."""
     from k5tune.train.plan import TrainingPlan
@@ -90,7 +123,7 @@ def _plan(args: argparse.Namespace):
         offload_activations=offload if args.offload_activations is None else args.offload_activations,
         base_precision=args.base_precision, modulation_fp32=not args.modulation_bf16,
         compile_kernels=False if args.no_compile else None,
-        compile_blocks=False if args.no_compile_blocks or args.no_compile else None)
+        compile_blocks=False if args.no_compile_blocks or args.no_compile else None, nabla=_nabla(args))
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -103,7 +136,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise ConfigError(frame_count_problem(args.frames), key="--frames")
     bench = BenchConfig(flavour=args.flavour, resolution=args.resolution, frames=args.frames, rank=args.rank,
                         steps=args.steps, warmup=args.warmup, batch=args.batch, compare_stock=args.compare_stock,
-                        model=args.model, device=args.device, plan=_plan(args), tread=_tread(args.tread))
+                        model=args.model, device=args.device, plan=_plan(args), tread=_tread(args.tread),
+                        rollout_steps=args.rollout, time_forward=args.forward)
     text = format_report(run_bench(bench))
     print(text)
     if args.output:

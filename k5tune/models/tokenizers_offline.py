@@ -2,7 +2,7 @@
 
 The tiny model needs tokenizers of the real classes (so the diffusers pipeline and our encoders run
 unchanged) but no download. We train byte-level BPE with the same pre-tokenisation rules as the
-originals on a small built-in English corpus; the result is deterministic.
+originals on a small built-in English corpus; the result is deterministic (the same ids in every process).
 """
 
 from __future__ import annotations
@@ -53,7 +53,21 @@ def _train(pre_tokenizer, normalizer, specials: list[str], vocab_size: int, suff
     tokenizer.train_from_iterator(lines, trainer)
     state = json.loads(tokenizer.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
-    return state["vocab"], merges
+    return _canonical(state["vocab"], merges, specials)
+
+
+def _canonical(vocab: dict[str, int], merges: list[tuple[str, str]], specials: list[str]):
+    """The same tokens and merges in an order that does not depend on the process: the BPE trainer breaks
+    ties between equally frequent pairs in hash order, which differs from one Python process to the next
+    (PYTHONHASHSEED), so token ids and the merge order changed between processes. Merges sort by the
+    length of what they make, then its text: a merge's parts are shorter than its result, so each part's
+    own merge still comes first. Ids: the special tokens, then the base tokens by text, then the merges'
+    results in merge order."""
+    merges = sorted(merges, key=lambda pair: (len(pair[0] + pair[1]), pair[0] + pair[1], pair[0]))
+    made = [a + b for a, b in merges]
+    base = sorted(set(vocab) - set(made) - set(specials))
+    order = [*specials, *base, *dict.fromkeys(made)]
+    return {token: index for index, token in enumerate(order)}, merges
 
 
 def build_qwen_tokenizer(vocab_size: int = 640) -> Qwen2Tokenizer:

@@ -20,6 +20,7 @@ from k5tune.distributed import init_from_env
 from k5tune.errors import ConfigError, NotYetAvailable
 from k5tune.lora.convert import convert_file
 from k5tune.lora.files import LORA_WEIGHTS_NAME, save_lora
+from k5tune.models.kandinsky5 import nabla
 from k5tune.progress import Progress, SilentProgress
 from k5tune.runtime import Runtime
 from k5tune.train import checkpoint, fsdp, objective
@@ -205,6 +206,9 @@ class Trainer(CheckpointingMixin):
     def _finish(self, result: TrainResult, tracker) -> None:
         """7. A checkpoint (also on a clean stop), then the LoRA and the final validation."""
         result.steps = self.step
+        if self.attention.nabla is not None and nabla.compiled_shapes:
+            self.progress.log(f"NABLA attention compiled for {len(nabla.compiled_shapes)} shape(s) (one per bucket "
+                              "and resolution; masks change every step without recompiling)")
         result.last_checkpoint = self.save_checkpoint()
         if result.interrupted:
             return

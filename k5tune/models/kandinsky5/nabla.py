@@ -138,6 +138,7 @@ def density(mask) -> float:
 
 
 _compiled_flex = None
+compiled_shapes: set[tuple[int, ...]] = set()  # the (B, heads, S, D) shapes flex attention compiled for
 
 
 def _flex_attention():
@@ -145,6 +146,9 @@ def _flex_attention():
     if _compiled_flex is None:
         from torch.nn.attention.flex_attention import flex_attention
 
+        # one graph per shape (a bucket): masks change every step, shapes do not, so nothing recompiles
+        # within a bucket; each new bucket compiles once (counted in compiled_shapes and reported).
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
     return _compiled_flex
 
@@ -153,6 +157,7 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask)
     """Attention of (B, S, heads, D) tensors under a NABLA block mask -> (B, S, heads, D)."""
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
     if q.is_cuda:
+        compiled_shapes.add(tuple(q.shape))
         out = _flex_attention()(q, k, v, block_mask=mask)
     else:  # no FlexAttention backward on the CPU: the same mask, expanded to tokens, through SDPA
         blocks = mask.to_dense().bool()  # (B, heads, S/64, S/64)
@@ -188,6 +193,7 @@ class NablaAttnProcessor:
         self.dense = dense
         self.mask = None
         self.sharing = False
+        self.record_density = False  # benchmarks: measure each mask's density (a GPU sync)
         self.last_density: float | None = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, rotary_emb=None, sparse_params=None):
@@ -197,6 +203,8 @@ class NablaAttnProcessor:
         mask = self.mask if self.sharing and self.mask is not None else block_mask(query, key, sparse_params)
         if self.sharing:
             self.mask = mask
+        if self.record_density:
+            self.last_density = density(mask)
         out = attention(query, key, value, mask)
         return attn.out_layer(out.flatten(-2, -1))
 

@@ -1,0 +1,242 @@
+"""What several test modules share: projects on the tiny model, training runs and their LoRAs,
+comparisons, fault stand-ins. Test modules import from here, never from each other."""
+
+from __future__ import annotations
+
+import copy
+import errno
+import json
+import os
+import signal
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+import k5tune.train.activation_offload as activation_offload
+from k5tune.cli import main
+from k5tune.config import load_config
+from k5tune.data.synthetic import write_demo_dataset
+from k5tune.lora.adapter import add_lora
+from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
+from k5tune.models.kandinsky5.model_input import pad_prompts
+from k5tune.progress import SilentProgress
+from k5tune.runtime import Runtime
+from k5tune.train.plan import TrainingPlan
+from k5tune.train.speed import apply_speed_plan
+from k5tune.train.step import flow_matching_step_loss
+from k5tune.workflow import train
+
+# --- projects and runs ----------------------------------------------------------------------------------
+
+def make_project(folder: Path, model_dir: str, config: dict, clips: int = 4, datasets: dict | None = None) -> Path:
+    write_demo_dataset(folder / "datasets" / "videos", n=clips, frames=24, width=64, height=48)
+    (folder / "config").mkdir(parents=True, exist_ok=True)
+    base = {"pretrained_model_name_or_path": model_dir, "report_to": "none", "output_dir": "output",
+            "learning_rate": 1e-3, "lr_warmup_steps": 0, "lora_rank": 4, "seed": 7}
+    (folder / "config" / "config.json").write_text(json.dumps({**base, **config}))
+    backend = {"id": "clips", "dataset_type": "video", "instance_data_dir": "datasets/videos", "resolution": 48,
+               "video": {"num_frames": 17}, **(datasets or {})}
+    (folder / "config" / "multidatabackend.json").write_text(json.dumps(
+        [backend, {"id": "text", "dataset_type": "text_embeds", "default": True, "cache_dir": "cache/text"}]))
+    return folder
+
+
+def train_lora(folder: Path, model_dir: str, config: dict, monkeypatch) -> dict[str, torch.Tensor]:
+    """Make a project, train it in this process and return its LoRA."""
+    monkeypatch.chdir(make_project(folder, model_dir, config))
+    return load_file(train(load_config()).lora_path)
+
+
+def lora_errors(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Relative L2 error of every LoRA tensor (the same keys are required)."""
+    assert got.keys() == expected.keys()
+    return {key: ((got[key] - expected[key]).norm() / expected[key].norm().clamp(min=1e-12)).item() for key in expected}
+
+
+def make_i2v_project(folder: Path, model_dir: str, config: dict) -> Path:
+    write_demo_dataset(folder / "datasets" / "videos", n=2, frames=24, width=48, height=32)
+    (folder / "config").mkdir(parents=True, exist_ok=True)
+    base = {"model_flavour": "i2v-lite-5s", "pretrained_model_name_or_path": model_dir, "report_to": "none",
+            "output_dir": "output", "learning_rate": 1e-3, "lora_rank": 4, "max_train_steps": 2,
+            "validation_prompt": "a red circle moving to the right", "validation_steps": 10,
+            "validation_resolution": "32x48", "validation_num_video_frames": 17, "validation_num_inference_steps": 3}
+    (folder / "config" / "config.json").write_text(json.dumps({**base, **config}))
+    (folder / "config" / "multidatabackend.json").write_text(json.dumps([
+        {"id": "clips", "dataset_type": "video", "instance_data_dir": "datasets/videos", "resolution": 32,
+         "video": {"num_frames": 17}},
+        {"id": "text", "dataset_type": "text_embeds", "default": True, "cache_dir": "cache/text"},
+    ]))
+    return folder
+
+
+# --- checkpoints and interruptions ----------------------------------------------------------------
+
+CHECKPOINT_RUN = {"max_train_steps": 6, "train_batch_size": 1, "checkpointing_steps": 2, "checkpoints_total_limit": 10,
+       "lora_dropout": 0.1, "lr_scheduler": "cosine", "lr_warmup_steps": 1}
+
+
+class InterruptAt(SilentProgress):
+    """Sends this process SIGINT (or SIGTERM) right after optimizer step `step`, like a user pressing
+    Ctrl-C or a scheduler stopping the job."""
+
+    def __init__(self, step: int, signum: int = signal.SIGINT):
+        self.target, self.done, self.signum = step, 0, signum
+
+    def advance(self, n: int = 1, **info) -> None:
+        if "loss" not in info:  # caching progress, not a training step
+            return
+        self.done += n
+        if self.done == self.target:
+            os.kill(os.getpid(), self.signum)
+
+
+def lora(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "pytorch_lora_weights.safetensors")
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# adam_epsilon: ROUNDING_APART below — it keeps Adam from turning float noise in near-zero
+# gradients (the offloaded blocks sum their gradients in another order) into whole +-lr steps.
+OFFLOAD_RUN = {"max_train_steps": 3, "train_batch_size": 2, "lora_rank": 4, "checkpointing_steps": 100, "adam_epsilon": 1e-4,
+       "validation_prompt": "a red circle moving to the right", "validation_steps": 100,
+       "validation_resolution": "32x48", "validation_num_video_frames": 5, "validation_num_inference_steps": 2}
+
+
+# --- several processes ----------------------------------------------------------------------------------
+
+DISTRIBUTED_RUN = {"max_train_steps": 3, "lora_rank": 4, "adam_epsilon": 1e-4, "checkpointing_steps": 2, "report_to": "tensorboard",
+       "validation_prompt": "a red circle moving to the right", "validation_steps": 100,
+       "validation_resolution": "32x48", "validation_num_video_frames": 5, "validation_num_inference_steps": 2}
+
+
+def train_lora_on_two_processes(folder, model_dir: str, config: dict, monkeypatch) -> dict:
+    """Make a project and train it with `num_processes: 2` (k5tune starts them: torchrun, gloo), one
+    clip per process; returns the LoRA."""
+    monkeypatch.chdir(make_project(folder, model_dir, {**config, "train_batch_size": 1, "num_processes": 2}))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main(["train"]) == 0
+    return load_file(folder / "output" / "pytorch_lora_weights.safetensors")
+
+
+# --- faults -------------------------------------------------------------------------------------------------
+
+class InfiniteGradient(torch.autograd.Function):
+    """The loss passes through unchanged; its gradient comes back infinite."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+class _FailingWriter:
+    def __init__(self, handle):
+        self.handle, self.written = handle, 0
+
+    def write(self, data) -> int:
+        self.written += len(data)
+        if self.written > 64:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+
+
+class FullDisk:
+    """Stands in for atomic.open_for_writing: a file whose (temporary) path contains `where`, or for which
+    `where(path)` is true, fails with ENOSPC once 64 bytes are written, as a write to a full disk does."""
+
+    def __init__(self, real, where):
+        self.real = real
+        self.matches = where if callable(where) else (lambda path: where in str(path))
+
+    def __call__(self, path: Path):
+        handle = self.real(path)
+        return _FailingWriter(handle) if self.matches(Path(path)) else handle
+
+
+# --- the step on the tiny transformer -------------------------------------------------------------------
+
+def record_stashed_shapes(monkeypatch) -> list[tuple[int, ...]]:
+    """The shapes of the tensors moved to CPU memory from now on (by either offload path), in order."""
+    stashed: list[tuple[int, ...]] = []
+    original = activation_offload.StashedTensor.__init__
+
+    def counting_init(self, tensor, stream, arena=None):
+        stashed.append(tuple(tensor.shape))
+        original(self, tensor, stream, arena)
+
+    monkeypatch.setattr(activation_offload.StashedTensor, "__init__", counting_init)
+    return stashed
+
+
+def tiny_with_live_lora(tiny_model_dir):
+    """The tiny transformer with LoRA on attention and feed-forward, B randomised so every LoRA weight
+    gets a gradient."""
+    transformer = Kandinsky5Components(resolve_model_source("t2v-lite-sft-5s", tiny_model_dir)).transformer()
+    add_lora(transformer, 8, 16, 0.0, ["to_query", "to_key", "to_value", "out_layer", "feed_forward"], seed=0)
+    generator = torch.Generator().manual_seed(1)
+    for name, parameter in transformer.named_parameters():
+        if ".lora_B" in name:
+            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.05
+    return transformer
+
+
+def loss_and_grads(transformer, dtype, route_generator: torch.Generator | None = None):
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 3, 4, 6, 16, generator=generator)
+    text = pad_prompts([torch.randn(4, 32, generator=generator), torch.randn(7, 32, generator=generator)],
+                       [torch.randn(32, generator=generator), torch.randn(32, generator=generator)])
+    noise = torch.randn(latents.shape, generator=generator)
+    runtime = Runtime(torch.device("cpu"), dtype, dtype, dtype)
+    from k5tune.models.kandinsky5.text_mask import install_text_mask
+
+    install_text_mask(transformer)
+    loss = flow_matching_step_loss(transformer, latents, text, noise, torch.tensor([0.3, 0.8]), (32, 48), runtime,
+                                   route_generator=route_generator)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in transformer.named_parameters() if p.grad is not None}
+
+
+def eager_and_compiled_blocks(tiny_model_dir, checkpointing: str):
+    """Two copies of `tiny_with_live_lora`: the eager fast path, and its blocks compiled with aot_eager
+    (the graphs dynamo and AOTAutograd build for the GPU, checkpoint and selective policy inside,
+    without code generation)."""
+    eager = tiny_with_live_lora(tiny_model_dir)
+    compiled = copy.deepcopy(eager)
+    apply_speed_plan(eager, TrainingPlan(checkpointing=checkpointing, compile_kernels=False, compile_blocks=False))
+    apply_speed_plan(compiled, TrainingPlan(checkpointing=checkpointing, compile_blocks=True, compile_backend="aot_eager"))
+    return eager, compiled
+
+
+# Two trainings that do the same maths in another order (offloaded blocks, two processes, a quantised
+# base moved between devices) are fp32 rounding apart at each step (~1e-7 relative; on the CPU even the
+# memory alignment of a weight picks another BLAS kernel and summation order). Three AdamW steps scale
+# each gradient element by 1/sqrt(v): elements whose gradient is near zero turn their rounding noise
+# into visible steps, damped by adam_epsilon 1e-4 in these runs. Measured over repeated full-suite runs,
+# such pairs reached 1.1e-4 (offload) and 4.2e-4 (two processes) relative L2; a real difference in the
+# maths (a lost gradient, a wrong mask, a skipped step) gives 1e-2 or more. The bound sits between.
+ROUNDING_APART = 1e-3
+
+
+def assert_same_training(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                         bound: float = ROUNDING_APART) -> None:
+    """The LoRA of a training that does the same maths in another order (see ROUNDING_APART)."""
+    errors = lora_errors(got, expected)
+    assert max(errors.values()) < bound, errors
