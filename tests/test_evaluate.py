@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 import torch
@@ -88,3 +89,44 @@ def test_the_eval_loss_is_the_same_measurement_every_time(tmp_path, tiny_model_d
     assert not torch.equal(first, other_seed.losses(transformer, Runtime.detect("no", "cpu")))
     shares = [evaluator.losses(transformer, Runtime.detect("no", "cpu"), (rank, 2)) for rank in (0, 1)]
     torch.testing.assert_close(shares[0] + shares[1], first)  # two processes split the clips, sum to the whole
+
+
+@pytest.mark.slow
+def test_overfitting_shows_as_an_eval_loss_that_turns_up(tmp_path, capsys):
+    """One clip (a shape moving right) trained long at a high rate; held out: clips under the same caption
+    whose shapes move down. Memorising the one clip first helps them (what all the clips share), then
+    hurts: the eval loss turns up while the training loss keeps falling, and the summary names the step
+    of the lowest eval loss and the checkpoint nearest it. (The tiny VAE is rescaled as `k5tune probe`
+    rescales it, so that its latents carry the clip.)"""
+    from k5tune.models.tiny import make_tiny_model
+    from k5tune.probe import make_latents_carry_the_clip, write_motion_clips
+
+    model = make_tiny_model(tmp_path / "model")
+    make_latents_carry_the_clip(model)
+    write_motion_clips(tmp_path / "clips" / "train", "right", 1)
+    write_motion_clips(tmp_path / "clips" / "held-out", "down", 3, offset=8)
+    (tmp_path / "config").mkdir()
+    config = {"pretrained_model_name_or_path": str(model), "output_dir": "output", "report_to": "none",
+              "max_train_steps": 120, "learning_rate": 1e-2, "lr_warmup_steps": 0, "lora_rank": 16, "seed": 0,
+              "lora_target_modules": ["to_query", "to_key", "to_value", "out_layer", "feed_forward"],
+              "eval_steps": 10, "eval_noise_levels": 4, "checkpointing_steps": 20, "checkpoints_total_limit": 10}
+    backends = [{"id": "train", "dataset_type": "video", "instance_data_dir": "clips/train", "resolution": 48,
+                 "video": {"num_frames": 17}},
+                {"id": "held-out", "dataset_type": "video", "instance_data_dir": "clips/held-out", "eval": True,
+                 "resolution": 48, "video": {"num_frames": 17}},
+                {"id": "text", "dataset_type": "text_embeds", "default": True, "cache_dir": "cache/text"}]
+    (tmp_path / "config" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "config" / "multidatabackend.json").write_text(json.dumps(backends))
+    os.chdir(tmp_path)
+    result = train(load_config())
+    rows = list(csv.DictReader((result.output_dir / "metrics.csv").open()))
+    losses = [float(r["loss"]) for r in rows]
+    evals = {int(r["step"]): float(r["eval_loss"]) for r in rows if r["eval_loss"]}
+    best_step, best = min(evals.items(), key=lambda item: item[1])
+    assert result.best_eval == (best_step, pytest.approx(best))
+    assert best_step < 80 and evals[120] > best * 1.05  # it turned up, clearly
+    around_best = losses[max(0, best_step - 10):best_step + 10]
+    assert sum(losses[-20:]) / 20 < sum(around_best) / len(around_best) * 0.95  # training kept falling past it
+    nearest = min(range(20, 121, 20), key=lambda step: (abs(step - best_step), step))
+    assert result.closest_checkpoint.name == f"checkpoint-{nearest}"
+    assert f"lowest at step {best_step}" in capsys.readouterr().out
