@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from k5tune.estimate import (
     weight_count,
 )
 from k5tune.estimate.check import CHECKS, Source, check_report, measured_gib, measured_rows, shipped_example
+from k5tune.estimate.search import LITE_PRESETS, card_presets, pro_presets
 from k5tune.train.plan import TrainingPlan
 
 LITE, PRO = "t2v-lite-sft-5s", "t2v-pro-sft-5s-hd"
@@ -291,3 +293,31 @@ def test_estimate_check_prints_the_table(capsys):
     figures = sum(c.role != "bound" for c in CHECKS)
     assert f"{figures} of {figures} figures within 15%" in out
     assert check_report() in out
+
+
+# The wizard's presets are the recommender's plans, named for a card class (estimate/search.py).
+CARD_CLASSES = [(LITE, 5.5, 1, "up-to-12gb"), (LITE, 13, 1, "16gb"), (LITE, 18, 1, "24-32gb"), (LITE, 38, 1, "40-48gb"),
+                (LITE, 70, 1, "80gb"), (PRO, 13, 1, "pro-group-offload"), (PRO, 42, 2, "pro-fsdp2"),
+                (PRO, 47, 1, "pro-48gb"), (PRO, 70, 1, "pro-80gb")]
+
+
+@pytest.mark.parametrize(("flavour", "gpu", "processes", "expected"), CARD_CLASSES,
+                         ids=[f"{c[0]}-{c[1]}x{c[2]}" for c in CARD_CLASSES])
+def test_the_recommended_preset_fits_the_smallest_card_of_its_class(flavour, gpu, processes, expected):
+    presets, recommended = card_presets(flavour, gpu, processes)
+    assert recommended == expected
+    preset = next(p for p in presets if p.name == recommended)
+    shape = TrainingShape()
+    assert training_peak_gib(flavour, shape, preset.plan) + 1 <= gpu
+    caching = caching_estimate(shape, preset.offload_during_startup, preset.vae == "patch_conv", preset.vae == "tiling",
+                               gpu)
+    assert caching.peak_gib + 1 <= gpu
+
+
+@pytest.mark.parametrize("preset", [*LITE_PRESETS, *pro_presets(43, 2), *pro_presets(47.5, 2)],
+                         ids=lambda p: f"{p.name}-{p.plan.offload_activations}")
+def test_a_presets_config_keys_select_its_plan(preset):
+    processes = preset.plan.fsdp_processes
+    loaded = shipped_example(**preset.settings, num_processes=processes)
+    assert plan_from_config(loaded.train, processes) == replace(
+        preset.plan, modulation_fp32=False, attention=loaded.train.attention_backend)
