@@ -321,3 +321,16 @@ def test_a_presets_config_keys_select_its_plan(preset):
     loaded = shipped_example(**preset.settings, num_processes=processes)
     assert plan_from_config(loaded.train, processes) == replace(
         preset.plan, modulation_fp32=False, attention=loaded.train.attention_backend)
+
+
+def test_the_shipped_measurements_are_the_rows_of_the_results_files():
+    """measurements.json (what `estimate --check` reads, installed wheels included) is a copy of the JSON
+    rows of the benchmarks/results files the checks name; compared wherever a source checkout has them."""
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    if not results.is_dir():
+        pytest.skip("no benchmarks/results here")
+    for file in {c.source.file for c in CHECKS}:
+        text = (results / file).read_text()
+        rows = ([json.loads(line) for line in text.splitlines() if line.startswith("{")] if file.endswith(".jsonl")
+                else [json.loads(text)])
+        assert measured_rows(file) == rows, file

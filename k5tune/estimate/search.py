@@ -25,7 +25,8 @@ from k5tune.train.plan import TrainingPlan
 
 # the plan's memory choices a candidate makes; every other field (TREAD, modulation, kernels, attention) is the user's
 _MEMORY_FIELDS = ("checkpointing", "keep_attention_blocks", "group_offload_blocks", "group_offload_stream",
-                  "group_offload_leaf", "offload_activations", "base_precision", "fsdp_processes", "fsdp_reshard")
+                  "group_offload_leaf", "offload_activations", "base_precision", "fsdp_processes", "fsdp_reshard",
+                  "fsdp_asked")
 
 
 def _option(user: TrainingPlan, checkpointing: str, **memory: Any) -> TrainingPlan:
@@ -61,7 +62,7 @@ def candidate_settings(processes: int = 1, user: TrainingPlan | None = None) -> 
         ("full", {"base_precision": "int8", "group_offload_stream": False, **group}),
     ]
     if processes > 1:
-        options += [(policy, {"fsdp_processes": processes}) for policy in ("selective", "full")]
+        options += [(policy, {"fsdp_processes": processes, "fsdp_asked": True}) for policy in ("selective", "full")]
     return [_option(user, policy, **memory) for policy, memory in options]
 
 
@@ -219,7 +220,7 @@ def pro_presets(total_gib: float, processes: int) -> list[MemoryPreset]:
         "in pinned CPU memory",
     )]
     if processes > 1:
-        fsdp = TrainingPlan("full", fsdp_processes=processes,
+        fsdp = TrainingPlan("full", fsdp_processes=processes, fsdp_asked=True,
                             offload_activations=total_gib < PRO_FSDP_OFFLOAD_BELOW_GIB)
         presets.append(MemoryPreset(
             "pro-fsdp2", f"Pro sharded over the {processes} GPUs (FSDP2)", fsdp,
