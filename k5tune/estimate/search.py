@@ -107,7 +107,6 @@ def config_advice(proposed: TrainingPlan, current: TrainingPlan | None) -> str:
     return "config.json: " + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in changed.items())
 
 
-
 # --- the wizard's presets: the same plans, named for a card class, with the caching settings it needs ---
 
 _GROUP = {"group_offload_blocks": 1, "offload_activations": True}  # 1 block/group + stream (+ activation offload)

@@ -120,7 +120,6 @@ def survey_folder(folder: Path) -> FolderSurvey:
     return survey
 
 
-
 def validate_together(config: dict[str, Any], datasets: list[dict[str, Any]], config_path: Path,
                       datasets_path: Path) -> LoadedConfig:
     """Run both files through load_config (written to a temporary folder) before the real write."""
@@ -137,7 +136,6 @@ def validate_together(config: dict[str, Any], datasets: list[dict[str, Any]], co
     loaded.train.data_backend_config = config["data_backend_config"]
     loaded.config_path, loaded.dataset_path = config_path, datasets_path
     return loaded
-
 
 
 class Answers(Prompter):

@@ -102,7 +102,6 @@ class Wizard(Questions, MemoryQuestions):
                     f"resolution {video['resolution']}, {video['video']['num_frames']} frames at "
                     f"{show(video['video'].get('frame_rate'))} fps")
 
-
     def _write(self) -> None:
         write_files(self.io.say, self.config_path, self.config, self.datasets_path, self.datasets,
                     self.folders_to_create, self.existing.damaged)
@@ -114,7 +113,6 @@ class Wizard(Questions, MemoryQuestions):
         self.io.say("next:")
         self.io.say(f"  k5tune train --dry-run{flag}   # check both files, print the resolved settings")
         self.io.say(f"  k5tune train{flag}             # cache, train, validate, save")
-
 
 
 def run_wizard(terminal: Terminal, config_path: str | Path, datasets_path: str | Path | None = None,

@@ -16,11 +16,11 @@ from k5tune.estimate.search import (
     MemoryPreset,
     card_presets,
 )
+from k5tune.estimate.weights import GIB
 from k5tune.models.flavours import DEFAULT_FLAVOUR, FLAVOURS
 from k5tune.wizard.answers import Answers
 from k5tune.wizard.terminal import BadAnswer, show
 
-GIB = 2**30
 KEEP_PRESET = "keep"
 
 
@@ -42,7 +42,6 @@ def detect_gpu() -> GpuInfo | None:
         return GpuInfo(torch.cuda.get_device_properties(0).name, total / GIB, torch.cuda.device_count())
     except Exception:  # a broken driver must not stop the wizard: it asks for the memory instead
         return None
-
 
 
 class MemoryQuestions(Answers):

@@ -150,7 +150,6 @@ class Questions(Answers):
             self.io.say(f"  note: {frames} frames at {show(fps)} fps is {frames / float(fps):.1f} s, longer than "
                         f"the ~{flavour.clip_seconds} s clips {flavour.name} was trained for")
 
-
     def ask_validation(self) -> None:
         default = self.config.get("validation_prompt")
         if not self.existing.config_found or "validation_prompt" not in self.config:

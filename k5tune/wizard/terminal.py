@@ -67,14 +67,12 @@ class DefaultsTerminal:
         self._say(text)
 
 
-
 def show(value: Any) -> str:
     if value is None:
         return "none"
     if isinstance(value, str):
         return value
     return json.dumps(value)
-
 
 
 class Prompter:
