@@ -26,9 +26,9 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("cache", {"k5tune.cache"}),
     ("validate", {"k5tune.validate"}),
     ("train", {"k5tune.train"}),
-    ("applications", {"k5tune.workflow", "k5tune.estimate", "k5tune.estimate_check", "k5tune.bench",
+    ("applications", {"k5tune.workflow", "k5tune.estimate", "k5tune.bench",
                       "k5tune.generate", "k5tune.probe"}),
-    ("wizard", {"k5tune.configure", "k5tune.wizard"}),
+    ("wizard", {"k5tune.wizard"}),
     ("server", {"k5tune.server"}),
     ("commands", {"k5tune.demo", "k5tune.commands", "k5tune.cli"}),
 ]

@@ -17,8 +17,8 @@ import pytest
 
 from k5tune.cli import main
 from k5tune.config import load_config
-from k5tune.configure import Aborted, DefaultsTerminal, GpuInfo, run_wizard
 from k5tune.errors import ConfigError
+from k5tune.wizard import Aborted, DefaultsTerminal, GpuInfo, run_wizard
 
 # The questions in order (fragment of the prompt each one shows); optional ones are marked below.
 STEPS = [

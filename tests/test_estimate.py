@@ -1,9 +1,11 @@
-"""`k5tune estimate`: predictions against the GPU figures measured on H100s (benchmarks/results)."""
+"""`k5tune estimate`: predictions against the GPU figures measured on H100s (benchmarks/results, shipped as
+k5tune/estimate/measurements.json)."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,26 +13,28 @@ import pytest
 from k5tune.cli import main
 from k5tune.estimate import (
     GIB,
-    TrainingSettings,
     TrainingShape,
     caching_estimate,
     candidate_settings,
     config_advice,
     encoder_weight_gib,
+    estimate_problem,
     pinned_cpu_gib,
+    plan_from_config,
     propose,
-    settings_from_config,
     training_peak_gib,
     training_terms,
     vae_encode_peak_gib,
     weight_count,
 )
-from k5tune.estimate_check import CHECKS, RESULTS, Source, check_report, measured_gib, shipped_example
+from k5tune.estimate.check import CHECKS, Source, check_report, measured_gib, measured_rows, shipped_example
+from k5tune.estimate.search import LITE_PRESETS, card_presets, pro_presets
+from k5tune.train.plan import TrainingPlan
 
 LITE, PRO = "t2v-lite-sft-5s", "t2v-pro-sft-5s-hd"
 
 
-# The table of every measured peak (k5tune/estimate_check.py: each row names the results file, the JSON
+# The table of every measured peak (k5tune/estimate/check.py: each row names the results file, the JSON
 # row and the value it reads). Two rows fitted a constant and agree by construction: "Lite, full
 # checkpointing" (run 3) fitted TRANSIENT_PER_TOKEN_DIM and "Lite, activation offload alone" (run 12)
 # fitted ACTIVATION_OFFLOAD_RESIDUE; the VAE rows are the anchors of the VAE scaling. All other rows are
@@ -65,7 +69,7 @@ def test_a_source_must_pick_exactly_one_row():
 def test_quantised_weights_are_counted_to_the_byte(flavour, precision):
     """The meta-device count (quantize.py's layer selection, 1 byte per element + the per-row scale)
     equals the weights of the quantised model measured on the GPU (run 15)."""
-    rows = [json.loads(line) for line in (RESULTS / "2026-11-27-h100-run15" / "bench.jsonl").read_text().splitlines()]
+    rows = measured_rows("2026-11-27-h100-run15/bench.jsonl")
     row = next(r for r in rows if r["flavour"] == flavour and r["base_precision"]["precision"] == precision)
     assert abs(weight_count(flavour, precision).total - row["base_precision"]["transformer_weights_gib"] * GIB) < 1024
     bf16 = weight_count(flavour)
@@ -81,7 +85,7 @@ def test_modulation_in_bf16_halves_its_bytes():
 
 
 def test_vae_anchor_run_agrees_with_the_counted_weights_and_clip():
-    header = json.loads((RESULTS / "2026-11-27-h100-run11" / "vae.jsonl").read_text().splitlines()[0])
+    header = measured_rows("2026-11-27-h100-run11/vae.jsonl")[0]
     clip = 61 * 512 * 768 * 3 * 2 / 2**30
     assert abs(encoder_weight_gib()["vae"] + clip - header["weights_and_clip_gib"]) < 0.02
 
@@ -106,22 +110,22 @@ def test_more_memory_saving_settings_predict_less():
     shape = TrainingShape()
     for flavour in (LITE, PRO):
         peaks = [training_peak_gib(flavour, shape, s) for s in (
-            TrainingSettings("selective"), TrainingSettings("selective", base_precision="int8"),
-            TrainingSettings("full", base_precision="int8"), TrainingSettings("full", base_precision="int8",
+            TrainingPlan("selective"), TrainingPlan("selective", base_precision="int8"),
+            TrainingPlan("full", base_precision="int8"), TrainingPlan("full", base_precision="int8",
                                                                               offload_activations=True),
-            TrainingSettings("full", base_precision="int8", offload_activations=True, group_offload_blocks=1))]
+            TrainingPlan("full", base_precision="int8", offload_activations=True, group_offload_blocks=1))]
         assert peaks == sorted(peaks, reverse=True)
     # FSDP2 shards weights and LoRA state: more processes, less per GPU
-    fsdp = [training_peak_gib(PRO, shape, TrainingSettings("full", fsdp_processes=n)) for n in (2, 4, 8)]
-    assert fsdp == sorted(fsdp, reverse=True) and fsdp[0] < training_peak_gib(PRO, shape, TrainingSettings("full"))
+    fsdp = [training_peak_gib(PRO, shape, TrainingPlan("full", fsdp_processes=n)) for n in (2, 4, 8)]
+    assert fsdp == sorted(fsdp, reverse=True) and fsdp[0] < training_peak_gib(PRO, shape, TrainingPlan("full"))
 
 
 def test_offloaded_eager_blocks_recompute_fully_whatever_the_policy():
     shape = TrainingShape()
-    for selective in (TrainingSettings("selective", offload_activations=True, eager_blocks=True),
-                      TrainingSettings("selective", group_offload_blocks=1),
-                      TrainingSettings("selective", offload_activations=True, base_precision="int8")):
-        assert selective.recomputes_fully
+    for selective in (TrainingPlan("selective", offload_activations=True, fused_kernels=False),
+                      TrainingPlan("selective", group_offload_blocks=1),
+                      TrainingPlan("selective", offload_activations=True, base_precision="int8")):
+        assert selective.recomputes_fully()
         assert training_terms(LITE, shape, selective)["kept attention"] == 0
         assert training_peak_gib(LITE, shape, selective) == training_peak_gib(LITE, shape, selective.effective())
         assert selective.effective().checkpointing == "full"
@@ -129,64 +133,64 @@ def test_offloaded_eager_blocks_recompute_fully_whatever_the_policy():
 
 def test_compiled_blocks_keep_their_policy_and_offload_what_they_save():
     shape = TrainingShape()
-    moved = TrainingSettings("selective", offload_activations=True)
-    assert not moved.recomputes_fully and moved.offloads_saved_tensors and moved.effective() == moved
-    terms, kept = training_terms(LITE, shape, moved), training_terms(LITE, shape, TrainingSettings("selective"))
+    moved = TrainingPlan("selective", offload_activations=True)
+    assert not moved.recomputes_fully() and moved.offloads_through_hooks(True) and moved.effective() == moved
+    terms, kept = training_terms(LITE, shape, moved), training_terms(LITE, shape, TrainingPlan("selective"))
     assert terms["kept attention"] == 0 < kept["kept attention"]
     assert terms["block inputs"] < kept["block inputs"]
     # the kept attention waits in pinned memory beside the inputs: twice the inputs alone
-    inputs = pinned_cpu_gib(LITE, shape, TrainingSettings("full", offload_activations=True))
+    inputs = pinned_cpu_gib(LITE, shape, TrainingPlan("full", offload_activations=True))
     assert pinned_cpu_gib(LITE, shape, moved) == 2 * inputs
 
 
 def test_pinned_cpu_memory():
     shape = TrainingShape()
-    assert pinned_cpu_gib(PRO, shape, TrainingSettings("full")) == 0
+    assert pinned_cpu_gib(PRO, shape, TrainingPlan("full")) == 0
     # group offload packs the block weights' home copies into 1 GiB slabs, first fit: at most a slab more
     # than they weigh (one weight per pinned request would be rounded up to a power of two: 39.3 GiB)
     weights = weight_count(PRO, modulation_fp32=False)
-    pinned = pinned_cpu_gib(PRO, shape, TrainingSettings("full", group_offload_blocks=1))
+    pinned = pinned_cpu_gib(PRO, shape, TrainingPlan("full", group_offload_blocks=1))
     assert pinned == weights.blocks_pinned / GIB and weights.blocks / GIB < pinned <= math.ceil(weights.blocks / GIB) + 1
     # offloaded activations sit in 1 GiB slabs: one bf16 hidden state per visual block (192 MiB, 5 a slab)
-    assert pinned_cpu_gib(PRO, shape, TrainingSettings("full", offload_activations=True)) == 12  # 60 / 5 slabs
+    assert pinned_cpu_gib(PRO, shape, TrainingPlan("full", offload_activations=True)) == 12  # 60 / 5 slabs
     # compiled selective blocks also move the attention they keep: twice as many
-    assert pinned_cpu_gib(PRO, shape, TrainingSettings("selective", offload_activations=True)) == 24
-    assert pinned_cpu_gib(LITE, shape, TrainingSettings("selective", offload_activations=True)) == 6  # 64 / 12
+    assert pinned_cpu_gib(PRO, shape, TrainingPlan("selective", offload_activations=True)) == 24
+    assert pinned_cpu_gib(LITE, shape, TrainingPlan("selective", offload_activations=True)) == 6  # 64 / 12
 
 
 def test_combinations_that_cannot_train_are_refused():
-    for settings in (TrainingSettings("full", fsdp_processes=2, group_offload_blocks=1),
-                     TrainingSettings("full", fsdp_processes=2, base_precision="int8"),
-                     TrainingSettings("none")):
-        assert settings.problem()
+    for settings in (TrainingPlan("full", fsdp_processes=2, group_offload_blocks=1),
+                     TrainingPlan("full", fsdp_processes=2, base_precision="int8"),
+                     TrainingPlan("none")):
+        assert estimate_problem(settings)
         with pytest.raises(ValueError):
             training_peak_gib(LITE, TrainingShape(), settings)
-    assert all(s.problem() is None for s in candidate_settings(processes=4))
+    assert all(estimate_problem(s) is None for s in candidate_settings(processes=4))
 
 
 def test_candidates_start_with_the_fastest():
     options = candidate_settings()
-    assert options[0] == TrainingSettings("selective")
-    assert options[1] == TrainingSettings("selective", offload_activations=True)  # as fast, ~5 GiB less (Lite)
-    assert options[2] == TrainingSettings("selective", base_precision="int8")  # ~ as fast, 2.3 GiB less (Lite)
+    assert options[0] == TrainingPlan("selective")
+    assert options[1] == TrainingPlan("selective", offload_activations=True)  # as fast, ~5 GiB less (Lite)
+    assert options[2] == TrainingPlan("selective", base_precision="int8")  # ~ as fast, 2.3 GiB less (Lite)
     assert all(s.fsdp_processes == 1 for s in options)
     assert [s.fsdp_processes for s in candidate_settings(2)][-2:] == [2, 2]  # FSDP2 measured slowest: last
     route = ((0.5, 2, 30),)  # the config's TREAD stays in every option
-    assert all(s.tread == route for s in candidate_settings(2, TrainingSettings(tread=route)))
-    assert (propose(LITE, TrainingShape(), 12, user=TrainingSettings(tread=route)).settings
-            == TrainingSettings("selective", tread=route))
+    assert all(s.tread == route for s in candidate_settings(2, TrainingPlan(tread=route)))
+    assert (propose(LITE, TrainingShape(), 12, user=TrainingPlan(tread=route)).settings
+            == TrainingPlan("selective", tread=route))
     # fused_kernels false: blocks run eagerly, so activation offload recomputes them whole (7.5 GiB, not 7.1)
-    eager = candidate_settings(user=TrainingSettings(eager_blocks=True))
-    assert all(s.eager_blocks for s in eager) and eager[1].recomputes_fully and not options[1].recomputes_fully
+    eager = candidate_settings(user=TrainingPlan(fused_kernels=False))
+    assert all(not s.fused_kernels for s in eager) and eager[1].recomputes_fully() and not options[1].recomputes_fully()
 
 
 @pytest.mark.parametrize(("flavour", "gpu", "expected"), [
-    (LITE, 24, TrainingSettings("selective")),
-    (LITE, 12, TrainingSettings("selective", offload_activations=True)),  # 7.1 GiB at the default's speed
-    (LITE, 8, TrainingSettings("full", group_offload_blocks=1, offload_activations=True)),
-    (PRO, 80, TrainingSettings("selective")),
-    (PRO, 48, TrainingSettings("selective", offload_activations=True)),  # 45.2 GiB (45.09 measured), 7.69 s
-    (PRO, 24, TrainingSettings("full", group_offload_blocks=1, offload_activations=True)),
+    (LITE, 24, TrainingPlan("selective")),
+    (LITE, 12, TrainingPlan("selective", offload_activations=True)),  # 7.1 GiB at the default's speed
+    (LITE, 8, TrainingPlan("full", group_offload_blocks=1, offload_activations=True)),
+    (PRO, 80, TrainingPlan("selective")),
+    (PRO, 48, TrainingPlan("selective", offload_activations=True)),  # 45.2 GiB (45.09 measured), 7.69 s
+    (PRO, 24, TrainingPlan("full", group_offload_blocks=1, offload_activations=True)),
 ])
 def test_proposals(flavour, gpu, expected):
     shape = TrainingShape()
@@ -197,40 +201,40 @@ def test_proposals(flavour, gpu, expected):
 def test_proposals_without_pinned_memory_and_when_nothing_fits():
     # Pro on 48 GiB without pinned CPU memory: the int8 base with full checkpointing
     alternative = propose(PRO, TrainingShape(), 48, smaller_shapes=False, max_pinned_gib=0)
-    assert alternative.settings == TrainingSettings("full", base_precision="int8")
+    assert alternative.settings == TrainingPlan("full", base_precision="int8")
     assert propose(PRO, TrainingShape(), 4) is None
     smaller = propose(LITE, TrainingShape(), 4)  # not even int8 + group offload at 512x768x61: a smaller clip
     assert smaller.shape.tokens < TrainingShape().tokens
 
 
 def test_config_advice_names_the_keys_to_paste():
-    current = TrainingSettings("selective")
-    assert config_advice(TrainingSettings("selective"), current) == "config.json as it is"
-    advice = config_advice(TrainingSettings("full", group_offload_blocks=1, offload_activations=True), current)
+    current = TrainingPlan("selective")
+    assert config_advice(TrainingPlan("selective"), current) == "config.json as it is"
+    advice = config_advice(TrainingPlan("full", group_offload_blocks=1, offload_activations=True), current)
     assert advice == ('config.json: "enable_group_offload": true, "group_offload_blocks_per_group": 1, '
                       '"group_offload_use_stream": true, "offload_activations": true')
-    back = config_advice(TrainingSettings("full"), TrainingSettings("selective", group_offload_blocks=1,
+    back = config_advice(TrainingPlan("full"), TrainingPlan("selective", group_offload_blocks=1,
                                                                     offload_activations=True))
     assert back == ('config.json: "gradient_checkpointing_policy": "full", "enable_group_offload": false, '
                     '"offload_activations": false')
 
 
-def test_settings_from_config_read_every_memory_key():
+def test_plan_from_config_read_every_memory_key():
     cfg = shipped_example(base_model_precision="fp8", enable_group_offload=True, group_offload_blocks_per_group=2,
                           group_offload_use_stream=True, gradient_checkpointing_policy="full").train
-    assert settings_from_config(cfg) == TrainingSettings("full", group_offload_blocks=2, offload_stream=True,
+    assert plan_from_config(cfg) == TrainingPlan("full", group_offload_blocks=2, group_offload_stream=True,
                                                          offload_activations=True, base_precision="fp8",
                                                          modulation_fp32=False)
-    assert settings_from_config(shipped_example(modulation_precision="fp32").train).modulation_fp32
+    assert plan_from_config(shipped_example(modulation_precision="fp32").train).modulation_fp32
     cfg = shipped_example(enable_group_offload=True, offload_activations=False).train
-    assert not settings_from_config(cfg).offload_activations
+    assert not plan_from_config(cfg).offload_activations
     cfg = shipped_example(fsdp_enable=True, num_processes=4, gradient_checkpointing_policy="full").train
-    assert settings_from_config(cfg).fsdp_processes == 4
-    assert settings_from_config(cfg, processes=1).fsdp_processes == 1  # one process trains unsharded
+    assert plan_from_config(cfg).fsdp_processes == 4
+    assert plan_from_config(cfg, processes=1).fsdp_processes == 1  # one process trains unsharded
     cfg = shipped_example(tread_config={"routes": [{"selection_ratio": 0.5, "start_layer_idx": 2,
                                                     "end_layer_idx": -2}]}).train
-    assert settings_from_config(cfg).tread == ((0.5, 2, 30),)  # end inclusive
-    assert settings_from_config(shipped_example(gradient_checkpointing=False).train).checkpointing == "none"
+    assert plan_from_config(cfg).tread == ((0.5, 2, 30),)  # end inclusive
+    assert plan_from_config(shipped_example(gradient_checkpointing=False).train).checkpointing == "none"
 
 
 def write_config(folder: Path, **config) -> None:
@@ -289,3 +293,44 @@ def test_estimate_check_prints_the_table(capsys):
     figures = sum(c.role != "bound" for c in CHECKS)
     assert f"{figures} of {figures} figures within 15%" in out
     assert check_report() in out
+
+
+# The wizard's presets are the recommender's plans, named for a card class (estimate/search.py).
+CARD_CLASSES = [(LITE, 5.5, 1, "up-to-12gb"), (LITE, 13, 1, "16gb"), (LITE, 18, 1, "24-32gb"), (LITE, 38, 1, "40-48gb"),
+                (LITE, 70, 1, "80gb"), (PRO, 13, 1, "pro-group-offload"), (PRO, 42, 2, "pro-fsdp2"),
+                (PRO, 47, 1, "pro-48gb"), (PRO, 70, 1, "pro-80gb")]
+
+
+@pytest.mark.parametrize(("flavour", "gpu", "processes", "expected"), CARD_CLASSES,
+                         ids=[f"{c[0]}-{c[1]}x{c[2]}" for c in CARD_CLASSES])
+def test_the_recommended_preset_fits_the_smallest_card_of_its_class(flavour, gpu, processes, expected):
+    presets, recommended = card_presets(flavour, gpu, processes)
+    assert recommended == expected
+    preset = next(p for p in presets if p.name == recommended)
+    shape = TrainingShape()
+    assert training_peak_gib(flavour, shape, preset.plan) + 1 <= gpu
+    caching = caching_estimate(shape, preset.offload_during_startup, preset.vae == "patch_conv", preset.vae == "tiling",
+                               gpu)
+    assert caching.peak_gib + 1 <= gpu
+
+
+@pytest.mark.parametrize("preset", [*LITE_PRESETS, *pro_presets(43, 2), *pro_presets(47.5, 2)],
+                         ids=lambda p: f"{p.name}-{p.plan.offload_activations}")
+def test_a_presets_config_keys_select_its_plan(preset):
+    processes = preset.plan.fsdp_processes
+    loaded = shipped_example(**preset.settings, num_processes=processes)
+    assert plan_from_config(loaded.train, processes) == replace(
+        preset.plan, modulation_fp32=False, attention=loaded.train.attention_backend)
+
+
+def test_the_shipped_measurements_are_the_rows_of_the_results_files():
+    """measurements.json (what `estimate --check` reads, installed wheels included) is a copy of the JSON
+    rows of the benchmarks/results files the checks name; compared wherever a source checkout has them."""
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    if not results.is_dir():
+        pytest.skip("no benchmarks/results here")
+    for file in {c.source.file for c in CHECKS}:
+        text = (results / file).read_text()
+        rows = ([json.loads(line) for line in text.splitlines() if line.startswith("{")] if file.endswith(".jsonl")
+                else [json.loads(text)])
+        assert measured_rows(file) == rows, file

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     if not args.example:
-        from k5tune.configure import run_command
+        from k5tune.wizard import run_command
 
         return run_command(yes=args.yes, directory=args.directory, config=args.config, datasets=args.datasets)
     from k5tune.config.loading import EXAMPLES_DIR

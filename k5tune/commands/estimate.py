@@ -22,17 +22,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GPUs to train on (default: the config's num_processes); with more than one, "
                         "FSDP2 (fsdp_enable) is among the settings tried")
     parser.add_argument("--check", action="store_true",
-                        help="print the predictions against the GPU measurements in benchmarks/results "
-                        "(a source checkout) and exit")
+                        help="print the predictions against the GPU measurements (benchmarks/results, shipped "
+                        "with k5tune) and exit")
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from k5tune.config import load_config
-    from k5tune.estimate import estimate_report, settings_from_config, shape_from_config
+    from k5tune.estimate import estimate_report, plan_from_config, shape_from_config
     from k5tune.models.flavours import require_flavour
 
     if args.check:
-        from k5tune.estimate_check import check_report
+        from k5tune.estimate.check import check_report
 
         print(check_report())
         return 0
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     flavour = require_flavour(args.flavour or cfg.model_flavour, "--flavour")
     shape = shape_from_config(loaded, args.resolution, args.frames, args.rank)
     processes = args.num_processes or cfg.num_processes
-    current = settings_from_config(cfg, processes, flavour)
+    current = plan_from_config(cfg, processes, flavour)
     print(estimate_report(flavour, shape, args.gpu_memory, cfg.offload_during_startup, cfg.vae_enable_patch_conv,
                           cfg.vae_enable_tiling, current=current, processes=processes))
     return 0

@@ -1,9 +1,12 @@
 """`k5tune estimate --check`: the estimate against every GPU peak measured (benchmarks/results).
 
 Each check names where its measured figure is (file, which JSON row, which value) and what the
-estimate computes for it. All measured on H100 80GB cards with the full-size models (random weights),
+estimate computes for it. The rows are read from measurements.json beside this module: the JSON rows
+of those files of benchmarks/results, shipped with the package so that an installed k5tune checks too.
+
+All measured on H100 80GB cards with the full-size models (random weights),
 512x768x61 clips (24,576 tokens), batch 1, LoRA rank 32 on attention + feed-forward unless the label
-says otherwise. Three rows fitted a constant of k5tune/estimate.py ("fitted"): Lite full checkpointing
+says otherwise. Three rows fitted a constant of k5tune/estimate/training.py ("fitted"): Lite full checkpointing
 (TRANSIENT_PER_TOKEN_DIM), Lite activation offload alone with eager blocks (ACTIVATION_OFFLOAD_RESIDUE)
 and Lite selective + activation offload with compiled blocks (SAVED_OFFLOAD_RESIDUE); the VAE rows
 are its anchors ("anchor"); the text phase of caching is a worst-case bound ("bound": 8 of the longest
@@ -15,21 +18,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from k5tune.errors import K5TuneError
-from k5tune.estimate import (
-    TrainingSettings,
-    TrainingShape,
-    caching_estimate,
-    settings_from_config,
-    shape_from_config,
-    training_peak_gib,
-    vae_encode_peak_gib,
-)
+from k5tune.estimate.caching import caching_estimate, vae_encode_peak_gib
+from k5tune.estimate.shape import TrainingShape, plan_from_config, shape_from_config
+from k5tune.estimate.training import training_peak_gib
+from k5tune.train.plan import TrainingPlan
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+MEASUREMENTS = Path(__file__).with_name("measurements.json")
 LITE, PRO = "t2v-lite-sft-5s", "t2v-pro-sft-5s-hd"
 TOLERANCE = 0.15
 
@@ -38,7 +36,7 @@ TOLERANCE = 0.15
 class Source:
     """A measured figure: `value` (a dotted path) in the one row of `file` that matches `where`."""
 
-    file: str  # relative to benchmarks/results
+    file: str  # relative to benchmarks/results (the key in measurements.json)
     value: str
     where: dict[str, Any] = field(default_factory=dict)
 
@@ -57,12 +55,18 @@ def _get(row: Any, path: str) -> Any:
     return row
 
 
-def measured_gib(source: Source, results: Path = RESULTS) -> float:
-    path = results / source.file
-    text = path.read_text()
-    rows = ([json.loads(line) for line in text.splitlines() if line.startswith("{")] if path.suffix == ".jsonl"
-            else [json.loads(text)])  # (run 15's summary.jsonl has a plain-text line too)
-    picked = [row for row in rows if all(_get(row, k) == v for k, v in source.where.items())]
+@lru_cache(maxsize=1)
+def _measurements(path: Path = MEASUREMENTS) -> dict[str, list[dict[str, Any]]]:
+    return json.loads(path.read_text(encoding="utf-8"))["files"]
+
+
+def measured_rows(file: str) -> list[dict[str, Any]]:
+    """The JSON rows of one results file (benchmarks/results/FILE), as shipped in measurements.json."""
+    return _measurements()[file]
+
+
+def measured_gib(source: Source) -> float:
+    picked = [row for row in measured_rows(source.file) if all(_get(row, k) == v for k, v in source.where.items())]
     if len(picked) != 1:
         raise LookupError(f"{source.file}: {len(picked)} rows match {source.where}, expected one")
     return float(_get(picked[0], source.value))
@@ -71,7 +75,7 @@ def measured_gib(source: Source, results: Path = RESULTS) -> float:
 def _train(flavour: str, shape: TrainingShape | None = None, **settings: Any) -> Callable[[], float]:
     # every run so far kept diffusers' fp32 modulation (k5tune bench's default)
     settings = {"modulation_fp32": True, **settings}
-    return lambda: training_peak_gib(flavour, shape or TrainingShape(), TrainingSettings(**settings))
+    return lambda: training_peak_gib(flavour, shape or TrainingShape(), TrainingPlan(**settings))
 
 
 def _bench(run: str, **where: Any) -> Source:
@@ -94,7 +98,7 @@ def _whole_train(part: str) -> Callable[[], float]:
         loaded = shipped_example(vae_enable_patch_conv=True, modulation_precision="fp32")  # (before auto existed)
         cfg, shape = loaded.train, shape_from_config(loaded)
         if part == "training":
-            return training_peak_gib(cfg.model_flavour, shape, settings_from_config(cfg))
+            return training_peak_gib(cfg.model_flavour, shape, plan_from_config(cfg))
         cache = caching_estimate(shape, cfg.offload_during_startup, cfg.vae_enable_patch_conv, cfg.vae_enable_tiling)
         return {"caching": cache.peak_gib, "text": cache.text_gib}[part]
     return predict
@@ -120,12 +124,12 @@ CHECKS: list[Check] = [
           _train(LITE, **_GROUP)),
     Check("Lite, group offload, no stream, weights only", _bench("h100-run11", flavour=LITE,
                                                                  **{"group_offload.stream": False}),
-          _train(LITE, offload_stream=False, **_GROUP)),
+          _train(LITE, group_offload_stream=False, **_GROUP)),
     Check("Lite, group offload + stream + activation offload", _bench("h100-run12", flavour=LITE,
                                                                       **{"group_offload.stream": True}),
           _train(LITE, offload_activations=True, **_GROUP)),
     Check("Lite, activation offload alone", _bench("h100-run12", flavour=LITE, group_offload=None),
-          _train(LITE, offload_activations=True, eager_blocks=True), "fitted"),
+          _train(LITE, offload_activations=True, fused_kernels=False), "fitted"),
     Check("Lite, int8 base", _bench("h100-run15", flavour=LITE, **{"base_precision.precision": "int8"}),
           _train(LITE, base_precision="int8")),
     Check("Lite, fp8 base", _bench("h100-run15", flavour=LITE, **{"base_precision.precision": "fp8"}),
@@ -135,7 +139,7 @@ CHECKS: list[Check] = [
           _train(PRO, keep_attention_blocks=24)),
     Check("Pro, group offload + stream, weights only", _bench("h100-run11", flavour=PRO), _train(PRO, **_GROUP)),
     Check("Pro, activation offload alone", _bench("h100-run12", flavour=PRO, group_offload=None),
-          _train(PRO, offload_activations=True, eager_blocks=True)),
+          _train(PRO, offload_activations=True, fused_kernels=False)),
     Check("Pro, group offload + stream + activation offload", _bench("h100-run12", flavour=PRO,
                                                                      **{"group_offload.stream": True}),
           _train(PRO, offload_activations=True, **_GROUP)),
@@ -159,7 +163,7 @@ CHECKS: list[Check] = [
           _bench("h100-run16", **{"group_offload.type": "leaf_level"}),
           _train(LITE, offload_activations=True, **_GROUP)),
     Check("Pro, activation offload alone, bf16 modulation", _bench("h100-run19", **{"plan.checkpointing": "full"}),
-          _train(PRO, offload_activations=True, modulation_fp32=False, eager_blocks=True)),
+          _train(PRO, offload_activations=True, modulation_fp32=False, fused_kernels=False)),
     Check("Pro, selective (all attention kept, compiled), bf16 modulation",
           _bench("h100-run19", group_offload=None, **{"plan.checkpointing": "selective"}),
           _train(PRO, modulation_fp32=False)),
@@ -223,16 +227,13 @@ class CheckRow:
         return abs(self.error) <= TOLERANCE
 
 
-def check_rows(results: Path = RESULTS) -> list[CheckRow]:
-    if not results.is_dir():
-        raise K5TuneError(f"{results} not found: `k5tune estimate --check` needs a source checkout of k5tune "
-                          "(the measurements are in benchmarks/results)")
-    return [CheckRow(c, c.predict(), measured_gib(c.source, results)) for c in CHECKS]
+def check_rows() -> list[CheckRow]:
+    return [CheckRow(c, c.predict(), measured_gib(c.source)) for c in CHECKS]
 
 
-def check_report(results: Path = RESULTS) -> str:
+def check_report() -> str:
     """A Markdown table: predicted, measured, error, and where the measured figure is."""
-    rows = check_rows(results)
+    rows = check_rows()
     lines = ["| measurement | predicted GiB | measured GiB | error | source |", "|---|---|---|---|---|"]
     for row in rows:
         role = "" if row.check.role == "prediction" else f" ({row.check.role})"

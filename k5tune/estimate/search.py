@@ -1,0 +1,257 @@
+"""THE recommender: which memory plan to train with, for `k5tune estimate`, the wizard and the web UI.
+
+`estimate` tries candidates of k5tune/train/plan.py's TrainingPlan, fastest first, and proposes the
+first whose predicted peak fits the card (`propose`). The wizard offers the same plans as named
+presets for a card class, with the caching settings each card needs (`card_presets`): their figures
+were measured on an H100 (benchmarks/results/2026-11-27-h100.md), Lite at 512x768, 61 frames, LoRA
+rank 32 on attention + feed-forward: selective checkpointing 1.73 s/step, 12.5 GiB; with activation
+offload 1.74 s, 7.2 GiB (`k5tune train`, run 25); full 2.03 s, 10.4 GiB; int8 base 1.96 s, 10.4 GiB;
+group offload 1 block/group + stream (+ activation offload) 2.17 s, 4.1 GiB. Caching: VAE encode of
+one clip 12.2 GiB plain, 10.4 with patch conv, 2.6 with tiling (blended, not exact); Qwen2.5-VL
+streamed from CPU memory with offload_during_startup (1.6 GiB).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
+
+from k5tune.estimate.shape import TrainingShape
+from k5tune.estimate.training import pinned_cpu_gib, training_peak_gib
+from k5tune.models.flavours import FLAVOURS
+from k5tune.train.plan import TrainingPlan
+
+# the plan's memory choices a candidate makes; every other field (TREAD, modulation, kernels, attention) is the user's
+_MEMORY_FIELDS = ("checkpointing", "keep_attention_blocks", "group_offload_blocks", "group_offload_stream",
+                  "group_offload_leaf", "offload_activations", "base_precision", "fsdp_processes", "fsdp_reshard",
+                  "fsdp_asked")
+
+
+def _option(user: TrainingPlan, checkpointing: str, **memory: Any) -> TrainingPlan:
+    """The user's plan with these memory choices (the others at the plan's defaults)."""
+    defaults = TrainingPlan()
+    return replace(user, **({k: getattr(defaults, k) for k in _MEMORY_FIELDS} | {"checkpointing": checkpointing}
+                            | memory))
+
+
+def candidate_settings(processes: int = 1, user: TrainingPlan | None = None) -> list[TrainingPlan]:
+    """What `estimate` tries in turn, fastest first. Step times measured on an H100 at 512x768x61
+    (Lite / Pro): selective 1.73 / 7.68 s (blocks compiled); selective with activation offload 1.74 /
+    7.69 s; int8 base 1.96 s (fp8 1.91); full checkpointing 2.03 s; full with activation offload
+    2.10 / 8.67 s; group offload with stream and activation offload 2.17 / 9.34 s; int8 base
+    with activation offload - / 9.75 s; group offload without stream 2.33 s. Where the speed is about
+    the same, the exact bf16 base comes before int8, and less CPU memory before less GPU memory. FSDP2
+    (processes > 1) comes last: 12.52 s per step on 2 GPUs (Pro, full checkpointing), slower than each
+    GPU training its own clips with group offload (9.34 s) — but it needs no pinned CPU memory.
+    `user`: the config's plan, whose TREAD routes, modulation_precision, fused_kernels (eager blocks)
+    and attention every option keeps (choices the search leaves to the user)."""
+    user = user or TrainingPlan()
+    group = {"group_offload_blocks": 1, "offload_activations": True}  # activation offload: group offload's default
+    options = [
+        ("selective", {}),
+        ("selective", {"offload_activations": True}),
+        ("selective", {"base_precision": "int8"}),
+        ("full", {}),
+        ("full", {"offload_activations": True}),
+        ("full", group),
+        ("full", {"base_precision": "int8"}),
+        ("full", {"base_precision": "int8", "offload_activations": True}),
+        ("full", {"base_precision": "int8", **group}),
+        ("full", {"base_precision": "int8", "group_offload_stream": False, **group}),
+    ]
+    if processes > 1:
+        options += [(policy, {"fsdp_processes": processes, "fsdp_asked": True}) for policy in ("selective", "full")]
+    return [_option(user, policy, **memory) for policy, memory in options]
+
+
+SMALLER_SHAPES = [(512, 768, 49), (480, 848, 49), (480, 848, 33), (384, 640, 33)]
+
+
+class Proposal(NamedTuple):
+    shape: TrainingShape
+    settings: TrainingPlan
+    peak_gib: float
+
+
+def propose(flavour: str, shape: TrainingShape, gpu_gib: float, margin_gib: float = 1.0, processes: int = 1,
+            smaller_shapes: bool = True, max_pinned_gib: float | None = None,
+            user: TrainingPlan | None = None) -> Proposal | None:
+    """The first (fastest) setting that fits, then, if none fits, smaller shapes (the guide's advice).
+    `max_pinned_gib`: leave out settings that need more pinned CPU memory per process than this; `user`:
+    see candidate_settings."""
+    shapes = [shape]
+    if smaller_shapes:
+        shapes += [TrainingShape(h, w, f, shape.batch, shape.rank, shape.targets) for h, w, f in SMALLER_SHAPES]
+    for candidate in shapes:
+        if candidate is not shape and candidate.tokens >= shape.tokens:
+            continue
+        for settings in candidate_settings(processes, user):
+            if max_pinned_gib is not None and pinned_cpu_gib(flavour, candidate, settings) > max_pinned_gib:
+                continue
+            peak = training_peak_gib(flavour, candidate, settings)
+            if peak + margin_gib <= gpu_gib:
+                return Proposal(candidate, settings, peak)
+    return None
+
+
+def config_advice(proposed: TrainingPlan, current: TrainingPlan | None) -> str:
+    """The config.json lines to paste: the keys whose value differs from the config's."""
+    now: dict[str, Any] = {}
+    if current is not None:  # (the config's policy counts even where offload makes training ignore it)
+        now = current.config_keys() | {"gradient_checkpointing_policy": current.checkpointing}
+    changed = {k: v for k, v in proposed.config_keys().items() if now.get(k) != v}
+    if not changed:
+        return "config.json as it is"
+    return "config.json: " + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in changed.items())
+
+
+# --- the wizard's presets: the same plans, named for a card class, with the caching settings it needs ---
+
+_GROUP = {"group_offload_blocks": 1, "offload_activations": True}  # 1 block/group + stream (+ activation offload)
+PRO_MIN_GIB = 70.0  # one 80 GB card reports ~79 GiB; Pro selective, weights on the GPU: 66.2 GiB measured
+# Pro selective + activation offload: 45.1 GiB measured (run 24); 48 GB cards report ~47.4 GiB
+PRO_ACTIVATION_OFFLOAD_MIN_GIB = 47.0
+PRO_OFFLOAD_MIN_GIB = 13.0  # Pro with group offload + stream: 11.4 GiB measured
+PRO_FSDP_MIN_GIB = 42.0  # FSDP2 on 2 GPUs: 38.7 GiB per GPU with offload_activations; a 40 GB card (~39.4 GiB)
+# leaves too little for the CUDA context and fragmentation, so those get group offload (still listed)
+PRO_FSDP_OFFLOAD_BELOW_GIB = 44.0  # FSDP2 without offload_activations: 40.7 GiB (48 GB cards report ~47.5)
+LITE_MIN_GIB = 5.5  # Lite with group offload: 4.1 GiB measured at 512x768x61
+# the keys a preset decides: those it does not set go back to the schema's default
+PRESET_KEYS = ("offload_during_startup", "vae_enable_patch_conv", "vae_enable_tiling", "gradient_checkpointing",
+               "gradient_checkpointing_policy", "base_model_precision", "enable_group_offload",
+               "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream",
+               "offload_activations", "fsdp_enable")
+
+
+@dataclass(frozen=True)
+class MemoryPreset:
+    name: str
+    title: str
+    plan: TrainingPlan
+    note: str
+    requires: str | None = None  # an optional package the preset needs (offered only when importable)
+    offload_during_startup: bool = True  # caching: the text encoder streamed, encoders off the GPU after
+    vae: str = "patch_conv"  # caching: plain, patch_conv or tiling (caching.vae_variant)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The config.json keys (of PRESET_KEYS) that select the preset."""
+        plan = self.plan
+        keys: dict[str, Any] = {"offload_during_startup": self.offload_during_startup}
+        if self.vae == "tiling":
+            keys["vae_enable_tiling"] = True
+        else:
+            keys["vae_enable_patch_conv"] = self.vae == "patch_conv"
+        keys |= {"gradient_checkpointing": True, "gradient_checkpointing_policy": plan.checkpointing}
+        if plan.group_offload:
+            keys |= {"enable_group_offload": True, "group_offload_type": "block_level",
+                     "group_offload_blocks_per_group": plan.group_offload_blocks,
+                     "group_offload_use_stream": plan.group_offload_stream}
+        elif plan.offload_activations:
+            keys["offload_activations"] = True
+        if plan.quantized:
+            keys["base_model_precision"] = plan.base_precision
+        if plan.sharded:
+            keys["fsdp_enable"] = True
+        return keys
+
+
+# Each Lite preset leaves ~1 GiB spare on the smallest card of its row.
+LITE_PRESETS: tuple[MemoryPreset, ...] = (
+    MemoryPreset(
+        "up-to-12gb", "12 GB card or smaller (RTX 3060 12GB, 4070, 8 GB cards)", TrainingPlan("full", **_GROUP),
+        "least memory: group offload (one block on the GPU at a time, the next copied on a side stream) and "
+        "activation offload, Lite 512x768x61 in 4.1 GiB at 2.17 s/step; caching encodes in VAE tiles "
+        "(2.6 GiB; blended tiles, not exact: patch conv would need ~10.4 GiB)", vae="tiling",
+    ),
+    MemoryPreset(
+        "16gb", "16 GB card (RTX 4060 Ti 16GB, 4080, 5080)", TrainingPlan("selective", offload_activations=True),
+        "activation offload: what each block keeps for backward waits in CPU memory, Lite 512x768x61 in "
+        "7.2 GiB at 1.74 s/step (as fast as without; 6 GiB of pinned CPU memory); sliced VAE convolutions "
+        "(caching 10.4 GiB)",
+    ),
+    MemoryPreset(
+        "16gb-int8", "16 GB card, int8 base (torchao installed)", TrainingPlan("selective", base_precision="int8"),
+        "faster: the frozen transformer in int8 (output ~1 % off fp32; bf16: 0.7 %), Lite 512x768x61 in "
+        "10.4 GiB at 1.96 s/step; the LoRA still loads into a bf16 pipeline",
+        requires="torchao",
+    ),
+    MemoryPreset(
+        "24-32gb", "24-32 GB card (RTX 3090/4090/5090, A5000)", TrainingPlan("selective"),
+        "selective checkpointing keeps attention outputs, Lite 512x768x61 in 12.5 GiB at 1.73 s/step; "
+        "streamed text encoder and sliced VAE convolutions (caching 10.4 GiB)",
+    ),
+    MemoryPreset(
+        "40-48gb", "40-48 GB card (A100 40GB, A6000, L40S)", TrainingPlan("selective"),
+        "selective checkpointing, streamed text encoder, plain VAE (caching 12.2 GiB)", vae="plain",
+    ),
+    MemoryPreset(
+        "80gb", "80 GB or more (A100/H100 80GB, H200)", TrainingPlan("selective"),
+        "fastest: everything stays on the GPU, selective checkpointing", offload_during_startup=False, vae="plain",
+    ),
+)
+MEMORY_PRESETS: dict[str, MemoryPreset] = {p.name: p for p in LITE_PRESETS}
+
+
+def preset_available(preset: MemoryPreset) -> bool:
+    return preset.requires is None or importlib.util.find_spec(preset.requires) is not None
+
+
+def recommended_preset(total_gib: float) -> str:
+    if total_gib < 13:  # caching with patch conv alone needs ~10.4 GiB
+        return "up-to-12gb"
+    if total_gib < 18:
+        return "16gb"
+    if total_gib < 38:
+        return "24-32gb"
+    if total_gib < PRO_MIN_GIB:
+        return "40-48gb"
+    return "80gb"
+
+
+def pro_presets(total_gib: float, processes: int) -> list[MemoryPreset]:
+    """Pro (≈19B, 40 GiB of bf16 weights): measured on H100s at 512x768x61, rank 32."""
+    presets = [MemoryPreset(
+        "pro-group-offload", "Pro on one card of 16 GB or more", TrainingPlan("full", **_GROUP),
+        "group offload + side stream + activation offload: 11.4 GiB at 9.3 s/step; the 40 GiB of weights wait "
+        "in pinned CPU memory",
+    )]
+    if processes > 1:
+        fsdp = TrainingPlan("full", fsdp_processes=processes, fsdp_asked=True,
+                            offload_activations=total_gib < PRO_FSDP_OFFLOAD_BELOW_GIB)
+        presets.append(MemoryPreset(
+            "pro-fsdp2", f"Pro sharded over the {processes} GPUs (FSDP2)", fsdp,
+            "each GPU holds its share of the weights: on 2 H100s 40.7 GiB per GPU (38.7 with "
+            "offload_activations), 6.3 s per clip",
+        ))
+    presets.append(MemoryPreset(
+        "pro-48gb", "Pro on one card of 48 GB or more", TrainingPlan("selective", offload_activations=True),
+        "weights on the GPU, what each block keeps for backward in pinned CPU memory (24 GiB per process): "
+        "45.1 GiB at 7.7 s/step",
+    ))
+    presets.append(MemoryPreset(
+        "pro-80gb", "Pro on 80 GB cards", TrainingPlan("selective"),
+        "everything on the GPU, selective checkpointing: 66.2 GiB at 7.7 s/step",
+    ))
+    return presets
+
+
+def recommended_pro_preset(total_gib: float, processes: int) -> str:
+    if total_gib >= PRO_MIN_GIB:
+        return "pro-80gb"
+    # (FSDP2 is measured on several GPUs; compiled blocks with data-parallel Pro are not yet)
+    if processes > 1 and total_gib >= PRO_FSDP_MIN_GIB:
+        return "pro-fsdp2"
+    if total_gib >= PRO_ACTIVATION_OFFLOAD_MIN_GIB:
+        return "pro-48gb"
+    return "pro-group-offload"
+
+
+def card_presets(flavour: str, total_gib: float, processes: int = 1) -> tuple[list[MemoryPreset], str]:
+    """The presets offered for the flavour on a card of `total_gib` (per GPU, `processes` of them), and
+    the name of the recommended one."""
+    if FLAVOURS[flavour].size == "pro":
+        return pro_presets(total_gib, processes), recommended_pro_preset(total_gib, processes)
+    return [p for p in LITE_PRESETS if preset_available(p)], recommended_preset(total_gib)

@@ -1,0 +1,135 @@
+"""The memory question: the GPU (detected, or asked), and a preset from the estimator's recommender
+(k5tune/estimate/search.py), which offers the plans for the flavour and card and names the one to take.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from k5tune.estimate.search import (
+    LITE_MIN_GIB,
+    PRESET_KEYS,
+    PRO_FSDP_OFFLOAD_BELOW_GIB,
+    PRO_OFFLOAD_MIN_GIB,
+    MemoryPreset,
+    card_presets,
+)
+from k5tune.estimate.weights import GIB
+from k5tune.models.flavours import DEFAULT_FLAVOUR, FLAVOURS
+from k5tune.wizard.answers import Answers
+from k5tune.wizard.terminal import BadAnswer, show
+
+KEEP_PRESET = "keep"
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    total_gib: float
+    count: int = 1
+
+
+def detect_gpu() -> GpuInfo | None:
+    """The first CUDA GPU's name and memory, or None without one (or without a CUDA build)."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        _free, total = torch.cuda.mem_get_info(0)
+        return GpuInfo(torch.cuda.get_device_properties(0).name, total / GIB, torch.cuda.device_count())
+    except Exception:  # a broken driver must not stop the wizard: it asks for the memory instead
+        return None
+
+
+class MemoryQuestions(Answers):
+    """The GPU's memory (and count), a warning where the flavour cannot fit, and the preset."""
+
+    detect_gpu: Callable[[], GpuInfo | None]
+
+    def ask_memory(self) -> None:
+        gpu = self.detect_gpu()
+        if gpu:
+            self.io.say(f"GPU: {gpu.name}, {gpu.total_gib:.1f} GiB" + (f" (x{gpu.count})" if gpu.count > 1 else ""))
+            total = gpu.total_gib
+            if gpu.count > 1:
+                self._ask_processes(gpu.count)
+        else:
+            total = self.ask("GPU memory in GiB (no CUDA GPU found here)", 24, _positive_number,
+                             hint="the memory of the card you will train on, e.g. 16, 24, 48 or 80")
+        self._warn_small_or_pro(total)
+        self._choose_preset(total)
+
+    def _ask_processes(self, count: int) -> None:
+        def at_most_count(value: Any) -> None:
+            if value > count:
+                raise BadAnswer(f"this machine has {count} GPUs")
+
+        self._ask_config("num_processes", f"GPUs to train on, data-parallel (num_processes, 1-{count})",
+                         default=self.config.get("num_processes", count), extra=at_most_count,
+                         hint="each GPU holds the whole model and trains its share of every batch: faster, "
+                         + ("or Pro sharded over them with FSDP2 (a memory preset below)"
+                            if FLAVOURS[self.config["model_flavour"]].size == "pro" else "not less memory per GPU"))
+
+    def _warn_small_or_pro(self, total: float) -> None:
+        flavour = FLAVOURS[self.config["model_flavour"]]
+        if flavour.size == "pro" and total < PRO_OFFLOAD_MIN_GIB:
+            lite = "i2v-lite-5s" if flavour.is_i2v else DEFAULT_FLAVOUR
+            self.io.say(f"  ! {flavour.name} is Pro (≈19B): even with group offload it needs ~11.4 GiB per GPU, "
+                        f"more than a {total:.0f} GiB card has.")
+            self.io.say(f"    Recommended: the Lite flavour {lite}.")
+            if self.confirm(f"Switch to {lite}?", False):
+                self.config["model_flavour"] = lite
+                self.io.say(f"  model_flavour: {lite}")
+        elif flavour.size != "pro" and total < LITE_MIN_GIB:
+            self.io.say(f"  ! {total:.0f} GiB is below the ~4.1 GiB Lite needed at 512x768x61 with group offload "
+                        "(plus the CUDA context): use a lower resolution (384) and fewer frames (33)")
+
+    def _presets(self, total: float) -> tuple[list[MemoryPreset], str]:
+        """The presets the recommender offers for the flavour and card, and the recommended one's name."""
+        flavour, processes = self.config["model_flavour"], self.config.get("num_processes", 1)
+        presets, recommended = card_presets(flavour, total, processes)
+        if FLAVOURS[flavour].size == "pro":
+            self.io.say("  Pro (≈19B): " + {
+                "pro-80gb": f"it fits a {total:.0f} GiB card whole (66.2 GiB, 7.7 s/step measured on an H100)",
+                "pro-48gb": f"its weights fit a {total:.0f} GiB card; activation offload keeps the peak at "
+                            "45.1 GiB (7.7 s/step measured on an H100)",
+                "pro-fsdp2": f"FSDP2 shards it over the {processes} GPUs (fsdp_enable"
+                             + (" + offload_activations: 38.7 GiB per GPU on 2 H100s)"
+                                if total < PRO_FSDP_OFFLOAD_BELOW_GIB else ": 40.7 GiB per GPU on 2 H100s)"),
+                "pro-group-offload": f"on a {total:.0f} GiB card group offload streams its blocks from CPU "
+                                     "memory (11.4 GiB, 9.3 s/step measured on an H100)",
+            }[recommended])
+        return presets, recommended
+
+    def _choose_preset(self, total: float) -> None:
+        presets, recommended = self._presets(total)
+        options = []
+        has_current = self.existing.config_found and any(k in self.existing.config for k in PRESET_KEYS)
+        if has_current:
+            current = ", ".join(f"{k}={show(self.existing.config[k])}" for k in PRESET_KEYS if k in self.existing.config)
+            options.append((KEEP_PRESET, f"keep the current settings ({current})"))
+        for preset in presets:
+            mark = " (recommended)" if preset.name == recommended else ""
+            options.append((preset.name, f"{preset.title}{mark}: {preset.note}"))
+        choice = self.choose("Memory preset", options, KEEP_PRESET if has_current else recommended)
+        if choice == KEEP_PRESET:
+            return
+        settings = next(p for p in presets if p.name == choice).settings
+        for key in PRESET_KEYS:
+            if key in settings:
+                self.config[key] = settings[key]
+            else:
+                self.config.pop(key, None)
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadAnswer(f"'{text}' is not a number; give the card's memory in GiB, e.g. 24") from None
+    if value <= 0:
+        raise BadAnswer("the memory must be more than 0 GiB")
+    return value
