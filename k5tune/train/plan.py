@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from k5tune.models.kandinsky5.nabla import NablaSettings
+if TYPE_CHECKING:  # (nabla.py imports torch: the wizard and estimate read plans without it)
+    from k5tune.models.kandinsky5.nabla import NablaSettings
 
 Checkpointing = Literal["selective", "full", "none"]
 
