@@ -6,19 +6,14 @@ import json
 import os
 import signal
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from k5tune.config.schema import TrainConfig
 from k5tune.data.synthetic import write_clip
-from k5tune.server.app import create_app
 from k5tune.server.auth import server_token
-from tests.helpers import make_project
+from tests.helpers import make_project, read_events, serve, wait_finished, write_config
 
 # steps are ~0.1 s on the tiny model: 2000 steps outlast any test, which stops the run itself
 LONG_RUN = {"max_train_steps": 2000, "checkpointing_steps": 1000, "train_batch_size": 2}
@@ -27,49 +22,6 @@ LONG_RUN = {"max_train_steps": 2000, "checkpointing_steps": 1000, "train_batch_s
 @pytest.fixture
 def project(tmp_path, tiny_model_dir) -> Path:
     return make_project(tmp_path / "project", tiny_model_dir, LONG_RUN)
-
-
-@contextmanager
-def serve(root: Path, **kwargs) -> Iterator[TestClient]:
-    app = create_app(root, kill_runs_on_shutdown=True, **kwargs)
-    with TestClient(app, base_url="http://127.0.0.1") as client:
-        yield client
-
-
-def write_config(root: Path, **changes) -> None:
-    path = root / "config" / "config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
-
-
-def read_events(client: TestClient, run_id: int, stop: Callable[[str, dict], bool], timeout: float = 90.0,
-                seen: list | None = None) -> list[tuple[str, dict]]:
-    """SSE events of a run until stop(event, data) is true or the stream ends."""
-    events = [] if seen is None else seen
-    deadline = time.monotonic() + timeout
-    event = None
-    with client.stream("GET", f"/api/runs/{run_id}/events") as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            assert time.monotonic() < deadline, f"no matching event in {timeout} s: {events[-5:]}"
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") and event:
-                data = json.loads(line[6:])
-                events.append((event, data))
-                if stop(event, data):
-                    break
-    return events
-
-
-def wait_finished(client: TestClient, run_id: int, timeout: float = 90.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.get(f"/api/runs/{run_id}").json()
-        if run["finished"]:
-            return run
-        time.sleep(0.2)
-    raise AssertionError(f"run {run_id} still {run['status']} after {timeout} s: {run['log_tail'][-5:]}")
 
 
 # --- schema and config ----------------------------------------------------------------------------
@@ -331,3 +283,44 @@ def test_paths_outside_the_project_are_refused(project, tmp_path):
         gallery = client.get("/api/outputs", params={"dir": "output"}).json()
         assert gallery["videos"] == [{"step": 2, "name": "prompt-00.mp4", "prompt": "",
                                       "path": "output/validation/step-000002/prompt-00.mp4"}]
+
+
+# --- a run's state from its events ---------------------------------------------------------------------
+
+
+def test_run_outcome_comes_from_its_events_not_its_log(tmp_path):
+    from k5tune.server.runs import RunEvents, outcome, read_state
+    from k5tune.server.runs.store import Run
+
+    folder = tmp_path / "run-000001"
+    folder.mkdir()
+    # the log says what a clean stop prints; the events say the run failed: the events decide
+    (folder / "train.log").write_text("trained 5 steps\nstopped cleanly\noutputs in output\n")
+    run = Run(id=1, output_dir=str(tmp_path), config_path="config/config.json", resume=False, status="running",
+              created_at="", started_at="", ended_at=None, exit_code=None, log_path=str(folder / "train.log"),
+              config_snapshot="{}", error=None, pid=None, stop_requested=False)
+    events = [{"event": "run", "time": 1.0}, {"event": "stage", "name": "training", "total": 10},
+              {"event": "training", "total_steps": 10, "start_step": 0},
+              {"event": "progress", "stage": "training", "done": 2, "total": 10, "time": 10.0},
+              {"event": "step", "step": 3, "loss": 0.5, "time": 10.5},
+              {"event": "progress", "stage": "training", "done": 6, "total": 10, "time": 12.0},
+              {"event": "end", "outcome": "failed", "error": "RuntimeError: boom\nmore", "message": "boom",
+               "user_error": False}]
+    run.events_path.write_text("".join(json.dumps(e) + "\n" for e in events) + '{"event": "cut sh')
+    state = read_state(run.events_path)
+    assert (state.total_steps, state.it_per_s, state.steps) == (10, 2.0, [{"step": 3, "loss": 0.5}])
+    assert outcome(run, None, state) == ("failed", "RuntimeError: boom")
+    assert outcome(run, 1, state) == ("failed", "RuntimeError: boom")
+
+    user = {**events[-1], "error": "ConfigError: bad rank", "message": "bad rank", "user_error": True}
+    state.end = user
+    assert outcome(run, 2, state) == ("failed", "k5tune: error: bad rank")
+    state.end = {"event": "end", "outcome": "stopped"}
+    assert outcome(run, None, state) == ("stopped", None) and outcome(run, 0, state) == ("stopped", None)
+    state.end = {"event": "end", "outcome": "completed"}
+    assert outcome(run, None, state) == ("completed", None)
+    # no events at all: how the process ended
+    assert outcome(run, None, RunEvents(tmp_path / "none").state) == ("failed", "ended while the server was down")
+    assert outcome(run, -9, RunEvents(tmp_path / "none").state) == ("failed", "killed by signal SIGKILL")
+    run.stop_requested = True
+    assert outcome(run, 130, RunEvents(tmp_path / "none").state) == ("stopped", None)
