@@ -12,6 +12,7 @@ import pytest
 
 from k5tune.config.schema import TrainConfig
 from k5tune.data.synthetic import write_clip
+from k5tune.server.app import create_app
 from k5tune.server.auth import server_token
 from tests.helpers import make_project, read_events, serve, wait_finished, write_config
 
@@ -324,3 +325,68 @@ def test_run_outcome_comes_from_its_events_not_its_log(tmp_path):
     assert outcome(run, -9, RunEvents(tmp_path / "none").state) == ("failed", "killed by signal SIGKILL")
     run.stop_requested = True
     assert outcome(run, 130, RunEvents(tmp_path / "none").state) == ("stopped", None)
+
+
+# --- never losing a user's file (#22) ------------------------------------------------------------------
+
+
+def test_a_config_that_does_not_parse_is_never_saved_over_and_every_save_keeps_the_previous(project):
+    path = project / "config" / "config.json"
+    good = path.read_text()
+    broken = good.replace('"lora_rank": 4,', '"lora_rank": 4,,')
+    path.write_text(broken)
+    with serve(project) as client:
+        loaded = client.get("/api/config").json()
+        assert loaded["parse_error"]["line"] == 1 and loaded["parse_error"]["column"] > 1
+        assert loaded["text"] == broken and loaded["values"] == {}
+        # the form's (empty) values never replace the user's text
+        refused = client.put("/api/config", json={"values": {}})
+        assert refused.status_code == 409 and "not valid JSON" in refused.json()["error"]["text"]
+        assert path.read_text() == broken
+
+        # the text editor: still broken text is refused at its line and column; fixed text is saved as typed
+        still = client.put("/api/config/text", json={"text": '{\n  "lora_rank": 4,\n}'})
+        assert still.status_code == 422 and (still.json()["error"]["line"], still.json()["error"]["column"]) == (3, 1)
+        assert path.read_text() == broken
+        fixed = good.replace('"lora_rank": 4', '"lora_rank": 6')
+        saved = client.put("/api/config/text", json={"text": fixed}).json()
+        assert saved["saved"] and path.read_text() == fixed
+        kept = project / saved["kept"]
+        assert kept.read_text() == broken and kept.parent == project / ".k5tune" / "backups" / "config" / "config.json"
+
+        # a form save keeps the version it replaces too
+        values = {**client.get("/api/config").json()["values"], "lora_rank": 8}
+        again = client.put("/api/config", json={"values": values}).json()
+        assert (project / again["kept"]).read_text() == fixed and json.loads(path.read_text())["lora_rank"] == 8
+        assert len(list(kept.parent.iterdir())) == 2
+
+
+def test_security_headers_tokens_and_download_names(project, capsys):
+    from k5tune.cli import main
+    from k5tune.errors import K5TuneError
+
+    lora = project / "output" / "pytorch_lora_weights.safetensors"
+    lora.parent.mkdir(parents=True)
+    lora.write_bytes(b"weights")
+    with serve(project) as client:
+        for url in ["/", "/static/app.js", "/api/info", "/api/runs/999"]:
+            headers = client.get(url).headers
+            assert "default-src 'self'" in headers["content-security-policy"], url
+            assert "frame-ancestors 'none'" in headers["content-security-policy"], url
+            assert headers["x-frame-options"] == "DENY", url
+        download = client.get("/api/files", params={"path": "output/pytorch_lora_weights.safetensors", "download": 1})
+        assert download.content == b"weights"
+        assert download.headers["content-disposition"] == 'attachment; filename="pytorch_lora_weights.safetensors"'
+        inline = client.get("/api/files", params={"path": "output/pytorch_lora_weights.safetensors"})
+        assert inline.headers["content-disposition"].startswith("inline")
+
+    # an empty token would lock everyone out: refused, at the command line too; a short one is warned about
+    with pytest.raises(K5TuneError, match="empty"):
+        server_token("0.0.0.0", "")
+    with pytest.raises(ValueError):
+        create_app(project, token=" ")
+    assert main(["server", "--token", "", "--project-dir", str(project)]) == 2
+    assert "--token is empty" in capsys.readouterr().err
+    assert server_token("0.0.0.0", "short") == "short"
+    assert "only 5 characters" in capsys.readouterr().err
+    assert server_token("0.0.0.0", "x" * 24) == "x" * 24 and capsys.readouterr().err == ""

@@ -24,10 +24,39 @@ from k5tune.server.runs import RunManager
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATE_FOLDER = ".k5tune"
+# the page's scripts and styles are files of its own origin (no inline script, nothing from elsewhere),
+# and no other site may frame it (a click in a foreign frame must not save or start anything)
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+                                 b"form-action 'self'; frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+class SecurityHeaders:
+    """ASGI middleware: every response carries SECURITY_HEADERS (event streams included)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def create_app(project_dir: str | Path = ".", token: str | None = None, *, state_dir: str | Path | None = None,
                check_host: bool = True, kill_runs_on_shutdown: bool = False) -> FastAPI:
+    if token is not None and not token.strip():
+        raise ValueError("an empty token would lock everyone out")
     paths = ProjectPaths(project_dir)
     manager = RunManager(paths, Path(state_dir) if state_dir else paths.root / STATE_FOLDER)
 
@@ -46,6 +75,7 @@ def create_app(project_dir: str | Path = ".", token: str | None = None, *, state
     app.include_router(api_router(Guard(token, check_host=check_host)))
     app.add_api_route("/", _index, include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(SecurityHeaders)
     return app
 
 

@@ -15,19 +15,26 @@ from k5tune.server import forms
 from k5tune.server.outputs import Thumbnails
 from k5tune.server.paths import ProjectPaths
 from k5tune.server.runs import RunManager
+from k5tune.server.saving import save_keeping_previous
 
 DEFAULT_CONFIG = "config/config.json"
 
 
-def read_json_file(path: Path) -> tuple[Any, str | None, str]:
+def parse_json(text: str) -> tuple[Any, dict | None]:
+    """(parsed or None, parse error or None): the error as {message, line, column}."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        detail = f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+        return None, {"message": f"not valid JSON: {detail}", "detail": detail, "line": exc.lineno, "column": exc.colno}
+
+
+def read_json_file(path: Path) -> tuple[Any, dict | None, str]:
     """(parsed or None, parse error or None, raw text)."""
     if not path.is_file():
         return None, None, ""
     text = path.read_text(encoding="utf-8", errors="replace")
-    try:
-        return json.loads(text), None, text
-    except json.JSONDecodeError as exc:
-        return None, f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}", text
+    return (*parse_json(text), text)
 
 
 @dataclass
@@ -49,6 +56,20 @@ class ServerContext:
 
     def dataset_path(self, config: str, path: str | None) -> str:
         return path or self.named_in_config(config, "data_backend_config")
+
+    def save(self, file: Path, text: str) -> str | None:
+        """Save a user's file, keeping the version it replaces (saving.py); where that copy lies."""
+        return save_keeping_previous(self.paths, self.manager.state_dir, file, text)
+
+    def unparsed(self, file: Path) -> dict | None:
+        """Why a form must not save over `file`: it exists and is not JSON (the user's text would be
+        lost); None when a form may."""
+        parsed, parse_error, _ = read_json_file(file)
+        if parse_error is None:
+            return None
+        return {**parse_error, "field": None, "key": None, "backend": None,
+                "text": f"{self.paths.relative(file)} is not valid JSON ({parse_error['detail']}): "
+                        "the form will not save over it; fix it as text first"}
 
 
 def context(request: Request) -> ServerContext:

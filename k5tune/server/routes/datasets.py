@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from k5tune.atomic import atomic_write_text
 from k5tune.config.loading import build_datasets
 from k5tune.config.schema import TrainConfig
 from k5tune.errors import ConfigError, DatasetError
@@ -40,7 +39,7 @@ def get_datasets(ctx: Ctx, path: str | None = None, config: str = DEFAULT_CONFIG
     parsed, parse_error, text = read_json_file(file)
     result = {"path": ctx.paths.relative(file), "exists": file.is_file(), "backends": [], "text": text, "error": None}
     if parse_error:
-        result["error"] = {"message": parse_error, "backend": None, "key": None}
+        result["error"] = {**parse_error, "backend": None, "key": None}
     elif isinstance(parsed, list):
         result["backends"] = parsed
         try:
@@ -58,9 +57,12 @@ def put_datasets(ctx: Ctx, body: DatasetsBody, config: str = DEFAULT_CONFIG) -> 
     except ConfigError as exc:
         return JSONResponse({"saved": False, "error": forms.field_error(exc, backends=body.backends)},
                             status_code=422)
-    if not body.validate_only:
-        atomic_write_text(file, forms.dumps(body.backends))
-    return JSONResponse({"saved": not body.validate_only, "path": ctx.paths.relative(file)})
+    if body.validate_only:
+        return JSONResponse({"saved": False, "path": ctx.paths.relative(file)})
+    if refused := ctx.unparsed(file):
+        return JSONResponse({"saved": False, "error": refused}, status_code=409)
+    kept = ctx.save(file, forms.dumps(body.backends))
+    return JSONResponse({"saved": True, "path": ctx.paths.relative(file), "kept": kept})
 
 
 @router.post("/datasets/preview")
@@ -68,7 +70,7 @@ async def preview(ctx: Ctx, body: PreviewBody) -> JSONResponse:
     if body.backends is None:
         parsed, parse_error, _ = read_json_file(ctx.paths.resolve(ctx.dataset_path(body.config, body.path)))
         if parse_error:
-            return JSONResponse({"error": {"message": parse_error}}, status_code=422)
+            return JSONResponse({"error": parse_error}, status_code=422)
         raw = parsed if parsed is not None else []
     else:
         raw = body.backends

@@ -1,5 +1,5 @@
 """Files of the project: GET /api/thumbnail?path= (first frame of a clip, JPEG), GET /api/files?path=
-(a file, with range requests so that <video> can seek) and GET /api/outputs?dir= (checkpoints and
+(a file, with range requests so that <video> can seek; `download=1`: as an attachment under its own name) and GET /api/outputs?dir= (checkpoints and
 validation videos of an output folder)."""
 
 from __future__ import annotations
@@ -29,14 +29,15 @@ async def thumbnail(ctx: Ctx, path: str) -> Response:
 
 
 @router.get("/files")
-def files(ctx: Ctx, path: str) -> FileResponse:
+def files(ctx: Ctx, path: str, download: bool = False) -> FileResponse:
     file = ctx.paths.resolve(path, must_exist=True)
     if not file.is_file():
         raise HTTPException(404, f"not a file: {path}")
     media_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
     if file.suffix in (".log", ".txt", ".json", ".csv"):
         media_type = "text/plain; charset=utf-8"
-    return FileResponse(file, media_type=media_type, content_disposition_type="inline")
+    return FileResponse(file, media_type=media_type, filename=file.name,
+                        content_disposition_type="attachment" if download else "inline")
 
 
 @router.get("/outputs")

@@ -32,6 +32,8 @@ function withToken(url) {
   return t ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(t) : url;
 }
 const fileUrl = (path) => withToken("/api/files?path=" + encodeURIComponent(path));
+const downloadUrl = (path) => withToken("/api/files?download=1&path=" + encodeURIComponent(path));
+const baseName = (path) => path.split("/").pop();
 
 async function api(method, url, body) {
   const headers = {};
@@ -44,7 +46,7 @@ async function api(method, url, body) {
   }
   const type = response.headers.get("content-type") || "";
   const data = type.includes("json") ? await response.json() : await response.text();
-  if (!response.ok && response.status !== 422) {
+  if (!response.ok && response.status !== 422 && response.status !== 409) {
     throw new Error((data && data.detail) || `${response.status} ${response.statusText}`);
   }
   return { status: response.status, data };
@@ -60,6 +62,10 @@ $("#token-save").addEventListener("click", () => {
   sessionStorage.setItem("k5tune-token", $("#token-input").value.trim());
   location.reload();
 });
+
+// forms are never submitted (the page saves through the API); a handler here, not inline in the page:
+// the Content-Security-Policy allows no inline script
+document.addEventListener("submit", (e) => e.preventDefault());
 
 // ---------------------------------------------------------------------------------------------
 // tabs
@@ -207,9 +213,43 @@ function showNotices(notices) {
   $("#config-notices").replaceChildren(...(notices || []).map((n) => el("li", { text: "note: " + n })));
 }
 
+// a file that does not parse: shown as text, with the error's line and column; the form is withheld
+function showRawConfig(data) {
+  const broken = Boolean(data && data.parse_error);
+  $("#config-raw").hidden = !broken;
+  $("#config-form").hidden = broken;
+  $("#config-save").disabled = broken;
+  if (!broken) return;
+  const error = data.parse_error;
+  const text = $("#config-raw-text");
+  text.value = data.text;
+  $("#config-raw-error").textContent = error.line ? `line ${error.line}, column ${error.column}: ${error.message}` : error.message;
+  if (error.line) {
+    const lines = data.text.split("\n");
+    const offset = lines.slice(0, error.line - 1).reduce((n, l) => n + l.length + 1, 0) + error.column - 1;
+    text.focus();
+    text.setSelectionRange(offset, offset);
+  }
+}
+
+async function saveRawConfig() {
+  const { status, data } = await api("PUT", "/api/config/text",
+    { path: $("#config-path").value, text: $("#config-raw-text").value });
+  if (status === 422) {
+    const e = data.error;
+    $("#config-raw-error").textContent = e.line ? `line ${e.line}, column ${e.column}: ${e.message}` : (e.text || e.message);
+    say("#config-raw-status", "not saved", "bad");
+    return;
+  }
+  await loadConfig();
+  say("#config-status", `saved ${data.path}` + (data.kept ? ` (previous version kept as ${data.kept})` : ""), "good");
+}
+$("#config-raw-save").addEventListener("click", () => saveRawConfig().catch((e) => say("#config-raw-status", e.message, "bad")));
+
 async function loadConfig() {
   const { data } = await api("GET", "/api/config?path=" + encodeURIComponent($("#config-path").value));
   config.values = data.values || {};
+  showRawConfig(data);
   renderConfigForm();
   clearFieldErrors($("#config-form"));
   $("#config-error").hidden = true;
@@ -223,13 +263,19 @@ async function sendConfig(validateOnly) {
     { path: $("#config-path").value, values: config.values, validate_only: validateOnly });
   clearFieldErrors($("#config-form"));
   $("#config-error").hidden = true;
+  if (status === 409) {  // the file on disk is not JSON: never overwritten by the form
+    showFieldError($("#config-form"), "#config-error", data.error, null);
+    say("#config-status", "not saved", "bad");
+    return false;
+  }
   if (status === 422) {
     showFieldError($("#config-form"), "#config-error", data.error, data.error.field);
     say("#config-status", validateOnly ? "not valid yet" : "not saved: fix the marked setting", "bad");
     return false;
   }
   showNotices(data.notices);
-  say("#config-status", validateOnly ? "valid" : `saved ${data.path}`, "good");
+  say("#config-status", validateOnly ? "valid"
+    : `saved ${data.path}` + (data.kept ? ` (previous version kept as ${data.kept})` : ""), "good");
   return true;
 }
 const checkConfig = debounce(() => sendConfig(true).catch((e) => say("#config-status", e.message, "bad")), 300);
@@ -302,9 +348,9 @@ async function loadDatasets() {
 async function sendDatasets(validateOnly) {
   const { status, data } = await api("PUT", "/api/datasets?config=" + encodeURIComponent($("#config-path").value),
     { path: $("#datasets-path").value.trim() || null, backends: datasets.backends, validate_only: validateOnly });
-  if (status === 422) {
+  if (status === 422 || status === 409) {
     showDatasetError(data.error);
-    say("#datasets-status", validateOnly ? "not valid yet" : "not saved: fix the marked setting", "bad");
+    say("#datasets-status", status === 409 ? "not saved" : validateOnly ? "not valid yet" : "not saved: fix the marked setting", "bad");
     return false;
   }
   showDatasetError(null);
@@ -534,7 +580,7 @@ function renderGallery(outputs) {
       el("td", { text: c.path }), el("td", { text: c.step }), el("td", { text: `${(c.size_bytes / 1048576).toFixed(2)} MiB` }),
       el("td", { text: new Date(c.modified * 1000).toLocaleString() }), el("td", { text: c.files.join(", ") }))));
   $("#gallery-lora").replaceChildren(...(outputs.lora
-    ? ["final LoRA: ", el("a", { href: fileUrl(outputs.lora), text: outputs.lora, download: "" })] : []));
+    ? ["final LoRA: ", el("a", { href: downloadUrl(outputs.lora), text: outputs.lora, download: baseName(outputs.lora) })] : []));
   if (!$("#gallery-dir").value) $("#gallery-dir").placeholder = outputs.output_dir;
 }
 
