@@ -255,13 +255,24 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 # --- the web UI's server ----------------------------------------------------------------------------
 
 
+def model_root(root: Path) -> list[str]:
+    """The tiny model's folder the project's config.json names (outside the project: the operator allows
+    it, as `k5tune server --allow-root` does)."""
+    try:
+        named = json.loads((root / "config" / "config.json").read_text()).get("pretrained_model_name_or_path")
+    except (OSError, ValueError):
+        return []
+    return [named] if named else []
+
+
 @contextmanager
 def serve(root: Path, **kwargs) -> Iterator:
-    """The app under a TestClient (runs killed when it closes)."""
+    """The app under a TestClient (runs killed when it closes), the project's model folder allowed."""
     from fastapi.testclient import TestClient
 
     from k5tune.server.app import create_app
 
+    kwargs.setdefault("allowed_roots", model_root(root))
     app = create_app(root, kill_runs_on_shutdown=True, **kwargs)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client
@@ -318,6 +329,7 @@ class ServerThread:
         from k5tune.server.app import create_app
 
         self.port = free_port()
+        kwargs.setdefault("allowed_roots", model_root(root))
         self.app = create_app(root, kill_runs_on_shutdown=True, **kwargs)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -333,3 +345,21 @@ class ServerThread:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+def wait_until(page, script: str, timeout: float = 60.0) -> None:
+    """Poll `script` (a JS function) in the page until it returns true. Not page.wait_for_function: that
+    evaluates its predicate with eval, which the UI's Content-Security-Policy forbids."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(script):
+        assert time.monotonic() < deadline, f"not true after {timeout} s: {script}"
+        time.sleep(0.2)
+
+
+def fake_nvidia_smi(folder: Path, monkeypatch) -> None:
+    """An nvidia-smi on PATH that reports one H100 40 GiB full and 73 % busy."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "nvidia-smi"
+    script.write_text("#!/bin/sh\necho '0, NVIDIA H100 80GB HBM3, 40960, 81920, 73'\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")

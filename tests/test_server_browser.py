@@ -9,7 +9,7 @@ import json
 import pytest
 
 from k5tune.data.synthetic import write_clip
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, ServerThread, make_project
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, ServerThread, make_project, wait_until
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
                                 "(apt-get install chromium; .ci/run installs it)")
@@ -55,7 +55,7 @@ def test_web_ui_edits_config_trains_shows_progress_and_video_and_stops(tmp_path,
         expect(page.locator("#preview-buckets")).to_contain_text("64x48@17")
         expect(page.locator("#preview-skipped tr.skipped")).to_contain_text("too_short")
         expect(page.locator("#preview-clips img")).to_have_count(4)
-        page.wait_for_function("[...document.querySelectorAll('#preview-clips img')].every(i => i.naturalWidth > 0)")
+        wait_until(page, "() => [...document.querySelectorAll('#preview-clips img')].every(i => i.naturalWidth > 0)")
         page.locator("#preview").screenshot(path=str(shots / "2-datasets-preview.png"))
 
         # 3. training: progress arrives over Server-Sent Events
@@ -65,14 +65,14 @@ def test_web_ui_edits_config_trains_shows_progress_and_video_and_stops(tmp_path,
         expect(page.locator("#stat-step")).to_contain_text(" / 2000", timeout=60_000)
         expect(page.locator("#stat-loss")).not_to_have_text("–")
         expect(page.locator("#loss-chart polyline")).to_have_count(2)
-        page.wait_for_function("parseInt(document.querySelector('#stat-step').textContent) >= 4", timeout=60_000)
+        wait_until(page, "() => parseInt(document.querySelector('#stat-step').textContent) >= 4")
         page.screenshot(path=str(shots / "3-training.png"))
 
         # 4. the gallery plays the validation videos as they are written
         page.click('#tabs button[data-tab="gallery"]')
         video = page.locator("#videos video").first
         expect(video).to_be_attached(timeout=60_000)
-        page.wait_for_function("document.querySelector('#videos video').readyState >= 1", timeout=30_000)
+        wait_until(page, "() => document.querySelector('#videos video').readyState >= 1", timeout=30)
         page.screenshot(path=str(shots / "4-gallery.png"))
 
         # 5. a clean stop: the run saves a checkpoint and ends as 'stopped'

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -54,10 +55,11 @@ class SecurityHeaders:
 
 
 def create_app(project_dir: str | Path = ".", token: str | None = None, *, state_dir: str | Path | None = None,
-               check_host: bool = True, kill_runs_on_shutdown: bool = False) -> FastAPI:
+               check_host: bool = True, kill_runs_on_shutdown: bool = False,
+               allowed_roots: Iterable[str | Path] = ()) -> FastAPI:
     if token is not None and not token.strip():
         raise ValueError("an empty token would lock everyone out")
-    paths = ProjectPaths(project_dir)
+    paths = ProjectPaths(project_dir, allowed_roots)
     manager = RunManager(paths, Path(state_dir) if state_dir else paths.root / STATE_FOLDER)
 
     @asynccontextmanager
@@ -80,7 +82,7 @@ def create_app(project_dir: str | Path = ".", token: str | None = None, *, state
 
 
 async def _refused(request: Request, exc: PathRefused) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=403)
+    return JSONResponse({"detail": str(exc), "error": exc.field_error()}, status_code=403)
 
 
 async def _missing(request: Request, exc: FileNotFoundError) -> JSONResponse:
@@ -91,19 +93,22 @@ def _index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store"})
 
 
-def serve(host: str = "127.0.0.1", port: int = 8001, token: str | None = None, project_dir: str = ".") -> int:
+def serve(host: str = "127.0.0.1", port: int = 8001, token: str | None = None, project_dir: str = ".",
+          allowed_roots: Iterable[str] = ()) -> int:
     """Run the web UI until Ctrl-C. Training runs keep going when it stops (the next start adopts them)."""
     import uvicorn
 
     from k5tune.server.auth import server_token
 
     token = server_token(host, token)  # any address but loopback: nobody gets in without one
-    app = create_app(project_dir, token)
+    app = create_app(project_dir, token, allowed_roots=allowed_roots)
     shown = f"[{host}]" if ":" in host else host
     if host in ("0.0.0.0", "::"):
         shown = "localhost"
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     print(f"k5tune server: project folder {app.state.paths.root}")
+    for root in app.state.paths.allowed:
+        print(f"k5tune server: also allowed: {root}")
     print(f"k5tune server: open {url}")
     if token:
         print(f"k5tune server: API token: {token} (header 'Authorization: Bearer <token>' or ?token=)")

@@ -1,9 +1,10 @@
 """Live progress of a run as Server-Sent Events.
 
 The stream reads what the run itself writes: its structured events (runs/status.py: planned steps,
-training speed), `metrics.csv` (one row per optimizer step) and the process's log (stdout + stderr),
-which is only shown, never parsed. Reading files rather than talking to the process means a page
-opened after a server restart, or on a run that already ended, sees the same thing.
+training speed, and one `step` event per optimizer step: the run's own metrics, never those another
+run left in the shared output folder) and the process's log (stdout + stderr), which is only shown,
+never parsed. Reading files rather than talking to the process means a page opened after a server
+restart, or on a run that already ended, sees the same thing.
 
 Events: `status` (the run record), `metrics` (new rows + a summary: step, loss, lr, it/s, ETA, GPU
 memory), `log` (new complete lines + the current progress-bar line), `outputs` (checkpoints and
@@ -13,8 +14,6 @@ validation videos, when they change) and, once the run has ended and everything 
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import json
 import statistics
 from collections.abc import AsyncIterator
@@ -29,33 +28,6 @@ from k5tune.server.tail import FileTail, collapse_cr
 def sse(event: str, data: object) -> str:
     """One event in the text/event-stream format (data is JSON on a single line)."""
     return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
-
-
-class MetricsTail:
-    """metrics.csv rows as dicts of floats, as they are appended."""
-
-    def __init__(self, path: Path):
-        self.tail = FileTail(path)
-        self.header: list[str] | None = None
-
-    def read(self) -> list[dict[str, float]]:
-        lines = self.tail.read_lines()
-        if self.tail.reset:
-            self.header = None
-        rows = []
-        for values in csv.reader(io.StringIO("\n".join(lines))):
-            if self.header is None:
-                self.header = values
-                continue
-            row = {}
-            for key, value in zip(self.header, values, strict=False):
-                try:
-                    row[key] = float(value)
-                except ValueError:
-                    continue
-            if "step" in row:
-                rows.append(row)
-        return rows
 
 
 def summarize(rows: list[dict[str, float]], total_steps: int | None, wall_rate: float | None = None) -> dict:
@@ -87,7 +59,6 @@ class RunStream:
         self.manager, self.paths, self.run_id = manager, paths, run.id
         self.output_dir = Path(run.output_dir)
         self.events = RunEvents(run.events_path)
-        self.metrics = MetricsTail(self.output_dir / "metrics.csv")
         self.log = FileTail(Path(run.log_path))
         self.rows: list[dict[str, float]] = []
         self.planned = planned_steps(run.snapshot())
@@ -109,16 +80,15 @@ class RunStream:
         return [sse("log", {"lines": lines, "current": current})]
 
     def metric_rows(self) -> list[str]:
-        self.events.read()
-        state = self.events.state
-        new_rows = self.metrics.read()
-        if self.metrics.tail.reset:
-            self.rows = []
-        if not (new_rows or self.metrics.tail.reset):
+        new_rows = [{key: float(value) for key, value in event.items()
+                     if isinstance(value, int | float) and key not in ("time", "event")}
+                    for event in self.events.read() if event.get("event") == "step"]
+        if not new_rows:
             return []
         self.rows += new_rows
+        state = self.events.state
         summary = summarize(self.rows, state.total_steps or self.planned, state.it_per_s)
-        return [sse("metrics", {"rows": new_rows, "reset": self.metrics.tail.reset, "summary": summary})]
+        return [sse("metrics", {"rows": new_rows, "reset": False, "summary": summary})]
 
     def outputs(self) -> list[str]:
         outputs = list_outputs(self.output_dir, self.paths)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from k5tune.server.auth import Guard
-from k5tune.server.routes import config, datasets, files, info, runs
+from k5tune.server.routes import config, datasets, files, info, runs, system
 
 
 def api_router(guard: Guard) -> APIRouter:
     api = APIRouter(prefix="/api", dependencies=[Depends(guard)])
-    for module in (info, config, datasets, files, runs):
+    for module in (info, config, datasets, files, runs, system):
         api.include_router(module.router)
     return api

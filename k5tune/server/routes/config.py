@@ -15,6 +15,8 @@ from k5tune.config.loading import build_train_config
 from k5tune.errors import ConfigError
 from k5tune.server import forms
 from k5tune.server.context import DEFAULT_CONFIG, Ctx, parse_json, read_json_file
+from k5tune.server.paths import PathRefused
+from k5tune.server.policy import check_config
 
 router = APIRouter()
 
@@ -55,8 +57,11 @@ def put_config(ctx: Ctx, body: ConfigBody) -> JSONResponse:
     values = forms.ordered_config(body.values)
     try:
         notices = build_train_config(values, ctx.paths.relative(file)).notices()
+        check_config(ctx.paths, values, ctx.paths.relative(file))
     except ConfigError as exc:
         return JSONResponse({"saved": False, "error": forms.field_error(exc)}, status_code=422)
+    except PathRefused as exc:
+        return JSONResponse({"saved": False, "error": exc.field_error()}, status_code=422)
     if body.validate_only:
         return JSONResponse({"saved": False, "path": ctx.paths.relative(file), "notices": notices})
     if refused := ctx.unparsed(file):
@@ -75,7 +80,10 @@ def put_config_text(ctx: Ctx, body: ConfigTextBody) -> JSONResponse:
         return JSONResponse({"saved": False, "error": {**error, "field": None}}, status_code=422)
     try:
         notices = build_train_config(parsed, ctx.paths.relative(file)).notices()
+        check_config(ctx.paths, forms.ordered_config(parsed), ctx.paths.relative(file))
     except ConfigError as exc:
         return JSONResponse({"saved": False, "error": forms.field_error(exc)}, status_code=422)
+    except PathRefused as exc:
+        return JSONResponse({"saved": False, "error": exc.field_error()}, status_code=422)
     kept = ctx.save(file, body.text)
     return JSONResponse({"saved": True, "path": ctx.paths.relative(file), "notices": notices, "kept": kept})

@@ -15,7 +15,8 @@ from k5tune.config.schema import TrainConfig
 from k5tune.errors import ConfigError, DatasetError
 from k5tune.server import forms
 from k5tune.server.context import DEFAULT_CONFIG, Ctx, read_json_file
-from k5tune.server.paths import ProjectPaths
+from k5tune.server.paths import PathRefused, ProjectPaths
+from k5tune.server.policy import check_backends
 
 router = APIRouter()
 
@@ -54,9 +55,12 @@ def put_datasets(ctx: Ctx, body: DatasetsBody, config: str = DEFAULT_CONFIG) -> 
     file = ctx.paths.resolve(ctx.dataset_path(config, body.path))
     try:
         build_datasets(body.backends, ctx.paths.relative(file))
+        check_backends(ctx.paths, body.backends, ctx.paths.relative(file))
     except ConfigError as exc:
         return JSONResponse({"saved": False, "error": forms.field_error(exc, backends=body.backends)},
                             status_code=422)
+    except PathRefused as exc:
+        return JSONResponse({"saved": False, "error": exc.field_error()}, status_code=422)
     if body.validate_only:
         return JSONResponse({"saved": False, "path": ctx.paths.relative(file)})
     if refused := ctx.unparsed(file):
@@ -79,7 +83,8 @@ async def preview(ctx: Ctx, body: PreviewBody) -> JSONResponse:
     except ConfigError as exc:
         return JSONResponse({"error": forms.field_error(exc, backends=raw if isinstance(raw, list) else [])},
                             status_code=422)
-    # folders are relative to the project (where `k5tune train` runs), and must stay inside it
+    # folders are relative to the project (where `k5tune train` runs), and must stay inside it, links too
+    check_backends(ctx.paths, raw, body.path or "dataset form", walk=True)  # PathRefused: 403
     confined = [b.model_copy(update={"instance_data_dir": str(ctx.paths.resolve(b.instance_data_dir))})
                 if hasattr(b, "instance_data_dir") else b for b in backends]
     frame_rate = body.frame_rate

@@ -20,6 +20,7 @@ router = APIRouter()
 class RunBody(BaseModel):
     config: str = DEFAULT_CONFIG
     resume: bool = False
+    resume_from: str | None = None  # a checkpoint folder ("resume from here"); else the latest with `resume`
 
 
 class StopBody(BaseModel):
@@ -33,14 +34,25 @@ def run_or_404(ctx: Ctx, run_id: int) -> Run:
     return run
 
 
+def described(ctx: Ctx, run: Run) -> dict:
+    """A run as the list shows it: its record, plus its dataset and steps (from its events)."""
+    snapshot, state = run.snapshot(), ctx.manager.state(run)
+    backends = snapshot.get("datasets") if isinstance(snapshot.get("datasets"), list) else []
+    datasets = [f"{b.get('id')} ({b.get('instance_data_dir')})" for b in backends
+                if isinstance(b, dict) and b.get("dataset_type") in ("video", "image")]
+    done = int(state.steps[-1]["step"]) if state.steps and "step" in state.steps[-1] else state.start_step
+    return {**run.to_dict(ctx.paths), "dataset_file": snapshot.get("dataset_file"), "datasets": datasets,
+            "steps_done": done, "total_steps": state.total_steps, "resume_from": snapshot.get("resume_from")}
+
+
 @router.get("/runs")
 def list_runs(ctx: Ctx) -> list[dict]:
-    return [run.to_dict(ctx.paths) for run in ctx.manager.list()]
+    return [described(ctx, run) for run in ctx.manager.list()]
 
 
 @router.post("/runs", status_code=201)
 def start_run(ctx: Ctx, body: RunBody) -> dict:
-    return ctx.manager.submit(body.config, resume=body.resume).to_dict(ctx.paths)
+    return ctx.manager.submit(body.config, resume=body.resume, resume_from=body.resume_from).to_dict(ctx.paths)
 
 
 @router.get("/runs/{run_id}")

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from k5tune.atomic import atomic_write_bytes
 from k5tune.server.paths import ProjectPaths
-from k5tune.server.runs.status import outcome, read_state
+from k5tune.server.policy import check_backends, check_config
+from k5tune.server.runs.status import RunEvents, RunState, outcome, read_state
 from k5tune.server.runs.store import (
     ACTIVE,
     CANCELLED,
@@ -66,6 +67,7 @@ class RunManager:
         self.python = python or sys.executable
         self.poll_seconds = poll_seconds
         self._procs: dict[int, subprocess.Popen] = {}
+        self._events: dict[int, RunEvents] = {}
         self._lock = threading.RLock()
         self._closed = threading.Event()
 
@@ -73,15 +75,28 @@ class RunManager:
     def get(self, run_id: int) -> Run | None:
         return self.store.get(run_id)
 
+    def state(self, run: Run) -> RunState:
+        """What the run's events said so far (each call reads only what was appended since the last)."""
+        with self._lock:
+            events = self._events.setdefault(run.id, RunEvents(run.events_path))
+            events.read()
+            return events.state
+
     def list(self) -> list[Run]:
         return list(reversed(self.store.list()))
 
     # --- submit / stop ----------------------------------------------------------------------------
-    def submit(self, config_path: str = "config/config.json", resume: bool = False) -> Run:
+    def submit(self, config_path: str = "config/config.json", resume: bool = False,
+               resume_from: str | None = None) -> Run:
         """Queue a run of `k5tune train` on a snapshot of the config (and its dataset file); start it now
-        unless another run holds the same output folder. Raises PathRefused for files outside the project."""
+        unless another run holds the same output folder. `resume`: from the latest checkpoint, or from the
+        checkpoint folder `resume_from`. Raises PathRefused for files outside the project."""
         config_file = self.paths.resolve(config_path)
         snapshot, output_dir, dataset_file = self._snapshot(config_file)
+        if resume_from:
+            checkpoint = self.paths.resolve(resume_from, must_exist=True, key="resume_from_checkpoint")
+            snapshot["resume_from"] = self.paths.relative(checkpoint)
+            resume = True
         with self._lock:
             run_id = self.store.insert(
                 output_dir=str(output_dir), config_path=config_path, resume=int(resume), status=QUEUED,
@@ -112,6 +127,7 @@ class RunManager:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             snapshot["config"] = None
             snapshot["config_error"] = str(exc)
+        check_config(self.paths, raw, snapshot["config_file"])  # PathRefused: the key that leads out
         output = raw.get("output_dir")
         output = output if isinstance(output, str) and output else config_field("output_dir").default
         output_dir = self.paths.resolve(output)  # PathRefused: outputs the server could not show
@@ -127,6 +143,8 @@ class RunManager:
                 snapshot["datasets"] = json.loads(text)
             except json.JSONDecodeError:
                 snapshot["datasets_text"] = text
+            else:
+                check_backends(self.paths, snapshot["datasets"], snapshot["dataset_file"], walk=True)
         return snapshot, output_dir, dataset_file
 
     def stop(self, run_id: int, force: bool = False) -> Run | None:
@@ -169,7 +187,8 @@ class RunManager:
         if (folder / "multidatabackend.json").is_file():
             command += ["--data_backend_config", str(folder / "multidatabackend.json")]
         if run.resume:
-            command += ["--resume_from_checkpoint", "latest"]
+            chosen = run.snapshot().get("resume_from")
+            command += ["--resume_from_checkpoint", str(self.paths.resolve(chosen)) if chosen else "latest"]
         return command
 
     def _launch(self, run: Run) -> None:

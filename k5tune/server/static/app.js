@@ -34,6 +34,7 @@ function withToken(url) {
 const fileUrl = (path) => withToken("/api/files?path=" + encodeURIComponent(path));
 const downloadUrl = (path) => withToken("/api/files?download=1&path=" + encodeURIComponent(path));
 const baseName = (path) => path.split("/").pop();
+const LORA_FILE = "pytorch_lora_weights.safetensors";
 
 async function api(method, url, body) {
   const headers = {};
@@ -77,6 +78,7 @@ function showTab(name) {
   location.hash = name;
   if (name === "training") { refreshRuns(); redrawChart(); }
   if (name === "gallery") loadGallery();
+  if (name === "system") loadSystem().catch((e) => { $("#system-note").textContent = e.message; });
 }
 tabs.forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab)));
 
@@ -424,12 +426,18 @@ function duration(seconds) {
 async function refreshRuns() {
   const { data } = await api("GET", "/api/runs");
   const table = $("#runs");
-  table.replaceChildren(el("tr", {}, ["#", "status", "output", "started", "ended", "exit"].map((h) => el("th", { text: h }))),
+  // the outcome first (status, exit code, steps), then what the run trained on: narrow screens keep the outcome
+  table.replaceChildren(el("tr", {}, ["#", "status", "exit", "steps", "config", "dataset", "output", "started"]
+    .map((h) => el("th", { text: h, class: "col-" + h }))),
     ...data.map((r) => el("tr", { class: r.id === live.runId ? "selected" : "", "data-run": r.id, onclick: () => selectRun(r.id) },
       el("td", { text: r.id + (r.resume ? " ↻" : "") }),
-      el("td", {}, el("span", { class: "pill " + r.status, text: r.status })),
-      el("td", { text: r.output_dir }), el("td", { text: when(r.started_at) }), el("td", { text: when(r.ended_at) }),
-      el("td", { text: r.exit_code === null ? "" : r.exit_code }))));
+      el("td", { title: r.error || "" }, el("span", { class: "pill " + r.status, text: r.status })),
+      el("td", { class: "col-exit", text: r.exit_code === null ? "" : r.exit_code }),
+      el("td", { class: "col-steps", text: r.steps_done === null || r.steps_done === undefined ? ""
+        : r.total_steps ? `${r.steps_done} / ${r.total_steps}` : String(r.steps_done) }),
+      el("td", { class: "wrap", text: r.config_path + (r.resume_from ? ` (from ${r.resume_from})` : "") }),
+      el("td", { class: "wrap", text: (r.datasets || []).join(", ") || r.dataset_file || "" }),
+      el("td", { class: "wrap", text: r.output_dir }), el("td", { text: when(r.started_at) }))));
   if (live.runId === null && data.length) selectRun(data[0].id);
   const current = data.find((r) => r.id === live.runId);
   if (current) updateRunControls(current);
@@ -532,9 +540,10 @@ function showSummary(s) {
 function redrawChart() { drawLossChart($("#loss-chart"), live.rows); }
 window.addEventListener("resize", debounce(redrawChart, 150));
 
-async function startRun(resume) {
+async function startRun(resume, from) {
   try {
-    const { data } = await api("POST", "/api/runs", { config: $("#run-config").value, resume });
+    const { data } = await api("POST", "/api/runs", { config: $("#run-config").value, resume, resume_from: from || null });
+    if (from) showTab("training");
     say("#run-status-msg", data.status === "queued"
       ? `run ${data.id} queued: another run is using ${data.output_dir}` : `run ${data.id} started`, "good");
     live.runId = null;
@@ -575,10 +584,14 @@ function renderGallery(outputs) {
   root.replaceChildren(...figures);
   $("#videos-empty").hidden = figures.length > 0;
   $("#checkpoints").replaceChildren(
-    el("tr", {}, ["checkpoint", "step", "size", "saved", "files"].map((h) => el("th", { text: h }))),
-    ...outputs.checkpoints.slice().reverse().map((c) => el("tr", {},
+    el("tr", {}, ["checkpoint", "step", "size", "saved", "LoRA", ""].map((h) => el("th", { text: h }))),
+    ...outputs.checkpoints.slice().reverse().map((c) => el("tr", { class: "checkpoint", "data-path": c.path },
       el("td", { text: c.path }), el("td", { text: c.step }), el("td", { text: `${(c.size_bytes / 1048576).toFixed(2)} MiB` }),
-      el("td", { text: new Date(c.modified * 1000).toLocaleString() }), el("td", { text: c.files.join(", ") }))));
+      el("td", { text: new Date(c.modified * 1000).toLocaleString() }),
+      el("td", {}, c.files.includes(LORA_FILE)
+        ? el("a", { class: "download", href: downloadUrl(c.path + "/" + LORA_FILE), download: LORA_FILE, text: "download" }) : ""),
+      el("td", {}, el("button", { type: "button", class: "resume-here", text: "resume from here",
+        onclick: () => startRun(true, c.path) })))));
   $("#gallery-lora").replaceChildren(...(outputs.lora
     ? ["final LoRA: ", el("a", { href: downloadUrl(outputs.lora), text: outputs.lora, download: baseName(outputs.lora) })] : []));
   if (!$("#gallery-dir").value) $("#gallery-dir").placeholder = outputs.output_dir;
@@ -592,6 +605,29 @@ async function loadGallery() {
   renderGallery(data);
 }
 $("#gallery-reload").addEventListener("click", () => loadGallery().catch((e) => alert(e.message)));
+
+// ---------------------------------------------------------------------------------------------
+// system: each GPU's memory and utilisation, and the queue
+
+const gib = (mib) => (Number.isFinite(mib) ? (mib / 1024).toFixed(1) : "?");
+
+async function loadSystem() {
+  const { data } = await api("GET", "/api/system");
+  $("#system-note").textContent = data.note || "";
+  $("#system-gpus").replaceChildren(...(data.gpus.length ? [
+    el("tr", {}, ["GPU", "name", "memory used / total", "utilisation"].map((h) => el("th", { text: h }))),
+    ...data.gpus.map((g) => el("tr", { class: "gpu" },
+      el("td", { text: String(g.index) }), el("td", { text: g.name }),
+      el("td", {}, `${gib(g.memory_used_mib)} / ${gib(g.memory_total_mib)} GiB `,
+        el("meter", { min: 0, max: g.memory_total_mib || 1, value: g.memory_used_mib || 0 })),
+      el("td", { text: Number.isFinite(g.utilization_percent) ? `${g.utilization_percent}%` : "?" })))] : []));
+  $("#system-queue-empty").hidden = data.queue.length > 0;
+  $("#system-queue").replaceChildren(...(data.queue.length ? [
+    el("tr", {}, ["run", "status", "output folder", "config", "queued at"].map((h) => el("th", { text: h }))),
+    ...data.queue.map((r) => el("tr", { class: "queued-run" }, el("td", { text: String(r.id) }), el("td", { text: r.status }),
+      el("td", { text: r.output_dir }), el("td", { text: r.config_path }), el("td", { text: r.created_at })))] : []));
+}
+setInterval(() => { if (!$("#tab-system").hidden) loadSystem().catch(() => {}); }, 3000);
 
 // ---------------------------------------------------------------------------------------------
 
@@ -608,6 +644,6 @@ async function start() {
     say("#config-status", e.message, "bad");
   }
   const wanted = location.hash.slice(1);
-  if (["config", "datasets", "training", "gallery"].includes(wanted)) showTab(wanted);
+  if (["config", "datasets", "training", "gallery", "system"].includes(wanted)) showTab(wanted);
 }
 start();

@@ -1,7 +1,7 @@
-"""The web UI's safety in headless Chromium (#22): a config.json that does not parse is edited as text,
-never replaced by an empty form; the page works under its Content-Security-Policy and no other site can
-frame it; the LoRA downloads under its own name. Screenshots of every tab at 1280 and 800 px are written
-to K5TUNE_SCREENSHOTS (default: the test's tmp folder)."""
+"""The web UI in headless Chromium (#22): a config.json that does not parse is edited as text, never
+replaced by an empty form; the page works under its Content-Security-Policy and no other site can frame
+it; the LoRA downloads under its own name; the System tab shows each GPU. Screenshots of every tab at
+1280 and 800 px are written to K5TUNE_SCREENSHOTS (default: the test's tmp folder)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, ServerThread, free_port, make_project
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, ServerThread, fake_nvidia_smi, free_port, make_project
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
                                 "(apt-get install chromium; .ci/run installs it)")
@@ -40,19 +40,22 @@ class ForeignSite:
         self.server.shutdown()
 
 
-def test_broken_config_is_edited_as_text_under_csp_unframeable_with_named_download(tmp_path, tiny_model_dir):
+def test_broken_config_is_edited_as_text_under_csp_unframeable_with_named_download(tmp_path, tiny_model_dir,
+                                                                                   monkeypatch):
     from playwright.sync_api import expect, sync_playwright
 
+    fake_nvidia_smi(tmp_path / "bin", monkeypatch)
     root = make_project(tmp_path / "project", tiny_model_dir, {"max_train_steps": 4})
     config = root / "config" / "config.json"
     good = config.read_text()
     broken = good.replace('"max_train_steps": 4', '"max_train_steps": 4,')
     config.write_text(broken)
-    (root / "output").mkdir()
+    (root / "output" / "checkpoint-3").mkdir(parents=True)
     (root / "output" / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
+    (root / "output" / "checkpoint-3" / "pytorch_lora_weights.safetensors").write_bytes(b"step 3")
     shots = Path(os.environ.get("K5TUNE_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
-    with ServerThread(root) as url, ForeignSite(tmp_path / "foreign", url) as foreign, \
+    with ServerThread(root, allowed_roots=[tiny_model_dir]) as url, ForeignSite(tmp_path / "foreign", url) as foreign, \
             sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
@@ -90,10 +93,34 @@ def test_broken_config_is_edited_as_text_under_csp_unframeable_with_named_downlo
             page.click("#gallery-lora a")
         assert download.value.suggested_filename == "pytorch_lora_weights.safetensors"
 
+        # 9. checkpoints: download, and resume from here (a stand-in checkpoint: the run fails, visibly)
+        row = page.locator('#checkpoints tr.checkpoint[data-path="output/checkpoint-3"]')
+        with page.expect_download() as download:
+            row.locator("a.download").click()
+        assert download.value.suggested_filename == "pytorch_lora_weights.safetensors"
+        row.locator("button.resume-here").click()
+        expect(page.locator("#tab-training")).to_be_visible()
+        first = page.locator("#runs tr[data-run]").first
+        expect(first).to_contain_text("config/config.json (from output/checkpoint-3)")
+        expect(first).to_contain_text("clips (datasets/videos)")
+        expect(first.locator("td.col-exit")).not_to_have_text("", timeout=90_000)
+        expect(page.locator("#stat-status")).to_contain_text("failed")
+        page.set_viewport_size({"width": 800, "height": 900})
+        box = page.locator("#runs th.col-exit").bounding_box()
+        assert box and box["x"] + box["width"] <= 800, box
+        page.set_viewport_size({"width": 1280, "height": 900})
+
+        # 10. the system panel: each GPU's memory and utilisation
+        page.click('#tabs button[data-tab="system"]')
+        expect(page.locator("#system-gpus tr.gpu")).to_contain_text("NVIDIA H100 80GB HBM3")
+        expect(page.locator("#system-gpus tr.gpu")).to_contain_text("40.0 / 80.0 GiB")
+        expect(page.locator("#system-gpus tr.gpu")).to_contain_text("73%")
+        expect(page.locator("#system-queue-empty")).to_be_visible()
+
         # every tab at 1280 and 800 px
         for width in (1280, 800):
             page.set_viewport_size({"width": width, "height": 900})
-            for tab in ("config", "datasets", "training", "gallery"):
+            for tab in ("config", "datasets", "training", "gallery", "system"):
                 page.click(f'#tabs button[data-tab="{tab}"]')
                 page.screenshot(path=str(shots / f"{tab}-{width}.png"), full_page=True)
 
@@ -106,4 +133,4 @@ def test_broken_config_is_edited_as_text_under_csp_unframeable_with_named_downlo
         browser.close()
     assert not problems, problems
     assert {p.name for p in shots.glob("*-800.png")} == {f"{t}-800.png" for t in ("config", "datasets", "training",
-                                                                                 "gallery")}
+                                                                                 "gallery", "system")}
