@@ -562,3 +562,18 @@ def test_runs_list_their_dataset_and_steps_and_resume_from_a_chosen_checkpoint(t
         assert "--resume_from_checkpoint" in log and "checkpoint-2" in log and "resumed from" in log
         listed = client.get("/api/runs").json()[0]
         assert (listed["id"], listed["steps_done"], listed["resume_from"]) == (resumed["id"], 4, "output/checkpoint-2")
+
+
+def test_presets_are_the_wizards_for_the_flavour_and_card(project):
+    from k5tune import configure
+
+    with serve(project) as client:
+        lite = client.get("/api/presets", params={"gpu_gib": 16}).json()
+        assert lite["recommended"] == configure.recommended_preset(16) == "16gb"
+        assert [p["name"] for p in lite["presets"]] == [p.name for p in configure.MEMORY_PRESETS.values()
+                                                       if configure.preset_available(p)]
+        assert lite["keys"] == list(configure.PRESET_KEYS) and lite["flavour"] == "t2v-lite-sft-5s"
+        write_config(project, model_flavour="t2v-pro-sft-5s-hd")
+        pro = client.get("/api/presets", params={"gpu_gib": 80}).json()
+        assert pro["recommended"] == configure.recommended_pro_preset(80, 1) == "pro-80gb"
+        assert "pro-group-offload" in [p["name"] for p in pro["presets"]]

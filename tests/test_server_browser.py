@@ -73,6 +73,7 @@ def test_web_ui_edits_config_trains_shows_progress_and_video_and_stops(tmp_path,
         video = page.locator("#videos video").first
         expect(video).to_be_attached(timeout=60_000)
         wait_until(page, "() => document.querySelector('#videos video').readyState >= 1", timeout=30)
+        expect(page.locator("#videos figure .caption").first).to_have_text("a red circle moving to the right")
         page.screenshot(path=str(shots / "4-gallery.png"))
 
         # 5. a clean stop: the run saves a checkpoint and ends as 'stopped'

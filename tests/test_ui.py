@@ -134,3 +134,95 @@ def test_broken_config_is_edited_as_text_under_csp_unframeable_with_named_downlo
     assert not problems, problems
     assert {p.name for p in shots.glob("*-800.png")} == {f"{t}-800.png" for t in ("config", "datasets", "training",
                                                                                  "gallery", "system")}
+
+
+def _recorded_run(manager, root: Path, status: str, events: list[dict]) -> int:
+    """A finished run in the server's history, with the events its `k5tune train` would have written."""
+    run_id = manager.store.insert(output_dir=str(root / "output"), config_path="config/config.json", status=status,
+                                  created_at="2026-01-01T00:00:00+00:00", config_snapshot="{}")
+    folder = manager.runs_dir / f"run-{run_id:06d}"
+    folder.mkdir(parents=True)
+    (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    manager.store.update(run_id, log_path=str(folder / "train.log"), exit_code=0 if status == "completed" else 1)
+    return run_id
+
+
+def test_charts_plot_the_runs_own_loss_and_eval_and_never_another_runs(tmp_path, tiny_model_dir):
+    from playwright.sync_api import expect, sync_playwright
+
+    root = make_project(tmp_path / "project", tiny_model_dir, {"max_train_steps": 4})
+    (root / "output").mkdir()
+    (root / "output" / "metrics.csv").write_text("step,epoch,loss,lr\n1,0,9.5,0.001\n2,0,9.4,0.001\n")
+    steps = [{"event": "step", "step": s, "epoch": 0, "loss": 0.5 / s, "lr": 1e-3, "step_seconds": 0.1,
+              **({"eval_loss": 0.6 / s} if s % 2 == 0 else {})} for s in (1, 2, 3, 4)]
+    server = ServerThread(root, allowed_roots=[tiny_model_dir])
+    with server as url, sync_playwright() as playwright:
+        manager = server.app.state.manager
+        trained = _recorded_run(manager, root, "completed", [{"event": "training", "total_steps": 4}, *steps,
+                                                              {"event": "end", "outcome": "completed"}])
+        failed = _recorded_run(manager, root, "failed", [{"event": "end", "outcome": "failed", "error": "X: y"}])
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url + "#training")
+        page.click(f'#runs tr[data-run="{trained}"]')
+        expect(page.locator("#stat-step")).to_have_text("4 / 4")
+        expect(page.locator("#loss-chart polyline")).to_have_count(3)
+        expect(page.locator("#loss-chart polyline.series-eval_loss")).to_have_count(1)
+        expect(page.locator("#loss-chart text.legend")).to_have_text("eval loss")
+        # the failed run trained no step: its chart stays empty, whatever metrics.csv the folder holds
+        page.click(f'#runs tr[data-run="{failed}"]')
+        expect(page.locator("#stat-status")).to_contain_text("failed")
+        expect(page.locator("#loss-chart polyline")).to_have_count(0)
+        expect(page.locator("#loss-chart")).to_contain_text("the loss appears here after the first step")
+        browser.close()
+
+
+def test_config_page_groups_sections_lists_flavours_offers_presets_and_filters(tmp_path, tiny_model_dir,
+                                                                              monkeypatch):
+    from playwright.sync_api import expect, sync_playwright
+
+    fake_nvidia_smi(tmp_path / "bin", monkeypatch)  # one 80 GiB card
+    root = make_project(tmp_path / "project", tiny_model_dir, {"max_train_steps": 4})
+    config = root / "config" / "config.json"
+    with ServerThread(root, allowed_roots=[tiny_model_dir]) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        # 8. basic sections first and open, the advanced ones collapsed
+        expect(page.locator("#preset-select option")).not_to_have_count(0)  # the page has loaded
+        titles = page.locator("#config-form details.section").evaluate_all("ds => ds.map(d => [d.dataset.section, d.open])")
+        assert titles[0] == ["model", True] and ["memory", False] in titles and ["CREPA", False] in titles
+        basics = [t for t, _ in titles[:7]]
+        assert basics == ["model", "data", "output", "LoRA", "optimisation", "checkpoints", "validation"]
+        # model_flavour: a list of the flavours, each described
+        flavour = page.locator('#config-form .field[data-field="model_flavour"] select')
+        expect(flavour.locator("option", has_text="t2v-lite-sft-5s — Lite text-to-video")).to_have_count(1)
+        expect(flavour.locator("option", has_text="i2v-pro-sft-5s — Pro image-to-video")).to_have_count(1)
+
+        # the wizard's presets for this card: 80 GiB recommends 80gb; another is applied and saved
+        expect(page.locator("#preset-select")).to_have_value("80gb")
+        expect(page.locator("#preset-note")).to_contain_text("everything stays on the GPU")
+        page.select_option("#preset-select", "16gb")
+        page.click("#preset-apply")
+        memory = page.locator('#config-form details.section[data-section="memory"]')
+        expect(memory.locator('.field[data-field="offload_activations"] select')).to_have_value("true")
+        page.click("#config-save")
+        expect(page.locator("#config-status")).to_contain_text("saved config/config.json")
+        saved = json.loads(config.read_text())
+        assert saved["offload_activations"] is True and saved["gradient_checkpointing_policy"] == "selective"
+        page.reload()
+        expect(page.locator('#config-form details.section[data-section="memory"]')).to_have_attribute("open", "")
+
+        # "only set keys": exactly the file's keys, and no section left as an empty box
+        page.check("#config-only-set")
+        visible = page.locator("#config-form .field:visible")
+        expect(visible).to_have_count(len(saved))
+        empty = page.locator("#config-form details.section").evaluate_all(
+            "ds => ds.filter(d => d.offsetParent !== null && ![...d.querySelectorAll('.field')].some(f => f.offsetParent !== null))"
+            ".map(d => d.dataset.section)")
+        assert empty == []
+        page.uncheck("#config-only-set")
+        page.fill("#config-filter", "nabla_threshold")
+        expect(page.locator("#config-form .field:visible")).to_have_count(1)
+        expect(page.locator('#config-form details.section[data-section="attention"]')).to_have_attribute("open", "")
+        browser.close()

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from k5tune.server.auth import Guard
-from k5tune.server.routes import config, datasets, files, info, runs, system
+from k5tune.server.routes import config, datasets, files, info, presets, runs, system
 
 
 def api_router(guard: Guard) -> APIRouter:
     api = APIRouter(prefix="/api", dependencies=[Depends(guard)])
-    for module in (info, config, datasets, files, runs, system):
+    for module in (info, config, datasets, files, presets, runs, system):
         api.include_router(module.router)
     return api

@@ -120,9 +120,10 @@ function fieldRow(field, get, set, key, onChange) {
   let input;
   if (field.kind === "bool" || field.kind === "enum") {
     const choices = field.kind === "bool" ? ["true", "false"] : field.choices.map(String);
+    const about = field.choice_descriptions || {};
     input = el("select", { id },
       el("option", { value: "", text: `default (${shown(field.default)})` }),
-      choices.map((c) => el("option", { value: c, text: c })));
+      choices.map((c) => el("option", { value: c, text: about[c] ? `${c} — ${about[c]}` : c })));
     input.value = value === undefined ? "" : String(value);
   } else {
     const placeholder = field.required ? "required" : `default: ${shown(field.default)}`;
@@ -154,6 +155,8 @@ function clearFieldErrors(root) {
 function showFieldError(root, box, error, fieldKey) {
   const field = fieldKey ? root.querySelector(`.field[data-field="${CSS.escape(fieldKey)}"]`) : null;
   if (field) {
+    const section = field.closest("details");
+    if (section) section.open = true;
     field.classList.add("has-error");
     field.querySelector(".field-error").textContent = error.message;
     field.scrollIntoView({ block: "nearest" });
@@ -176,36 +179,40 @@ let schema = null;
 
 const config = { values: {} };
 
+// one collapsible group per section: the basic ones first and open, the advanced ones collapsed unless
+// they hold a setting of this file
 function renderConfigForm() {
   const form = $("#config-form");
   form.replaceChildren();
-  const sections = new Map();
+  const sections = new Map(schema.sections.map((s) => [s.title,
+    el("details", { class: "section" + (s.basic ? " basic" : " advanced"), "data-section": s.title, open: s.basic },
+      el("summary", {}, el("b", { text: s.title }), el("span", { class: "muted", text: s.basic ? "" : " (advanced)" })),
+      el("div", { class: "fields" }))]));
   for (const field of schema.config) {
-    if (!sections.has(field.section)) {
-      const fs = el("fieldset", {}, el("legend", { text: field.section }));
-      sections.set(field.section, fs);
-      form.append(fs);
-    }
-    sections.get(field.section).append(fieldRow(field,
+    const section = sections.get(field.section);
+    section.querySelector(".fields").append(fieldRow(field,
       () => config.values[field.name],
       (v) => { if (v === undefined) delete config.values[field.name]; else config.values[field.name] = v; },
       field.name, checkConfig));
+    if (config.values[field.name] !== undefined) section.open = true;
   }
+  form.append(...sections.values());
   filterConfig();
 }
 
 function filterConfig() {
   const text = $("#config-filter").value.trim().toLowerCase();
   const onlySet = $("#config-only-set").checked;
-  document.querySelectorAll("#config-form fieldset").forEach((fs) => {
+  document.querySelectorAll("#config-form details.section").forEach((section) => {
     let visible = 0;
-    fs.querySelectorAll(".field").forEach((f) => {
+    section.querySelectorAll(".field").forEach((f) => {
       const hay = f.textContent.toLowerCase();
       const ok = (!text || hay.includes(text)) && (!onlySet || f.classList.contains("is-set"));
       f.hidden = !ok;
       if (ok) visible++;
     });
-    fs.hidden = visible === 0;
+    section.hidden = visible === 0;  // a section with nothing to show is not left as an empty box
+    if ((text || onlySet) && visible) section.open = true;
   });
 }
 $("#config-filter").addEventListener("input", filterConfig);
@@ -214,6 +221,41 @@ $("#config-only-set").addEventListener("change", filterConfig);
 function showNotices(notices) {
   $("#config-notices").replaceChildren(...(notices || []).map((n) => el("li", { text: "note: " + n })));
 }
+
+// memory presets: the wizard's (`k5tune configure`), for the config's flavour and this machine's card
+let presetList = null;
+
+async function loadPresets() {
+  const gib = $("#preset-gpu").value.trim();
+  const query = "config=" + encodeURIComponent($("#config-path").value) + (gib ? "&gpu_gib=" + encodeURIComponent(gib) : "");
+  const { data } = await api("GET", "/api/presets?" + query);
+  presetList = data;
+  if (!gib && data.gpu_gib) $("#preset-gpu").placeholder = `${data.gpu_gib.toFixed(0)} GiB`;
+  $("#preset-select").replaceChildren(el("option", { value: "", text: "memory preset…" }),
+    ...data.presets.map((p) => el("option", { value: p.name,
+      text: `${p.title}${p.name === data.recommended ? " (recommended)" : ""}` })));
+  if (data.recommended) $("#preset-select").value = data.recommended;
+  showPresetNote();
+}
+
+function showPresetNote() {
+  const chosen = presetList && presetList.presets.find((p) => p.name === $("#preset-select").value);
+  $("#preset-note").textContent = chosen ? chosen.note : "";
+  $("#preset-apply").disabled = !chosen;
+}
+
+function applyPreset() {
+  const chosen = presetList.presets.find((p) => p.name === $("#preset-select").value);
+  for (const key of presetList.keys) {  // a key the preset does not set goes back to its default
+    if (key in chosen.settings) config.values[key] = chosen.settings[key]; else delete config.values[key];
+  }
+  renderConfigForm();
+  checkConfig();
+  say("#config-status", `preset ${chosen.name} applied: Save writes it`, "good");
+}
+$("#preset-select").addEventListener("change", showPresetNote);
+$("#preset-gpu").addEventListener("change", () => loadPresets().catch((e) => say("#config-status", e.message, "bad")));
+$("#preset-apply").addEventListener("click", applyPreset);
 
 // a file that does not parse: shown as text, with the error's line and column; the form is withheld
 function showRawConfig(data) {
@@ -576,8 +618,13 @@ function renderGallery(outputs) {
   // keep playing <video> elements when nothing changed for them
   const root = $("#videos");
   const existing = new Map([...root.querySelectorAll("figure[data-path]")].map((f) => [f.dataset.path, f]));
+  const keep = (v) => {  // a playing video stays; its caption follows prompts.txt, which may come after it
+    const figure = existing.get(v.path);
+    if (figure && figure.querySelector(".caption").textContent !== v.prompt) figure.querySelector(".caption").textContent = v.prompt;
+    return figure;
+  };
   const figures = [...byStep.keys()].sort((a, b) => b - a).flatMap((step) => byStep.get(step).map((v) =>
-    existing.get(v.path) || el("figure", { class: "card video", "data-path": v.path },
+    keep(v) || el("figure", { class: "card video", "data-path": v.path },
       el("video", { src: fileUrl(v.path), controls: true, muted: true, loop: true, playsinline: true, preload: "metadata" }),
       el("figcaption", {}, el("b", { text: `step ${v.step}` }), el("span", { class: "muted", text: " " + v.name }),
         el("div", { class: "caption", text: v.prompt })))));
@@ -637,6 +684,7 @@ async function start() {
     $("#project").textContent = info.project_dir;
     schema = (await api("GET", "/api/schema")).data;
     await loadConfig();
+    await loadPresets();
     await loadDatasets();
     await refreshRuns();
     setInterval(() => refreshRuns().catch(() => {}), 3000);
