@@ -368,6 +368,13 @@ def test_a_config_that_does_not_parse_is_never_saved_over_and_every_save_keeps_t
         again = client.put("/api/config", json={"values": values}).json()
         assert (project / again["kept"]).read_text() == fixed and json.loads(path.read_text())["lora_rank"] == 8
         assert len(list(kept.parent.iterdir())) == 2
+        # the dataset file too
+        datasets = project / "config" / "multidatabackend.json"
+        before = datasets.read_text()
+        backends = client.get("/api/datasets").json()["backends"]
+        backends[0]["repeats"] = 2
+        kept = client.put("/api/datasets", json={"backends": backends}).json()["kept"]
+        assert (project / kept).read_text() == before and json.loads(datasets.read_text())[0]["repeats"] == 2
 
 
 def test_security_headers_tokens_and_download_names(project, capsys):
@@ -470,11 +477,13 @@ def test_one_path_policy_at_save_and_at_start_for_every_path_key(project, tmp_pa
             assert started.status_code == 403 and started.json()["error"]["key"] == key
             write_config(project, **{key: None})
         datasets = project / "config" / "multidatabackend.json"
-        changed = json.loads(datasets.read_text())
-        changed[1]["cache_dir"] = outside
-        datasets.write_text(json.dumps(changed))
-        started = client.post("/api/runs", json={})
-        assert started.status_code == 403 and started.json()["error"]["key"] == "cache_dir"
+        original = datasets.read_text()
+        for index, key in [(0, "instance_data_dir"), (0, "cache_dir_vae"), (1, "cache_dir")]:
+            changed = json.loads(original)
+            changed[index][key] = outside
+            datasets.write_text(json.dumps(changed))
+            started = client.post("/api/runs", json={})
+            assert started.status_code == 403 and started.json()["error"]["key"] == key
         assert client.get("/api/runs").json() == []
 
     # a root the person running the server allowed on its command line

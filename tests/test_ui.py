@@ -62,6 +62,8 @@ def test_broken_config_is_edited_as_text_under_csp_unframeable_with_named_downlo
         problems: list[str] = []
         page.on("pageerror", lambda error: problems.append(str(error)))
         page.on("console", lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None)
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
         page.goto(url)
 
         # 1. the file as text with the error's line and column; the form is withheld and cannot save
@@ -106,8 +108,9 @@ def test_broken_config_is_edited_as_text_under_csp_unframeable_with_named_downlo
         expect(first.locator("td.col-exit")).not_to_have_text("", timeout=90_000)
         expect(page.locator("#stat-status")).to_contain_text("failed")
         page.set_viewport_size({"width": 800, "height": 900})
-        box = page.locator("#runs th.col-exit").bounding_box()
-        assert box and box["x"] + box["width"] <= 800, box
+        expect(page.locator("#runs th.col-exit")).to_be_visible()
+        right = page.evaluate("() => document.querySelector('#runs th.col-exit').getBoundingClientRect().right")
+        assert 0 < right <= 800, right
         page.set_viewport_size({"width": 1280, "height": 900})
 
         # 10. the system panel: each GPU's memory and utilisation
@@ -132,6 +135,8 @@ def test_broken_config_is_edited_as_text_under_csp_unframeable_with_named_downlo
         expect(frame.locator("#config-save")).to_have_count(0)
         browser.close()
     assert not problems, problems
+    # everything stays offline: the page asks its own server only (data: URLs never leave the browser)
+    assert requested and all(u.startswith(url) or u.startswith("data:") for u in requested), requested
     assert {p.name for p in shots.glob("*-800.png")} == {f"{t}-800.png" for t in ("config", "datasets", "training",
                                                                                  "gallery", "system")}
 

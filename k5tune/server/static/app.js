@@ -302,9 +302,13 @@ async function loadConfig() {
   if (data.error) showFieldError($("#config-form"), "#config-error", data.error, data.error.field);
 }
 
+let configSaves = 0;  // a check that began before the latest save says nothing new: its answer is dropped
+
 async function sendConfig(validateOnly) {
+  const saves = validateOnly ? configSaves : ++configSaves;
   const { status, data } = await api("PUT", "/api/config",
     { path: $("#config-path").value, values: config.values, validate_only: validateOnly });
+  if (validateOnly && saves !== configSaves) return true;
   clearFieldErrors($("#config-form"));
   $("#config-error").hidden = true;
   if (status === 409) {  // the file on disk is not JSON: never overwritten by the form
