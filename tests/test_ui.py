@@ -107,6 +107,9 @@ def test_broken_config_is_edited_as_text_under_csp_unframeable_with_named_downlo
         expect(first).to_contain_text("clips (datasets/videos)")
         expect(first.locator("td.col-exit")).not_to_have_text("", timeout=90_000)
         expect(page.locator("#stat-status")).to_contain_text("failed")
+        page.click("#run-snapshot summary")
+        expect(page.locator("#run-snapshot-text")).to_contain_text('"max_train_steps": 5')
+        expect(page.locator("#run-snapshot-text")).to_contain_text('"instance_data_dir": "datasets/videos"')
         page.set_viewport_size({"width": 800, "height": 900})
         expect(page.locator("#runs th.col-exit")).to_be_visible()
         right = page.evaluate("() => document.querySelector('#runs th.col-exit').getBoundingClientRect().right")
@@ -203,6 +206,15 @@ def test_config_page_groups_sections_lists_flavours_offers_presets_and_filters(t
         flavour = page.locator('#config-form .field[data-field="model_flavour"] select')
         expect(flavour.locator("option", has_text="t2v-lite-sft-5s — Lite text-to-video")).to_have_count(1)
         expect(flavour.locator("option", has_text="i2v-pro-sft-5s — Pro image-to-video")).to_have_count(1)
+
+        # 6. an absurd value is refused at its field with the valid range
+        rank = page.locator('#config-form .field[data-field="lora_rank"]')
+        rank.locator("input").fill("100000")
+        rank.locator("input").press("Tab")
+        expect(rank.locator(".field-error")).to_contain_text("valid range: 1 to 1024")
+        rank.locator("input").fill("4")
+        rank.locator("input").press("Tab")
+        expect(rank.locator(".field-error")).to_have_text("")
 
         # the wizard's presets for this card: 80 GiB recommends 80gb; another is applied and saved
         expect(page.locator("#preset-select")).to_have_value("80gb")

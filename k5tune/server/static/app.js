@@ -501,6 +501,9 @@ function updateRunControls(run) {
     if ($("#run-status-msg").textContent.startsWith("stopping")) say("#run-status-msg", `run ${run.id} ${run.status}`, "good");
   }
   $("#run-title").textContent = `Run ${run.id}: ${run.config_path}${run.resume ? " (resume)" : ""} → ${run.output_dir}`;
+  const snapshot = run.config_snapshot || {};
+  $("#run-snapshot-text").textContent = JSON.stringify({ config: snapshot.config, datasets: snapshot.datasets,
+    resume_from: snapshot.resume_from }, null, 2);
   const failed = run.status === "failed";
   $("#run-error").hidden = !failed;
   if (failed && live.errorShownFor !== run.id) {
