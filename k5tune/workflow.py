@@ -14,7 +14,7 @@ from k5tune.cache.result import CacheStage
 from k5tune.cache.stage import run_cache_stage
 from k5tune.progress import Progress, SilentProgress
 from k5tune.runtime import Runtime
-from k5tune.train.events import EventLog, EventProgress, events_path
+from k5tune.train.events import EventLog, EventProgress, events_path, failure
 from k5tune.train.outputs import TrainResult
 from k5tune.train.trainer import Trainer
 
@@ -34,7 +34,7 @@ def train(loaded, progress: Progress | None = None, device: str | None = None) -
         trainer.progress.log(stage.summary())
         result = trainer.run(stage)
     except BaseException as exc:
-        events.emit("end", outcome="failed", error=f"{type(exc).__name__}: {exc}")
+        events.emit("end", **failure(exc))
         events.close()
         raise
     result.is_main = trainer.dist.is_main

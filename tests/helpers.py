@@ -1,5 +1,5 @@
 """What several test modules share: projects on the tiny model, training runs and their LoRAs,
-comparisons, fault stand-ins. Test modules import from here, never from each other."""
+comparisons, fault stand-ins, the web UI's server under test. Test modules import from here, never from each other."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ import errno
 import json
 import os
 import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -240,3 +245,121 @@ def assert_same_training(got: dict[str, torch.Tensor], expected: dict[str, torch
     """The LoRA of a training that does the same maths in another order (see ROUNDING_APART)."""
     errors = lora_errors(got, expected)
     assert max(errors.values()) < bound, errors
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+# --- the web UI's server ----------------------------------------------------------------------------
+
+
+def model_root(root: Path) -> list[str]:
+    """The tiny model's folder the project's config.json names (outside the project: the operator allows
+    it, as `k5tune server --allow-root` does)."""
+    try:
+        named = json.loads((root / "config" / "config.json").read_text()).get("pretrained_model_name_or_path")
+    except (OSError, ValueError):
+        return []
+    return [named] if named else []
+
+
+@contextmanager
+def serve(root: Path, **kwargs) -> Iterator:
+    """The app under a TestClient (runs killed when it closes), the project's model folder allowed."""
+    from fastapi.testclient import TestClient
+
+    from k5tune.server.app import create_app
+
+    kwargs.setdefault("allowed_roots", model_root(root))
+    app = create_app(root, kill_runs_on_shutdown=True, **kwargs)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        yield client
+
+
+def write_config(root: Path, **changes) -> None:
+    path = root / "config" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def read_events(client, run_id: int, stop: Callable[[str, dict], bool], timeout: float = 90.0,
+                seen: list | None = None) -> list[tuple[str, dict]]:
+    """SSE events of a run until stop(event, data) is true or the stream ends."""
+    events = [] if seen is None else seen
+    deadline = time.monotonic() + timeout
+    event = None
+    with client.stream("GET", f"/api/runs/{run_id}/events") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            assert time.monotonic() < deadline, f"no matching event in {timeout} s: {events[-5:]}"
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event:
+                data = json.loads(line[6:])
+                events.append((event, data))
+                if stop(event, data):
+                    break
+    return events
+
+
+def wait_finished(client, run_id: int, timeout: float = 90.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.get(f"/api/runs/{run_id}").json()
+        if run["finished"]:
+            return run
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} still {run['status']} after {timeout} s: {run['log_tail'][-5:]}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerThread:
+    """The real app under uvicorn on a free localhost port, in a thread of the test process."""
+
+    def __init__(self, root: Path, **kwargs):
+        import uvicorn
+
+        from k5tune.server.app import create_app
+
+        self.port = free_port()
+        kwargs.setdefault("allowed_roots", model_root(root))
+        self.app = create_app(root, kill_runs_on_shutdown=True, **kwargs)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}/"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def wait_until(page, script: str, timeout: float = 60.0) -> None:
+    """Poll `script` (a JS function) in the page until it returns true. Not page.wait_for_function: that
+    evaluates its predicate with eval, which the UI's Content-Security-Policy forbids."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(script):
+        assert time.monotonic() < deadline, f"not true after {timeout} s: {script}"
+        time.sleep(0.2)
+
+
+def fake_nvidia_smi(folder: Path, monkeypatch) -> None:
+    """An nvidia-smi on PATH that reports one H100 40 GiB full and 73 % busy."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "nvidia-smi"
+    script.write_text("#!/bin/sh\necho '0, NVIDIA H100 80GB HBM3, 40960, 81920, 73'\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")

@@ -35,7 +35,7 @@ def test_sections_follow_the_declaration_order():
 
 def test_settings_carry_the_schema_facts():
     rank = config_field("lora_rank")
-    assert (rank.kind, rank.default, rank.section, rank.limits) == ("int", 16, "LoRA", {"gt": 0})
+    assert (rank.kind, rank.default, rank.section, rank.limits) == ("int", 16, "LoRA", {"gt": 0, "le": 1024})
     assert rank.description == TrainConfig.model_fields["lora_rank"].description
     frame_rate = config_field("frame_rate")
     assert frame_rate.aliases == ("framerate",) and frame_rate.section == "data"

@@ -6,19 +6,23 @@ import json
 import os
 import signal
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from k5tune.config.schema import TrainConfig
 from k5tune.data.synthetic import write_clip
 from k5tune.server.app import create_app
 from k5tune.server.auth import server_token
-from tests.helpers import make_project
+from tests.helpers import (
+    fake_nvidia_smi,
+    make_project,
+    model_root,
+    read_events,
+    serve,
+    wait_finished,
+    write_config,
+)
 
 # steps are ~0.1 s on the tiny model: 2000 steps outlast any test, which stops the run itself
 LONG_RUN = {"max_train_steps": 2000, "checkpointing_steps": 1000, "train_batch_size": 2}
@@ -27,49 +31,6 @@ LONG_RUN = {"max_train_steps": 2000, "checkpointing_steps": 1000, "train_batch_s
 @pytest.fixture
 def project(tmp_path, tiny_model_dir) -> Path:
     return make_project(tmp_path / "project", tiny_model_dir, LONG_RUN)
-
-
-@contextmanager
-def serve(root: Path, **kwargs) -> Iterator[TestClient]:
-    app = create_app(root, kill_runs_on_shutdown=True, **kwargs)
-    with TestClient(app, base_url="http://127.0.0.1") as client:
-        yield client
-
-
-def write_config(root: Path, **changes) -> None:
-    path = root / "config" / "config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
-
-
-def read_events(client: TestClient, run_id: int, stop: Callable[[str, dict], bool], timeout: float = 90.0,
-                seen: list | None = None) -> list[tuple[str, dict]]:
-    """SSE events of a run until stop(event, data) is true or the stream ends."""
-    events = [] if seen is None else seen
-    deadline = time.monotonic() + timeout
-    event = None
-    with client.stream("GET", f"/api/runs/{run_id}/events") as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            assert time.monotonic() < deadline, f"no matching event in {timeout} s: {events[-5:]}"
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") and event:
-                data = json.loads(line[6:])
-                events.append((event, data))
-                if stop(event, data):
-                    break
-    return events
-
-
-def wait_finished(client: TestClient, run_id: int, timeout: float = 90.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.get(f"/api/runs/{run_id}").json()
-        if run["finished"]:
-            return run
-        time.sleep(0.2)
-    raise AssertionError(f"run {run_id} still {run['status']} after {timeout} s: {run['log_tail'][-5:]}")
 
 
 # --- schema and config ----------------------------------------------------------------------------
@@ -331,3 +292,297 @@ def test_paths_outside_the_project_are_refused(project, tmp_path):
         gallery = client.get("/api/outputs", params={"dir": "output"}).json()
         assert gallery["videos"] == [{"step": 2, "name": "prompt-00.mp4", "prompt": "",
                                       "path": "output/validation/step-000002/prompt-00.mp4"}]
+
+
+# --- a run's state from its events ---------------------------------------------------------------------
+
+
+def test_run_outcome_comes_from_its_events_not_its_log(tmp_path):
+    from k5tune.server.runs import RunEvents, outcome, read_state
+    from k5tune.server.runs.store import Run
+
+    folder = tmp_path / "run-000001"
+    folder.mkdir()
+    # the log says what a clean stop prints; the events say the run failed: the events decide
+    (folder / "train.log").write_text("trained 5 steps\nstopped cleanly\noutputs in output\n")
+    run = Run(id=1, output_dir=str(tmp_path), config_path="config/config.json", resume=False, status="running",
+              created_at="", started_at="", ended_at=None, exit_code=None, log_path=str(folder / "train.log"),
+              config_snapshot="{}", error=None, pid=None, stop_requested=False)
+    events = [{"event": "run", "time": 1.0}, {"event": "stage", "name": "training", "total": 10},
+              {"event": "training", "total_steps": 10, "start_step": 0},
+              {"event": "progress", "stage": "training", "done": 2, "total": 10, "time": 10.0},
+              {"event": "step", "step": 3, "loss": 0.5, "time": 10.5},
+              {"event": "progress", "stage": "training", "done": 6, "total": 10, "time": 12.0},
+              {"event": "end", "outcome": "failed", "error": "RuntimeError: boom\nmore", "message": "boom",
+               "user_error": False}]
+    run.events_path.write_text("".join(json.dumps(e) + "\n" for e in events) + '{"event": "cut sh')
+    state = read_state(run.events_path)
+    assert (state.total_steps, state.it_per_s, state.steps) == (10, 2.0, [{"step": 3, "loss": 0.5}])
+    assert outcome(run, None, state) == ("failed", "RuntimeError: boom")
+    assert outcome(run, 1, state) == ("failed", "RuntimeError: boom")
+
+    user = {**events[-1], "error": "ConfigError: bad rank", "message": "bad rank", "user_error": True}
+    state.end = user
+    assert outcome(run, 2, state) == ("failed", "k5tune: error: bad rank")
+    state.end = {"event": "end", "outcome": "stopped"}
+    assert outcome(run, None, state) == ("stopped", None) and outcome(run, 0, state) == ("stopped", None)
+    state.end = {"event": "end", "outcome": "completed"}
+    assert outcome(run, None, state) == ("completed", None)
+    # no events at all: how the process ended
+    assert outcome(run, None, RunEvents(tmp_path / "none").state) == ("failed", "ended while the server was down")
+    assert outcome(run, -9, RunEvents(tmp_path / "none").state) == ("failed", "killed by signal SIGKILL")
+    run.stop_requested = True
+    assert outcome(run, 130, RunEvents(tmp_path / "none").state) == ("stopped", None)
+
+
+# --- never losing a user's file (#22) ------------------------------------------------------------------
+
+
+def test_a_config_that_does_not_parse_is_never_saved_over_and_every_save_keeps_the_previous(project):
+    path = project / "config" / "config.json"
+    good = path.read_text()
+    broken = good.replace('"lora_rank": 4,', '"lora_rank": 4,,')
+    allowed = model_root(project)  # read before the file breaks
+    path.write_text(broken)
+    with serve(project, allowed_roots=allowed) as client:
+        loaded = client.get("/api/config").json()
+        assert loaded["parse_error"]["line"] == 1 and loaded["parse_error"]["column"] > 1
+        assert loaded["text"] == broken and loaded["values"] == {}
+        # the form's (empty) values never replace the user's text
+        refused = client.put("/api/config", json={"values": {}})
+        assert refused.status_code == 409 and "not valid JSON" in refused.json()["error"]["text"]
+        assert path.read_text() == broken
+
+        # the text editor: still broken text is refused at its line and column; fixed text is saved as typed
+        still = client.put("/api/config/text", json={"text": '{\n  "lora_rank": 4,\n}'})
+        assert still.status_code == 422 and (still.json()["error"]["line"], still.json()["error"]["column"]) == (3, 1)
+        assert path.read_text() == broken
+        fixed = good.replace('"lora_rank": 4', '"lora_rank": 6')
+        saved = client.put("/api/config/text", json={"text": fixed}).json()
+        assert saved["saved"] and path.read_text() == fixed
+        kept = project / saved["kept"]
+        assert kept.read_text() == broken and kept.parent == project / ".k5tune" / "backups" / "config" / "config.json"
+
+        # a form save keeps the version it replaces too
+        values = {**client.get("/api/config").json()["values"], "lora_rank": 8}
+        again = client.put("/api/config", json={"values": values}).json()
+        assert (project / again["kept"]).read_text() == fixed and json.loads(path.read_text())["lora_rank"] == 8
+        assert len(list(kept.parent.iterdir())) == 2
+        # the dataset file too
+        datasets = project / "config" / "multidatabackend.json"
+        before = datasets.read_text()
+        backends = client.get("/api/datasets").json()["backends"]
+        backends[0]["repeats"] = 2
+        kept = client.put("/api/datasets", json={"backends": backends}).json()["kept"]
+        assert (project / kept).read_text() == before and json.loads(datasets.read_text())[0]["repeats"] == 2
+
+
+def test_security_headers_tokens_and_download_names(project, capsys):
+    from k5tune.cli import main
+    from k5tune.errors import K5TuneError
+
+    lora = project / "output" / "pytorch_lora_weights.safetensors"
+    lora.parent.mkdir(parents=True)
+    lora.write_bytes(b"weights")
+    with serve(project) as client:
+        for url in ["/", "/static/app.js", "/api/info", "/api/runs/999"]:
+            headers = client.get(url).headers
+            assert "default-src 'self'" in headers["content-security-policy"], url
+            assert "frame-ancestors 'none'" in headers["content-security-policy"], url
+            assert headers["x-frame-options"] == "DENY", url
+        download = client.get("/api/files", params={"path": "output/pytorch_lora_weights.safetensors", "download": 1})
+        assert download.content == b"weights"
+        assert download.headers["content-disposition"] == 'attachment; filename="pytorch_lora_weights.safetensors"'
+        inline = client.get("/api/files", params={"path": "output/pytorch_lora_weights.safetensors"})
+        assert inline.headers["content-disposition"].startswith("inline")
+
+    # an empty token would lock everyone out: refused, at the command line too; a short one is warned about
+    with pytest.raises(K5TuneError, match="empty"):
+        server_token("0.0.0.0", "")
+    with pytest.raises(ValueError):
+        create_app(project, token=" ")
+    assert main(["server", "--token", "", "--project-dir", str(project)]) == 2
+    assert "--token is empty" in capsys.readouterr().err
+    assert server_token("0.0.0.0", "short") == "short"
+    assert "only 5 characters" in capsys.readouterr().err
+    assert server_token("0.0.0.0", "x" * 24) == "x" * 24 and capsys.readouterr().err == ""
+
+
+# --- one path policy (#22) ---------------------------------------------------------------------------------
+
+
+def test_symlinks_out_of_the_project_are_never_listed_or_read(project, tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "ckpt").mkdir(parents=True)
+    (outside / "ckpt" / "secret-weights.bin").write_bytes(b"x" * 1000)
+    write_clip(outside / "step" / "secret.mp4", frames=9)
+    (outside / "caption.txt").write_text("the outside file's text\n")
+    output = project / "output"
+    (output / "validation").mkdir(parents=True)
+    os.symlink(outside / "ckpt", output / "checkpoint-5")
+    os.symlink(outside / "step", output / "validation" / "step-000003")
+    (output / "checkpoint-7").mkdir()
+    (output / "checkpoint-7" / "ours.bin").write_bytes(b"ok")
+    os.symlink(outside / "ckpt" / "secret-weights.bin", output / "checkpoint-7" / "linked.bin")
+    with serve(project) as client:
+        listed = client.get("/api/outputs", params={"dir": "output"}).json()
+        assert [c["name"] for c in listed["checkpoints"]] == ["checkpoint-7"]
+        assert listed["checkpoints"][0]["files"] == ["ours.bin"] and listed["checkpoints"][0]["size_bytes"] == 2
+        assert listed["videos"] == [] and "secret" not in json.dumps(listed)
+
+        # a caption linked from outside: the preview refuses, naming the link, and shows nothing of it
+        caption = project / "datasets" / "videos" / "clip_000.txt"
+        caption.unlink()
+        os.symlink(outside / "caption.txt", caption)
+        preview = client.post("/api/datasets/preview", json={})
+        assert preview.status_code == 403 and "outside file" not in preview.text
+        assert "datasets/videos/clip_000.txt is a link" in preview.json()["detail"]
+        assert preview.json()["error"]["key"] == "instance_data_dir"
+        # and a run is not started on it either
+        assert client.post("/api/runs", json={}).status_code == 403
+        assert client.get("/api/runs").json() == []
+
+
+def test_one_path_policy_at_save_and_at_start_for_every_path_key(project, tmp_path):
+    outside = str(tmp_path / "elsewhere")
+    allowed = tmp_path / "allowed"
+    config = project / "config" / "config.json"
+    with serve(project) as client:
+        values = client.get("/api/config").json()["values"]
+        for key, value in [("logging_dir", outside), ("logging_dir", "../../x"), ("validation_prompt_library", outside),
+                           ("output_dir", outside), ("data_backend_config", "../d.json"),
+                           ("resume_from_checkpoint", outside), ("pretrained_model_name_or_path", outside)]:
+            before = config.read_text()
+            refused = client.put("/api/config", json={"values": {**values, key: value}})
+            assert refused.status_code == 422, key
+            error = refused.json()["error"]
+            assert error["field"] == key and key in error["message"] and "outside" in error["message"], key
+            assert config.read_text() == before
+            text = client.put("/api/config/text", json={"text": json.dumps({**values, key: value})})
+            assert text.status_code == 422 and text.json()["error"]["field"] == key
+        assert client.put("/api/config", json={"values": {**values, "resume_from_checkpoint": "latest"}}).status_code == 200
+
+        backends = client.get("/api/datasets").json()["backends"]
+        for index, key in [(0, "cache_dir_vae"), (0, "instance_data_dir"), (1, "cache_dir")]:
+            changed = json.loads(json.dumps(backends))
+            changed[index][key] = outside
+            refused = client.put("/api/datasets", json={"backends": changed})
+            assert refused.status_code == 422, key
+            assert (refused.json()["error"]["backend"], refused.json()["error"]["key"]) == (index, key)
+
+        # Start reads the files as they are on disk: the same policy, so a hand-edited file is refused too
+        for key in ("logging_dir", "validation_prompt_library"):
+            write_config(project, **{key: outside})
+            started = client.post("/api/runs", json={})
+            assert started.status_code == 403 and started.json()["error"]["key"] == key
+            write_config(project, **{key: None})
+        datasets = project / "config" / "multidatabackend.json"
+        original = datasets.read_text()
+        for index, key in [(0, "instance_data_dir"), (0, "cache_dir_vae"), (1, "cache_dir")]:
+            changed = json.loads(original)
+            changed[index][key] = outside
+            datasets.write_text(json.dumps(changed))
+            started = client.post("/api/runs", json={})
+            assert started.status_code == 403 and started.json()["error"]["key"] == key
+        assert client.get("/api/runs").json() == []
+
+    # a root the person running the server allowed on its command line
+    model = json.loads(config.read_text())["pretrained_model_name_or_path"]
+    with serve(project, allowed_roots=[model, allowed]) as client:
+        changed[1]["cache_dir"] = str(allowed / "text")
+        assert client.put("/api/datasets", json={"backends": changed}).status_code == 200
+        assert client.put("/api/config", json={"values": {**values, "logging_dir": str(allowed / "logs")}}).status_code == 200
+
+
+def test_absurd_sizes_are_refused_with_the_valid_range_by_cli_and_ui(project, capsys, monkeypatch):
+    from k5tune.cli import main
+
+    monkeypatch.chdir(project)
+    assert main(["train", "--dry-run", "--lora_rank", "100000"]) == 2
+    assert "lora_rank" in (err := capsys.readouterr().err) and "valid range: 1 to 1024" in err
+    assert main(["train", "--dry-run", "--max_train_steps", "100000000"]) == 2
+    assert "valid range: 1 to 10000000" in capsys.readouterr().err
+    assert main(["train", "--dry-run", "--validation_resolution", "512x100000"]) == 2
+    assert "16 to 4096" in capsys.readouterr().err
+    with serve(project) as client:
+        fields = {f["name"]: f for f in client.get("/api/schema").json()["config"]}
+        assert (fields["lora_rank"]["gt"], fields["lora_rank"]["le"]) == (0, 1024)
+        values = client.get("/api/config").json()["values"]
+        refused = client.put("/api/config", json={"values": {**values, "lora_rank": 100000}, "validate_only": True})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "lora_rank"
+        assert "valid range: 1 to 1024" in refused.json()["error"]["message"]
+        backends = client.get("/api/datasets").json()["backends"]
+        for key, value, shown in [("resolution", 100000, "valid range: 1 to 4096"),
+                                  ("video", {"num_frames": 100001}, "valid range: 1 to 1021")]:
+            changed = json.loads(json.dumps(backends))
+            changed[0][key] = value
+            refused = client.put("/api/datasets", json={"backends": changed, "validate_only": True})
+            assert refused.status_code == 422 and shown in refused.json()["error"]["message"], key
+
+
+def test_system_panel_shows_each_gpu_or_none_and_the_queue(project, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no nvidia-smi
+    with serve(project) as client:
+        data = client.get("/api/system").json()
+        assert data["gpus"] == [] and data["note"].startswith("no GPU") and data["queue"] == []
+    fake_nvidia_smi(tmp_path / "bin", monkeypatch)
+    with serve(project) as client:
+        first = client.post("/api/runs", json={}).json()
+        second = client.post("/api/runs", json={}).json()
+        data = client.get("/api/system").json()
+        assert data["gpus"] == [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_used_mib": 40960.0,
+                                 "memory_total_mib": 81920.0, "utilization_percent": 73.0}]
+        assert [(r["id"], r["status"]) for r in data["queue"]] == [(first["id"], "running"), (second["id"], "queued")]
+        client.post(f"/api/runs/{second['id']}/stop")
+        client.post(f"/api/runs/{first['id']}/stop", json={"force": True})
+        wait_finished(client, first["id"])
+        assert client.get("/api/system").json()["queue"] == []
+
+
+def test_a_failed_run_never_shows_another_runs_metrics(project):
+    output = project / "output"
+    output.mkdir()
+    (output / "metrics.csv").write_text("step,epoch,loss,lr,step_seconds\n1,0,0.5,0.001,0.1\n2,0,0.4,0.001,0.1\n")
+    write_config(project, lora_rank=0)
+    with serve(project) as client:
+        run_id = client.post("/api/runs", json={}).json()["id"]
+        events = read_events(client, run_id, lambda e, d: e == "end")
+    assert events[-1][1]["status"] == "failed"
+    assert "metrics" not in {e for e, _ in events}, "the earlier run's metrics.csv is not this run's"
+
+
+def test_runs_list_their_dataset_and_steps_and_resume_from_a_chosen_checkpoint(tmp_path, tiny_model_dir):
+    project = make_project(tmp_path / "p", tiny_model_dir, {"max_train_steps": 4, "checkpointing_steps": 2,
+                                                           "train_batch_size": 2})
+    with serve(project) as client:
+        first = wait_finished(client, client.post("/api/runs", json={}).json()["id"])
+        assert first["status"] == "completed"
+        listed = client.get("/api/runs").json()[0]
+        assert (listed["steps_done"], listed["total_steps"]) == (4, 4)
+        assert listed["datasets"] == ["clips (datasets/videos)"] and listed["dataset_file"] == "config/multidatabackend.json"
+        assert [c["name"] for c in client.get("/api/outputs").json()["checkpoints"]] == ["checkpoint-2", "checkpoint-4"]
+
+        assert client.post("/api/runs", json={"resume_from": "../elsewhere"}).status_code == 403
+        assert client.post("/api/runs", json={"resume_from": "output/checkpoint-9"}).status_code == 404
+        resumed = client.post("/api/runs", json={"resume_from": "output/checkpoint-2"}).json()
+        assert resumed["resume"] and resumed["config_snapshot"]["resume_from"] == "output/checkpoint-2"
+        assert wait_finished(client, resumed["id"])["status"] == "completed"
+        log = client.get(f"/api/runs/{resumed['id']}/log").text
+        assert "--resume_from_checkpoint" in log and "checkpoint-2" in log and "resumed from" in log
+        listed = client.get("/api/runs").json()[0]
+        assert (listed["id"], listed["steps_done"], listed["resume_from"]) == (resumed["id"], 4, "output/checkpoint-2")
+
+
+def test_presets_are_the_wizards_for_the_flavour_and_card(project):
+    from k5tune import configure
+
+    with serve(project) as client:
+        lite = client.get("/api/presets", params={"gpu_gib": 16}).json()
+        assert lite["recommended"] == configure.recommended_preset(16) == "16gb"
+        assert [p["name"] for p in lite["presets"]] == [p.name for p in configure.MEMORY_PRESETS.values()
+                                                       if configure.preset_available(p)]
+        assert lite["keys"] == list(configure.PRESET_KEYS) and lite["flavour"] == "t2v-lite-sft-5s"
+        write_config(project, model_flavour="t2v-pro-sft-5s-hd")
+        pro = client.get("/api/presets", params={"gpu_gib": 80}).json()
+        assert pro["recommended"] == configure.recommended_pro_preset(80, 1) == "pro-80gb"
+        assert "pro-group-offload" in [p["name"] for p in pro["presets"]]

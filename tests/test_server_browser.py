@@ -5,54 +5,14 @@ arrive, stop it. Screenshots land in the test's tmp folder."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
-from pathlib import Path
 
 import pytest
 
 from k5tune.data.synthetic import write_clip
-from tests.helpers import make_project
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, ServerThread, make_project, wait_until
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
                                 "(apt-get install chromium; .ci/run installs it)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServerThread:
-    """The real app under uvicorn on a free localhost port, in a thread of the test process."""
-
-    def __init__(self, root: Path):
-        import uvicorn
-
-        from k5tune.server.app import create_app
-
-        self.port = free_port()
-        app = create_app(root, kill_runs_on_shutdown=True)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}/"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 def test_web_ui_edits_config_trains_shows_progress_and_video_and_stops(tmp_path, tiny_model_dir):
@@ -95,7 +55,7 @@ def test_web_ui_edits_config_trains_shows_progress_and_video_and_stops(tmp_path,
         expect(page.locator("#preview-buckets")).to_contain_text("64x48@17")
         expect(page.locator("#preview-skipped tr.skipped")).to_contain_text("too_short")
         expect(page.locator("#preview-clips img")).to_have_count(4)
-        page.wait_for_function("[...document.querySelectorAll('#preview-clips img')].every(i => i.naturalWidth > 0)")
+        wait_until(page, "() => [...document.querySelectorAll('#preview-clips img')].every(i => i.naturalWidth > 0)")
         page.locator("#preview").screenshot(path=str(shots / "2-datasets-preview.png"))
 
         # 3. training: progress arrives over Server-Sent Events
@@ -105,14 +65,15 @@ def test_web_ui_edits_config_trains_shows_progress_and_video_and_stops(tmp_path,
         expect(page.locator("#stat-step")).to_contain_text(" / 2000", timeout=60_000)
         expect(page.locator("#stat-loss")).not_to_have_text("–")
         expect(page.locator("#loss-chart polyline")).to_have_count(2)
-        page.wait_for_function("parseInt(document.querySelector('#stat-step').textContent) >= 4", timeout=60_000)
+        wait_until(page, "() => parseInt(document.querySelector('#stat-step').textContent) >= 4")
         page.screenshot(path=str(shots / "3-training.png"))
 
         # 4. the gallery plays the validation videos as they are written
         page.click('#tabs button[data-tab="gallery"]')
         video = page.locator("#videos video").first
         expect(video).to_be_attached(timeout=60_000)
-        page.wait_for_function("document.querySelector('#videos video').readyState >= 1", timeout=30_000)
+        wait_until(page, "() => document.querySelector('#videos video').readyState >= 1", timeout=30)
+        expect(page.locator("#videos figure .caption").first).to_have_text("a red circle moving to the right")
         page.screenshot(path=str(shots / "4-gallery.png"))
 
         # 5. a clean stop: the run saves a checkpoint and ends as 'stopped'

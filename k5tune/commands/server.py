@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="access token for the API (default: none on 127.0.0.1, generated otherwise)")
     parser.add_argument("--project-dir", default=".",
                         help="the project folder: files outside it are never read or served (default: here)")
+    parser.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                        help="a folder outside the project that settings may name too (models, datasets, caches); "
+                             "repeat for several")
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -28,4 +31,5 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     except ImportError as exc:
         raise K5TuneError(f"the web UI needs its extra packages ({exc.name} is missing): "
                           "pip install 'k5tune[server]'") from None
-    return serve(host=args.host, port=args.port, token=args.token, project_dir=args.project_dir)
+    return serve(host=args.host, port=args.port, token=args.token, project_dir=args.project_dir,
+                 allowed_roots=args.allow_root)

@@ -34,7 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     import os
 
-    loaded = load(args, extra)
+    from k5tune.errors import K5TuneError
+    from k5tune.train.events import record_early_failure
+
+    try:
+        loaded = load(args, extra)
+    except K5TuneError as exc:
+        record_early_failure(exc)  # the web UI's run learns why from its events file
+        raise
     if args.dry_run:
         from k5tune.train.summary import training_summary
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from k5tune.config.frames import frame_count_problem
+from k5tune.config.frames import MAX_RESOLUTION, frame_count_problem
 
 
 class _Strict(BaseModel):
@@ -94,7 +94,8 @@ class _MediaBackend(_Strict):
     )
     instance_prompt: str | None = Field(None, description="The caption for caption_strategy=instanceprompt.")
     resolution: int = Field(
-        512, gt=0, description="Target size in pixels; see resolution_type for how it is measured."
+        512, gt=0, le=MAX_RESOLUTION,
+        description="Target size in pixels; see resolution_type for how it is measured."
     )
     resolution_type: Literal["pixel", "area"] = Field(
         "pixel",

@@ -69,6 +69,26 @@ def _limits(info: FieldInfo) -> dict[str, float]:
             for name, kind in _LIMITS.items() if isinstance(item, kind)}
 
 
+def limits_at(model: Any, location: Sequence[Any]) -> dict[str, float]:
+    """The gt/ge/lt/le of the field at `location` (nested models followed); {} when there is none."""
+    info = None
+    for part in location:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return {}
+        info = model.model_fields.get(str(part))
+        if info is None:
+            return {}
+        model = info.annotation
+    return _limits(info) if info is not None else {}
+
+
+def valid_range(limits: Mapping[str, float]) -> str | None:
+    """'1 to 1024' for limits with both ends (gt on a whole number counts from the next one)."""
+    low = limits.get("ge", limits["gt"] + 1 if isinstance(limits.get("gt"), int) else None)
+    high = limits.get("le", limits["lt"] - 1 if isinstance(limits.get("lt"), int) else None)
+    return f"{low} to {high}" if low is not None and high is not None else None
+
+
 def _aliases(name: str, info: FieldInfo) -> tuple[str, ...]:
     alias = info.validation_alias
     return tuple(str(a) for a in alias.choices if a != name) if isinstance(alias, AliasChoices) else ()

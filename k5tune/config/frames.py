@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 
 TEMPORAL_COMPRESSION = 4  # HunyuanVideo VAE: 4 pixel frames per latent frame (+1 for the first)
+# upper bounds the schema gives sizes, so that an absurd value is refused with the valid range (far above
+# what Kandinsky 5 makes: 10 s at 24 fps is 241 frames, Pro's largest side 1280)
+MAX_FRAMES = 1021
+MAX_RESOLUTION = 4096
 SPATIAL_MULTIPLE = 16  # 8x VAE downscale times the transformer's 2x2 patch
 # The I2V pipeline returns NaN frames for <= 4 latent frames (<= 13 pixel frames): std of an empty slice.
 MIN_I2V_FRAMES = 17
@@ -24,6 +28,8 @@ def frame_count_problem(frames: int) -> str | None:
     """A message when `frames` is not 4k+1, else None."""
     if frames < 1:
         return f"{frames} frames is not a positive count; use 4k+1 frames such as 33, 49 or 61"
+    if frames > MAX_FRAMES:
+        return f"{frames} frames is too many (valid range: 1 to {MAX_FRAMES}, 4k+1)"
     if is_valid_frame_count(frames):
         return None
     low, high = nearest_valid_frame_counts(frames)
@@ -62,6 +68,8 @@ def parse_resolution(text: str) -> tuple[int, int]:
         height, width = sides["h"], sides["w"]
     if height <= 0 or width <= 0:
         raise ValueError(f"'{text}' has a zero side; write HEIGHTxWIDTH such as 512x768")
+    if max(height, width) > MAX_RESOLUTION:
+        raise ValueError(f"'{text}' is too large; each side must be 16 to {MAX_RESOLUTION} pixels")
     return height, width
 
 

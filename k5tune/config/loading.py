@@ -25,7 +25,7 @@ from k5tune.config.datasets import (
     VideoBackend,
     VideoOptions,
 )
-from k5tune.config.fields import bare_key, canonical_key, known_keys
+from k5tune.config.fields import bare_key, canonical_key, known_keys, limits_at, valid_range
 from k5tune.config.frames import MIN_I2V_FRAMES
 from k5tune.config.schema import TrainConfig
 from k5tune.errors import ConfigError
@@ -142,10 +142,16 @@ def _check_unknown_keys(
             raise ConfigError(f"{lead}unknown key{_closest(key, known)}", file=file, key=prefix + key)
 
 
-def _first_error(exc: ValidationError, file: str, prefix: str = "") -> ConfigError:
+_BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def _first_error(exc: ValidationError, file: str, prefix: str = "", model: Any = None) -> ConfigError:
     error = exc.errors()[0]
-    location = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-after"))
+    parts = [part for part in error["loc"] if not str(part).startswith("function-after")]
+    location = ".".join(str(part) for part in parts)
     message = error["msg"]
+    if error["type"] in _BOUND_ERRORS and (span := valid_range(limits_at(model, parts))):
+        message = f"{message} (valid range: {span})"
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     if error["type"] == "literal_error":
@@ -173,7 +179,7 @@ def build_train_config(raw: dict[str, Any], file: str) -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        raise _first_error(exc, file) from None
+        raise _first_error(exc, file, model=TrainConfig) from None
 
 
 def build_datasets(raw: Any, file: str) -> list:
@@ -201,7 +207,7 @@ def build_datasets(raw: Any, file: str) -> list:
         try:
             model.model_validate(entry)
         except ValidationError as exc:
-            error = _first_error(exc, file)
+            error = _first_error(exc, file, model=model)
             raise ConfigError(f"{label}: {error.message}", file=file, key=error.key) from None
     backends = _BACKEND_LIST.validate_python(raw)
     ids = [b.id for b in backends]

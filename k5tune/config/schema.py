@@ -84,7 +84,7 @@ class TrainConfig(BaseModel):
     hub_model_id: str | None = _f(None, "Repository for push_to_hub.")
 
     # --- LoRA ------------------------------------------------------------------------------------
-    lora_rank: int = _f(16, "LoRA rank.", gt=0)
+    lora_rank: int = _f(16, "LoRA rank (up to 1024).", gt=0, le=1024)
     lora_alpha: float | None = _f(None, "LoRA alpha (scale = alpha / rank). Default: equal to lora_rank.")
     lora_dropout: float = _f(0.0, "Dropout on the LoRA branch.", ge=0.0, lt=1.0)
     lora_target_modules: list[str] = _f(
@@ -108,9 +108,9 @@ class TrainConfig(BaseModel):
     adam_epsilon: float = _f(1e-8, "AdamW epsilon.", gt=0)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).", ge=0)
     max_train_steps: int | None = _f(
-        None, "Optimizer steps to train. Wins over num_train_epochs when both are set.", gt=0
+        None, "Optimizer steps to train. Wins over num_train_epochs when both are set.", gt=0, le=10_000_000
     )
-    num_train_epochs: int | None = _f(None, "Epochs to train when max_train_steps is not set.", gt=0)
+    num_train_epochs: int | None = _f(None, "Epochs to train when max_train_steps is not set.", gt=0, le=100_000)
     seed: int = _f(42, "Seed for everything random: the same seed gives the same LoRA.")
     mixed_precision: Literal["bf16", "fp16", "no"] = _f(
         "bf16", "Compute dtype on GPU (CPU always trains in fp32): bf16, or no (fp32). fp16 is refused: it needs "

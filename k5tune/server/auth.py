@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import sys
 from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request
 
+from k5tune.errors import K5TuneError
+
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+SHORT_TOKEN = 16  # characters: a shorter token is accepted with a warning
 
 
 def is_loopback(host: str) -> bool:
@@ -30,8 +34,15 @@ def is_loopback(host: str) -> bool:
 
 
 def server_token(host: str, token: str | None) -> str | None:
-    """The token a server bound to `host` uses: the given one; none on loopback; else a new one."""
+    """The token a server bound to `host` uses: the given one; none on loopback; else a new one. An empty
+    token is refused (nobody could get in); a short one is used with a warning."""
     if token is not None:
+        if not token.strip():
+            raise K5TuneError("--token is empty: nobody could use the server. Give a token of at least "
+                              f"{SHORT_TOKEN} characters, or leave --token out (a token is generated off 127.0.0.1)")
+        if len(token) < SHORT_TOKEN:
+            print(f"k5tune server: warning: the token is only {len(token)} characters long; one of at least "
+                  f"{SHORT_TOKEN} (or none, to have one generated) is much harder to guess", file=sys.stderr)
         return token
     return None if is_loopback(host) else secrets.token_urlsafe(24)
 

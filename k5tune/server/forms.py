@@ -17,15 +17,30 @@ from k5tune.config.datasets import ImageBackend, TextEmbedsBackend, VideoBackend
 from k5tune.config.fields import Setting, canonical_config, canonical_key, config_fields, describe
 from k5tune.config.schema import TrainConfig
 from k5tune.errors import ConfigError
+from k5tune.models.flavours import FLAVOURS
+
+# the sections a newcomer needs, shown first and open; the others start collapsed
+BASIC_SECTIONS = ("model", "data", "output", "LoRA", "optimisation", "checkpoints", "validation")
 
 
 def _form_field(setting: Setting) -> dict:
-    """One field as app.js reads it."""
-    return {
+    """One field as app.js reads it. model_flavour is a list of the registry's flavours, each described."""
+    field = {
         "name": setting.name, "kind": setting.kind, "nullable": setting.nullable, "choices": setting.choices,
         "default": setting.default, "required": setting.required, "description": setting.description,
         "aliases": list(setting.aliases), "section": setting.section, **setting.limits,
     }
+    if setting.name == "model_flavour":
+        field.update(kind="enum", choices=list(FLAVOURS),
+                     choice_descriptions={name: flavour.description for name, flavour in FLAVOURS.items()})
+    return field
+
+
+def sections() -> list[dict]:
+    """The form's sections in order, basic ones first: [{title, basic}]."""
+    titles = list(dict.fromkeys(setting.section for setting in config_fields()))
+    ordered = [t for t in titles if t in BASIC_SECTIONS] + [t for t in titles if t not in BASIC_SECTIONS]
+    return [{"title": title, "basic": title in BASIC_SECTIONS} for title in ordered]
 
 
 def describe_model(model: type[BaseModel], skip: tuple[str, ...] = ()) -> list[dict]:
@@ -36,6 +51,7 @@ def form_schema() -> dict:
     """GET /api/schema: form fields for both files plus pydantic's JSON schema of config.json."""
     return {
         "config": [_form_field(setting) for setting in config_fields()],
+        "sections": sections(),
         "datasets": {
             "video": describe_model(VideoBackend, skip=("dataset_type", "video")),
             "video_options": describe_model(VideoOptions),

@@ -23,6 +23,12 @@ def _prompts(folder: Path) -> dict[str, str]:
     return dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
 
 
+def _ours(paths: ProjectPaths, path: Path) -> bool:
+    """Whether `path` resolves inside the project (or an allowed root): a symlink leading out is not
+    listed, so nothing of an outside file (name, size, time) reaches the page."""
+    return paths.within(path.resolve(strict=False))
+
+
 def list_outputs(output_dir: Path, paths: ProjectPaths) -> dict:
     """Checkpoints (newest last) and validation videos (by step) of one output folder; paths are
     relative to the project, ready for /api/files."""
@@ -32,8 +38,8 @@ def list_outputs(output_dir: Path, paths: ProjectPaths) -> dict:
         return result
     for entry in output_dir.iterdir():
         match = _CHECKPOINT.match(entry.name)
-        if match and entry.is_dir():
-            files = [f for f in entry.iterdir() if f.is_file()]
+        if match and entry.is_dir() and _ours(paths, entry):
+            files = [f for f in entry.iterdir() if f.is_file() and _ours(paths, f)]
             result["checkpoints"].append({
                 "name": entry.name, "step": int(match.group(1)), "path": paths.relative(entry),
                 "size_bytes": sum(f.stat().st_size for f in files),
@@ -41,21 +47,21 @@ def list_outputs(output_dir: Path, paths: ProjectPaths) -> dict:
             })
     result["checkpoints"].sort(key=lambda c: c["step"])
     validation = output_dir / "validation"
-    if validation.is_dir():
+    if validation.is_dir() and _ours(paths, validation):
         for folder in sorted(validation.iterdir()):
             match = _STEP_FOLDER.match(folder.name)
-            if not (match and folder.is_dir()):
+            if not (match and folder.is_dir() and _ours(paths, folder)):
                 continue
             prompts = _prompts(folder)
             for video in sorted(folder.glob("*.mp4")):
-                if video.name.startswith("."):  # a video still being written (temp name)
+                if video.name.startswith(".") or not _ours(paths, video):  # temp name: still being written
                     continue
                 result["videos"].append({"step": int(match.group(1)), "name": video.name,
                                          "path": paths.relative(video), "prompt": prompts.get(video.name, "")})
     lora = output_dir / "pytorch_lora_weights.safetensors"
-    if lora.is_file():
+    if lora.is_file() and _ours(paths, lora):
         result["lora"] = paths.relative(lora)
-    if (output_dir / "loss.png").is_file():
+    if (output_dir / "loss.png").is_file() and _ours(paths, output_dir / "loss.png"):
         result["loss_plot"] = paths.relative(output_dir / "loss.png")
     return result
 

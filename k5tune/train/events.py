@@ -4,7 +4,9 @@ know a run's state, instead of parsing its printed text.
 Events: `run` (started: config, output folder, planned steps, resume point), `stage` (caching, training,
 ... with its size), `progress` (throttled: done/total and step metrics), `log` (a message the run
 printed), `step` (one metrics row), `checkpoint`, `validation` (the videos of a step), and `end` with
-the outcome (`completed`, `stopped`, `failed` with the error) and the LoRA path.
+the outcome (`completed`, `stopped`, `failed` with the error, its message and whether it is the user's
+to fix) and the LoRA path. A run refused before it starts (config.json rejected) writes `run` and `end`
+to the K5TUNE_EVENTS file alone.
 
 The file is the one K5TUNE_EVENTS names (the server gives each run its own), else
 `<output_dir>/events.jsonl`, appended to by every run in that folder; each run's events carry its id.
@@ -19,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
+from k5tune.errors import K5TuneError
 from k5tune.progress import Progress
 
 EVENTS_FILE = "events.jsonl"
@@ -52,6 +55,24 @@ class EventLog:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+def failure(exc: BaseException) -> dict[str, Any]:
+    """The fields of a failed run's `end` event: the error as `Type: message`, the message alone, and
+    whether it is the user's to fix (a K5TuneError, which the CLI prints as `k5tune: error: message`)."""
+    return {"outcome": "failed", "error": f"{type(exc).__name__}: {exc}", "message": str(exc),
+            "user_error": isinstance(exc, K5TuneError)}
+
+
+def record_early_failure(exc: BaseException, command: str = "train") -> None:
+    """A run refused before it knew its output folder (config.json or an override rejected): recorded
+    only in the file K5TUNE_EVENTS names, since there is no output folder to write to yet."""
+    if not os.environ.get(EVENTS_ENV):
+        return
+    events = EventLog(Path(os.environ[EVENTS_ENV]))
+    events.emit("run", command=command)
+    events.emit("end", **failure(exc))
+    events.close()
 
 
 class EventProgress:

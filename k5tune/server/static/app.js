@@ -32,6 +32,9 @@ function withToken(url) {
   return t ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(t) : url;
 }
 const fileUrl = (path) => withToken("/api/files?path=" + encodeURIComponent(path));
+const downloadUrl = (path) => withToken("/api/files?download=1&path=" + encodeURIComponent(path));
+const baseName = (path) => path.split("/").pop();
+const LORA_FILE = "pytorch_lora_weights.safetensors";
 
 async function api(method, url, body) {
   const headers = {};
@@ -44,7 +47,7 @@ async function api(method, url, body) {
   }
   const type = response.headers.get("content-type") || "";
   const data = type.includes("json") ? await response.json() : await response.text();
-  if (!response.ok && response.status !== 422) {
+  if (!response.ok && response.status !== 422 && response.status !== 409) {
     throw new Error((data && data.detail) || `${response.status} ${response.statusText}`);
   }
   return { status: response.status, data };
@@ -61,6 +64,10 @@ $("#token-save").addEventListener("click", () => {
   location.reload();
 });
 
+// forms are never submitted (the page saves through the API); a handler here, not inline in the page:
+// the Content-Security-Policy allows no inline script
+document.addEventListener("submit", (e) => e.preventDefault());
+
 // ---------------------------------------------------------------------------------------------
 // tabs
 
@@ -71,6 +78,7 @@ function showTab(name) {
   location.hash = name;
   if (name === "training") { refreshRuns(); redrawChart(); }
   if (name === "gallery") loadGallery();
+  if (name === "system") loadSystem().catch((e) => { $("#system-note").textContent = e.message; });
 }
 tabs.forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab)));
 
@@ -112,9 +120,10 @@ function fieldRow(field, get, set, key, onChange) {
   let input;
   if (field.kind === "bool" || field.kind === "enum") {
     const choices = field.kind === "bool" ? ["true", "false"] : field.choices.map(String);
+    const about = field.choice_descriptions || {};
     input = el("select", { id },
       el("option", { value: "", text: `default (${shown(field.default)})` }),
-      choices.map((c) => el("option", { value: c, text: c })));
+      choices.map((c) => el("option", { value: c, text: about[c] ? `${c} — ${about[c]}` : c })));
     input.value = value === undefined ? "" : String(value);
   } else {
     const placeholder = field.required ? "required" : `default: ${shown(field.default)}`;
@@ -146,6 +155,8 @@ function clearFieldErrors(root) {
 function showFieldError(root, box, error, fieldKey) {
   const field = fieldKey ? root.querySelector(`.field[data-field="${CSS.escape(fieldKey)}"]`) : null;
   if (field) {
+    const section = field.closest("details");
+    if (section) section.open = true;
     field.classList.add("has-error");
     field.querySelector(".field-error").textContent = error.message;
     field.scrollIntoView({ block: "nearest" });
@@ -168,36 +179,40 @@ let schema = null;
 
 const config = { values: {} };
 
+// one collapsible group per section: the basic ones first and open, the advanced ones collapsed unless
+// they hold a setting of this file
 function renderConfigForm() {
   const form = $("#config-form");
   form.replaceChildren();
-  const sections = new Map();
+  const sections = new Map(schema.sections.map((s) => [s.title,
+    el("details", { class: "section" + (s.basic ? " basic" : " advanced"), "data-section": s.title, open: s.basic },
+      el("summary", {}, el("b", { text: s.title }), el("span", { class: "muted", text: s.basic ? "" : " (advanced)" })),
+      el("div", { class: "fields" }))]));
   for (const field of schema.config) {
-    if (!sections.has(field.section)) {
-      const fs = el("fieldset", {}, el("legend", { text: field.section }));
-      sections.set(field.section, fs);
-      form.append(fs);
-    }
-    sections.get(field.section).append(fieldRow(field,
+    const section = sections.get(field.section);
+    section.querySelector(".fields").append(fieldRow(field,
       () => config.values[field.name],
       (v) => { if (v === undefined) delete config.values[field.name]; else config.values[field.name] = v; },
       field.name, checkConfig));
+    if (config.values[field.name] !== undefined) section.open = true;
   }
+  form.append(...sections.values());
   filterConfig();
 }
 
 function filterConfig() {
   const text = $("#config-filter").value.trim().toLowerCase();
   const onlySet = $("#config-only-set").checked;
-  document.querySelectorAll("#config-form fieldset").forEach((fs) => {
+  document.querySelectorAll("#config-form details.section").forEach((section) => {
     let visible = 0;
-    fs.querySelectorAll(".field").forEach((f) => {
+    section.querySelectorAll(".field").forEach((f) => {
       const hay = f.textContent.toLowerCase();
       const ok = (!text || hay.includes(text)) && (!onlySet || f.classList.contains("is-set"));
       f.hidden = !ok;
       if (ok) visible++;
     });
-    fs.hidden = visible === 0;
+    section.hidden = visible === 0;  // a section with nothing to show is not left as an empty box
+    if ((text || onlySet) && visible) section.open = true;
   });
 }
 $("#config-filter").addEventListener("input", filterConfig);
@@ -207,9 +222,78 @@ function showNotices(notices) {
   $("#config-notices").replaceChildren(...(notices || []).map((n) => el("li", { text: "note: " + n })));
 }
 
+// memory presets: the wizard's (`k5tune configure`), for the config's flavour and this machine's card
+let presetList = null;
+
+async function loadPresets() {
+  const gib = $("#preset-gpu").value.trim();
+  const query = "config=" + encodeURIComponent($("#config-path").value) + (gib ? "&gpu_gib=" + encodeURIComponent(gib) : "");
+  const { data } = await api("GET", "/api/presets?" + query);
+  presetList = data;
+  if (!gib && data.gpu_gib) $("#preset-gpu").placeholder = `${data.gpu_gib.toFixed(0)} GiB`;
+  $("#preset-select").replaceChildren(el("option", { value: "", text: "memory preset…" }),
+    ...data.presets.map((p) => el("option", { value: p.name,
+      text: `${p.title}${p.name === data.recommended ? " (recommended)" : ""}` })));
+  if (data.recommended) $("#preset-select").value = data.recommended;
+  showPresetNote();
+}
+
+function showPresetNote() {
+  const chosen = presetList && presetList.presets.find((p) => p.name === $("#preset-select").value);
+  $("#preset-note").textContent = chosen ? chosen.note : "";
+  $("#preset-apply").disabled = !chosen;
+}
+
+function applyPreset() {
+  const chosen = presetList.presets.find((p) => p.name === $("#preset-select").value);
+  for (const key of presetList.keys) {  // a key the preset does not set goes back to its default
+    if (key in chosen.settings) config.values[key] = chosen.settings[key]; else delete config.values[key];
+  }
+  renderConfigForm();
+  checkConfig();
+  say("#config-status", `preset ${chosen.name} applied: Save writes it`, "good");
+}
+$("#preset-select").addEventListener("change", showPresetNote);
+$("#preset-gpu").addEventListener("change", () => loadPresets().catch((e) => say("#config-status", e.message, "bad")));
+$("#preset-apply").addEventListener("click", applyPreset);
+
+// a file that does not parse: shown as text, with the error's line and column; the form is withheld
+function showRawConfig(data) {
+  const broken = Boolean(data && data.parse_error);
+  $("#config-raw").hidden = !broken;
+  $("#config-form").hidden = broken;
+  $("#config-save").disabled = broken;
+  if (!broken) return;
+  const error = data.parse_error;
+  const text = $("#config-raw-text");
+  text.value = data.text;
+  $("#config-raw-error").textContent = error.line ? `line ${error.line}, column ${error.column}: ${error.message}` : error.message;
+  if (error.line) {
+    const lines = data.text.split("\n");
+    const offset = lines.slice(0, error.line - 1).reduce((n, l) => n + l.length + 1, 0) + error.column - 1;
+    text.focus();
+    text.setSelectionRange(offset, offset);
+  }
+}
+
+async function saveRawConfig() {
+  const { status, data } = await api("PUT", "/api/config/text",
+    { path: $("#config-path").value, text: $("#config-raw-text").value });
+  if (status === 422) {
+    const e = data.error;
+    $("#config-raw-error").textContent = e.line ? `line ${e.line}, column ${e.column}: ${e.message}` : (e.text || e.message);
+    say("#config-raw-status", "not saved", "bad");
+    return;
+  }
+  await loadConfig();
+  say("#config-status", `saved ${data.path}` + (data.kept ? ` (previous version kept as ${data.kept})` : ""), "good");
+}
+$("#config-raw-save").addEventListener("click", () => saveRawConfig().catch((e) => say("#config-raw-status", e.message, "bad")));
+
 async function loadConfig() {
   const { data } = await api("GET", "/api/config?path=" + encodeURIComponent($("#config-path").value));
   config.values = data.values || {};
+  showRawConfig(data);
   renderConfigForm();
   clearFieldErrors($("#config-form"));
   $("#config-error").hidden = true;
@@ -218,18 +302,28 @@ async function loadConfig() {
   if (data.error) showFieldError($("#config-form"), "#config-error", data.error, data.error.field);
 }
 
+let configSaves = 0;  // a check that began before the latest save says nothing new: its answer is dropped
+
 async function sendConfig(validateOnly) {
+  const saves = validateOnly ? configSaves : ++configSaves;
   const { status, data } = await api("PUT", "/api/config",
     { path: $("#config-path").value, values: config.values, validate_only: validateOnly });
+  if (validateOnly && saves !== configSaves) return true;
   clearFieldErrors($("#config-form"));
   $("#config-error").hidden = true;
+  if (status === 409) {  // the file on disk is not JSON: never overwritten by the form
+    showFieldError($("#config-form"), "#config-error", data.error, null);
+    say("#config-status", "not saved", "bad");
+    return false;
+  }
   if (status === 422) {
     showFieldError($("#config-form"), "#config-error", data.error, data.error.field);
     say("#config-status", validateOnly ? "not valid yet" : "not saved: fix the marked setting", "bad");
     return false;
   }
   showNotices(data.notices);
-  say("#config-status", validateOnly ? "valid" : `saved ${data.path}`, "good");
+  say("#config-status", validateOnly ? "valid"
+    : `saved ${data.path}` + (data.kept ? ` (previous version kept as ${data.kept})` : ""), "good");
   return true;
 }
 const checkConfig = debounce(() => sendConfig(true).catch((e) => say("#config-status", e.message, "bad")), 300);
@@ -302,9 +396,9 @@ async function loadDatasets() {
 async function sendDatasets(validateOnly) {
   const { status, data } = await api("PUT", "/api/datasets?config=" + encodeURIComponent($("#config-path").value),
     { path: $("#datasets-path").value.trim() || null, backends: datasets.backends, validate_only: validateOnly });
-  if (status === 422) {
+  if (status === 422 || status === 409) {
     showDatasetError(data.error);
-    say("#datasets-status", validateOnly ? "not valid yet" : "not saved: fix the marked setting", "bad");
+    say("#datasets-status", status === 409 ? "not saved" : validateOnly ? "not valid yet" : "not saved: fix the marked setting", "bad");
     return false;
   }
   showDatasetError(null);
@@ -378,12 +472,18 @@ function duration(seconds) {
 async function refreshRuns() {
   const { data } = await api("GET", "/api/runs");
   const table = $("#runs");
-  table.replaceChildren(el("tr", {}, ["#", "status", "output", "started", "ended", "exit"].map((h) => el("th", { text: h }))),
+  // the outcome first (status, exit code, steps), then what the run trained on: narrow screens keep the outcome
+  table.replaceChildren(el("tr", {}, ["#", "status", "exit", "steps", "config", "dataset", "output", "started"]
+    .map((h) => el("th", { text: h, class: "col-" + h }))),
     ...data.map((r) => el("tr", { class: r.id === live.runId ? "selected" : "", "data-run": r.id, onclick: () => selectRun(r.id) },
       el("td", { text: r.id + (r.resume ? " ↻" : "") }),
-      el("td", {}, el("span", { class: "pill " + r.status, text: r.status })),
-      el("td", { text: r.output_dir }), el("td", { text: when(r.started_at) }), el("td", { text: when(r.ended_at) }),
-      el("td", { text: r.exit_code === null ? "" : r.exit_code }))));
+      el("td", { title: r.error || "" }, el("span", { class: "pill " + r.status, text: r.status })),
+      el("td", { class: "col-exit", text: r.exit_code === null ? "" : r.exit_code }),
+      el("td", { class: "col-steps", text: r.steps_done === null || r.steps_done === undefined ? ""
+        : r.total_steps ? `${r.steps_done} / ${r.total_steps}` : String(r.steps_done) }),
+      el("td", { class: "wrap", text: r.config_path + (r.resume_from ? ` (from ${r.resume_from})` : "") }),
+      el("td", { class: "wrap", text: (r.datasets || []).join(", ") || r.dataset_file || "" }),
+      el("td", { class: "wrap", text: r.output_dir }), el("td", { text: when(r.started_at) }))));
   if (live.runId === null && data.length) selectRun(data[0].id);
   const current = data.find((r) => r.id === live.runId);
   if (current) updateRunControls(current);
@@ -401,6 +501,9 @@ function updateRunControls(run) {
     if ($("#run-status-msg").textContent.startsWith("stopping")) say("#run-status-msg", `run ${run.id} ${run.status}`, "good");
   }
   $("#run-title").textContent = `Run ${run.id}: ${run.config_path}${run.resume ? " (resume)" : ""} → ${run.output_dir}`;
+  const snapshot = run.config_snapshot || {};
+  $("#run-snapshot-text").textContent = JSON.stringify({ config: snapshot.config, datasets: snapshot.datasets,
+    resume_from: snapshot.resume_from }, null, 2);
   const failed = run.status === "failed";
   $("#run-error").hidden = !failed;
   if (failed && live.errorShownFor !== run.id) {
@@ -486,9 +589,10 @@ function showSummary(s) {
 function redrawChart() { drawLossChart($("#loss-chart"), live.rows); }
 window.addEventListener("resize", debounce(redrawChart, 150));
 
-async function startRun(resume) {
+async function startRun(resume, from) {
   try {
-    const { data } = await api("POST", "/api/runs", { config: $("#run-config").value, resume });
+    const { data } = await api("POST", "/api/runs", { config: $("#run-config").value, resume, resume_from: from || null });
+    if (from) showTab("training");
     say("#run-status-msg", data.status === "queued"
       ? `run ${data.id} queued: another run is using ${data.output_dir}` : `run ${data.id} started`, "good");
     live.runId = null;
@@ -521,20 +625,29 @@ function renderGallery(outputs) {
   // keep playing <video> elements when nothing changed for them
   const root = $("#videos");
   const existing = new Map([...root.querySelectorAll("figure[data-path]")].map((f) => [f.dataset.path, f]));
+  const keep = (v) => {  // a playing video stays; its caption follows prompts.txt, which may come after it
+    const figure = existing.get(v.path);
+    if (figure && figure.querySelector(".caption").textContent !== v.prompt) figure.querySelector(".caption").textContent = v.prompt;
+    return figure;
+  };
   const figures = [...byStep.keys()].sort((a, b) => b - a).flatMap((step) => byStep.get(step).map((v) =>
-    existing.get(v.path) || el("figure", { class: "card video", "data-path": v.path },
+    keep(v) || el("figure", { class: "card video", "data-path": v.path },
       el("video", { src: fileUrl(v.path), controls: true, muted: true, loop: true, playsinline: true, preload: "metadata" }),
       el("figcaption", {}, el("b", { text: `step ${v.step}` }), el("span", { class: "muted", text: " " + v.name }),
         el("div", { class: "caption", text: v.prompt })))));
   root.replaceChildren(...figures);
   $("#videos-empty").hidden = figures.length > 0;
   $("#checkpoints").replaceChildren(
-    el("tr", {}, ["checkpoint", "step", "size", "saved", "files"].map((h) => el("th", { text: h }))),
-    ...outputs.checkpoints.slice().reverse().map((c) => el("tr", {},
+    el("tr", {}, ["checkpoint", "step", "size", "saved", "LoRA", ""].map((h) => el("th", { text: h }))),
+    ...outputs.checkpoints.slice().reverse().map((c) => el("tr", { class: "checkpoint", "data-path": c.path },
       el("td", { text: c.path }), el("td", { text: c.step }), el("td", { text: `${(c.size_bytes / 1048576).toFixed(2)} MiB` }),
-      el("td", { text: new Date(c.modified * 1000).toLocaleString() }), el("td", { text: c.files.join(", ") }))));
+      el("td", { text: new Date(c.modified * 1000).toLocaleString() }),
+      el("td", {}, c.files.includes(LORA_FILE)
+        ? el("a", { class: "download", href: downloadUrl(c.path + "/" + LORA_FILE), download: LORA_FILE, text: "download" }) : ""),
+      el("td", {}, el("button", { type: "button", class: "resume-here", text: "resume from here",
+        onclick: () => startRun(true, c.path) })))));
   $("#gallery-lora").replaceChildren(...(outputs.lora
-    ? ["final LoRA: ", el("a", { href: fileUrl(outputs.lora), text: outputs.lora, download: "" })] : []));
+    ? ["final LoRA: ", el("a", { href: downloadUrl(outputs.lora), text: outputs.lora, download: baseName(outputs.lora) })] : []));
   if (!$("#gallery-dir").value) $("#gallery-dir").placeholder = outputs.output_dir;
 }
 
@@ -548,6 +661,29 @@ async function loadGallery() {
 $("#gallery-reload").addEventListener("click", () => loadGallery().catch((e) => alert(e.message)));
 
 // ---------------------------------------------------------------------------------------------
+// system: each GPU's memory and utilisation, and the queue
+
+const gib = (mib) => (Number.isFinite(mib) ? (mib / 1024).toFixed(1) : "?");
+
+async function loadSystem() {
+  const { data } = await api("GET", "/api/system");
+  $("#system-note").textContent = data.note || "";
+  $("#system-gpus").replaceChildren(...(data.gpus.length ? [
+    el("tr", {}, ["GPU", "name", "memory used / total", "utilisation"].map((h) => el("th", { text: h }))),
+    ...data.gpus.map((g) => el("tr", { class: "gpu" },
+      el("td", { text: String(g.index) }), el("td", { text: g.name }),
+      el("td", {}, `${gib(g.memory_used_mib)} / ${gib(g.memory_total_mib)} GiB `,
+        el("meter", { min: 0, max: g.memory_total_mib || 1, value: g.memory_used_mib || 0 })),
+      el("td", { text: Number.isFinite(g.utilization_percent) ? `${g.utilization_percent}%` : "?" })))] : []));
+  $("#system-queue-empty").hidden = data.queue.length > 0;
+  $("#system-queue").replaceChildren(...(data.queue.length ? [
+    el("tr", {}, ["run", "status", "output folder", "config", "queued at"].map((h) => el("th", { text: h }))),
+    ...data.queue.map((r) => el("tr", { class: "queued-run" }, el("td", { text: String(r.id) }), el("td", { text: r.status }),
+      el("td", { text: r.output_dir }), el("td", { text: r.config_path }), el("td", { text: r.created_at })))] : []));
+}
+setInterval(() => { if (!$("#tab-system").hidden) loadSystem().catch(() => {}); }, 3000);
+
+// ---------------------------------------------------------------------------------------------
 
 async function start() {
   try {
@@ -555,6 +691,7 @@ async function start() {
     $("#project").textContent = info.project_dir;
     schema = (await api("GET", "/api/schema")).data;
     await loadConfig();
+    await loadPresets();
     await loadDatasets();
     await refreshRuns();
     setInterval(() => refreshRuns().catch(() => {}), 3000);
@@ -562,6 +699,6 @@ async function start() {
     say("#config-status", e.message, "bad");
   }
   const wanted = location.hash.slice(1);
-  if (["config", "datasets", "training", "gallery"].includes(wanted)) showTab(wanted);
+  if (["config", "datasets", "training", "gallery", "system"].includes(wanted)) showTab(wanted);
 }
 start();

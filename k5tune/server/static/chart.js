@@ -1,4 +1,5 @@
-// A small hand-written SVG line chart: loss per step and its moving average. No library needed.
+// A small hand-written SVG line chart: loss per step and its moving average, plus the run's other loss
+// terms (eval loss, CREPA) where its rows carry them. No library needed.
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -31,7 +32,10 @@ function movingAverage(values, window) {
   return out;
 }
 
-// rows: [{step, loss}, ...]
+// the other terms a step row may carry, drawn as their own series where present: [key, label]
+const EXTRA_SERIES = [["eval_loss", "eval loss"], ["crepa_loss", "CREPA loss"]];
+
+// rows: [{step, loss, eval_loss?, crepa_loss?}, ...]
 function drawLossChart(svg, rows) {
   const width = Math.max(320, svg.clientWidth || 640);
   const height = 240;
@@ -46,9 +50,12 @@ function drawLossChart(svg, rows) {
   }
   const steps = points.map((r) => r.step);
   const losses = points.map((r) => r.loss);
+  const extras = EXTRA_SERIES.map(([key, label]) => [key, label, rows.filter((r) => Number.isFinite(r[key]))])
+    .filter(([, , found]) => found.length);
+  const extraValues = extras.flatMap(([key, , found]) => found.map((r) => r[key]));
   let x0 = Math.min(...steps), x1 = Math.max(...steps);
   if (x1 === x0) x1 = x0 + 1;
-  let y0 = Math.min(...losses), y1 = Math.max(...losses);
+  let y0 = Math.min(...losses, ...extraValues), y1 = Math.max(...losses, ...extraValues);
   const pad = (y1 - y0) * 0.08 || Math.abs(y1) * 0.1 || 1;
   y0 -= pad; y1 += pad;
   const sx = (s) => m.left + ((s - x0) / (x1 - x0)) * (width - m.left - m.right);
@@ -76,6 +83,12 @@ function drawLossChart(svg, rows) {
   line(losses, "series-raw");
   const window = Math.max(1, Math.round(points.length / 20));
   line(movingAverage(losses, window), "series-avg");
+  extras.forEach(([key, label, found], n) => {
+    svg.appendChild(svgEl("polyline", { points: found.map((r) => `${sx(r.step).toFixed(1)},${sy(r[key]).toFixed(1)}`).join(" "),
+      class: `series-extra series-${key}` }));
+    for (const r of found) svg.appendChild(svgEl("circle", { cx: sx(r.step), cy: sy(r[key]), r: 2.5, class: `series-${key}` }));
+    svg.appendChild(svgEl("text", { x: width - m.right, y: m.top + 12 + 14 * n, "text-anchor": "end", class: `legend series-${key}` }, label));
+  });
   const last = points[points.length - 1];
   svg.appendChild(svgEl("circle", { cx: sx(last.step), cy: sy(last.loss), r: 3, class: "series-dot" }));
 }

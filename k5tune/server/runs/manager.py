@@ -3,180 +3,38 @@
 Why a process and not a thread: a crash (or an out-of-memory kill) of the training must not take the
 server with it, and SIGINT gives the trainer's own clean stop (finish the step, save a checkpoint).
 One run per output folder at a time; more runs for the same folder wait in a FIFO queue. The run
-history lives in SQLite (stdlib sqlite3), so it survives a server restart, and a run still going when
-the server comes back is adopted again.
+history lives in SQLite (store.py), so it survives a server restart, and a run still going when the
+server comes back is adopted again. Each run writes its structured events to its own file
+(K5TUNE_EVENTS); how it ended is read from them (status.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
+from k5tune.atomic import atomic_write_bytes
 from k5tune.server.paths import ProjectPaths
-
-QUEUED, RUNNING, STOPPING = "queued", "running", "stopping"
-COMPLETED, STOPPED, FAILED, CANCELLED = "completed", "stopped", "failed", "cancelled"
-ACTIVE = (RUNNING, STOPPING)
-FINISHED = (COMPLETED, STOPPED, FAILED, CANCELLED)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    output_dir TEXT NOT NULL,
-    config_path TEXT NOT NULL,
-    resume INTEGER NOT NULL DEFAULT 0,
-    status TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    started_at TEXT,
-    ended_at TEXT,
-    exit_code INTEGER,
-    log_path TEXT NOT NULL DEFAULT '',
-    config_snapshot TEXT NOT NULL DEFAULT '{}',
-    error TEXT,
-    pid INTEGER,
-    stop_requested INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS runs_by_folder ON runs (output_dir, status);
-"""
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-@dataclass
-class Run:
-    id: int
-    output_dir: str  # absolute, resolved: the queue key
-    config_path: str  # as the user named it, relative to the project
-    resume: bool
-    status: str
-    created_at: str
-    started_at: str | None
-    ended_at: str | None
-    exit_code: int | None
-    log_path: str
-    config_snapshot: str  # JSON: both files as they were when the run was queued
-    error: str | None
-    pid: int | None
-    stop_requested: bool
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
-
-    def snapshot(self) -> dict:
-        try:
-            return json.loads(self.config_snapshot)
-        except json.JSONDecodeError:
-            return {}
-
-    def to_dict(self, paths: ProjectPaths) -> dict:
-        data = asdict(self)
-        data["output_dir"] = paths.relative(self.output_dir)
-        data["log_path"] = paths.relative(self.log_path) if self.log_path else ""
-        data["config_snapshot"] = self.snapshot()
-        data["finished"] = self.finished
-        return data
-
-
-class RunStore:
-    """The `runs` table. A connection per call: watcher threads and request handlers share it safely."""
-
-    def __init__(self, db_path: Path):
-        self.path = Path(db_path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.row_factory = sqlite3.Row
-        return db
-
-    @staticmethod
-    def _run(row: sqlite3.Row) -> Run:
-        data = dict(row)
-        data["resume"] = bool(data["resume"])
-        data["stop_requested"] = bool(data["stop_requested"])
-        return Run(**data)
-
-    def insert(self, **fields) -> int:
-        columns = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
-        with self._connect() as db:
-            cursor = db.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", tuple(fields.values()))
-            return int(cursor.lastrowid)
-
-    def update(self, run_id: int, **fields) -> None:
-        assignments = ", ".join(f"{name} = ?" for name in fields)
-        with self._connect() as db:
-            db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*fields.values(), run_id))
-
-    def get(self, run_id: int) -> Run | None:
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return self._run(row) if row else None
-
-    def list(self, statuses: tuple[str, ...] | None = None, output_dir: str | None = None) -> list[Run]:
-        query, params = "SELECT * FROM runs WHERE 1=1", []
-        if statuses:
-            query += f" AND status IN ({', '.join('?' for _ in statuses)})"
-            params += list(statuses)
-        if output_dir is not None:
-            query += " AND output_dir = ?"
-            params.append(output_dir)
-        with self._connect() as db:
-            rows = db.execute(query + " ORDER BY id", params).fetchall()
-        return [self._run(row) for row in rows]
-
-
-# --------------------------------------------------------------------------------------------------
-# log helpers (also used by the event stream)
-
-
-def read_tail(path: str | Path, lines: int = 40, max_bytes: int = 256 * 1024) -> list[str]:
-    """The last `lines` lines of a log, progress-bar redraws (carriage returns) collapsed."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with path.open("rb") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        handle.seek(max(0, size - max_bytes))
-        data = handle.read().decode("utf-8", errors="replace")
-    return [shown for line in data.split("\n") if (shown := collapse_cr(line))][-lines:]
-
-
-def collapse_cr(line: str) -> str:
-    """tqdm redraws a line with '\\r': what a terminal shows is the last non-empty redraw."""
-    parts = [part for part in line.split("\r") if part.strip()]
-    return parts[-1].rstrip() if parts else ""
-
-
-_ERROR_LINE = re.compile(r"^(k5tune: error: .*|\w*(Error|Exception)\b.*)$")
-
-
-def error_summary(tail: list[str], exit_code: int | None) -> str:
-    """One line for the run list: k5tune's own error line, else the exception, else the exit code."""
-    for line in reversed(tail):
-        if _ERROR_LINE.match(line.strip()):
-            return line.strip()
-    if exit_code is not None and exit_code < 0:
-        return f"killed by signal {signal.Signals(-exit_code).name}"
-    return f"exited with code {exit_code}" if exit_code is not None else "ended while the server was down"
-
-
-# --------------------------------------------------------------------------------------------------
+from k5tune.server.policy import check_backends, check_config
+from k5tune.server.runs.status import RunEvents, RunState, outcome, read_state
+from k5tune.server.runs.store import (
+    ACTIVE,
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    STOPPING,
+    Run,
+    RunStore,
+    now_iso,
+)
+from k5tune.train.events import EVENTS_ENV
 
 
 def _pid_is_training(pid: int | None) -> bool:
@@ -209,6 +67,7 @@ class RunManager:
         self.python = python or sys.executable
         self.poll_seconds = poll_seconds
         self._procs: dict[int, subprocess.Popen] = {}
+        self._events: dict[int, RunEvents] = {}
         self._lock = threading.RLock()
         self._closed = threading.Event()
 
@@ -216,15 +75,28 @@ class RunManager:
     def get(self, run_id: int) -> Run | None:
         return self.store.get(run_id)
 
+    def state(self, run: Run) -> RunState:
+        """What the run's events said so far (each call reads only what was appended since the last)."""
+        with self._lock:
+            events = self._events.setdefault(run.id, RunEvents(run.events_path))
+            events.read()
+            return events.state
+
     def list(self) -> list[Run]:
         return list(reversed(self.store.list()))
 
     # --- submit / stop ----------------------------------------------------------------------------
-    def submit(self, config_path: str = "config/config.json", resume: bool = False) -> Run:
+    def submit(self, config_path: str = "config/config.json", resume: bool = False,
+               resume_from: str | None = None) -> Run:
         """Queue a run of `k5tune train` on a snapshot of the config (and its dataset file); start it now
-        unless another run holds the same output folder. Raises PathRefused for files outside the project."""
+        unless another run holds the same output folder. `resume`: from the latest checkpoint, or from the
+        checkpoint folder `resume_from`. Raises PathRefused for files outside the project."""
         config_file = self.paths.resolve(config_path)
         snapshot, output_dir, dataset_file = self._snapshot(config_file)
+        if resume_from:
+            checkpoint = self.paths.resolve(resume_from, must_exist=True, key="resume_from_checkpoint")
+            snapshot["resume_from"] = self.paths.relative(checkpoint)
+            resume = True
         with self._lock:
             run_id = self.store.insert(
                 output_dir=str(output_dir), config_path=config_path, resume=int(resume), status=QUEUED,
@@ -234,9 +106,9 @@ class RunManager:
             folder.mkdir(parents=True, exist_ok=True)
             # the run trains on these copies: what was queued is what runs, even if the files change meanwhile
             if config_file.is_file():
-                (folder / "config.json").write_bytes(config_file.read_bytes())
+                atomic_write_bytes(folder / "config.json", config_file.read_bytes())
             if dataset_file is not None:
-                (folder / "multidatabackend.json").write_bytes(dataset_file.read_bytes())
+                atomic_write_bytes(folder / "multidatabackend.json", dataset_file.read_bytes())
             self.store.update(run_id, log_path=str(folder / "train.log"))
             self._start_next(str(output_dir))
             return self.store.get(run_id)
@@ -255,6 +127,7 @@ class RunManager:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             snapshot["config"] = None
             snapshot["config_error"] = str(exc)
+        check_config(self.paths, raw, snapshot["config_file"])  # PathRefused: the key that leads out
         output = raw.get("output_dir")
         output = output if isinstance(output, str) and output else config_field("output_dir").default
         output_dir = self.paths.resolve(output)  # PathRefused: outputs the server could not show
@@ -270,6 +143,8 @@ class RunManager:
                 snapshot["datasets"] = json.loads(text)
             except json.JSONDecodeError:
                 snapshot["datasets_text"] = text
+            else:
+                check_backends(self.paths, snapshot["datasets"], snapshot["dataset_file"], walk=True)
         return snapshot, output_dir, dataset_file
 
     def stop(self, run_id: int, force: bool = False) -> Run | None:
@@ -303,7 +178,7 @@ class RunManager:
                 self._launch(queued[0])
 
     def _command(self, run: Run) -> list[str]:
-        folder = Path(run.log_path).parent
+        folder = run.folder
         config = folder / "config.json"
         if not config.is_file():  # nothing to copy: let `k5tune train` name the missing file itself
             config = self.paths.resolve(run.config_path)
@@ -312,14 +187,16 @@ class RunManager:
         if (folder / "multidatabackend.json").is_file():
             command += ["--data_backend_config", str(folder / "multidatabackend.json")]
         if run.resume:
-            command += ["--resume_from_checkpoint", "latest"]
+            chosen = run.snapshot().get("resume_from")
+            command += ["--resume_from_checkpoint", str(self.paths.resolve(chosen)) if chosen else "latest"]
         return command
 
     def _launch(self, run: Run) -> None:
         command = self._command(run)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", EVENTS_ENV: str(run.events_path)}
         log_path = Path(run.log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        run.events_path.unlink(missing_ok=True)  # the run's events alone (a reused state folder may hold old ones)
         with log_path.open("ab") as log:
             shown = " ".join(command[2:]).replace(str(self.paths.root) + os.sep, "")
             log.write(f"[k5tune server] run {run.id}: {shown}\n".encode())
@@ -354,17 +231,7 @@ class RunManager:
             run = self.store.get(run_id)
             if run is None or run.finished:
                 return
-            tail = read_tail(run.log_path, 60)
-            text = "\n".join(tail)
-            if exit_code == 0 or (exit_code is None and "trained " in text and "outputs in" in text):
-                status = STOPPED if "stopped cleanly" in text else COMPLETED
-            elif exit_code is None and "stopped cleanly" in text:
-                status = STOPPED
-            elif run.stop_requested and exit_code in (130, -signal.SIGINT, -signal.SIGKILL, -signal.SIGTERM):
-                status = STOPPED  # stopped before training began (caching), or killed on request
-            else:
-                status = FAILED
-            error = error_summary(tail, exit_code) if status == FAILED else None
+            status, error = outcome(run, exit_code, read_state(run.events_path))
             self.store.update(run_id, status=status, exit_code=exit_code, ended_at=now_iso(), error=error)
             output_dir = run.output_dir
         self._start_next(output_dir)
