@@ -1,0 +1,135 @@
+"""CREPA: the term against a plain implementation of its formula, teacher features cached once and
+reused, lambda 0 bit-identical to CREPA off, exact resume, the head kept out of the LoRA file, and
+config errors naming their key."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from k5tune.cli import main
+from k5tune.config import load_config
+from k5tune.config.loading import build_train_config
+from k5tune.data.synthetic import write_demo_dataset
+from k5tune.errors import ConfigError
+from k5tune.train.crepa import HEAD_FILE, alignment_term
+from k5tune.workflow import train
+
+RUN = {"max_train_steps": 4, "train_batch_size": 2, "checkpointing_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory) -> str:
+    from k5tune.models.tiny import make_tiny_dinov2
+
+    return str(make_tiny_dinov2(tmp_path_factory.mktemp("dinov2")))
+
+
+def crepa_keys(encoder: str, **more) -> dict:
+    return {"crepa_enabled": True, "crepa_encoder": encoder, "crepa_encoder_image_size": 28, "crepa_block_index": 1,
+            **more}
+
+
+def project(folder: Path, model_dir: str, config: dict) -> Path:
+    """The tiny project: 4 synthetic clips of 17 frames at 48x64, a text cache."""
+    if not (folder / "datasets").exists():
+        write_demo_dataset(folder / "datasets" / "videos", n=4, frames=24, width=64, height=48)
+    (folder / "config").mkdir(parents=True, exist_ok=True)
+    base = {"pretrained_model_name_or_path": model_dir, "report_to": "none", "output_dir": "output",
+            "learning_rate": 1e-3, "lr_warmup_steps": 0, "lora_rank": 4, "seed": 7}
+    (folder / "config" / "config.json").write_text(json.dumps({**base, **config}))
+    backend = {"id": "clips", "dataset_type": "video", "instance_data_dir": "datasets/videos", "resolution": 48,
+               "video": {"num_frames": 17}}
+    (folder / "config" / "multidatabackend.json").write_text(json.dumps(
+        [backend, {"id": "text", "dataset_type": "text_embeds", "default": True, "cache_dir": "cache/text"}]))
+    return folder
+
+
+def run(folder: Path, model_dir: str, config: dict, monkeypatch):
+    monkeypatch.chdir(project(folder, model_dir, config))
+    return train(load_config())
+
+
+def lora(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "pytorch_lora_weights.safetensors")
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def caching(folder: Path) -> dict:
+    return json.loads((folder / "cache" / "dataset_report.json").read_text())["caching"]["crepa"]
+
+
+def reference_term(projected, teacher, distance, tau, frame_weights, mask) -> float:
+    """The formula, one cosine at a time."""
+    batch, frames, tokens, _ = projected.shape
+    total = norm = 0.0
+    for b in range(batch):
+        for f in range(frames):
+            for n in range(tokens):
+                weight = float(frame_weights[b, f]) * float(mask[b, f, n])
+                similarity = 0.0
+                for d in range(-distance, distance + 1):
+                    if 0 <= f + d < frames:
+                        similarity += math.exp(-abs(d) / tau) * torch.nn.functional.cosine_similarity(
+                            projected[b, f, n].double(), teacher[b, f + d, n].double(), dim=0).item()
+                total += weight * similarity
+                norm += weight
+    return -total / norm
+
+
+@pytest.mark.parametrize("distance,tau", [(0, 1.0), (1, 1.0), (2, 0.5)])
+def test_the_term_is_the_formula(distance, tau):
+    generator = torch.Generator().manual_seed(0)
+    projected, teacher = torch.randn(2, 4, 5, 6, generator=generator), torch.randn(2, 4, 5, 6, generator=generator)
+    frame_weights = torch.tensor([[0.0, 1, 1, 1], [1, 1, 1, 1]])  # I2V's conditioning frame out, as the main loss
+    mask = torch.rand(2, 4, 5, generator=generator) > 0.3  # TREAD: routed tokens out
+    got = alignment_term(projected, teacher, distance, tau, frame_weights, mask)
+    assert got.item() == pytest.approx(reference_term(projected, teacher, distance, tau, frame_weights, mask),
+                                       abs=1e-6)
+    # identical features on every frame: each frame's similarities are the weights' sum
+    same = teacher[:, :1].expand_as(teacher)
+    plain = alignment_term(same * 3.0, same, distance, tau)
+    expected = -sum(sum(math.exp(-abs(d) / tau) for d in range(-distance, distance + 1) if 0 <= f + d < 4)
+                    for f in range(4)) / 4
+    assert plain.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_crepa_trains_from_cached_features_and_lambda_zero_changes_nothing(tmp_path, monkeypatch, tiny_model_dir,
+                                                                           tiny_dinov2):
+    from k5tune.models import dinov2
+
+    plain = lora(run(tmp_path, tiny_model_dir, RUN, monkeypatch).output_dir)
+    shutil.rmtree(tmp_path / "output")
+    idle = run(tmp_path, tiny_model_dir, {**RUN, **crepa_keys(tiny_dinov2, crepa_lambda=0.0)}, monkeypatch)
+    assert_same(lora(idle.output_dir), plain)  # the head, the tap and the term ran, weighted 0
+    rows = list(csv.DictReader((idle.output_dir / "metrics.csv").open()))
+    assert [float(r["flow_loss"]) for r in rows] == [float(r["loss"]) for r in rows]
+    assert all(-3 < float(r["crepa_loss"]) < 0.5 for r in rows)  # logged apart: 1 + 2 e^-1 at most in size
+    assert caching(tmp_path)["encoded"] == 4 and caching(tmp_path)["mib_per_clip"] > 0
+    report = json.loads((tmp_path / "cache" / "dataset_report.json").read_text())
+    assert any("MiB per clip" in note for note in report["notes"])
+    # the head lives in the checkpoints, never in the LoRA file
+    assert (idle.output_dir / "checkpoint-4" / HEAD_FILE).is_file()
+    assert not any("proj" in k or "norm" in k for k in lora(idle.output_dir))
+
+    # a second run reuses the features (DINOv2 never loads) and trains with the term on
+    monkeypatch.setattr(dinov2, "load_dinov2", lambda *a, **k: pytest.fail("features were encoded again"))
+    shutil.rmtree(tmp_path / "output")
+    on = run(tmp_path, tiny_model_dir, {**RUN, **crepa_keys(tiny_dinov2)}, monkeypatch)
+    assert caching(tmp_path)["encoded"] == 0
+    rows = list(csv.DictReader((on.output_dir / "metrics.csv").open()))
+    first = rows[0]
+    assert float(first["loss"]) == pytest.approx(float(first["flow_loss"]) + 0.5 * float(first["crepa_loss"]))
+    assert any(not torch.equal(v, plain[k]) for k, v in lora(on.output_dir).items())
