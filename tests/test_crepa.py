@@ -133,3 +133,37 @@ def test_crepa_trains_from_cached_features_and_lambda_zero_changes_nothing(tmp_p
     first = rows[0]
     assert float(first["loss"]) == pytest.approx(float(first["flow_loss"]) + 0.5 * float(first["crepa_loss"]))
     assert any(not torch.equal(v, plain[k]) for k, v in lora(on.output_dir).items())
+
+
+def test_resume_is_exact_and_new_settings_rebuild_only_the_features(tmp_path, monkeypatch, tiny_model_dir,
+                                                                     tiny_dinov2):
+    config = {**RUN, **crepa_keys(tiny_dinov2, crepa_adjacent_distance=2, crepa_adjacent_tau=0.5)}
+    whole = run(tmp_path, tiny_model_dir, config, monkeypatch)
+    expected, head = lora(whole.output_dir), load_file(whole.output_dir / "checkpoint-4" / HEAD_FILE)
+    assert main(["train", "--resume_from_checkpoint", str(whole.output_dir / "checkpoint-2")]) == 0
+    assert_same(lora(whole.output_dir), expected)
+    assert_same(load_file(whole.output_dir / "checkpoint-4" / HEAD_FILE), head)
+    # a checkpoint trained with CREPA does not resume without it
+    assert main(["train", "--resume_from_checkpoint", "latest", "--crepa_enabled", "false",
+                 "--max_train_steps", "6"]) == 2
+    # another image size: new features (the latents stay), pooled 2x2 tokens: 4x smaller entries... or fewer
+    latents_before = sorted(p.name for p in (tmp_path / "cache").rglob("*.safetensors"))
+    shutil.rmtree(tmp_path / "output")
+    run(tmp_path, tiny_model_dir, {**config, "crepa_encoder_image_size": 42, "crepa_feature_pooling": 2,
+                                   "max_train_steps": 2}, monkeypatch)
+    assert caching(tmp_path)["encoded"] == 4
+    after = sorted(p.name for p in (tmp_path / "cache").rglob("*.safetensors"))
+    assert len(after) == len(latents_before) + 4 and set(latents_before) <= set(after)
+
+
+@pytest.mark.parametrize("variant", ["tread", "no_checkpointing", "full_checkpointing"])
+def test_crepa_with_tread_and_checkpointing_modes(tmp_path, monkeypatch, tiny_model_dir, tiny_dinov2, variant):
+    """TREAD: the aligned block inside a route sees only the kept tokens (the term averages over them);
+    without checkpointing a forward hook taps the block, with it the checkpointing function."""
+    settings = {"tread": {"tread_config": {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0,
+                                                       "end_layer_idx": 1}]}},
+                "no_checkpointing": {"gradient_checkpointing": False},
+                "full_checkpointing": {"gradient_checkpointing_policy": "full"}}[variant]
+    result = run(tmp_path, tiny_model_dir, {**crepa_keys(tiny_dinov2), "max_train_steps": 2, **settings}, monkeypatch)
+    rows = list(csv.DictReader((result.output_dir / "metrics.csv").open()))
+    assert len(rows) == 2 and all(abs(float(r["crepa_loss"])) < 1 + 2 * math.exp(-1) for r in rows)
