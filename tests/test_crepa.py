@@ -167,3 +167,55 @@ def test_crepa_with_tread_and_checkpointing_modes(tmp_path, monkeypatch, tiny_mo
     result = run(tmp_path, tiny_model_dir, {**crepa_keys(tiny_dinov2), "max_train_steps": 2, **settings}, monkeypatch)
     rows = list(csv.DictReader((result.output_dir / "metrics.csv").open()))
     assert len(rows) == 2 and all(abs(float(r["crepa_loss"])) < 1 + 2 * math.exp(-1) for r in rows)
+
+
+def test_bad_crepa_settings_are_clear_errors(tmp_path, monkeypatch, tiny_model_dir, tiny_dinov2, capsys):
+    from k5tune.train.plan import TrainingPlan
+
+    with pytest.raises(ConfigError, match="key 'crepa_encoder'.*unknown encoder 'dinov2_vitl14'.*dinov2_vitg14"):
+        build_train_config({"crepa_encoder": "dinov2_vitl14"}, "c")
+    with pytest.raises(ConfigError, match="key 'crepa_encoder_image_size'.*patch size 14.*e.g. 490 or 504"):
+        build_train_config({"crepa_encoder_image_size": 500}, "c")
+    with pytest.raises(ConfigError, match="key 'crepa_encoder'.*holds no DINOv2 model"):
+        build_train_config({"crepa_encoder": str(tmp_path)}, "c")
+    assert build_train_config({"crepa_encoder": "facebook/dinov2-base"}, "c").crepa_encoder == "facebook/dinov2-base"
+    assert build_train_config({"crepa_encoder": tiny_dinov2}, "c").crepa_encoder == tiny_dinov2
+    assert [k for k, _ in TrainingPlan(fsdp_processes=2, crepa_block=8).problems()] == ["crepa_enabled"]
+    # the tiny model has 2 visual blocks: the run stops before caching anything
+    monkeypatch.chdir(project(tmp_path, tiny_model_dir, crepa_keys(tiny_dinov2, crepa_block_index=2)))
+    assert main(["train"]) == 2
+    error = capsys.readouterr().err
+    assert "key 'crepa_block_index'" in error and "valid: 0..1" in error and error.count("\n") == 1
+    assert not (tmp_path / "cache").exists()
+
+
+def test_crepa_with_i2v_keeps_the_conditioning_frame_out(tmp_path, monkeypatch, tiny_i2v_model_dir, tiny_dinov2,
+                                                         capsys):
+    from k5tune.train import crepa
+
+    seen = []
+    real = crepa.alignment_term
+    monkeypatch.setattr(crepa, "alignment_term", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
+    config = {**crepa_keys(tiny_dinov2), "model_flavour": "i2v-lite-5s", "max_train_steps": 2,
+              "disable_validation": True}
+    result = run(tmp_path, tiny_i2v_model_dir, config, monkeypatch)
+    assert result.steps == 2 and all(w is not None and (w[:, 0] == 0).all() and (w[:, 1:] == 1).all() for w in seen)
+    # dropping the VAE encoder would break I2V validation (it encodes its image): refused up front
+    project(tmp_path, tiny_i2v_model_dir, {**config, "disable_validation": False, "crepa_drop_vae_encoder": True,
+                                           "validation_prompt": "a circle"})
+    assert main(["train"]) == 2 and "key 'crepa_drop_vae_encoder'" in capsys.readouterr().err
+
+
+def test_nabla_token_order_is_undone():
+    """Under NABLA the blocks see 8x8-token groups: the head's output goes back to (T, H, W) order."""
+    from diffusers.models.transformers.transformer_kandinsky import fractal_flatten
+
+    from k5tune.train.crepa import Crepa
+
+    grid = torch.arange(2 * 16 * 16 * 3, dtype=torch.float32).view(1, 2, 16, 16, 3)
+    flat, _ = fractal_flatten(grid, grid, (1, 2, 16, 16), block_mask=True)
+    assert not torch.equal(flat, grid.flatten(1, 3))
+    crepa = Crepa.__new__(Crepa)
+    crepa.fractal = True
+    back, mask = crepa._on_grid(flat, None, 1, (2, 16, 16))
+    assert torch.equal(back, grid) and mask.shape == (1, 2, 16, 16, 1)
