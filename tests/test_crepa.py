@@ -156,14 +156,15 @@ def test_resume_is_exact_and_new_settings_rebuild_only_the_features(tmp_path, mo
     assert len(after) == len(latents_before) + 4 and set(latents_before) <= set(after)
 
 
-@pytest.mark.parametrize("variant", ["tread", "no_checkpointing", "full_checkpointing"])
+@pytest.mark.parametrize("variant", ["tread", "no_checkpointing", "full_checkpointing", "group_offload"])
 def test_crepa_with_tread_and_checkpointing_modes(tmp_path, monkeypatch, tiny_model_dir, tiny_dinov2, variant):
     """TREAD: the aligned block inside a route sees only the kept tokens (the term averages over them);
     without checkpointing a forward hook taps the block, with it the checkpointing function."""
     settings = {"tread": {"tread_config": {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0,
                                                        "end_layer_idx": 1}]}},
                 "no_checkpointing": {"gradient_checkpointing": False},
-                "full_checkpointing": {"gradient_checkpointing_policy": "full"}}[variant]
+                "full_checkpointing": {"gradient_checkpointing_policy": "full"},
+                "group_offload": {"enable_group_offload": True}}[variant]  # (activation offload comes with it)
     result = run(tmp_path, tiny_model_dir, {**crepa_keys(tiny_dinov2), "max_train_steps": 2, **settings}, monkeypatch)
     rows = list(csv.DictReader((result.output_dir / "metrics.csv").open()))
     assert len(rows) == 2 and all(abs(float(r["crepa_loss"])) < 1 + 2 * math.exp(-1) for r in rows)
@@ -219,3 +220,34 @@ def test_nabla_token_order_is_undone():
     crepa.fractal = True
     back, mask = crepa._on_grid(flat, None, 1, (2, 16, 16))
     assert torch.equal(back, grid) and mask.shape == (1, 2, 16, 16, 1)
+
+
+def test_compiled_blocks_are_tapped_outside_the_compiled_region(tiny_model_dir):
+    """Compiled checkpointed blocks (aot_eager: the same graphs, no code generation) give the term and the
+    head's gradient of the eager step."""
+    from k5tune.models.kandinsky5 import Kandinsky5Components, resolve_model_source
+    from k5tune.models.kandinsky5.model_input import pad_prompts
+    from k5tune.runtime import Runtime
+    from k5tune.train.build import LoraSettings, build_training_model
+    from k5tune.train.crepa import Crepa, CrepaSettings
+    from k5tune.train.plan import TrainingPlan
+    from k5tune.train.step import flow_matching_step_loss
+
+    runtime = Runtime.detect("no", "cpu")
+    generator = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(1, 3, 4, 6, 16, generator=generator), torch.randn(1, 3, 4, 6, 16, generator=generator)
+    text = pad_prompts([torch.randn(5, 32, generator=generator)], [torch.randn(32, generator=generator)])
+    teacher = torch.randn(1, 3, 6, 8, generator=generator)
+    results = []
+    for compiled in (False, True):
+        transformer = Kandinsky5Components(resolve_model_source("t2v-lite-sft-5s", tiny_model_dir)).transformer()
+        plan = TrainingPlan(compile_blocks=compiled, compile_kernels=False, compile_backend="aot_eager")
+        assert plan.compiles_blocks(False) is compiled
+        build_training_model(transformer, plan, LoraSettings(4, 4, ("to_query", "to_key", "to_value")), runtime)
+        crepa = Crepa(CrepaSettings(block=1, weight=0.5, distance=1, tau=1.0), transformer, 8, "cpu", seed=3)
+        loss = flow_matching_step_loss(transformer, latents, text, noise, torch.tensor([0.6]), (32, 48), runtime,
+                                       crepa=crepa, teacher=teacher)
+        loss.backward()
+        results.append((crepa.last[1], crepa.head.proj.weight.grad.clone()))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])
