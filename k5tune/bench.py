@@ -37,6 +37,8 @@ class BenchConfig:
     compare_stock: bool = False
     model: str | None = None  # a diffusers folder (e.g. the tiny model) instead of the full-size config
     tread: object | None = None  # a TreadConfig: also time the routed step on the same model
+    crepa: str | None = None  # a CREPA encoder name: also time the step with CREPA, and its feature caching
+    crepa_block: int = 8
     device: str | None = None
     # our step's memory and speed plan, as training builds it (its modulation_fp32 defaults to True here:
     # the stock model keeps fp32 modulation, and --modulation-bf16 stores ours as training does)
@@ -161,12 +163,33 @@ def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
             noise = torch.randn(latents.shape, generator=generator)
             sigmas = objective.sample_sigmas(bench.batch, generator, 5.0)
             loss = flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime,
-                                           route_generator=generator)
+                                           route_generator=generator, crepa=step.crepa, teacher=step.teacher)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    step.crepa = step.teacher = None  # set by add_crepa: the same step with CREPA's term
+
+    def add_crepa(encoder: str, block: int) -> None:
+        """CREPA at `block` with cached-like teacher features of `encoder`'s width (fp16, unit norm)."""
+        from k5tune.config.crepa import ENCODERS
+        from k5tune.train.crepa import Crepa, CrepaSettings
+
+        blocks = len(transformer.visual_transformer_blocks)
+        if not 0 <= block < blocks:
+            from k5tune.errors import ConfigError
+
+            raise ConfigError(f"the model has {blocks} visual blocks (valid: 0..{blocks - 1})", key="--crepa-block")
+        width = ENCODERS[encoder].width
+        step.crepa = Crepa(CrepaSettings(block, 0.5, 1, 1.0), transformer, width, device, seed=0)
+        params.extend(step.crepa.params())
+        optimizer.add_param_group({"params": step.crepa.params()})
+        grid = latents.shape[1] * (latents.shape[2] // 2) * (latents.shape[3] // 2)
+        features = torch.randn(bench.batch, latents.shape[1], grid // latents.shape[1], width, generator=generator)
+        step.teacher = torch.nn.functional.normalize(features, dim=-1).half()
+
+    step.add_crepa = add_crepa
     return step
 
 
@@ -238,6 +261,8 @@ def run_bench(bench: BenchConfig) -> dict:
     }
     peak = matmul_peak_tflops(device)
     report["matmul_peak_tflops"] = peak
+    if bench.crepa is not None:  # the cache stage's part first, alone on the GPU
+        report["crepa_caching"] = measure_crepa_caching(bench, device)
     if bench.compare_stock:
         stock = build_transformer(bench, device)
         report["stock"] = _measure(stock_step_fn(stock, bench, device), bench, device)
@@ -259,6 +284,8 @@ def run_bench(bench: BenchConfig) -> dict:
         report["tread_routes"] = [asdict(r) for r in routes]
         report["ours_tread"] = _measure(step, bench, device)
         report["tread_speedup_vs_dense"] = report["ours"]["step_s"] / report["ours_tread"]["step_s"]
+    if bench.crepa is not None:  # (with --tread: CREPA on the routed step, against it)
+        _measure_crepa(step, bench, device, report)
     for name in ("ours", "stock"):
         if name in report:
             report[name]["tflops"] = flops / report[name]["step_s"] / 1e12
@@ -269,6 +296,48 @@ def run_bench(bench: BenchConfig) -> dict:
     del transformer, step
     _free_memory()
     return report
+
+
+def _measure_crepa(step, bench: BenchConfig, device: torch.device, report: dict) -> None:
+    """The same step with CREPA (teacher features as the cache holds them): its extra time and memory."""
+    baseline = report["ours_tread"] if "ours_tread" in report else report["ours"]
+    step.add_crepa(bench.crepa, bench.crepa_block)
+    report["ours_crepa"] = crepa = _measure(step, bench, device)
+    report["crepa"] = {"encoder": bench.crepa, "block": bench.crepa_block,
+                       "teacher_mib_per_clip": step.teacher[0].numel() * 2 / 2**20,
+                       "step_time_increase": crepa["step_s"] / baseline["step_s"] - 1}
+    if "peak_gib" in crepa:
+        report["crepa"]["peak_increase_gib"] = crepa["peak_gib"] - baseline["peak_gib"]
+
+
+def measure_crepa_caching(bench: BenchConfig, device: torch.device, clips: int = 3) -> dict:
+    """The cache stage's CREPA cost per clip: the encoder (random weights of the real size, loaded in bf16
+    on a GPU) over one frame per latent frame at the bench's size, features stored as the cache stores them."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from k5tune.config.crepa import ENCODERS
+    from k5tune.models.dinov2 import RANDOM_CONFIGS, teacher_features
+
+    encoder = ENCODERS[bench.crepa]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = Dinov2Model(Dinov2Config(**RANDOM_CONFIGS[bench.crepa])).to(device, dtype).eval()
+    height, width = snap_resolution(*parse_resolution(bench.resolution))
+    pixels = torch.rand(latent_frames(bench.frames), 3, height, width) * 2 - 1
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def encode():
+        return teacher_features(model, pixels, encoder.image_size, (height // 16, width // 16))
+
+    times = _time_steps(encode, clips, 1, device)
+    result = {"encoder": bench.crepa, "image_size": encoder.image_size, "frames_encoded": len(pixels),
+              "seconds_per_clip": statistics.median(times), "mib_per_clip": encode().numel() * 2 / 2**20,
+              "pixel_decoding": "not included (the clip is decoded once more, as for its latents)"}
+    if device.type == "cuda":
+        result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    del model
+    _free_memory()
+    return result
 
 
 def format_report(report: dict) -> str:

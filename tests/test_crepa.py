@@ -251,3 +251,15 @@ def test_compiled_blocks_are_tapped_outside_the_compiled_region(tiny_model_dir):
         results.append((crepa.last[1], crepa.head.proj.weight.grad.clone()))
     torch.testing.assert_close(results[1][0], results[0][0])
     torch.testing.assert_close(results[1][1], results[0][1])
+
+
+def test_bench_times_the_step_with_crepa(tiny_model_dir, monkeypatch):
+    """`k5tune bench --crepa`: the same step with CREPA's term, its extra time (and peak on a GPU)."""
+    import k5tune.bench as bench
+
+    monkeypatch.setattr(bench, "measure_crepa_caching", lambda *a, **k: {"stubbed": True})
+    report = bench.run_bench(bench.BenchConfig(model=tiny_model_dir, resolution="48x64", frames=17, steps=1, warmup=1,
+                                               crepa="dinov2_vits14", crepa_block=1, device="cpu",
+                                               plan=bench.TrainingPlan(compile_kernels=False)))
+    assert report["ours_crepa"]["step_s"] > 0 and report["crepa"]["teacher_mib_per_clip"] == 5 * 12 * 384 * 2 / 2**20
+    assert "step_time_increase" in report["crepa"] and report["crepa_caching"] == {"stubbed": True}

@@ -15,6 +15,13 @@ from k5tune.errors import K5TuneError
 # torchvision's ImageNet normalisation, which DINOv2 was trained with
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
+# the released models' configurations, for `k5tune bench --crepa` (random weights of the real size)
+RANDOM_CONFIGS = {
+    "dinov2_vitg14": {"hidden_size": 1536, "num_hidden_layers": 40, "num_attention_heads": 24, "mlp_ratio": 4,
+                      "use_swiglu_ffn": True, "patch_size": 14, "image_size": 518},
+    "dinov2_vits14": {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "mlp_ratio": 4,
+                      "patch_size": 14, "image_size": 518},
+}
 FRAMES_PER_BATCH = 8  # frames through the encoder at once (bounds the caching peak)
 
 
