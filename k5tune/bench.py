@@ -9,6 +9,7 @@ each with its own peak-memory reading.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import statistics
@@ -173,7 +174,7 @@ def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
 
     def add_crepa(encoder: str, block: int) -> None:
         """CREPA at `block` with cached-like teacher features of `encoder`'s width (fp16, unit norm)."""
-        from k5tune.config.crepa import ENCODERS
+        from k5tune.models.vision_encoders import ENCODERS
         from k5tune.train.crepa import Crepa, CrepaSettings
 
         blocks = len(transformer.visual_transformer_blocks)
@@ -315,8 +316,8 @@ def measure_crepa_caching(bench: BenchConfig, device: torch.device, clips: int =
     on a GPU) over one frame per latent frame at the bench's size, features stored as the cache stores them."""
     from transformers import Dinov2Config, Dinov2Model
 
-    from k5tune.config.crepa import ENCODERS
     from k5tune.models.dinov2 import RANDOM_CONFIGS, teacher_features
+    from k5tune.models.vision_encoders import ENCODERS
 
     encoder = ENCODERS[bench.crepa]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -326,16 +327,14 @@ def measure_crepa_caching(bench: BenchConfig, device: torch.device, clips: int =
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def encode():
-        return teacher_features(model, pixels, encoder.image_size, (height // 16, width // 16))
-
+    encode = functools.partial(teacher_features, model, pixels, encoder.image_size, (height // 16, width // 16))
     times = _time_steps(encode, clips, 1, device)
     result = {"encoder": bench.crepa, "image_size": encoder.image_size, "frames_encoded": len(pixels),
               "seconds_per_clip": statistics.median(times), "mib_per_clip": encode().numel() * 2 / 2**20,
               "pixel_decoding": "not included (the clip is decoded once more, as for its latents)"}
     if device.type == "cuda":
         result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    del model
+    del model, encode
     _free_memory()
     return result
 

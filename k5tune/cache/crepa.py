@@ -16,8 +16,8 @@ import torch
 
 from k5tune.cache.keys import encoder_identity, feature_key, record_generator
 from k5tune.cache.store import TensorStore
-from k5tune.config.crepa import encoder_source
 from k5tune.config.frames import SPATIAL_MULTIPLE, latent_frames
+from k5tune.models.vision_encoders import encoder_source
 from k5tune.progress import Progress
 from k5tune.runtime import Runtime
 

@@ -9,28 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
+from k5tune.models.vision_encoders import ENCODERS, encoder_source  # noqa: F401 (re-exported)
 
-@dataclass(frozen=True)
-class Encoder:
-    hub_id: str
-    patch_size: int
-    width: int  # feature channels (hidden_size)
-    image_size: int  # the size the guide uses it at
-
-
-ENCODERS = {
-    "dinov2_vitg14": Encoder("facebook/dinov2-giant", 14, 1536, 518),
-    "dinov2_vits14": Encoder("facebook/dinov2-small", 14, 384, 224),
-}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def encoder_source(name: str) -> str:
-    """What `Dinov2Model.from_pretrained` is given: the hub id of a known name, else the name itself."""
-    return ENCODERS[name].hub_id if name in ENCODERS else name
 
 
 def local_encoder_config(name: str) -> dict | None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from k5tune.config.crepa import encoder_source
 from k5tune.errors import K5TuneError
+from k5tune.models.vision_encoders import encoder_source
 
 # torchvision's ImageNet normalisation, which DINOv2 was trained with
 _MEAN = (0.485, 0.456, 0.406)
