@@ -106,6 +106,7 @@ def test_the_term_is_the_formula(distance, tau):
     assert plain.item() == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_crepa_trains_from_cached_features_and_lambda_zero_changes_nothing(tmp_path, monkeypatch, tiny_model_dir,
                                                                            tiny_dinov2):
     from k5tune.models import dinov2
@@ -135,6 +136,7 @@ def test_crepa_trains_from_cached_features_and_lambda_zero_changes_nothing(tmp_p
     assert any(not torch.equal(v, plain[k]) for k, v in lora(on.output_dir).items())
 
 
+@pytest.mark.slow
 def test_resume_is_exact_and_new_settings_rebuild_only_the_features(tmp_path, monkeypatch, tiny_model_dir,
                                                                      tiny_dinov2):
     config = {**RUN, **crepa_keys(tiny_dinov2, crepa_adjacent_distance=2, crepa_adjacent_tau=0.5)}
@@ -156,10 +158,16 @@ def test_resume_is_exact_and_new_settings_rebuild_only_the_features(tmp_path, mo
     assert len(after) == len(latents_before) + 4 and set(latents_before) <= set(after)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["tread", "no_checkpointing", "full_checkpointing", "group_offload"])
 def test_crepa_with_tread_and_checkpointing_modes(tmp_path, monkeypatch, tiny_model_dir, tiny_dinov2, variant):
     """TREAD: the aligned block inside a route sees only the kept tokens (the term averages over them);
     without checkpointing a forward hook taps the block, with it the checkpointing function."""
+    from k5tune.train.crepa import Crepa
+
+    kept = []
+    real = Crepa._on_grid
+    monkeypatch.setattr(Crepa, "_on_grid", lambda self, p, k, *a: kept.append(k) or real(self, p, k, *a))
     settings = {"tread": {"tread_config": {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0,
                                                        "end_layer_idx": 1}]}},
                 "no_checkpointing": {"gradient_checkpointing": False},
@@ -168,6 +176,10 @@ def test_crepa_with_tread_and_checkpointing_modes(tmp_path, monkeypatch, tiny_mo
     result = run(tmp_path, tiny_model_dir, {**crepa_keys(tiny_dinov2), "max_train_steps": 2, **settings}, monkeypatch)
     rows = list(csv.DictReader((result.output_dir / "metrics.csv").open()))
     assert len(rows) == 2 and all(abs(float(r["crepa_loss"])) < 1 + 2 * math.exp(-1) for r in rows)
+    if variant == "tread":  # block 1 ends the route: half of the 5 x 3 x 4 tokens went through it
+        assert kept and all(k is not None and k.shape == (1, 30) for k in kept)
+    else:
+        assert kept and all(k is None for k in kept)
 
 
 def test_bad_crepa_settings_are_clear_errors(tmp_path, monkeypatch, tiny_model_dir, tiny_dinov2, capsys):
@@ -190,6 +202,7 @@ def test_bad_crepa_settings_are_clear_errors(tmp_path, monkeypatch, tiny_model_d
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_crepa_with_i2v_keeps_the_conditioning_frame_out(tmp_path, monkeypatch, tiny_i2v_model_dir, tiny_dinov2,
                                                          capsys):
     from k5tune.train import crepa
@@ -222,6 +235,7 @@ def test_nabla_token_order_is_undone():
     assert torch.equal(back, grid) and mask.shape == (1, 2, 16, 16, 1)
 
 
+@pytest.mark.slow
 def test_compiled_blocks_are_tapped_outside_the_compiled_region(tiny_model_dir):
     """Compiled checkpointed blocks (aot_eager: the same graphs, no code generation) give the term and the
     head's gradient of the eager step."""
@@ -253,6 +267,7 @@ def test_compiled_blocks_are_tapped_outside_the_compiled_region(tiny_model_dir):
     torch.testing.assert_close(results[1][1], results[0][1])
 
 
+@pytest.mark.slow
 def test_bench_times_the_step_with_crepa(tiny_model_dir, monkeypatch):
     """`k5tune bench --crepa`: the same step with CREPA's term, its extra time (and peak on a GPU)."""
     import k5tune.bench as bench
@@ -263,3 +278,18 @@ def test_bench_times_the_step_with_crepa(tiny_model_dir, monkeypatch):
                                                plan=bench.TrainingPlan(compile_kernels=False)))
     assert report["ours_crepa"]["step_s"] > 0 and report["crepa"]["teacher_mib_per_clip"] == 5 * 12 * 384 * 2 / 2**20
     assert "step_time_increase" in report["crepa"] and report["crepa_caching"] == {"stubbed": True}
+
+
+@pytest.mark.slow
+def test_drop_vae_encoder_validates_with_the_decoder_alone(tmp_path, monkeypatch, tiny_model_dir, tiny_dinov2):
+    from k5tune.train import trainer
+
+    encoders = []
+    real = trainer.run_validation
+    monkeypatch.setattr(trainer, "run_validation", lambda components, *a, **k: encoders.append(
+        components.vae().encoder) or real(components, *a, **k))
+    result = run(tmp_path, tiny_model_dir, {**crepa_keys(tiny_dinov2, crepa_drop_vae_encoder=True), "max_train_steps": 1,
+                                            "validation_prompt": "a red circle", "validation_resolution": "48x64",
+                                            "validation_num_video_frames": 5, "validation_num_inference_steps": 2},
+                 monkeypatch)
+    assert encoders == [None] and len(result.videos) == 1
