@@ -293,3 +293,23 @@ def test_drop_vae_encoder_validates_with_the_decoder_alone(tmp_path, monkeypatch
                                             "validation_num_video_frames": 5, "validation_num_inference_steps": 2},
                  monkeypatch)
     assert encoders == [None] and len(result.videos) == 1
+
+
+@pytest.mark.slow
+def test_two_processes_train_crepa_as_one_process(tmp_path, monkeypatch, tiny_model_dir, tiny_dinov2):
+    """DDP (gloo, k5tune starts both): the head's gradients are summed with the LoRA's; each process
+    caches its share of the features. The same global batch gives the same LoRA and head."""
+    config = {**crepa_keys(tiny_dinov2), "max_train_steps": 2, "checkpointing_steps": 2, "adam_epsilon": 1e-4}
+    single = run(tmp_path / "single", tiny_model_dir, {**config, "train_batch_size": 2}, monkeypatch)
+    monkeypatch.chdir(project(tmp_path / "double", tiny_model_dir, {**config, "train_batch_size": 1,
+                                                                     "num_processes": 2}))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main(["train"]) == 0
+    for name in ("pytorch_lora_weights.safetensors", f"checkpoint-2/{HEAD_FILE}"):
+        got, expected = load_file(tmp_path / "double" / "output" / name), load_file(single.output_dir / name)
+        for key in expected:
+            assert (got[key] - expected[key]).norm() <= 1e-3 * expected[key].norm().clamp(min=1e-12), (name, key)
+    rows = [list(csv.DictReader((folder / "output" / "metrics.csv").open())) for folder in (tmp_path / "single",
+                                                                                           tmp_path / "double")]
+    assert [float(r["crepa_loss"]) for r in rows[1]] == pytest.approx([float(r["crepa_loss"]) for r in rows[0]],
+                                                                      abs=1e-4)
