@@ -159,10 +159,11 @@ def test_resume_is_exact_and_new_settings_rebuild_only_the_features(tmp_path, mo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["tread", "no_checkpointing", "full_checkpointing", "group_offload"])
+@pytest.mark.parametrize("variant", ["tread", "no_checkpointing", "full_checkpointing", "group_offload", "rollout"])
 def test_crepa_with_tread_and_checkpointing_modes(tmp_path, monkeypatch, tiny_model_dir, tiny_dinov2, variant):
     """TREAD: the aligned block inside a route sees only the kept tokens (the term averages over them);
-    without checkpointing a forward hook taps the block, with it the checkpointing function."""
+    without checkpointing a forward hook taps the block, with it the checkpointing function; rollout's
+    forwards (no gradient) leave the tap alone: one capture per training forward."""
     from k5tune.train.crepa import Crepa
 
     kept = []
@@ -172,14 +173,16 @@ def test_crepa_with_tread_and_checkpointing_modes(tmp_path, monkeypatch, tiny_mo
                                                        "end_layer_idx": 1}]}},
                 "no_checkpointing": {"gradient_checkpointing": False},
                 "full_checkpointing": {"gradient_checkpointing_policy": "full"},
-                "group_offload": {"enable_group_offload": True}}[variant]  # (activation offload comes with it)
+                "group_offload": {"enable_group_offload": True},  # (activation offload comes with it)
+                "rollout": {"scheduled_sampling_max_step_offset": 2, "scheduled_sampling_probability": 1.0,
+                            "validation_num_inference_steps": 10}}[variant]  # (no-grad rollouts: not tapped)
     result = run(tmp_path, tiny_model_dir, {**crepa_keys(tiny_dinov2), "max_train_steps": 2, **settings}, monkeypatch)
     rows = list(csv.DictReader((result.output_dir / "metrics.csv").open()))
     assert len(rows) == 2 and all(abs(float(r["crepa_loss"])) < 1 + 2 * math.exp(-1) for r in rows)
     if variant == "tread":  # block 1 ends the route: half of the 5 x 3 x 4 tokens went through it
         assert kept and all(k is not None and k.shape == (1, 30) for k in kept)
     else:
-        assert kept and all(k is None for k in kept)
+        assert len(kept) == 2 and all(k is None for k in kept)
 
 
 def test_bad_crepa_settings_are_clear_errors(tmp_path, monkeypatch, tiny_model_dir, tiny_dinov2, capsys):
