@@ -316,3 +316,20 @@ def test_two_processes_train_crepa_as_one_process(tmp_path, monkeypatch, tiny_mo
                                                                                            tmp_path / "double")]
     assert [float(r["crepa_loss"]) for r in rows[1]] == pytest.approx([float(r["crepa_loss"]) for r in rows[0]],
                                                                       abs=1e-4)
+
+
+def test_both_terms_reach_the_plot_and_the_web_ui(tmp_path):
+    from k5tune.server.events import summarize
+    from k5tune.train.crepa import COLUMNS
+    from k5tune.train.metrics import MetricsLog, plot_loss, read_metrics
+
+    log = MetricsLog(tmp_path / "metrics.csv", COLUMNS)
+    for step in (1, 2):
+        log.write(step=step, epoch=0, loss=1.0, lr=1e-4, grad_norm=1.0, step_seconds=0.5, flow_loss=1.5,
+                  crepa_loss=-1.0 * step)
+    log.close()
+    rows = read_metrics(tmp_path / "metrics.csv")
+    summary = summarize(rows, 2)
+    assert (summary["flow_loss"], summary["crepa_loss"]) == (1.5, -2.0)
+    assert "crepa_loss" not in summarize([{"step": 1.0, "loss": 1.0}], 2)
+    assert plot_loss(tmp_path / "metrics.csv", tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
