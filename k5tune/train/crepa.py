@@ -200,3 +200,19 @@ def check_crepa(cfg) -> None:
         raise ConfigError("cannot be used with an image-to-video flavour while validation runs: I2V validation "
                           "encodes its conditioning image with the VAE encoder; set it false, or "
                           "disable_validation: true", key="crepa_drop_vae_encoder")
+
+
+def describe_crepa(cfg) -> dict:
+    """What `train --dry-run` says about CREPA: the settings, the encoder's source and the disk per clip."""
+    from k5tune.config.crepa import local_encoder_config
+    from k5tune.models.vision_encoders import ENCODERS, encoder_source
+
+    width = ENCODERS[cfg.crepa_encoder].width if cfg.crepa_encoder in ENCODERS else (
+        (local_encoder_config(cfg.crepa_encoder) or {}).get("hidden_size"))
+    pooling = cfg.crepa_feature_pooling
+    lite = 16 * -(-32 // pooling) * -(-48 // pooling) * (width or 0) * 2 / 2**20
+    return {"block": cfg.crepa_block_index, "lambda": cfg.crepa_lambda, "adjacent_distance": cfg.crepa_adjacent_distance,
+            "tau": cfg.crepa_adjacent_tau, "encoder": encoder_source(cfg.crepa_encoder),
+            "image_size": cfg.crepa_encoder_image_size, "feature_pooling": pooling, "channels": width,
+            "disk_per_clip": f"latent frames x ceil(H/16/{pooling}) x ceil(W/16/{pooling}) x {width} channels x 2 bytes"
+                             + (f" (512x768x61: {lite:.1f} MiB)" if width else "")}
