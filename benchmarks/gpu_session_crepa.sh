@@ -6,18 +6,24 @@
 # real vitg14 / vits14 size, bf16, 16 frames at 518 / 224). Then `k5tune train` itself with CREPA on the
 # full-size Lite transformer (random DINOv2-giant weights in a local folder), against the same run without.
 # Targets: step time +10 % at most, peak +1.5 GiB at most (crepa.step_time_increase, crepa.peak_increase_gib).
+# `bash benchmarks/gpu_session_crepa.sh bench` (about 6 min) and `... train` (about 8 min) run the two parts
+# apart, within one device command's 10 minutes; without an argument both run.
 set -u
+PART=${1:-all}
 source benchmarks/gpu_lib.sh
 install_wheels
-: > $OUT/bench.jsonl
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $OUT/gpus.txt
 show_crepa() {
   python3 -c "import json; r=[json.loads(l) for l in open('$OUT/bench.jsonl')][-1]; print(json.dumps({k: r.get(k) for k in ('device', 'crepa', 'crepa_caching')}, indent=1))"
 }
-BENCH_TIMEOUT=420 b --modulation-bf16 --crepa dinov2_vitg14 --crepa-block 8 --steps 6 --warmup 3
+if [ "$PART" != train ]; then
+: > $OUT/bench.jsonl
+BENCH_TIMEOUT=330 b --modulation-bf16 --crepa dinov2_vitg14 --crepa-block 8 --steps 6 --warmup 3
 show_crepa
-BENCH_TIMEOUT=300 b --modulation-bf16 --crepa dinov2_vits14 --crepa-block 8 --steps 6 --warmup 3
+BENCH_TIMEOUT=200 b --modulation-bf16 --crepa dinov2_vits14 --crepa-block 8 --steps 6 --warmup 3
 show_crepa
+fi
+[ "$PART" = bench ] && exit 0
 # k5tune train, 14 steps, with and without CREPA (vitg14-sized random encoder in a local folder)
 python3 -c "
 from transformers import Dinov2Config, Dinov2Model
