@@ -9,6 +9,7 @@ each with its own peak-memory reading.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import statistics
@@ -37,6 +38,8 @@ class BenchConfig:
     compare_stock: bool = False
     model: str | None = None  # a diffusers folder (e.g. the tiny model) instead of the full-size config
     tread: object | None = None  # a TreadConfig: also time the routed step on the same model
+    crepa: str | None = None  # a CREPA encoder name: also time the step with CREPA, and its feature caching
+    crepa_block: int = 8
     device: str | None = None
     rollout_steps: int = 0  # scheduled sampling's worst case: every sample rolled out this many sampler steps
     time_forward: bool = False  # also time one no-grad forward (what rollout and eval loss cost per call)
@@ -168,13 +171,35 @@ def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
                 loss = roll(latents, noise)
             else:
                 loss = flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime,
-                                               route_generator=generator)
+                                               route_generator=generator, crepa=step.crepa,
+                                               teacher=step.teacher)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     step.model = model  # what the set-up did (e.g. what it quantised)
+    step.crepa = step.teacher = None  # set by add_crepa: the same step with CREPA's term
+
+    def add_crepa(encoder: str, block: int) -> None:
+        """CREPA at `block` with cached-like teacher features of `encoder`'s width (fp16, unit norm)."""
+        from k5tune.models.vision_encoders import ENCODERS
+        from k5tune.train.crepa import Crepa, CrepaSettings
+
+        blocks = len(transformer.visual_transformer_blocks)
+        if not 0 <= block < blocks:
+            from k5tune.errors import ConfigError
+
+            raise ConfigError(f"the model has {blocks} visual blocks (valid: 0..{blocks - 1})", key="--crepa-block")
+        width = ENCODERS[encoder].width
+        step.crepa = Crepa(CrepaSettings(block, 0.5, 1, 1.0), transformer, width, device, seed=0)
+        params.extend(step.crepa.params())
+        optimizer.add_param_group({"params": step.crepa.params()})
+        grid = latents.shape[1] * (latents.shape[2] // 2) * (latents.shape[3] // 2)
+        features = torch.randn(bench.batch, latents.shape[1], grid // latents.shape[1], width, generator=generator)
+        step.teacher = torch.nn.functional.normalize(features, dim=-1).half()
+
+    step.add_crepa = add_crepa
     return step
 
 
@@ -301,6 +326,8 @@ def run_bench(bench: BenchConfig) -> dict:
         "warmup": bench.warmup,
         "matmul_peak_tflops": matmul_peak_tflops(device),
     }
+    if bench.crepa is not None:  # the cache stage's part first, alone on the GPU
+        report["crepa_caching"] = measure_crepa_caching(bench, device)
     if bench.compare_stock:
         stock = build_transformer(bench, device)
         report["stock"] = _measure(stock_step_fn(stock, bench, device), bench, device)
@@ -343,9 +370,51 @@ def _measure_ours(report: dict, bench: BenchConfig, device: torch.device, tokens
         report["tread_routes"] = [asdict(r) for r in routes]
         report["ours_tread"] = _measure(step, bench, device)
         report["tread_speedup_vs_dense"] = report["ours"]["step_s"] / report["ours_tread"]["step_s"]
+    if bench.crepa is not None:  # (with --tread: CREPA on the routed step, against it)
+        _measure_crepa(step, bench, device, report)
     del transformer, step
     _free_memory()
     return flops
+
+
+def _measure_crepa(step, bench: BenchConfig, device: torch.device, report: dict) -> None:
+    """The same step with CREPA (teacher features as the cache holds them): its extra time and memory."""
+    baseline = report["ours_tread"] if "ours_tread" in report else report["ours"]
+    step.add_crepa(bench.crepa, bench.crepa_block)
+    report["ours_crepa"] = crepa = _measure(step, bench, device)
+    report["crepa"] = {"encoder": bench.crepa, "block": bench.crepa_block,
+                       "teacher_mib_per_clip": step.teacher[0].numel() * 2 / 2**20,
+                       "step_time_increase": crepa["step_s"] / baseline["step_s"] - 1}
+    if "peak_gib" in crepa:
+        report["crepa"]["peak_increase_gib"] = crepa["peak_gib"] - baseline["peak_gib"]
+
+
+def measure_crepa_caching(bench: BenchConfig, device: torch.device, clips: int = 3) -> dict:
+    """The cache stage's CREPA cost per clip: the encoder (random weights of the real size, loaded in bf16
+    on a GPU) over one frame per latent frame at the bench's size, features stored as the cache stores them."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from k5tune.models.dinov2 import RANDOM_CONFIGS, teacher_features
+    from k5tune.models.vision_encoders import ENCODERS
+
+    encoder = ENCODERS[bench.crepa]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = Dinov2Model(Dinov2Config(**RANDOM_CONFIGS[bench.crepa])).to(device, dtype).eval()
+    height, width = snap_resolution(*parse_resolution(bench.resolution))
+    pixels = torch.rand(latent_frames(bench.frames), 3, height, width) * 2 - 1
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    encode = functools.partial(teacher_features, model, pixels, encoder.image_size, (height // 16, width // 16))
+    times = _time_steps(encode, clips, 1, device)
+    result = {"encoder": bench.crepa, "image_size": encoder.image_size, "frames_encoded": len(pixels),
+              "seconds_per_clip": statistics.median(times), "mib_per_clip": encode().numel() * 2 / 2**20,
+              "pixel_decoding": "not included (the clip is decoded once more, as for its latents)"}
+    if device.type == "cuda":
+        result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    del model, encode
+    _free_memory()
+    return result
 
 
 def format_report(report: dict) -> str:

@@ -45,19 +45,19 @@ def test_train_help_documents_every_config_key(capsys):
         assert f"--{name} " in out
 
 
-def test_pending_settings_say_so_in_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
-    """Every command works now; settings whose feature is still open are refused with a message."""
+def test_config_errors_found_before_training_say_so_in_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    """A setting the model cannot take (a CREPA block it does not have) is refused in one line, exit 2."""
     import json
 
     (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "config.json").write_text(json.dumps({"crepa_enabled": True}))
+    (tmp_path / "config" / "config.json").write_text(json.dumps({"crepa_enabled": True, "crepa_block_index": 99}))
     (tmp_path / "config" / "multidatabackend.json").write_text(json.dumps([
         {"id": "v", "dataset_type": "video", "instance_data_dir": "clips"},
         {"id": "t", "dataset_type": "text_embeds", "default": True}]))
     monkeypatch.chdir(tmp_path)
     assert main(["train"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "CREPA is not implemented yet" in err
+    assert err.count("\n") == 1 and "key 'crepa_block_index'" in err and "valid: 0..31" in err
 
 
 def test_configure_example_writes_the_example_files(tmp_path, monkeypatch, capsys):

@@ -41,11 +41,21 @@ def build_caches(train_config, media_backends, text_backend, records, components
     text = cache_text(train_config, records, list(extra_prompts or []), text_store, components, runtime, progress,
                       dist)
     latents = cache_latents(train_config, records, latent_stores, components, runtime, progress, dist)
+    features = None
+    if train_config.crepa_enabled:  # CREPA's teacher features, after the VAE is gone (cache/crepa.py)
+        from k5tune.cache.crepa import cache_features
+
+        usable = [r for r in records if r.key not in {u.key for u in latents.unusable}]
+        features = cache_features(train_config, usable, latent_stores, runtime, progress, dist)
+        if train_config.crepa_drop_vae_encoder and not latents.unusable:
+            components.unload("vae")  # every clip is cached: validation loads the VAE without its encoder
+            components.drop_vae_encoder = True
     return CacheResult(
         latent_keys=latents.keys, latent_stores=latent_stores, text_keys=text.keys, text_store=text_store,
         encoded_latents=latents.encoded, encoded_captions=text.encoded, seconds=time.perf_counter() - started,
         extra_prompts=list(extra_prompts or []), text_peak_gib=text.peak_gib, latent_peak_gib=latents.peak_gib,
-        text_encoder_streamed=text.streamed, unusable=latents.unusable,
+        text_encoder_streamed=text.streamed, unusable=latents.unusable + (features.unusable if features else []),
+        features=features,
     )
 
 

@@ -27,6 +27,29 @@ def folder_identity(source, subfolder: str) -> dict:
     return identity
 
 
+def encoder_identity(name: str, source: str) -> dict:
+    """What identifies CREPA's encoder: its hub id, or a local folder's files (names, sizes, times, configs)."""
+    identity = {"encoder": source}
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        digest = hashlib.sha256()
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            if path.suffix == ".json":
+                digest.update(path.read_bytes())
+        identity["files"] = digest.hexdigest()
+    return identity
+
+
+def feature_key(record, encoder: dict, image_size: int, pooling: int, grid: tuple[int, int, int], seed: int) -> str:
+    """CREPA's teacher features of a clip: the same frames as its latents (same sample signature and seed
+    rule), the encoder, its input size, the pooling and the token grid they are stored at."""
+    random_choice = record.crop_style == "random" or record.random_start
+    return content_key(kind="crepa", sample=record.sample_signature(), encoder=encoder, image_size=image_size,
+                       pooling=pooling, grid=list(grid), seed=seed if random_choice else None)
+
+
 def latent_key(record, vae_identity: dict, vae_dtype: torch.dtype, seed: int, first_frame: bool = False) -> str:
     random_choice = record.crop_style == "random" or record.random_start
     return content_key(

@@ -31,6 +31,7 @@ class CacheResult:
     text_encoder_streamed: bool = False
     # clips whose latents came out NaN/inf: not stored, not trained on (the stage reports them)
     unusable: list = field(default_factory=list)
+    features: object | None = None  # CREPA's teacher features (cache/crepa.py FeaturePhase), when enabled
 
     @property
     def peak_gib(self) -> float | None:
@@ -43,7 +44,13 @@ class CacheResult:
         return {"peak_gib": self.peak_gib, "text_peak_gib": self.text_peak_gib,
                 "latent_peak_gib": self.latent_peak_gib, "text_encoder_streamed": self.text_encoder_streamed,
                 "encoded_latents": self.encoded_latents, "encoded_captions": self.encoded_captions,
-                "seconds": round(self.seconds, 2)}
+                "seconds": round(self.seconds, 2), **({"crepa": self.crepa_summary()} if self.features else {})}
+
+    def crepa_summary(self) -> dict:
+        """What CREPA's features cost: disk per clip, and (when some were encoded) time and GPU peak."""
+        phase = self.features
+        return {"encoded": phase.encoded, "seconds": round(phase.seconds, 2), "peak_gib": phase.peak_gib,
+                "width": phase.width, "mib_per_clip": round(phase.bytes_per_clip / 2**20, 3)}
 
     def size_bytes(self) -> int:
         stores = {id(s): s for s in [*self.latent_stores.values(), self.text_store]}
@@ -52,13 +59,20 @@ class CacheResult:
     def latents(self, record_key: str, backend_id: str) -> torch.Tensor:
         return self.sample(record_key, backend_id)["latents"]
 
-    def sample(self, record_key: str, backend_id: str) -> dict[str, torch.Tensor]:
-        """All cached tensors of a clip: `latents`, and `first_frame` for I2V flavours."""
-        return self.latent_stores[backend_id].get(self.latent_keys[record_key])
+    def sample(self, record_key: str, backend_id: str, crepa: bool = False) -> dict[str, torch.Tensor]:
+        """All cached tensors of a clip: `latents`, `first_frame` for I2V flavours, and with `crepa` its
+        teacher features (`crepa`: latent frames x tokens x channels)."""
+        sample = self.latent_stores[backend_id].get(self.latent_keys[record_key])
+        if crepa:
+            sample["crepa"] = self.latent_stores[backend_id].get(self.features.keys[record_key])["features"]
+        return sample
 
     def discard(self, record_key: str, backend_id: str) -> None:
-        """Delete a clip's entry (found unusable): the next cache stage encodes it again."""
-        self.latent_stores[backend_id].path(self.latent_keys[record_key]).unlink(missing_ok=True)
+        """Delete a clip's entries (found unusable): the next cache stage encodes them again."""
+        store = self.latent_stores[backend_id]
+        store.path(self.latent_keys[record_key]).unlink(missing_ok=True)
+        if self.features is not None:
+            store.path(self.features.keys[record_key]).unlink(missing_ok=True)
 
     def prompt(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.text_store.get(self.text_keys[caption])

@@ -87,6 +87,17 @@ def _note_tiling(records: list, backends, multiple: int, report) -> None:
                                        if changed else ""))
 
 
+def _note_crepa(cfg, cache: CacheResult, report, progress: Progress) -> None:
+    """What CREPA's teacher features cost on disk, per clip (dataset report, log)."""
+    phase = cache.features
+    note = (f"CREPA teacher features ({cfg.crepa_encoder} at {cfg.crepa_encoder_image_size} px, {phase.width} "
+            f"channels, pooling {cfg.crepa_feature_pooling}, fp16): {phase.bytes_per_clip / 2**20:.2f} MiB per clip "
+            f"on disk beside the latents; {phase.encoded} clip(s) encoded in {phase.seconds:.1f} s"
+            + (f", GPU peak {phase.peak_gib:.2f} GiB" if phase.peak_gib is not None else ""))
+    report.notes.append(note)
+    progress.log(f"note: {note}")
+
+
 def _hold_out(records: list, backends, cfg, report) -> tuple[list, list]:
     """(training clips, eval clips): eval backends' clips and a seeded share of the others."""
     from k5tune.data.holdout import held_out
@@ -123,6 +134,8 @@ def run_cache_stage(loaded, runtime: Runtime, progress: Progress | None = None, 
     cache = build_caches(cfg, loaded.media_backends, loaded.text_embeds_backend, records, components, runtime,
                          extra_prompts=extra, progress=progress, dist=dist)
     records = _without_unusable(records, cache, report, progress)
+    if cache.features is not None:
+        _note_crepa(cfg, cache, report, progress)
     _note_long_captions(records, components, cfg.caption_max_tokens, report, progress)
     records, eval_records = _hold_out(records, loaded.media_backends, cfg, report)
     if dist is None or dist.is_main:  # the report also says what caching cost (this process's GPU)

@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_shape_arguments(parser)
     _add_plan_arguments(parser)
     _add_memory_arguments(parser)
+    _add_crepa_arguments(parser)
     parser.add_argument("--no-fused", action="store_true", help="our step without the fused blocks")
     parser.add_argument("--no-compile", action="store_true", help="do not torch.compile the fused groups")
     parser.add_argument("--no-compile-blocks", action="store_true",
@@ -58,6 +59,14 @@ def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also time one no-grad forward (a rollout step, one eval-loss level)")
     parser.add_argument("--tread", help="TREAD routes as JSON (like tread_config): also time the routed step, "
                         "e.g. '{\"routes\": [{\"selection_ratio\": 0.5, \"start_layer_idx\": 2, \"end_layer_idx\": -2}]}'")
+
+
+def _add_crepa_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--crepa", nargs="?", const="dinov2_vitg14", choices=["dinov2_vitg14", "dinov2_vits14"],
+                        help="also time the step with CREPA (teacher features of this encoder's width, as cached; "
+                             "default dinov2_vitg14) and the cache stage's feature cost per clip (random encoder "
+                             "weights of the real size)")
+    parser.add_argument("--crepa-block", type=int, default=8, help="CREPA's aligned block (default 8)")
 
 
 def _add_memory_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +146,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     bench = BenchConfig(flavour=args.flavour, resolution=args.resolution, frames=args.frames, rank=args.rank,
                         steps=args.steps, warmup=args.warmup, batch=args.batch, compare_stock=args.compare_stock,
                         model=args.model, device=args.device, plan=_plan(args), tread=_tread(args.tread),
-                        rollout_steps=args.rollout, time_forward=args.forward)
+                        rollout_steps=args.rollout, time_forward=args.forward, crepa=args.crepa,
+                        crepa_block=args.crepa_block)
     text = format_report(run_bench(bench))
     print(text)
     if args.output:

@@ -19,22 +19,10 @@ from pydantic import (
     model_validator,
 )
 
+from k5tune.config.crepa import encoder_problem, image_size_problem
 from k5tune.config.frames import MIN_I2V_FRAMES, frame_count_problem, parse_resolution, snap_resolution
+from k5tune.config.tread import TreadConfig, TreadRoute  # noqa: F401 (re-exported)
 from k5tune.models.flavours import DEFAULT_FLAVOUR, FLAVOUR_NAMES
-
-
-class TreadRoute(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    selection_ratio: float = Field(..., gt=0.0, lt=1.0, description="Share of video tokens routed past the blocks.")
-    start_layer_idx: int = Field(..., description="First routed block (negative counts from the end).")
-    end_layer_idx: int = Field(..., description="Last routed block (negative counts from the end).")
-
-
-class TreadConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    routes: list[TreadRoute] = Field(..., min_length=1, description="One or more token routes.")
 
 
 def _f(default, description: str, **kwargs):
@@ -260,16 +248,20 @@ class TrainConfig(BaseModel):
     tread_config: TreadConfig | None = _f(None, "Token routing: {'routes': [{selection_ratio, start_layer_idx, end_layer_idx}]}.")
 
     # --- CREPA -----------------------------------------------------------------------------------
-    crepa_enabled: bool = _f(False, "CREPA temporal regulariser (less flicker, steadier subjects).")
-    crepa_block_index: int = _f(8, "Transformer block whose hidden states are aligned.", ge=0)
-    crepa_lambda: float = _f(0.5, "Weight of the CREPA loss.", ge=0)
-    crepa_adjacent_distance: int = _f(1, "How many neighbouring frames each frame is aligned with.", ge=0)
-    crepa_adjacent_tau: float = _f(1.0, "Temporal decay of the neighbour weights.", gt=0)
-    crepa_encoder: Literal["dinov2_vitg14", "dinov2_vits14"] = _f("dinov2_vitg14", "Vision encoder (DINOv2).")
-    crepa_encoder_image_size: int = _f(518, "Input size of the vision encoder (518 for vitg14, 224 for vits14).", gt=0)
-    crepa_drop_vae_encoder: bool = _f(
-        False, "Free the VAE encoder after caching; only when training purely from cached latents."
-    )
+    crepa_enabled: bool = _f(False, "CREPA temporal regulariser (less flicker, steadier subjects): a block's hidden "
+                             "states are aligned with DINOv2 features of its frames, cached once (see README).")
+    crepa_block_index: int = _f(8, "Visual block whose hidden states are aligned (0-based; Lite has 32, Pro 60).", ge=0)
+    crepa_lambda: float = _f(0.5, "Weight of the CREPA term added to the flow-matching loss.", ge=0)
+    crepa_adjacent_distance: int = _f(1, "How many neighbouring frames on each side each frame is aligned with.", ge=0)
+    crepa_adjacent_tau: float = _f(1.0, "Temporal decay: a neighbour d frames away weighs exp(-d/tau).", gt=0)
+    crepa_encoder: str = _f("dinov2_vitg14", "Vision encoder: dinov2_vitg14 (facebook/dinov2-giant), dinov2_vits14 "
+                            "(facebook/dinov2-small), another DINOv2 hub id, or a local folder holding one.")
+    crepa_encoder_image_size: int = _f(518, "Frames are resized to this square size for the encoder: a multiple of "
+                                       "its patch size 14 (518 for vitg14, 224 for vits14).", gt=0)
+    crepa_feature_pooling: int = _f(1, "Teacher features are stored averaged over NxN-token squares (and the head's "
+                                    "output too, in the loss): 2 stores 4x less and aligns 2x2-token regions.", ge=1, le=8)
+    crepa_drop_vae_encoder: bool = _f(False, "Once every clip's latents are cached, free the VAE encoder; validation "
+                                      "loads the VAE without it (T2V only: I2V validation encodes its image).")
 
     # --- scheduled sampling (rollout) --------------------------------------------------------------
     scheduled_sampling_max_step_offset: int = _f(
@@ -348,6 +340,15 @@ class TrainConfig(BaseModel):
             raise ValueError(f"unknown LoRA target(s) {unknown}; choose from {sorted(known)}")
         if not value:
             raise ValueError("at least one LoRA target is needed")
+        return value
+
+    @field_validator("crepa_encoder", "crepa_encoder_image_size")
+    @classmethod
+    def _crepa_encoder(cls, value, info: ValidationInfo):
+        problem = (encoder_problem(value) if info.field_name == "crepa_encoder"
+                   else image_size_problem(value, info.data.get("crepa_encoder", "dinov2_vitg14")))
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("scheduled_sampling_max_step_offset")

@@ -29,7 +29,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "distributed": ("num_processes", "fsdp_enable", "fsdp_reshard_after_forward"),
     "TREAD": ("tread_config",),
     "CREPA": ("crepa_enabled", "crepa_block_index", "crepa_lambda", "crepa_adjacent_distance",
-        "crepa_adjacent_tau", "crepa_encoder", "crepa_encoder_image_size", "crepa_drop_vae_encoder"),
+        "crepa_adjacent_tau", "crepa_encoder", "crepa_encoder_image_size", "crepa_feature_pooling", "crepa_drop_vae_encoder"),
     "scheduled sampling (rollout)": ("scheduled_sampling_max_step_offset", "scheduled_sampling_probability",
         "scheduled_sampling_prob_start", "scheduled_sampling_prob_end", "scheduled_sampling_ramp_steps",
         "scheduled_sampling_start_step", "scheduled_sampling_ramp_shape", "scheduled_sampling_strategy",

@@ -173,3 +173,17 @@ def make_tiny_model(directory: str | Path, i2v: bool = False, seed: int = 0, vis
         json.dumps({"prompt_template_encode_start_idx": pipe.prompt_template_encode_start_idx, "i2v": i2v}, indent=2)
     )
     return directory
+
+
+TINY_DINOV2 = {"hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_ratio": 2, "patch_size": 14,
+               "image_size": 56}
+
+
+def make_tiny_dinov2(directory: str | Path, seed: int = 0) -> Path:
+    """A tiny random DINOv2 (transformers' real Dinov2Model class) for CREPA: `crepa_encoder` can name the
+    folder; its patch size is the real one (14), so crepa_encoder_image_size takes multiples of 14."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    Dinov2Model(Dinov2Config(**TINY_DINOV2)).save_pretrained(directory)
+    return Path(directory)

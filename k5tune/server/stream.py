@@ -43,7 +43,8 @@ def summarize(rows: list[dict[str, float]], total_steps: int | None, wall_rate: 
     eta = (total_steps - step) / rate if rate and total_steps else None
     return {"step": step, "total_steps": total_steps, "epoch": int(last.get("epoch", 0)), "loss": last.get("loss"),
             "lr": last.get("lr"), "grad_norm": last.get("grad_norm"), "it_per_s": rate,
-            "eta_seconds": max(0.0, eta) if eta is not None else None, "gpu_peak_gib": last.get("peak_gib")}
+            "eta_seconds": max(0.0, eta) if eta is not None else None, "gpu_peak_gib": last.get("peak_gib"),
+            **({"flow_loss": last.get("flow_loss"), "crepa_loss": last["crepa_loss"]} if "crepa_loss" in last else {})}
 
 
 def planned_steps(snapshot: dict) -> int | None:

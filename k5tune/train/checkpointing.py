@@ -7,10 +7,12 @@ from pathlib import Path
 
 import torch
 
-from k5tune.errors import K5TuneError
+from k5tune.atomic import atomic_save_safetensors
+from k5tune.errors import ConfigError, K5TuneError
 from k5tune.lora.adapter import load_lora_weights, lora_state_dict
 from k5tune.lora.files import LORA_WEIGHTS_NAME, save_lora
 from k5tune.train import checkpoint, fsdp
+from k5tune.train.crepa import HEAD_FILE
 from k5tune.train.schedule import follow_schedule_changes, schedule_settings
 
 
@@ -28,7 +30,9 @@ class CheckpointingMixin:
             fsdp.load_full_optimizer_state(self.transformer, self.optimizer, state["optimizer"])
         else:
             load_lora_weights(self.transformer, load_file(folder / LORA_WEIGHTS_NAME))
+            self._check_same_parameters(state["optimizer"], folder)
             self.optimizer.load_state_dict(state["optimizer"])
+        self._restore_crepa_head(folder)
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.restore_rng_state(state["rng"])
         self.step = state["step"]
@@ -38,6 +42,21 @@ class CheckpointingMixin:
         changed = follow_schedule_changes(self.cfg, self.optimizer, self.total_steps, self.step, state,
                                           self.progress.log)
         self.scheduler = changed or self.scheduler
+
+    def _check_same_parameters(self, optimizer_state: dict, folder: Path) -> None:
+        """A checkpoint trained with CREPA resumes with it, and one trained without it without."""
+        saved = sum(len(group["params"]) for group in optimizer_state["param_groups"])
+        if saved != len(self.params):
+            has_head = (folder / HEAD_FILE).is_file()
+            raise ConfigError(f"{folder} was trained {'with' if has_head else 'without'} CREPA: resume it with "
+                              f"crepa_enabled {'true' if has_head else 'false'}, or start a new run",
+                              key="crepa_enabled")
+
+    def _restore_crepa_head(self, folder: Path) -> None:
+        if getattr(self, "crepa", None):
+            from safetensors.torch import load_file
+
+            self.crepa.head.load_state_dict(load_file(folder / HEAD_FILE, device=str(self.runtime.device)))
 
     def _weights_finite(self) -> bool:
         local = all(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in self.params)
@@ -74,10 +93,14 @@ class CheckpointingMixin:
             "seed": self.cfg.seed,
             "schedule": schedule_settings(self.cfg, self.total_steps),
         }
-        folder = checkpoint.save_checkpoint(
-            self.output_dir, self.step, lambda d: save_lora(self.transformer, d, self._lora_meta(), state=lora), state,
-            self.cfg.checkpoints_total_limit,
-        )
+        def write_weights(folder: Path) -> None:
+            save_lora(self.transformer, folder, self._lora_meta(), state=lora)
+            if getattr(self, "crepa", None):  # the head lives in checkpoints, never in the LoRA file
+                atomic_save_safetensors(folder / HEAD_FILE, {k: v.detach().cpu().contiguous()
+                                                             for k, v in self.crepa.head.state_dict().items()})
+
+        folder = checkpoint.save_checkpoint(self.output_dir, self.step, write_weights, state,
+                                            self.cfg.checkpoints_total_limit)
         self.progress.log(f"checkpoint saved: {folder}")
         self.events.emit("checkpoint", step=self.step, path=folder)
         return folder

@@ -86,8 +86,16 @@ def plot_loss(csv_path: str | Path, png_path: str | Path) -> Path | None:
     evaluated = [r for r in rows if "eval_loss" in r]
     if evaluated:  # the held-out loss beside it (train/evaluate.py): where it turns up, the LoRA overfits
         axis.plot([r["step"] for r in evaluated], [r["eval_loss"] for r in evaluated], "o-", label="eval loss")
+    crepa = [r for r in rows if "crepa_loss" in r]
+    if crepa:  # CREPA: the flow-matching term apart, and CREPA's term on its own scale
+        axis.plot([r["step"] for r in crepa], [r["flow_loss"] for r in crepa], label="flow-matching term")
+        right = axis.twinx()
+        right.plot([r["step"] for r in crepa], [r["crepa_loss"] for r in crepa], color="tab:purple", alpha=0.6,
+                   label="CREPA term (right axis)")
+        right.set_ylabel("CREPA term (negative similarity)")
+        right.legend(loc="upper center")
     axis.set_xlabel("step")
-    axis.set_ylabel("flow-matching loss")
+    axis.set_ylabel("flow-matching loss" + (" (loss = flow + lambda * CREPA)" if crepa else ""))
     axis.set_title("k5tune training loss")
     axis.grid(alpha=0.3)
     axis.legend()

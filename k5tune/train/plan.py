@@ -37,6 +37,7 @@ class TrainingPlan:
     fsdp_asked: bool = False  # fsdp_enable, even on one process (where it does not shard)
     tread: tuple[tuple[float, int, int], ...] = ()  # TREAD routes as given (negative indices unresolved)
     nabla: NablaSettings | None = None  # sparse NABLA attention (None: dense); resolved by attention.py
+    crepa_block: int | None = None  # CREPA aligns this visual block's hidden states (None: off)
     # how the step executes; None: decided by the device (compiled on a GPU). Tests compile with
     # "aot_eager" (the same graphs, no code generation); the bench can switch compilation off.
     compile_kernels: bool | None = None  # the fused element-wise groups
@@ -61,7 +62,7 @@ class TrainingPlan:
             modulation_fp32=cfg.modulation_precision == "fp32",
             fsdp_processes=processes if sharded else 1,
             fsdp_reshard=cfg.fsdp_reshard_after_forward or not sharded, fsdp_asked=cfg.fsdp_enable,
-            tread=tread, nabla=nabla,
+            tread=tread, nabla=nabla, crepa_block=cfg.crepa_block_index if cfg.crepa_enabled else None,
         )
 
     # --- decisions derived from the settings -----------------------------------------------------
@@ -125,6 +126,10 @@ class TrainingPlan:
         if self.nabla and self.tread:
             found.append(("tread_config", "tread_config cannot be combined with NABLA attention (routed tokens break "
                                           "its 8x8-patch blocks); set sparse_attention to dense, or remove tread_config"))
+        if self.sharded and self.crepa_block is not None:
+            found.append(("crepa_enabled", "crepa_enabled cannot be combined with fsdp_enable yet: the CREPA head "
+                                           "is not sharded with the transformer; train CREPA on one GPU or with "
+                                           "DDP (num_processes > 1 without fsdp_enable)"))
         return found
 
     def problem(self) -> str | None:
@@ -158,6 +163,8 @@ class TrainingPlan:
             parts.append("TREAD " + ", ".join(f"({r}, {a}..{b})" for r, a, b in self.tread))
         if self.nabla:
             parts.append(f"NABLA (P {self.nabla.P}, STA {self.nabla.wT}x{self.nabla.wH}x{self.nabla.wW})")
+        if self.crepa_block is not None:
+            parts.append(f"CREPA at block {self.crepa_block}")
         return ", ".join(parts)
 
     def config_keys(self) -> dict[str, Any]:

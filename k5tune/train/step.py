@@ -26,6 +26,7 @@ from k5tune.models.kandinsky5.text_mask import set_text_mask
 from k5tune.models.kandinsky5.tread import set_tread_step
 from k5tune.runtime import Runtime
 from k5tune.train import objective
+from k5tune.train.crepa import Crepa
 from k5tune.train.rollout import Rollout
 
 
@@ -51,11 +52,12 @@ def step_scope(transformer):
 
 def micro_batch_loss(transformer, cache: CacheResult, batch, samples: list[dict], positions: list[int], epoch: int,
                      seed: int, step: int, micro: int, cfg, shift: float, runtime: Runtime,
-                     rollout: Rollout | None = None) -> torch.Tensor:
+                     rollout: Rollout | None = None, crepa: Crepa | None = None) -> torch.Tensor:
     """Mean loss of one slice of a global batch, from its cached samples and prompt embeddings.
 
     Each sample draws its caption dropout, noise and sigma from its own generator (and, with rollout,
-    whether and how far it is rolled out from another, so that its other draws never change)."""
+    whether and how far it is rolled out from another, so that its other draws never change). With
+    CREPA the samples carry their teacher features (`crepa`), and the loss its term."""
     generators = [step_generator(seed, step, micro, position) for position in positions]
     latents = torch.stack([s["latents"] for s in samples]).float()
     captions = []
@@ -83,8 +85,9 @@ def micro_batch_loss(transformer, cache: CacheResult, batch, samples: list[dict]
                                                      frame)[0]
 
         noisy, target, sigmas = rollout.apply(latents, noise, sigmas, noisy, target, draws, predict)
+    teacher = torch.stack([s["crepa"] for s in samples]) if crepa is not None else None
     return prediction_loss(transformer, noisy, target, text, sigmas, pixel_size, runtime, first_frames,
-                           route_generator=generators)
+                           route_generator=generators, crepa=crepa, teacher=teacher)
 
 
 ROLLOUT_DRAWS = 1  # (a sample's rollout draws come from its generator keyed with this, apart from its noise)
@@ -92,14 +95,15 @@ ROLLOUT_DRAWS = 1  # (a sample's rollout draws come from its generator keyed wit
 
 def flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime: Runtime,
                             first_frames: torch.Tensor | None = None,
-                            route_generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+                            route_generator: torch.Generator | list[torch.Generator] | None = None,
+                            crepa: Crepa | None = None, teacher: torch.Tensor | None = None) -> torch.Tensor:
     """The loss of one micro-batch from its tensors (the bench times this).
 
     `route_generator` draws the TREAD routing when routes are installed: one generator per sample (each
-    sample's own, in training), or one for the batch."""
+    sample's own, in training), or one for the batch. `crepa`, `teacher`: CREPA and the batch's features."""
     noisy, target = objective.add_noise(latents, noise, sigmas), objective.velocity_target(latents, noise)
     return prediction_loss(transformer, noisy, target, text, sigmas, pixel_size, runtime, first_frames,
-                           route_generator)
+                           route_generator, crepa, teacher)
 
 
 def _model_input(noisy: torch.Tensor, first_frames: torch.Tensor | None) -> torch.Tensor:
@@ -110,18 +114,23 @@ def _model_input(noisy: torch.Tensor, first_frames: torch.Tensor | None) -> torc
 
 def prediction_loss(transformer, noisy, target, text, sigmas, pixel_size, runtime: Runtime,
                     first_frames: torch.Tensor | None = None,
-                    route_generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
-    """The model's prediction at `noisy` (level `sigmas`) against `target`; I2V's frame 0 out of the loss."""
+                    route_generator: torch.Generator | list[torch.Generator] | None = None,
+                    crepa: Crepa | None = None, teacher: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's prediction at `noisy` (level `sigmas`) against `target`; I2V's frame 0 out of the loss
+    (and out of CREPA's term, which `crepa` adds from the aligned block's hidden states and `teacher`)."""
     frame_weights = None if first_frames is None else first_frame_loss_weights(*noisy.shape[:2])
     device, dtype = runtime.device, runtime.compute_dtype
     model_input = _model_input(noisy, first_frames).to(device=device, dtype=dtype)
     set_text_mask(transformer, text.mask.to(device) if text.needs_mask else None)
     set_tread_step(transformer, route_generator, protect_first_frame=first_frames is not None)
+    if crepa is not None:
+        crepa.arm()
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         prediction = transformer(**transformer_kwargs(transformer, model_input, text, sigmas.to(device), pixel_size),
                                  return_dict=False)
-    return objective.flow_matching_loss(prediction, target.to(device),
-                                        None if frame_weights is None else frame_weights.to(device))
+    frame_weights = None if frame_weights is None else frame_weights.to(device)
+    flow = objective.flow_matching_loss(prediction, target.to(device), frame_weights)
+    return flow if crepa is None else crepa.loss(flow, teacher, tuple(noisy.shape), frame_weights)
 
 
 @torch.no_grad()

@@ -40,5 +40,9 @@ def noise_levels(loaded) -> dict[str, Any]:
 
 def training_summary(loaded) -> dict[str, Any]:
     from k5tune.train.attention import resolve_for_model
+    from k5tune.train.crepa import describe_crepa
 
-    return {"attention": resolve_for_model(loaded.train).describe(), "training_noise_levels": noise_levels(loaded)}
+    summary = {"attention": resolve_for_model(loaded.train).describe(), "training_noise_levels": noise_levels(loaded)}
+    if loaded.train.crepa_enabled:
+        summary["crepa"] = describe_crepa(loaded.train)
+    return summary

@@ -17,7 +17,7 @@ import torch
 from k5tune.cache.result import CacheStage
 from k5tune.config.validation import check_validation_images
 from k5tune.distributed import init_from_env
-from k5tune.errors import ConfigError, NotYetAvailable
+from k5tune.errors import ConfigError
 from k5tune.lora.convert import convert_file
 from k5tune.lora.files import LORA_WEIGHTS_NAME, save_lora
 from k5tune.models.kandinsky5 import nabla
@@ -27,6 +27,8 @@ from k5tune.train import checkpoint, fsdp, objective
 from k5tune.train.attention import check_sizes, resolve_for_model
 from k5tune.train.build import LoraSettings, build_training_model
 from k5tune.train.checkpointing import CheckpointingMixin, NotFiniteLoss
+from k5tune.train.crepa import COLUMNS as CREPA_COLUMNS
+from k5tune.train.crepa import Crepa, CrepaSettings, check_crepa
 from k5tune.train.evaluate import COLUMNS as EVAL_COLUMNS
 from k5tune.train.evaluate import Evaluator, best_step, eval_levels, summarize
 from k5tune.train.events import EventLog
@@ -49,21 +51,15 @@ class UnusableCacheEntry(Exception):
     """A clip's cache entry could not be used mid-run (named in the log; the clip is left out)."""
 
 
-def refuse_pending_features(train_config) -> None:
-    """Settings whose feature is not built yet stop the run with a clear message."""
-    if train_config.crepa_enabled:
-        raise NotYetAvailable("CREPA is not implemented yet; set crepa_enabled=false")
-
-
 class Trainer(CheckpointingMixin):
     def __init__(self, loaded, progress: Progress | None = None, device: str | None = None,
                  events: EventLog | None = None):
         cfg = self.cfg = loaded.train
         self.loaded, self.events = loaded, events or EventLog(None)
         self.output_dir = Path(cfg.output_dir).resolve()
-        # 0. Refuse what is not built yet, and what cannot work, before any slow work.
-        refuse_pending_features(cfg)
+        # 0. Refuse what cannot work before any slow work.
         check_validation_images(cfg)
+        check_crepa(cfg)
         # 1. One place decides device and dtypes; seeded generators carry all randomness. Under
         #    torchrun / accelerate launch each process takes its GPU and a slice of every batch.
         self.dist = init_from_env()
@@ -108,6 +104,11 @@ class Trainer(CheckpointingMixin):
         model = build_training_model(transformer, self.plan, LoraSettings.from_config(cfg), self.runtime,
                                      progress.log)
         self.transformer, self.params, self.adapted = model.transformer, model.params, model.adapted
+        #    CREPA: the aligned block tapped, its head trained with the LoRA (after it: the LoRA's order stays)
+        settings = CrepaSettings.from_config(cfg)
+        self.crepa = settings and Crepa(settings, self.transformer, self.cache.features.width, self.runtime.device,
+                                        cfg.seed, fractal=self.attention.nabla is not None)
+        self.params = self.params + (self.crepa.params() if self.crepa else [])
         self.shift = cfg.flow_schedule_shift or self.components.scheduler_shift()
         #    Rollout counts steps of the sampler users generate with: the validation pipeline's schedule.
         self.rollout = self.rollout_settings and Rollout(self.rollout_settings, objective.sampler_levels(
@@ -142,7 +143,8 @@ class Trainer(CheckpointingMixin):
         # only the first process writes metrics, logs, checkpoints, videos and the LoRA
         if main:  # (only once setup worked: a run that fails before training moves nothing)
             set_earlier_runs_aside(self.output_dir, self.resume_from, self.step, self.progress.log)
-        extra = (["rollout_share", "rollout_forwards"] if self.rollout else []) + (EVAL_COLUMNS if self.evaluator else [])
+        extra = ((["rollout_share", "rollout_forwards"] if self.rollout else []) + (CREPA_COLUMNS if self.crepa else [])
+                 + (EVAL_COLUMNS if self.evaluator else []))
         metrics = MetricsLog(self.output_dir / "metrics.csv", extra) if main else NullMetrics()
         tracker = (Tracker(cfg.report_to, self.output_dir / cfg.logging_dir,
                            cfg.tracker_run_name or time.strftime("%Y%m%d-%H%M%S"), cfg.tracker_project_name,
@@ -226,12 +228,15 @@ class Trainer(CheckpointingMixin):
         """One optimizer step over `group` (global batches of record indices); None when skipped."""
         started = time.perf_counter()
         loss_sum = torch.zeros(1, dtype=torch.float64)
+        self.terms = torch.zeros(2, dtype=torch.float64)  # CREPA: (flow, term) shares, summed like the loss
         if self.rollout:
             self.rollout.stats = RolloutStats()
         with self.plan.attention_context():
             for micro, global_batch in enumerate(group):
                 loss_sum += self._micro_step(micro, global_batch, len(group))
         self.dist.sum_(loss_sum)
+        if self.crepa:
+            self.dist.sum_(self.terms)
         if not self.plan.sharded:  # FSDP2 reduced them already (its average of the world-scaled losses is our sum)
             self.dist.sum_gradients(self.params)
         loss_value = loss_sum.item()
@@ -249,7 +254,8 @@ class Trainer(CheckpointingMixin):
         self.step += 1
         return {"step": self.step, "epoch": self.epoch, "loss": loss_value, "lr": self.scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm, "step_seconds": time.perf_counter() - started,
-                "peak_gib": self.runtime.peak_memory_gib(), **(self.rollout.stats.row() if self.rollout else {})}
+                "peak_gib": self.runtime.peak_memory_gib(), **(self.rollout.stats.row() if self.rollout else {}),
+                **(dict(zip(CREPA_COLUMNS, self.terms.tolist(), strict=True)) if self.crepa else {})}
 
     def evaluate(self) -> dict[str, float]:
         """The eval loss now (evaluate.py); each process evaluates its share of the clips, except under
@@ -294,7 +300,9 @@ class Trainer(CheckpointingMixin):
             return self._micro_step(micro, global_batch, group_size)
         with step_scope(self.transformer):  # per-step model state lives until this backward ends
             loss = micro_batch_loss(self.transformer, self.cache, batch, samples, positions, self.epoch, cfg.seed,
-                                    self.step, micro, cfg, self.shift, self.runtime, self.rollout)
+                                    self.step, micro, cfg, self.shift, self.runtime, self.rollout, self.crepa)
+            if self.crepa:
+                self.terms += torch.stack(self.crepa.last).double().cpu() * weight
             # this slice's share of the global-batch mean; the gradient sum across processes is the mean
             share = loss * weight
             # FSDP2 averages gradients over the processes where we need their sum
@@ -306,7 +314,7 @@ class Trainer(CheckpointingMixin):
         encodes it again), named, and the clip is left out of the rest of this run."""
         problem = None
         try:
-            sample = self.cache.sample(record.key, record.backend_id)
+            sample = self.cache.sample(record.key, record.backend_id, crepa=self.crepa is not None)
             if not all(torch.isfinite(t).all() for t in sample.values()):
                 problem = "its cached latents hold NaN/inf values"
         except KeyError as exc:

@@ -40,6 +40,7 @@ class Kandinsky5Components:
     """Lazily loaded components of one Kandinsky 5 model."""
 
     source: ModelSource
+    drop_vae_encoder: bool = False  # (crepa_drop_vae_encoder, every clip cached) the VAE loads decoder-only
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # --- loading --------------------------------------------------------------------------------
@@ -84,6 +85,8 @@ class Kandinsky5Components:
             vae = AutoencoderKLHunyuanVideo.from_pretrained(
                 self.source.path_or_id, torch_dtype=dtype, **self._kwargs("vae")
             )
+            if self.drop_vae_encoder:
+                vae.encoder = None  # validation decodes only (T2V)
             return vae.eval().requires_grad_(False)
 
         return self._load("vae", load, dtype, device)

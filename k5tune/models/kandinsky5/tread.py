@@ -85,6 +85,7 @@ class TreadState:
         # one generator per sample of the micro-batch, or one for the whole batch (k5tune bench)
         self.generator: torch.Generator | list[torch.Generator] | None = None
         self.protect_first_frame = False
+        self.kept: torch.Tensor | None = None  # (B, K) positions of the tokens in the active route (CREPA reads it)
 
 
 def _draw_scores(generator: torch.Generator | list[torch.Generator], batch: int, tokens: int) -> torch.Tensor:
@@ -126,7 +127,7 @@ def _routed_forward(self, hidden_states, encoder_hidden_states, timestep, pooled
         if active is None and position in state.routes:
             active = state.routes[position]
             scores = _draw_scores(state.generator, batch, tokens).to(visual_embed.device)
-            index = keep_indices(scores, active.ratio, protected)
+            index = state.kept = keep_indices(scores, active.ratio, protected)
             full_embed, full_rope = visual_embed, visual_rope
             visual_embed, visual_rope = _gather(visual_embed, index), _gather(visual_rope.expand(batch, *visual_rope.shape[1:]), index)
         if torch.is_grad_enabled() and self.gradient_checkpointing:
@@ -136,7 +137,7 @@ def _routed_forward(self, hidden_states, encoder_hidden_states, timestep, pooled
             visual_embed = block(visual_embed, text_embed, time_embed, visual_rope, sparse_params)
         if active is not None and position == active.end:
             visual_embed = _scatter(full_embed, index, visual_embed)  # routed tokens return unchanged
-            visual_rope, active = full_rope, None
+            visual_rope, active, state.kept = full_rope, None, None
     visual_embed = fractal_unflatten(visual_embed, visual_shape, block_mask=False)
     out = self.out_layer(visual_embed, text_embed, time_embed)
     if not return_dict:

@@ -580,6 +580,9 @@ function showSummary(s) {
   if (!s || s.step === undefined) return;
   $("#stat-step").textContent = s.total_steps ? `${s.step} / ${s.total_steps}` : String(s.step);
   $("#stat-loss").textContent = fmt(s.loss, 4);
+  // CREPA runs: the loss is flow + lambda * CREPA term; both shown apart
+  $("#stat-crepa-box").hidden = !Number.isFinite(s.crepa_loss);
+  $("#stat-crepa").textContent = Number.isFinite(s.crepa_loss) ? `${fmt(s.flow_loss, 4)} / ${fmt(s.crepa_loss, 4)}` : "–";
   $("#stat-lr").textContent = Number.isFinite(s.lr) ? s.lr.toExponential(2) : "–";
   $("#stat-speed").textContent = !s.it_per_s ? "–" : s.it_per_s >= 1 ? `${s.it_per_s.toFixed(2)} it/s` : `${(1 / s.it_per_s).toFixed(2)} s/it`;
   $("#stat-eta").textContent = duration(s.eta_seconds);
