@@ -9,80 +9,24 @@ each with its own peak-memory reading.
 
 from __future__ import annotations
 
-import functools
-import gc
 import json
-import statistics
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 
+from k5tune.bench.crepa import _measure_crepa, measure_crepa_caching
+from k5tune.bench.flops import forward_flops, matmul_peak_tflops, useful_flops  # noqa: F401
+from k5tune.bench.measure import (  # noqa: F401
+    LORA_TARGETS,
+    TEXT_TOKENS,
+    BenchConfig,
+    _free_memory,
+    _measure,
+    _time_steps,
+)
 from k5tune.config.frames import latent_frames, parse_resolution, snap_resolution
 from k5tune.models.flavours import FLAVOURS
-from k5tune.train.plan import TrainingPlan
-
-TEXT_TOKENS = 128  # a typical caption after the template cut
-LORA_TARGETS = ["to_query", "to_key", "to_value", "out_layer", "feed_forward"]  # attention + feed-forward
-
-
-@dataclass
-class BenchConfig:
-    flavour: str = "t2v-lite-sft-5s"
-    resolution: str = "512x768"
-    frames: int = 61
-    rank: int = 32
-    steps: int = 6
-    warmup: int = 2
-    batch: int = 1
-    compare_stock: bool = False
-    model: str | None = None  # a diffusers folder (e.g. the tiny model) instead of the full-size config
-    tread: object | None = None  # a TreadConfig: also time the routed step on the same model
-    crepa: str | None = None  # a CREPA encoder name: also time the step with CREPA, and its feature caching
-    crepa_block: int = 8
-    device: str | None = None
-    rollout_steps: int = 0  # scheduled sampling's worst case: every sample rolled out this many sampler steps
-    time_forward: bool = False  # also time one no-grad forward (what rollout and eval loss cost per call)
-    # our step's memory and speed plan, as training builds it (its modulation_fp32 defaults to True here:
-    # the stock model keeps fp32 modulation, and --modulation-bf16 stores ours as training does)
-    plan: TrainingPlan = field(default_factory=lambda: TrainingPlan(modulation_fp32=True))
-
-
-def forward_flops(config: dict, tokens: int, text_tokens: int, batch: int) -> float:
-    """Matrix FLOPs of one forward pass (2 per multiply-add); attention counts QK^T and PV."""
-    d, f = config["model_dim"], config["ff_dim"]
-    visual_block = (
-        2 * tokens * d * d * 4  # self-attention q, k, v, out
-        + 2 * 2 * tokens * tokens * d  # self-attention scores and values
-        + 2 * tokens * d * d * 2 + 2 * text_tokens * d * d * 2  # cross-attention q, out / k, v
-        + 2 * 2 * tokens * text_tokens * d  # cross-attention scores and values
-        + 2 * tokens * d * f * 2  # feed-forward
-    )
-    text_block = 2 * text_tokens * d * d * 4 + 2 * 2 * text_tokens * text_tokens * d + 2 * text_tokens * d * f * 2
-    return batch * (config["num_visual_blocks"] * visual_block + config["num_text_blocks"] * text_block)
-
-
-def useful_flops(config: dict, tokens: int, text_tokens: int, batch: int) -> float:
-    """Forward + backward counted as 3 forwards (the usual convention; recomputation is not useful work)."""
-    return 3 * forward_flops(config, tokens, text_tokens, batch)
-
-
-def matmul_peak_tflops(device: torch.device) -> float | None:
-    """The card's measured bf16 matrix rate (8192^3 products), the ceiling for the MFU figure."""
-    if device.type != "cuda":
-        return None
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(20):
-        a @ b
-    end.record()
-    torch.cuda.synchronize()
-    return 20 * 2 * 8192**3 / (start.elapsed_time(end) / 1000) / 1e12
+from k5tune.train.plan import TrainingPlan  # noqa: F401 (callers build plans from here)
 
 
 def build_transformer(bench: BenchConfig, device: torch.device):
@@ -121,30 +65,6 @@ def _inputs(transformer, bench: BenchConfig, device: torch.device):
     text = pad_prompts([torch.randn(TEXT_TOKENS, text_dim, generator=generator) for _ in range(bench.batch)],
                        [torch.randn(clip_dim, generator=generator) for _ in range(bench.batch)])
     return latents, text, (height, width), generator
-
-
-def _time_steps(step, steps: int, warmup: int, device: torch.device) -> list[float]:
-    times = []
-    for index in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if index >= warmup:
-            times.append(time.perf_counter() - started)
-    return times
-
-
-def _measure(step, bench: BenchConfig, device: torch.device) -> dict:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = _time_steps(step, bench.steps, bench.warmup, device)
-    result = {"step_s": statistics.median(times), "step_s_all": [round(t, 4) for t in times]}
-    if device.type == "cuda":
-        result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return result
 
 
 def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
@@ -300,12 +220,6 @@ def _parameter_bytes(transformer) -> int:
     return parameter_bytes(transformer)
 
 
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def run_bench(bench: BenchConfig) -> dict:
     device = torch.device(bench.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     height, width = snap_resolution(*parse_resolution(bench.resolution))
@@ -375,46 +289,6 @@ def _measure_ours(report: dict, bench: BenchConfig, device: torch.device, tokens
     del transformer, step
     _free_memory()
     return flops
-
-
-def _measure_crepa(step, bench: BenchConfig, device: torch.device, report: dict) -> None:
-    """The same step with CREPA (teacher features as the cache holds them): its extra time and memory."""
-    baseline = report["ours_tread"] if "ours_tread" in report else report["ours"]
-    step.add_crepa(bench.crepa, bench.crepa_block)
-    report["ours_crepa"] = crepa = _measure(step, bench, device)
-    report["crepa"] = {"encoder": bench.crepa, "block": bench.crepa_block,
-                       "teacher_mib_per_clip": step.teacher[0].numel() * 2 / 2**20,
-                       "step_time_increase": crepa["step_s"] / baseline["step_s"] - 1}
-    if "peak_gib" in crepa:
-        report["crepa"]["peak_increase_gib"] = crepa["peak_gib"] - baseline["peak_gib"]
-
-
-def measure_crepa_caching(bench: BenchConfig, device: torch.device, clips: int = 3) -> dict:
-    """The cache stage's CREPA cost per clip: the encoder (random weights of the real size, loaded in bf16
-    on a GPU) over one frame per latent frame at the bench's size, features stored as the cache stores them."""
-    from transformers import Dinov2Config, Dinov2Model
-
-    from k5tune.models.dinov2 import RANDOM_CONFIGS, teacher_features
-    from k5tune.models.vision_encoders import ENCODERS
-
-    encoder = ENCODERS[bench.crepa]
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = Dinov2Model(Dinov2Config(**RANDOM_CONFIGS[bench.crepa])).to(device, dtype).eval()
-    height, width = snap_resolution(*parse_resolution(bench.resolution))
-    pixels = torch.rand(latent_frames(bench.frames), 3, height, width) * 2 - 1
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-    encode = functools.partial(teacher_features, model, pixels, encoder.image_size, (height // 16, width // 16))
-    times = _time_steps(encode, clips, 1, device)
-    result = {"encoder": bench.crepa, "image_size": encoder.image_size, "frames_encoded": len(pixels),
-              "seconds_per_clip": statistics.median(times), "mib_per_clip": encode().numel() * 2 / 2**20,
-              "pixel_decoding": "not included (the clip is decoded once more, as for its latents)"}
-    if device.type == "cuda":
-        result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    del model, encode
-    _free_memory()
-    return result
 
 
 def format_report(report: dict) -> str:
