@@ -26,6 +26,7 @@ def _compiled_pair(tiny_model_dir, checkpointing: str):
     return plain, moved
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", ["selective", "full"])
 def test_compiled_blocks_with_activation_offload_train_exactly_as_without(tiny_model_dir, monkeypatch, checkpointing):
     import torch._dynamo.utils
@@ -57,6 +58,7 @@ def test_compiled_blocks_with_activation_offload_train_exactly_as_without(tiny_m
     assert attention_outputs == (2 * (2 * 2 + 1) if checkpointing == "selective" else 0)
 
 
+@pytest.mark.slow
 def test_shared_inputs_and_weights_are_not_moved(tiny_model_dir, monkeypatch):
     """RoPE, the text and the time embedding live on beside every block; the frozen weights are the
     model's own: none of them is copied out."""
@@ -115,6 +117,7 @@ def test_pinned_arena_packs_stashes_into_reused_slabs():
     assert again is arena and arena.take(hidden).untyped_storage().data_ptr() == starts[0]
 
 
+@pytest.mark.slow
 def test_a_step_reuses_the_previous_steps_pinned_slabs(tiny_model_dir, monkeypatch):
     """Once a step's backward let go of its stashes, the next step stashes into the same slabs; a
     forward whose backward never ran keeps its slabs, and the next pass gets new ones."""
@@ -144,6 +147,7 @@ def test_a_step_reuses_the_previous_steps_pinned_slabs(tiny_model_dir, monkeypat
     assert torch.isfinite(kept)
 
 
+@pytest.mark.slow
 def test_k5tune_train_with_compiled_blocks_offloads_through_the_hooks(tmp_path, monkeypatch, tiny_model_dir):
     """The trainer's wiring as on a GPU (blocks compiled, here with aot_eager): `offload_activations`
     goes through the saved-tensor hooks, not the offloader's checkpoint, keeps selective checkpointing,

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "k5tune"
 
 # in flow order; a module may import its own layer and earlier ones
@@ -79,6 +81,7 @@ def test_no_package_imports_one_further_down_the_flow():
     assert not upstream, "\n".join(upstream)
 
 
+@pytest.mark.slow
 def test_the_training_loop_never_loads_the_video_decoder():
     script = ("import sys, k5tune.train.trainer, k5tune.train.step; "
               "print(sorted(m for m in sys.modules if m == 'av' or m.startswith(('av.', 'k5tune.data.frames', "

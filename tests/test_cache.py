@@ -131,6 +131,7 @@ class ComponentSpy:
 # --- 1. what is cached, and reuse ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_first_run_writes_scaled_latents_and_embeddings_as_safetensors_with_a_manifest(first, tiny_model_dir):
     from diffusers import AutoencoderKLHunyuanVideo
 
@@ -218,6 +219,7 @@ def test_edited_caption_reencodes_only_that_caption(first, tmp_path):
     assert result.prompt("a blue square falling")[0].shape[1] == 32
 
 
+@pytest.mark.slow
 def test_interrupted_latent_caching_leaves_no_half_entry_and_the_rerun_finishes(first, tmp_path, monkeypatch):
     """Ctrl-C while the second clip's latents are being written (a partial temp file on disk)."""
     from k5tune import atomic
@@ -314,6 +316,7 @@ def test_killed_write_leaves_only_a_temp_file_which_the_next_open_removes(tmp_pa
     assert len(store) == 1
 
 
+@pytest.mark.slow
 def test_torn_or_corrupt_entries_are_detected_and_reencoded(first, tmp_path):
     project = first.project.copy(tmp_path)
     record = first.records[1]
@@ -427,6 +430,7 @@ def test_cache_command_with_only_bad_clips_exits_2_with_one_error_holding_the_re
 # --- 3. memory knobs -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("offload", [True, False])
 def test_offload_during_startup_never_holds_text_encoders_and_vae_together(
     offload, first, tmp_path, monkeypatch
@@ -462,6 +466,7 @@ def loaded_components(monkeypatch, name: str) -> list:
     return loaded
 
 
+@pytest.mark.slow
 def test_offload_during_startup_streams_qwen_and_caches_the_same_embeddings(first, tmp_path, monkeypatch):
     project = first.project.copy(tmp_path, with_cache=False)
     text_encoders = loaded_components(monkeypatch, "text_encoder")
@@ -489,6 +494,7 @@ def test_caching_peak_line(tmp_path):
     assert memory_line(CacheResult({}, {}, {}, store)) is None  # no GPU, or nothing encoded
 
 
+@pytest.mark.slow
 def test_patch_conv_from_the_config_slices_the_vae_and_caches_the_same_latents(first, tmp_path, monkeypatch):
     project = first.project.copy(tmp_path, with_cache=False)
     for name in ("c1", "c2"):

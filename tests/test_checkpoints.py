@@ -27,6 +27,7 @@ def reference(tmp_path_factory, tiny_model_dir, monkeypatch):
     return lora(result.output_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_saves_and_resume_is_bit_exact(tmp_path, monkeypatch, tiny_model_dir, reference, capsys, signum):
     folder = make_project(tmp_path, tiny_model_dir, RUN)
@@ -42,6 +43,7 @@ def test_signal_saves_and_resume_is_bit_exact(tmp_path, monkeypatch, tiny_model_
     assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_crash_then_resume_from_latest_is_bit_exact(tmp_path, monkeypatch, tiny_model_dir, reference):
     folder = make_project(tmp_path, tiny_model_dir, RUN)
     monkeypatch.chdir(folder)
@@ -65,6 +67,7 @@ def test_crash_then_resume_from_latest_is_bit_exact(tmp_path, monkeypatch, tiny_
     assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_checkpoint_contents_and_rotation(tmp_path, monkeypatch, tiny_model_dir):
     folder = make_project(tmp_path, tiny_model_dir, {**RUN, "checkpoints_total_limit": 2})
     monkeypatch.chdir(folder)
@@ -89,6 +92,7 @@ class RecordingProgress(SilentProgress):
         self.lines.append(message)
 
 
+@pytest.mark.slow
 def test_a_fresh_run_sets_an_earlier_runs_files_aside(tmp_path, monkeypatch, tiny_model_dir):
     # left in place, the earlier run's higher-step checkpoints would win the rotation over the new run's
     # own, and metrics.csv would restart at step 1 in the middle of the old curve
@@ -111,6 +115,7 @@ def test_a_fresh_run_sets_an_earlier_runs_files_aside(tmp_path, monkeypatch, tin
     assert len(list((output / checkpoint.EARLIER_RUNS).iterdir())) == 1
 
 
+@pytest.mark.slow
 def test_resuming_an_earlier_checkpoint_sets_the_later_branch_aside(tmp_path, monkeypatch, tiny_model_dir):
     folder = make_project(tmp_path, tiny_model_dir, {**RUN, "checkpoints_total_limit": 2})
     monkeypatch.chdir(folder)
@@ -129,6 +134,7 @@ def test_resuming_an_earlier_checkpoint_sets_the_later_branch_aside(tmp_path, mo
     assert branch_rows == ["1", "2", "3", "4", "5", "6"]  # the replaced branch keeps its whole curve
 
 
+@pytest.mark.slow
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_ones(tmp_path, monkeypatch, tiny_model_dir):
     folder = make_project(tmp_path, tiny_model_dir, RUN)
     monkeypatch.chdir(folder)
@@ -168,6 +174,7 @@ def test_second_ctrl_c_aborts_at_once():
         stops._handle(signal.SIGINT, None)
 
 
+@pytest.mark.slow
 def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch, tiny_model_dir, capsys):
     folder = make_project(tmp_path, tiny_model_dir, {**RUN, "max_nonfinite_steps": 3})
     monkeypatch.chdir(folder)

@@ -67,6 +67,7 @@ def test_configure_example_writes_the_example_files(tmp_path, monkeypatch, capsy
     assert (tmp_path / "config" / "multidatabackend.json.example").is_file()
 
 
+@pytest.mark.slow
 def test_make_tiny_model_command(tmp_path):
     result = k5tune("make-tiny-model", str(tmp_path / "m"), "--i2v")
     assert result.returncode == 0, result.stderr

@@ -304,6 +304,7 @@ def test_cli_error_is_one_line_exit_2(project, capsys):
     assert "did you mean 'validation_guidance'" in err
 
 
+@pytest.mark.slow
 def test_dry_run_prints_resolved_settings_and_loads_nothing(project):
     write_config({"lora_rank": 4, "validation_guidance": 8.0})
     # a fresh interpreter, so "nothing heavy was imported" is checked for real

@@ -511,6 +511,7 @@ class PseudoTerminal:
         raise AssertionError(f"the command did not exit; the screen:\n{self.screen[-2000:]}")
 
 
+@pytest.mark.slow
 def test_the_real_command_in_a_pseudo_terminal(workdir):
     session = PseudoTerminal(["configure"], workdir)
     shown = session.answer("Model flavour (model_flavour), 1-10 or a name [t2v-lite-sft-5s]", "9")
@@ -540,6 +541,7 @@ def test_the_real_command_in_a_pseudo_terminal(workdir):
     assert loaded.media_backends[0].video.num_frames == 33
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_real_command_writes_nothing(workdir):
     session = PseudoTerminal(["configure"], workdir)
     session.answer("Model flavour", "2")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from k5tune.cache.result import EMPTY_CAPTION
 from k5tune.config import load_config
 from k5tune.distributed import Dist
@@ -23,6 +25,7 @@ from tests.helpers import (
 
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, monkeypatch, tiny_model_dir):
     expected = train_lora(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2}, monkeypatch)
     double = tmp_path / "double"
@@ -39,6 +42,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, mo
     assert len(manifest) == 4
 
 
+@pytest.mark.slow
 def test_caching_work_is_split_between_processes(tmp_path, monkeypatch, tiny_model_dir):
     """Process r of n encodes every n-th missing clip and caption; afterwards all are there for all."""
     from k5tune.cache.stage import run_cache_stage
@@ -64,6 +68,7 @@ def test_caching_work_is_split_between_processes(tmp_path, monkeypatch, tiny_mod
     assert EMPTY_CAPTION in after.text_keys
 
 
+@pytest.mark.slow
 def test_two_processes_with_group_offload_equal_one_process(tmp_path, monkeypatch, tiny_model_dir):
     """Each process offloads its own copy of the blocks (the wizard's Pro preset on several small cards):
     still the LoRA of one process with the same global batch."""
@@ -74,6 +79,7 @@ def test_two_processes_with_group_offload_equal_one_process(tmp_path, monkeypatc
     assert_same_training(got, expected)
 
 
+@pytest.mark.slow
 def test_two_processes_route_tread_tokens_as_one_process(tmp_path, monkeypatch, tiny_model_dir):
     """Each sample draws its TREAD routing from its own generator, so a sample routes the same tokens
     whichever process trains it: two processes still train the LoRA of one."""

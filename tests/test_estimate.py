@@ -40,6 +40,7 @@ LITE, PRO = "t2v-lite-sft-5s", "t2v-pro-sft-5s-hd"
 # fitted ACTIVATION_OFFLOAD_RESIDUE; the VAE rows are the anchors of the VAE scaling. All other rows are
 # predictions. The text phase of caching is a worst-case bound (8 of the longest captions): it must not
 # be below what was measured.
+@pytest.mark.slow
 @pytest.mark.parametrize("check", CHECKS, ids=[c.label for c in CHECKS])
 def test_every_measured_peak_is_predicted_within_15_percent(check):
     measured = measured_gib(check.source)

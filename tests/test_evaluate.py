@@ -44,6 +44,7 @@ def test_the_held_out_split_is_seeded_stable_and_takes_whole_eval_datasets():
     assert held_out(records, set(), 0.0, seed=3) == (records, [])
 
 
+@pytest.mark.slow
 def test_eval_runs_on_held_out_clips_only_and_is_logged(tmp_path, monkeypatch, tiny_model_dir, capsys):
     from k5tune.train import step
 
@@ -68,6 +69,7 @@ def test_eval_runs_on_held_out_clips_only_and_is_logged(tmp_path, monkeypatch, t
     assert any("held out for the eval loss" in note for note in report["notes"])
 
 
+@pytest.mark.slow
 def test_the_eval_loss_is_the_same_measurement_every_time(tmp_path, tiny_model_dir):
     """Fixed levels and fixed noise per clip: evaluating the same weights twice, or after training drew
     anything, gives the same numbers."""
@@ -92,7 +94,7 @@ def test_the_eval_loss_is_the_same_measurement_every_time(tmp_path, tiny_model_d
 
 
 @pytest.mark.slow
-def test_overfitting_shows_as_an_eval_loss_that_turns_up(tmp_path, capsys):
+def test_overfitting_shows_as_an_eval_loss_that_turns_up(tmp_path):
     """One clip (a shape moving right) trained long at a high rate; held out: clips under the same caption
     whose shapes move down. Memorising the one clip first helps them (what all the clips share), then
     hurts: the eval loss turns up while the training loss keeps falling, and the summary names the step
@@ -100,6 +102,7 @@ def test_overfitting_shows_as_an_eval_loss_that_turns_up(tmp_path, capsys):
     rescales it, so that its latents carry the clip.)"""
     from k5tune.models.tiny import make_tiny_model
     from k5tune.probe import make_latents_carry_the_clip, write_motion_clips
+    from k5tune.train.outputs import describe_outputs
 
     model = make_tiny_model(tmp_path / "model")
     make_latents_carry_the_clip(model)
@@ -129,4 +132,4 @@ def test_overfitting_shows_as_an_eval_loss_that_turns_up(tmp_path, capsys):
     assert sum(losses[-20:]) / 20 < sum(around_best) / len(around_best) * 0.95  # training kept falling past it
     nearest = min(range(20, 121, 20), key=lambda step: (abs(step - best_step), step))
     assert result.closest_checkpoint.name == f"checkpoint-{nearest}"
-    assert f"lowest at step {best_step}" in capsys.readouterr().out
+    assert f"lowest at step {best_step}" in describe_outputs(result)  # what `k5tune train` prints at the end

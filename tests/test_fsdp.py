@@ -3,6 +3,7 @@ unsharded process with the same global batch, writes the usual single-file LoRA,
 
 from __future__ import annotations
 
+import pytest
 from safetensors.torch import load_file
 
 from k5tune.cli import main
@@ -20,6 +21,7 @@ from tests.helpers import (
 SHARDED = {**RUN, "num_processes": 2, "fsdp_enable": True, "lr_scheduler": "constant"}
 
 
+@pytest.mark.slow
 def test_sharded_training_equals_one_process_and_resumes(tmp_path, monkeypatch, tiny_model_dir, capfd):
     expected = train_lora(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2,
                                                                 "lr_scheduler": "constant"}, monkeypatch)
@@ -40,6 +42,7 @@ def test_sharded_training_equals_one_process_and_resumes(tmp_path, monkeypatch, 
     assert max(errors.values()) < 1e-6, errors
 
 
+@pytest.mark.slow
 def test_sharded_training_with_activation_offload(tmp_path, monkeypatch, tiny_model_dir):
     """The checkpointed blocks' inputs wait in CPU memory (every one, for the tiny model) under FSDP2 too."""
     monkeypatch.setenv("K5TUNE_MIN_OFFLOADED_ELEMENTS", "1")

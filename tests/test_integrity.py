@@ -34,6 +34,7 @@ VALIDATE = {"validation_prompt": "a red circle", "validation_resolution": "32x48
 # --- 1. no per-step state leaks into validation --------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("captions", ["mixed_lengths", "caption_dropout"])
 def test_validation_after_a_batch_of_mixed_caption_lengths(tmp_path, monkeypatch, tiny_model_dir, captions):
     extra = {"caption_dropout_probability": 0.3} if captions == "caption_dropout" else {}
@@ -50,6 +51,7 @@ def test_validation_after_a_batch_of_mixed_caption_lengths(tmp_path, monkeypatch
 # --- 2. a LoRA trained with dropout loads deterministically ----------------------------------------
 
 
+@pytest.mark.slow
 def test_a_lora_trained_with_dropout_gives_the_same_video_twice(tmp_path, monkeypatch, tiny_model_dir):
     from diffusers import Kandinsky5T2VPipeline
 
@@ -98,6 +100,7 @@ def with_infinite_gradient_at(calls: set[int], monkeypatch) -> None:
     monkeypatch.setattr(trainer, "micro_batch_loss", loss)
 
 
+@pytest.mark.slow
 def test_a_nonfinite_gradient_skips_its_update(tmp_path, monkeypatch, tiny_model_dir, capsys):
     folder = make_project(tmp_path, tiny_model_dir, RUN)
     monkeypatch.chdir(folder)
@@ -137,6 +140,7 @@ def test_nonfinite_weights_are_never_checkpointed(tmp_path, monkeypatch, tiny_mo
 # --- 4. a new learning rate on resume takes effect ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_changed_learning_rate_on_resume_takes_effect(tmp_path, monkeypatch, tiny_model_dir, capsys):
     config = {**RUN, "lr_scheduler": "constant", "lr_warmup_steps": 0, "max_train_steps": 4}
     folder = make_project(tmp_path, tiny_model_dir, config)
@@ -161,6 +165,7 @@ def test_a_changed_learning_rate_on_resume_takes_effect(tmp_path, monkeypatch, t
     assert [float(r[lr]) for r in rows[1:]] == [1e-3, 1e-3, 3e-4, 3e-4]
 
 
+@pytest.mark.slow
 def test_an_unchanged_schedule_on_resume_restores_the_state_as_it_was(tmp_path, monkeypatch, tiny_model_dir):
     """(the cosine schedule of RUN: resume without changes keeps the restored scheduler, bit-exact)"""
     folder = make_project(tmp_path, tiny_model_dir, RUN)
@@ -220,6 +225,7 @@ def _poison_one_latent(cache_root: Path) -> Path:
     return entry
 
 
+@pytest.mark.slow
 def test_a_nan_cache_entry_is_named_and_encoded_again(tmp_path, monkeypatch, tiny_model_dir, capsys):
     folder = make_project(tmp_path, tiny_model_dir, RUN)
     monkeypatch.chdir(folder)
@@ -272,8 +278,8 @@ def test_a_cache_entry_that_goes_bad_mid_run_leaves_its_clip_out(tmp_path, monke
     real = CacheResult.sample
     bad = {}
 
-    def one_clip_goes_bad(self, record_key, backend_id):
-        sample = real(self, record_key, backend_id)
+    def one_clip_goes_bad(self, record_key, backend_id, **options):
+        sample = real(self, record_key, backend_id, **options)
         bad.setdefault("key", record_key)  # the first clip trained on
         return {k: v * float("nan") for k, v in sample.items()} if record_key == bad["key"] else sample
 
@@ -294,6 +300,7 @@ def test_a_cache_entry_that_goes_bad_mid_run_leaves_its_clip_out(tmp_path, monke
 
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_clear_error_and_loses_nothing(tmp_path, monkeypatch, tiny_model_dir, capsys):
     folder = make_project(tmp_path, tiny_model_dir, RUN)
     monkeypatch.chdir(folder)
@@ -413,6 +420,7 @@ def test_dry_run_prints_the_noise_level_quantiles(tmp_path, monkeypatch, tiny_mo
 # --- 12. no library noise on every command ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_torchao_kernel_library_lines_are_quiet_and_other_failures_are_not(caplog):
     script = "import k5tune, transformers.quantizers.quantizer_torchao"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

@@ -30,6 +30,7 @@ def test_tensorboard_gets_scalars_and_validation_videos(tmp_path, monkeypatch, t
     assert images[0].encoded_image_string[:6] == b"GIF89a"  # animated: TensorBoard plays it
 
 
+@pytest.mark.slow
 def test_wandb_offline(tmp_path, monkeypatch, tiny_model_dir):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -56,6 +57,7 @@ class FakeHub:
         return type("Info", (), {"commit_url": f"https://hub.example/{kwargs['repo_id']}/commit/1"})()
 
 
+@pytest.mark.slow
 def test_push_to_hub_only_when_asked(tmp_path, monkeypatch, tiny_model_dir):
     import huggingface_hub
 

@@ -255,6 +255,7 @@ def _frames(path) -> torch.Tensor:
         return torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]).float()
 
 
+@pytest.mark.slow
 def test_validation_and_generate_run_the_attention_training_ran(tmp_path, monkeypatch, tiny_nabla_dir):
     """Training, validation and `k5tune generate` (the trained LoRA loaded) all run the checkpoint's NABLA
     attention with the same settings, and generate computes with the weights validation used. (Their

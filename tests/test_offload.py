@@ -14,6 +14,7 @@ from tests.helpers import OFFLOAD_RUN as RUN
 from tests.helpers import assert_same_training, make_project, record_stashed_shapes, train_lora
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blocks_per_group", [1, 2])
 def test_offloaded_training_gives_the_same_lora_after_3_steps(tmp_path, monkeypatch, tiny_model_dir,
                                                                blocks_per_group):
@@ -49,6 +50,7 @@ def test_offloaded_weights_are_really_away_between_uses(tiny_model_dir):
     assert block.self_attention.to_key.weight.numel() == 0  # only the current group (and the next) stay
 
 
+@pytest.mark.slow
 def test_leaf_level_offload_gives_the_same_lora(tmp_path, monkeypatch, tiny_model_dir):
     """leaf_level: each layer's weights come in before it runs, and backward fetches the weights it
     saved again; training ends where block_level offload does, and where plain full checkpointing
@@ -135,6 +137,7 @@ def test_offloaded_backward_recomputes_under_the_same_autocast(tiny_model_dir):
     assert any(g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_weights", [False, True])
 def test_activation_offload_gives_the_same_lora(tmp_path, monkeypatch, tiny_model_dir, with_weights):
     """The saved block inputs travel through CPU memory (every one, for the tiny model) and training

@@ -164,6 +164,7 @@ def _train(transformer, steps: int, dtype: torch.dtype, lr: float, batch: int, o
     return losses
 
 
+@pytest.mark.slow
 def test_lora_over_a_quantised_base_trains_like_bf16(tiny_model_dir):
     """The quality check: 60 steps on one clip over a bf16 (as on a GPU), an int8 and an fp8 base.
 
@@ -221,6 +222,7 @@ def test_saved_lora_has_the_plain_layout_and_loads_into_an_unquantised_pipeline(
     assert np.abs(generate() - before).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_group_offload_trains_over_an_int8_base(tiny_model_dir):
     """Offloaded blocks move their int8 data and scales (not the torchao wrapper's `.data`): away between
     uses, and the LoRA after 3 steps is the one trained without offload."""
@@ -263,19 +265,7 @@ def test_missing_or_old_torchao_and_old_gpus_get_a_clear_error(tiny_model_dir, m
     check_precision_device("fp8", "cuda:0")
 
 
-def _trainer_quantises() -> bool:
-    from k5tune.config.schema import TrainConfig
-    from k5tune.errors import NotYetAvailable
-    from k5tune.train.trainer import refuse_pending_features
-
-    try:
-        refuse_pending_features(TrainConfig(base_model_precision="int8"))
-    except NotYetAvailable:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _trainer_quantises(), reason="k5tune train does not take base_model_precision yet")
+@pytest.mark.slow
 @pytest.mark.parametrize("offload", [False, True])
 def test_k5tune_train_with_an_int8_base(tmp_path, monkeypatch, tiny_model_dir, offload):
     from k5tune.cache.stage import run_cache_stage
@@ -297,6 +287,7 @@ def test_k5tune_train_with_an_int8_base(tmp_path, monkeypatch, tiny_model_dir, o
         assert json.loads(handle.metadata()["k5tune.steps"]) == 2
 
 
+@pytest.mark.slow
 def test_bench_quantises_our_model_only(tiny_model_dir, capsys):
     from k5tune.cli import main
 

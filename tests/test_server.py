@@ -129,6 +129,7 @@ def test_dataset_file_and_preview_with_good_and_bad_clips(project):
 # --- runs -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_streams_progress_queues_and_stops_cleanly(project):
     with serve(project) as client:
         first = client.post("/api/runs", json={})
@@ -178,6 +179,7 @@ def test_run_streams_progress_queues_and_stops_cleanly(project):
         assert [r["id"] for r in runs] == sorted((r["id"] for r in runs), reverse=True)
 
 
+@pytest.mark.slow
 def test_crashing_run_is_recorded_as_failed_and_the_server_lives_on(project):
     write_config(project, lora_rank=0)
     with serve(project) as client:
@@ -551,6 +553,7 @@ def test_a_failed_run_never_shows_another_runs_metrics(project):
     assert "metrics" not in {e for e, _ in events}, "the earlier run's metrics.csv is not this run's"
 
 
+@pytest.mark.slow
 def test_runs_list_their_dataset_and_steps_and_resume_from_a_chosen_checkpoint(tmp_path, tiny_model_dir):
     project = make_project(tmp_path / "p", tiny_model_dir, {"max_train_steps": 4, "checkpointing_steps": 2,
                                                            "train_batch_size": 2})
@@ -574,12 +577,12 @@ def test_runs_list_their_dataset_and_steps_and_resume_from_a_chosen_checkpoint(t
 
 
 def test_presets_are_the_wizards_for_the_flavour_and_card(project):
-    from k5tune import configure
+    from k5tune.estimate import search as configure  # the wizard's presets and recommender
 
     with serve(project) as client:
         lite = client.get("/api/presets", params={"gpu_gib": 16}).json()
         assert lite["recommended"] == configure.recommended_preset(16) == "16gb"
-        assert [p["name"] for p in lite["presets"]] == [p.name for p in configure.MEMORY_PRESETS.values()
+        assert [p["name"] for p in lite["presets"]] == [p.name for p in configure.LITE_PRESETS
                                                        if configure.preset_available(p)]
         assert lite["keys"] == list(configure.PRESET_KEYS) and lite["flavour"] == "t2v-lite-sft-5s"
         write_config(project, model_flavour="t2v-pro-sft-5s-hd")

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's ch
                                 "(apt-get install chromium; .ci/run installs it)")
 
 
+@pytest.mark.slow
 def test_web_ui_edits_config_trains_shows_progress_and_video_and_stops(tmp_path, tiny_model_dir):
     from playwright.sync_api import expect, sync_playwright
 

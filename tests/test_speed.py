@@ -32,6 +32,7 @@ def test_fast_path_equals_stock_forward_and_lora_gradients(tiny_model_dir, check
         torch.testing.assert_close(fast_grads[name], stock_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", ["selective", "full"])
 def test_compiled_blocks_equal_the_eager_fast_path(tiny_model_dir, checkpointing):
     import torch._dynamo.utils
@@ -68,6 +69,7 @@ def test_useful_flops_match_the_published_count():
     assert attention / forward_flops(LITE_TRANSFORMER, 24576, 128, 1) == pytest.approx(0.65, abs=0.02)
 
 
+@pytest.mark.slow
 def test_bench_on_cpu_with_the_tiny_model(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
     tread = json.dumps({"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 1}]})
@@ -98,6 +100,7 @@ def test_bench_rejects_bad_arguments(capsys):
     assert "tread" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_times_nabla_rollout_and_a_forward_on_cpu(tiny_model_dir, capsys):
     """--sparse-attention nabla reports the masks' measured density; --rollout K adds K no-grad forwards per
     sample to the step; --forward times one no-grad forward (what a rollout step or an eval level costs)."""

@@ -141,6 +141,7 @@ def test_padding_does_not_change_any_sample(tiny_model_dir):
 
 
 
+@pytest.mark.slow
 def test_k5tune_train_end_to_end(tmp_path, monkeypatch, tiny_model_dir, capsys):
     from diffusers import Kandinsky5T2VPipeline
 
@@ -192,6 +193,7 @@ def test_k5tune_train_end_to_end(tmp_path, monkeypatch, tiny_model_dir, capsys):
     assert np.abs(after - before).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_lora(tmp_path, monkeypatch, tiny_model_dir):
     results = []
     for run in ("a", "b"):
@@ -205,6 +207,7 @@ def test_same_seed_gives_the_same_lora(tmp_path, monkeypatch, tiny_model_dir):
     assert any(v.abs().sum() > 0 for k, v in results[0].items() if "lora_B" in k)
 
 
+@pytest.mark.slow
 def test_one_clip_overfits(tmp_path, monkeypatch, tiny_model_dir):
     """One clip, seen 4 times a step: the training loss falls by at least half."""
     folder = tmp_path / "overfit"
@@ -228,6 +231,7 @@ def test_one_clip_overfits(tmp_path, monkeypatch, tiny_model_dir):
     assert last <= 0.5 * first, (first, last)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["constant", "constant_with_warmup", "cosine", "linear"])
 def test_lr_schedules_and_accumulation(tmp_path, monkeypatch, tiny_model_dir, schedule):
     folder = make_project(tmp_path, tiny_model_dir, {

@@ -120,6 +120,7 @@ def test_routing_draw_is_seeded(tiny_transformer):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+@pytest.mark.slow
 def test_tiny_model_still_overfits_one_clip_with_tread(tmp_path, monkeypatch):
     """Four visual blocks, the middle two routed (as the guide routes 2..-2): the loss still halves."""
     from k5tune.models.tiny import make_tiny_model
@@ -139,6 +140,7 @@ def test_tiny_model_still_overfits_one_clip_with_tread(tmp_path, monkeypatch):
     assert last <= 0.5 * first, (first, last)
 
 
+@pytest.mark.slow
 def test_tread_with_checkpointing_batches_and_resume_config(tmp_path, monkeypatch, tiny_model_dir):
     folder = make_project(tmp_path, tiny_model_dir, {
         "max_train_steps": 2, "train_batch_size": 2, "gradient_checkpointing": True,
@@ -154,6 +156,7 @@ def test_tread_with_checkpointing_batches_and_resume_config(tmp_path, monkeypatc
         train(load_config())
 
 
+@pytest.mark.slow
 def test_tread_with_i2v_keeps_the_conditioning_frame_and_resumes_exactly(tmp_path, monkeypatch, tiny_i2v_model_dir):
     """I2V + TREAD: first-frame tokens are never routed; the routing draw is part of the exact resume."""
     from safetensors.torch import load_file
@@ -188,6 +191,7 @@ def test_tread_with_i2v_keeps_the_conditioning_frame_and_resumes_exactly(tmp_pat
         assert torch.equal(final[key], expected[key]), key
 
 
+@pytest.mark.slow
 def test_tread_with_group_offload_trains_like_without(tmp_path, monkeypatch, tiny_model_dir):
     """Routing and offloaded blocks together: the same LoRA as routing alone (same seeded draws)."""
     base = {"max_train_steps": 2, "train_batch_size": 2, "adam_epsilon": 1e-4, "gradient_checkpointing_policy": "full",
@@ -199,6 +203,7 @@ def test_tread_with_group_offload_trains_like_without(tmp_path, monkeypatch, tin
     assert_same_training(got, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", ["selective", "full"])
 def test_tread_through_compiled_blocks_equals_the_eager_blocks(tiny_model_dir, checkpointing):
     # the speed issue's default on a GPU: blocks compiled whole; the routed blocks see a shorter sequence

@@ -40,6 +40,7 @@ class ForeignSite:
         self.server.shutdown()
 
 
+@pytest.mark.slow
 def test_broken_config_is_edited_as_text_under_csp_unframeable_with_named_download(tmp_path, tiny_model_dir,
                                                                                    monkeypatch):
     from playwright.sync_api import expect, sync_playwright
@@ -155,6 +156,7 @@ def _recorded_run(manager, root: Path, status: str, events: list[dict]) -> int:
     return run_id
 
 
+@pytest.mark.slow
 def test_charts_plot_the_runs_own_loss_and_eval_and_never_another_runs(tmp_path, tiny_model_dir):
     from playwright.sync_api import expect, sync_playwright
 
@@ -185,6 +187,7 @@ def test_charts_plot_the_runs_own_loss_and_eval_and_never_another_runs(tmp_path,
         browser.close()
 
 
+@pytest.mark.slow
 def test_config_page_groups_sections_lists_flavours_offers_presets_and_filters(tmp_path, tiny_model_dir,
                                                                               monkeypatch):
     from playwright.sync_api import expect, sync_playwright
