@@ -560,3 +560,21 @@ def test_ctrl_c_in_the_real_command_writes_nothing(workdir):
         raise AssertionError(f"Ctrl-C did not stop the wizard; the screen:\n{session.screen}")
     assert session.exit_code() == 130
     assert not (workdir / "config").exists()
+
+
+def test_the_advanced_view_asks_nabla_eval_rollout_and_crepa_keys_with_their_help(workdir):
+    """`k5tune configure --advanced`: after the usual questions, each advanced section on request; its keys
+    with their --help text, checked by the schema (a bad answer is asked again)."""
+    advanced = [("attention", "y"), ("attention_backend", ""), ("sparse_attention", "nabla"),
+                ("nabla_threshold", "2"), ("nabla_threshold", "0.8"), ("nabla_window", "11x3x3"),
+                ("nabla_add_sta", ""), ("evaluation", "n"), ("rollout", "n"), ("CREPA", "n")]
+    answers = script(folder="datasets/videos", gpu="24", resolution="512", val_res="512x768")
+    answers[-1:-1] = advanced  # before "Write ...?"
+    terminal = ScriptedTerminal(answers)
+    run_wizard(terminal, "config/config.json", None, gpu_detector=no_gpu, advanced=True)
+    assert not terminal.answers
+    assert "NABLA" in terminal.output  # the keys' help text is shown
+    assert any("! " in line for line in terminal.lines)  # 2 is no share: asked again
+    config = read("config/config.json")
+    assert config["sparse_attention"] == "nabla" and config["nabla_threshold"] == 0.8
+    assert load_config("config/config.json").train.nabla_window == "11x3x3"

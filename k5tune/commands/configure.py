@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="with --example: overwrite existing example files")
     parser.add_argument("--yes", "-y", action="store_true",
                         help="take every default without asking (scripts, CI; needs no terminal)")
+    parser.add_argument("--advanced", action="store_true",
+                        help="also walk through the advanced sections: attention (NABLA), eval loss, rollout, CREPA")
     parser.add_argument("--config", help="config file to write (default: DIRECTORY/config.json)")
     parser.add_argument("--datasets", help="dataset file to write (default: the one the existing config names, "
                         "else DIRECTORY/multidatabackend.json)")
@@ -29,7 +31,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if not args.example:
         from k5tune.wizard import run_command
 
-        return run_command(yes=args.yes, directory=args.directory, config=args.config, datasets=args.datasets)
+        return run_command(yes=args.yes, directory=args.directory, config=args.config, datasets=args.datasets,
+                           advanced=args.advanced)
     from k5tune.config.loading import EXAMPLES_DIR
 
     target = Path(args.directory)

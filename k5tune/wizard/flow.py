@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from k5tune.config.loading import LoadedConfig
+from k5tune.wizard.advanced import AdvancedQuestions
 from k5tune.wizard.answers import FolderSurvey, validate_together
 from k5tune.wizard.files import datasets_path_for, load_existing, write_files
 from k5tune.wizard.memory import GpuInfo, MemoryQuestions, detect_gpu
@@ -31,12 +32,13 @@ class WizardResult:
     written: bool
 
 
-class Wizard(Questions, MemoryQuestions):
+class Wizard(Questions, MemoryQuestions, AdvancedQuestions):
     """Asks the questions, builds both files in memory, validates and writes them."""
 
     def __init__(self, terminal: Terminal, config_path: Path, datasets_path: Path,
-                 gpu_detector: Callable[[], GpuInfo | None] = detect_gpu) -> None:
+                 gpu_detector: Callable[[], GpuInfo | None] = detect_gpu, advanced: bool = False) -> None:
         self.io = terminal
+        self.advanced = advanced
         self.config_path = config_path
         self.datasets_path = datasets_path
         self.detect_gpu = gpu_detector
@@ -60,6 +62,8 @@ class Wizard(Questions, MemoryQuestions):
         self.ask_memory()
         self.ask_validation()
         self.ask_training()
+        if self.advanced:
+            self.ask_advanced()
         return self.finish()
 
     def _greet(self) -> None:
@@ -117,19 +121,19 @@ class Wizard(Questions, MemoryQuestions):
 
 def run_wizard(terminal: Terminal, config_path: str | Path, datasets_path: str | Path | None = None,
                directory: str = DEFAULT_DIRECTORY,
-               gpu_detector: Callable[[], GpuInfo | None] = detect_gpu) -> WizardResult:
+               gpu_detector: Callable[[], GpuInfo | None] = detect_gpu, advanced: bool = False) -> WizardResult:
     """Ask, validate and write. Raises Aborted (declined), EOFError / KeyboardInterrupt (input ended)."""
     config_path = Path(config_path)
     resolved = datasets_path_for(config_path, str(datasets_path) if datasets_path else None, directory)
-    return Wizard(terminal, config_path, resolved, gpu_detector).run()
+    return Wizard(terminal, config_path, resolved, gpu_detector, advanced).run()
 
 
 def run_command(*, yes: bool, directory: str = DEFAULT_DIRECTORY, config: str | None = None,
-                datasets: str | None = None) -> int:
+                datasets: str | None = None, advanced: bool = False) -> int:
     """`k5tune configure` without --example: the exit code (0 written, 1 declined or input ended, 130 Ctrl-C)."""
     terminal: Terminal = DefaultsTerminal() if yes else ConsoleTerminal()
     try:
-        run_wizard(terminal, config or str(Path(directory) / "config.json"), datasets, directory)
+        run_wizard(terminal, config or str(Path(directory) / "config.json"), datasets, directory, advanced=advanced)
     except Aborted:
         print("nothing written")
         return 1
