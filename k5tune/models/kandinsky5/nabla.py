@@ -149,7 +149,11 @@ def _flex_attention():
         # one graph per shape (a bucket): masks change every step, shapes do not, so nothing recompiles
         # within a bucket; each new bucket compiles once (counted in compiled_shapes and reported).
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        # NABLA's blocks are 64 tokens, and the kernel's tiles must divide them. Inductor's one default
+        # tiling for a head size of 64 on Hopper is 128 wide and fails to lower (forward: "Q and KV block
+        # size must be divisible by BLOCK_M and BLOCK_N"; backward: "No choices to select", measured on an
+        # H100 with torch 2.11); autotuning offers 32- and 64-wide tilings and keeps those that divide.
+        _compiled_flex = torch.compile(flex_attention, dynamic=False, mode="max-autotune-no-cudagraphs")
     return _compiled_flex
 
 
