@@ -204,8 +204,11 @@ class NablaAttnProcessor:
         if sparse_params is None or encoder_hidden_states is not None:
             return self.dense(attn, hidden_states, encoder_hidden_states, rotary_emb, sparse_params)
         query, key, value = _qkv(attn, hidden_states, rotary_emb)
-        mask = self.mask if self.sharing and self.mask is not None else block_mask(query, key, sparse_params)
-        if self.sharing:
+        # Shared only by the step's training forward and its checkpointed recomputation (both with
+        # gradients); a forward without them (a rollout step, the eval loss) has its own queries and keys.
+        sharing = self.sharing and torch.is_grad_enabled()
+        mask = self.mask if sharing and self.mask is not None else block_mask(query, key, sparse_params)
+        if sharing:
             self.mask = mask
         if self.record_density:
             self.last_density = density(mask)
