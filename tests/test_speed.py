@@ -116,3 +116,31 @@ def test_bench_times_nabla_rollout_and_a_forward_on_cpu(tiny_model_dir, capsys):
     assert main(["bench", "--model", tiny_model_dir, "--resolution", "32x48", "--frames", "9", "--steps", "1",
                  "--warmup", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["attention"] == {"attention": "dense"}
+
+
+def test_bench_scenarios_rows_and_tables(tiny_model_dir, tmp_path, capsys):
+    """Scenarios are data (`--list`); `--scenario` runs one with the given flags on top; `--results` appends
+    a row naming the scenario, card, date, git sha and library versions; `--tables` makes one table per
+    theme, card and date from the rows."""
+    from k5tune.bench.scenarios import SCENARIOS, SUITES
+
+    assert main(["bench", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in SCENARIOS) and all(name in listing for name in SUITES)
+    assert all(set(names) <= set(SCENARIOS) for names in SUITES.values())
+    rows = tmp_path / "rows.jsonl"
+    tiny = ["--model", tiny_model_dir, "--resolution", "32x48", "--frames", "9", "--steps", "1", "--warmup", "0",
+            "--device", "cpu", "--results", str(rows)]
+    assert main(["bench", "--scenario", "lite-rollout-1", *tiny]) == 0
+    assert main(["bench", "--scenario", "lite", *tiny]) == 0
+    capsys.readouterr()
+    written = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert [r["scenario"] for r in written] == ["lite-rollout-1", "lite"]
+    first = written[0]
+    assert first["theme"] == "rollout" and first["card"] == "cpu" and first["versions"]["torch"]
+    assert first["report"]["rollout"]["steps"] == 1 and first["report"]["resolution"] == "32x48"  # flags on top
+    assert "ours_forward" in written[1]["report"] and first["date"]
+    assert main(["bench", "--tables", str(rows)]) == 0
+    tables = capsys.readouterr().out
+    assert tables.count("## ") == 2 and "## rollout — cpu" in tables and "| lite-rollout-1 |" in tables
+    assert main(["bench", "--scenario", "nope"]) == 2

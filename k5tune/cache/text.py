@@ -21,7 +21,7 @@ from k5tune.runtime import Runtime
 CAPTION_BATCH = 8
 # Prefetching the next streamed Qwen layer on a side CUDA stream is off: that path needs a GPU to be
 # exercised at all (CPU tests cannot reach it), and caching a few captions gains nothing from it (the
-# first pass of diffusers' prefetching is a blocking trace anyway). benchmarks/text_encode_stream.py
+# first pass of diffusers' prefetching is a blocking trace anyway). benchmarks/tools/text_encode_stream.py
 # measures both ways; switch it on once that shows it exact and faster.
 TEXT_STREAM_PREFETCH = False
 

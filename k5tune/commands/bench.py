@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 NAME = "bench"
@@ -23,6 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compile-blocks", action="store_true",
                         help="run the blocks eagerly (only their fused groups compiled)")
     parser.add_argument("--output", help="also write the JSON report to this file")
+    _add_suite_arguments(parser)
+
+
+def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--list", action="store_true", help="list the scenarios and suites, and exit")
+    parser.add_argument("--scenario", help="run a named scenario (its flags first, then any given here)")
+    parser.add_argument("--suite", help="run a named suite of scenarios, one after the other")
+    parser.add_argument("--results", metavar="ROWS.jsonl",
+                        help="append each result as one JSON row (scenario, card, date, git sha, versions, report)")
+    parser.add_argument("--tables", metavar="ROWS.jsonl",
+                        help="print the markdown tables (one per theme, card and date) of a rows file, and exit")
 
 
 def _add_shape_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,10 +148,59 @@ def _plan(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from k5tune.bench import BenchConfig, format_report, run_bench
+    from k5tune.bench import rows, scenarios
+    from k5tune.errors import ConfigError
+
+    if args.list:
+        print(scenarios.listing())
+        return 0
+    if args.tables:
+        print(rows.tables(rows.read_rows(args.tables)))
+        return 0
+    if args.suite:
+        if args.suite not in scenarios.SUITES:
+            raise ConfigError(f"unknown suite '{args.suite}'; known: {', '.join(scenarios.SUITES)}", key="--suite")
+        failed = [name for name in scenarios.SUITES[args.suite] if not _survives(_with_scenario(args, name))]
+        if failed:
+            print(f"k5tune: bench: failed: {', '.join(failed)}", file=sys.stderr)
+        return 1 if failed else 0
+    return _run_one(_with_scenario(args, args.scenario) if args.scenario else args)
+
+
+def _survives(args: argparse.Namespace) -> bool:
+    """One scenario of a suite: a failure is reported and the suite goes on."""
+    try:
+        return _run_one(args) == 0
+    except Exception as exc:  # noqa: BLE001 - one scenario's failure (out of memory, a compile error) is its row
+        print(f"k5tune: bench: scenario {args.scenario} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
+
+
+def _with_scenario(args: argparse.Namespace, name: str) -> argparse.Namespace:
+    """The scenario's flags, with the flags given on the command line on top (those not at their default)."""
+    from k5tune.bench.scenarios import SCENARIOS
+    from k5tune.errors import ConfigError
+
+    if name not in SCENARIOS:
+        raise ConfigError(f"unknown scenario '{name}'; `k5tune bench --list` shows them", key="--scenario")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    defaults = parser.parse_args([])
+    merged = parser.parse_args(list(SCENARIOS[name].args))
+    for key, value in vars(args).items():
+        if key not in ("scenario", "suite") and value != getattr(defaults, key, value):
+            setattr(merged, key, value)
+    merged.scenario, merged.suite = name, None
+    return merged
+
+
+def _run_one(args: argparse.Namespace) -> int:
+    from k5tune.bench import BenchConfig, format_report, rows, run_bench
+    from k5tune.bench.scenarios import SCENARIOS
     from k5tune.config.frames import frame_count_problem
     from k5tune.errors import ConfigError
     from k5tune.models.flavours import require_flavour
+
     require_flavour(args.flavour, "--flavour")
     if frame_count_problem(args.frames):
         raise ConfigError(frame_count_problem(args.frames), key="--frames")
@@ -148,8 +209,13 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                         model=args.model, device=args.device, plan=_plan(args), tread=_tread(args.tread),
                         rollout_steps=args.rollout, time_forward=args.forward, crepa=args.crepa,
                         crepa_block=args.crepa_block)
-    text = format_report(run_bench(bench))
+    report = run_bench(bench)
+    text = format_report(report)
     print(text)
     if args.output:
         Path(args.output).write_text(text + "\n")
+    if args.results:
+        scenario = SCENARIOS.get(args.scenario) if args.scenario else None
+        rows.append_row(args.results, rows.make_row(report, args.scenario, scenario and scenario.theme,
+                                                    list(scenario.args) if scenario else []))
     return 0

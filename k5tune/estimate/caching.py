@@ -15,7 +15,7 @@ from k5tune.estimate.weights import GIB
 from k5tune.models.fullsize import QWEN25_VL_7B_TEXT, QWEN_VOCAB
 
 # VAE encode of one 61x512x768 clip in bf16, full-size AutoencoderKLHunyuanVideo with random weights,
-# one H100 (benchmarks/vae_encode.py; benchmarks/results/2026-11-27-h100-run11/vae.jsonl). Each is
+# one H100 (benchmarks/tools/vae_encode.py; benchmarks/results/2026-11-27-h100-run11/vae.jsonl). Each is
 # the whole peak of the encode, the VAE weights and the clip on the GPU included.
 VAE_ANCHOR_SHAPE = (61, 512, 768)  # frames, height, width
 VAE_ANCHORS = {"plain": 12.2, "patch_conv": 10.42, "tiling": 2.59}

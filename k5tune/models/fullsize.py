@@ -3,7 +3,7 @@
 Qwen2.5-VL-7B-Instruct (the text encoder), CLIP ViT-L/14's text tower (the pooled text vector) and
 the HunyuanVideo VAE, written out value by value (transformers' `Qwen2_5_VLConfig()` defaults are
 the 72B model's, so nothing is left to defaults there). Used to build full-size random-weight model
-folders for GPU measurements (`benchmarks/make_fullsize_model.py --full-components`) and by
+folders for GPU measurements (`benchmarks/tools/make_fullsize_model.py --full-components`) and by
 `k5tune estimate`, which counts their weights on the meta device.
 """
 

@@ -1,0 +1,48 @@
+# Shared by the GPU session scripts (`source benchmarks/sessions/gpu_lib.sh` from the repository root, on the
+# device machine, with the wheels carried in .whl/).
+
+# The carried wheels (diffusers, pydantic, av, torchao, ...) into /tmp/site, first on the path.
+install_wheels() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+}
+
+# b ARGS...: one `k5tune bench ARGS` run; its JSON report is appended to $OUT/bench.jsonl and its step
+# times and peaks printed. BENCH_TIMEOUT (seconds) bounds a run; BENCH_ERR collects stderr.
+b() {
+  local err=${BENCH_ERR:-$OUT/err.txt}
+  ${BENCH_TIMEOUT:+timeout $BENCH_TIMEOUT} python3 -m k5tune.cli bench "$@" --output /tmp/b.json > /dev/null 2>> "$err" \
+    || tail -3 "$err"
+  python3 -c "import json,sys; r=json.load(open('/tmp/b.json')); open('$OUT/bench.jsonl','a').write(json.dumps(r)+'\n'); print(sys.argv[1:], {k: (round(v['step_s'],3), round(v.get('peak_gib', 0),2)) for k,v in r.items() if isinstance(v, dict) and 'step_s' in v}, r.get('base_precision'), (r.get('attention') or {}).get('mask_density'))" "$@"
+  rm -f /tmp/b.json
+}
+
+# train_lite_fullsize [EXTRA_CONFIG_JSON]: `k5tune train` for 14 steps on the full-size Lite transformer
+# (random weights, small encoders: make_fullsize_model.py) with two cached 768x512 clips, validation off,
+# rank 32 on attention + feed-forward; EXTRA_CONFIG_JSON (e.g. ', "tread_config": {...}') is added to
+# config.json. Writes $OUT/train.txt and $OUT/train_summary.json (median step of steps 7-14, peak).
+train_lite_fullsize() {
+  local W=/tmp/k5run
+  rm -rf $W; mkdir -p $W/config
+  python3 benchmarks/tools/make_fullsize_model.py $W/model > /dev/null 2>> $OUT/err.txt || { tail -5 $OUT/err.txt; return 1; }
+  python3 -c "from k5tune.data.synthetic import write_demo_dataset; write_demo_dataset('$W/datasets/videos', n=2, frames=64, width=768, height=512)"
+  cat > $W/config/config.json <<JSON
+{"pretrained_model_name_or_path": "$W/model", "output_dir": "$W/output", "report_to": "none",
+ "max_train_steps": 14, "lora_rank": 32, "lora_alpha": 32, "learning_rate": 1e-5, "checkpointing_steps": 1000,
+ "lora_target_modules": ["to_query", "to_key", "to_value", "out_layer", "feed_forward"], "disable_validation": true $1}
+JSON
+  cat > $W/config/multidatabackend.json <<JSON
+[{"id": "clips", "dataset_type": "video", "instance_data_dir": "$W/datasets/videos", "resolution": 512,
+  "video": {"num_frames": 61}}, {"id": "text", "dataset_type": "text_embeds", "default": true, "cache_dir": "$W/cache/text"}]
+JSON
+  (cd $W && python3 -m k5tune.cli train > $OUT/train.txt 2>> $OUT/err.txt) || tail -8 $OUT/err.txt
+  tail -8 $OUT/train.txt
+  python3 - <<PY | tee $OUT/train_summary.json
+import csv, json, statistics
+rows = list(csv.DictReader(open("$W/output/metrics.csv")))
+steady = [float(r["step_seconds"]) for r in rows[6:]]
+print(json.dumps({"train_steady_step_s_median": statistics.median(steady), "steps": len(rows),
+                  "peak_gib": max(float(r["peak_gib"]) for r in rows), "steady_steps": steady}))
+PY
+}

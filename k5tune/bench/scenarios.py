@@ -1,0 +1,59 @@
+"""Benchmark scenarios as data: a name, the theme its result belongs to, and the `k5tune bench` flags
+that reproduce it; suites name the scenarios a card runs in one go. `k5tune bench --list` shows them,
+`--scenario NAME` runs one (further flags are added after its own), `--suite NAME` runs a suite."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Scenario:
+    theme: str  # the results table the row belongs to
+    description: str
+    args: tuple[str, ...]
+
+
+LITE = ("--modulation-bf16", "--steps", "4", "--warmup", "3")
+LITE_10S = ("--flavour", "t2v-lite-sft-10s", "--frames", "241", "--modulation-bf16", "--steps", "2", "--warmup", "1")
+PRO = ("--flavour", "t2v-pro-sft-5s-hd", "--modulation-bf16", "--steps", "2", "--warmup", "1")
+
+SCENARIOS: dict[str, Scenario] = {
+    "lite-stock": Scenario("speed", "Lite 512x768x61: ours beside stock diffusers + peft", (*LITE, "--compare-stock")),
+    "lite": Scenario("speed", "Lite 512x768x61, the default plan (with one no-grad forward timed)",
+                     (*LITE, "--forward")),
+    "lite-rollout-1": Scenario("rollout", "Lite 512x768x61, every sample rolled out 1 sampler step",
+                               (*LITE, "--rollout", "1")),
+    "lite-crepa-vitg14": Scenario("crepa", "Lite 512x768x61 with CREPA (block 8, vitg14 features)",
+                                  (*LITE, "--crepa", "dinov2_vitg14", "--crepa-block", "8")),
+    "lite-10s-dense": Scenario("nabla", "Lite 10 s 512x768x241, dense attention", (*LITE_10S, "--sparse-attention",
+                                                                                   "dense")),
+    "lite-10s-nabla": Scenario("nabla", "Lite 10 s, NABLA at 10 % density plus the STA window",
+                               (*LITE_10S, "--nabla-density", "0.1")),
+    "pro-hd-dense": Scenario("nabla", "Pro 768x1280x61, dense attention, activation offload",
+                             (*PRO, "--resolution", "768x1280", "--offload-activations", "--sparse-attention", "dense")),
+    "pro-hd-nabla": Scenario("nabla", "Pro 768x1280x61, NABLA at 10 % density, activation offload",
+                             (*PRO, "--resolution", "768x1280", "--offload-activations", "--nabla-density", "0.1")),
+    "pro-nabla": Scenario("nabla", "Pro 512x768x61, NABLA at 10 % density", (*PRO, "--nabla-density", "0.1")),
+    "pro-group-offload": Scenario("memory", "Pro 512x768x61 with group offload (one block per group, stream)",
+                                  (*PRO, "--group-offload", "1", "--offload-stream", "--sparse-attention", "dense")),
+    "tiny-nabla-smoke": Scenario("smoke", "the tiny model under NABLA (compiled flex attention, forward and "
+                                 "backward); needs `k5tune make-tiny-model --nabla /tmp/tinyn`",
+                                 ("--model", "/tmp/tinyn", "--resolution", "256x384", "--frames", "17",
+                                  "--steps", "3", "--warmup", "2", "--sparse-attention", "nabla")),
+}
+
+SUITES: dict[str, tuple[str, ...]] = {
+    "h100-features": ("lite", "lite-rollout-1", "lite-crepa-vitg14"),
+    "h100-nabla-lite": ("lite-10s-dense", "lite-10s-nabla"),
+    "h100-nabla-pro": ("pro-hd-dense", "pro-hd-nabla", "pro-nabla"),
+}
+
+
+def listing() -> str:
+    width = max(map(len, SCENARIOS))
+    lines = ["scenarios (k5tune bench --scenario NAME):"]
+    lines += [f"  {name:<{width}}  [{s.theme}] {s.description}" for name, s in SCENARIOS.items()]
+    lines.append("suites (k5tune bench --suite NAME; each on one device command of at most ~10 minutes):")
+    lines += [f"  {name}: {', '.join(names)}" for name, names in SUITES.items()]
+    return "\n".join(lines)
