@@ -12,18 +12,23 @@ from k5tune.cache.store import content_key
 from k5tune.models.kandinsky5.encoding import MAX_CAPTION_TOKENS
 
 
+def _files_digest(paths) -> str:
+    """A local folder's weights as a cache key sees them: names, sizes and times, and the configs."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        if path.suffix == ".json":
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def folder_identity(source, subfolder: str) -> dict:
     """What identifies one component's weights: hub id + revision, or a local folder's files."""
     identity = {"source": source.path_or_id, "revision": source.revision, "part": subfolder}
     folder = Path(source.path_or_id) / subfolder
     if folder.is_dir():
-        digest = hashlib.sha256()
-        for path in sorted(folder.iterdir()):
-            stat = path.stat()
-            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-            if path.suffix == ".json":
-                digest.update(path.read_bytes())
-        identity["files"] = digest.hexdigest()
+        identity["files"] = _files_digest(folder.iterdir())
     return identity
 
 
@@ -32,13 +37,7 @@ def encoder_identity(name: str, source: str) -> dict:
     identity = {"encoder": source}
     folder = Path(source).expanduser()
     if folder.is_dir():
-        digest = hashlib.sha256()
-        for path in sorted(p for p in folder.iterdir() if p.is_file()):
-            stat = path.stat()
-            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-            if path.suffix == ".json":
-                digest.update(path.read_bytes())
-        identity["files"] = digest.hexdigest()
+        identity["files"] = _files_digest(p for p in folder.iterdir() if p.is_file())
     return identity
 
 
