@@ -201,6 +201,10 @@ CHECKS: list[Check] = [
     Check("k5tune train, example config: caching", Source(_TRAIN15, "caching_peak_gib"), _whole_train("caching")),
     Check("k5tune train, example config: caching, text phase", Source(_TRAIN15, "caching_text_peak_gib"),
           _whole_train("text"), "bound"),
+    # 2026-12-07: the 10 s shape (93,696 tokens), dense attention
+    Check("Lite 10 s 512x768x241, selective, blocks compiled, bf16 modulation",
+          Source("2026-12-07-h100/call2-bench.jsonl", "ours.peak_gib"),
+          _train("t2v-lite-sft-10s", TrainingShape(frames=241), modulation_fp32=False)),
     Check("VAE encode, plain", Source(_VAE, "peak_gib", {"variant": "plain"}),
           lambda: vae_encode_peak_gib(TrainingShape(), "plain"), "anchor"),
     Check("VAE encode, patch conv", Source(_VAE, "peak_gib", {"variant": "patch_conv"}),
