@@ -22,7 +22,3 @@ class ConfigError(K5TuneError):
 
 class DatasetError(K5TuneError):
     """A dataset that cannot be used (no clips left, unreadable folder...)."""
-
-
-class NotYetAvailable(K5TuneError):
-    """A command or option whose implementation is still tracked by an open issue."""
