@@ -56,12 +56,15 @@ class Dist:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
-    def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Sum every rank's gradients in one flat buffer (a rank without samples contributes zeros)."""
+    def sum_gradients(self, params: list[torch.nn.Parameter], scale: float = 1.0) -> None:
+        """Sum every rank's gradients in one flat buffer (a rank without samples contributes zeros), times
+        `scale`."""
         if not self.enabled:
             return
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        if scale != 1.0:
+            flat.mul_(scale)
         offset = 0
         for p in params:
             size = p.numel()

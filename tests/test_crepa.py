@@ -177,8 +177,6 @@ def test_crepa_with_tread_and_checkpointing_modes(tmp_path, monkeypatch, tiny_mo
 
 
 def test_bad_crepa_settings_are_clear_errors(tmp_path, monkeypatch, tiny_model_dir, tiny_dinov2, capsys):
-    from k5tune.train.plan import TrainingPlan
-
     with pytest.raises(ConfigError, match="key 'crepa_encoder'.*unknown encoder 'dinov2_vitl14'.*dinov2_vitg14"):
         build_train_config({"crepa_encoder": "dinov2_vitl14"}, "c")
     with pytest.raises(ConfigError, match="key 'crepa_encoder_image_size'.*patch size 14.*e.g. 490 or 504"):
@@ -187,7 +185,6 @@ def test_bad_crepa_settings_are_clear_errors(tmp_path, monkeypatch, tiny_model_d
         build_train_config({"crepa_encoder": str(tmp_path)}, "c")
     assert build_train_config({"crepa_encoder": "facebook/dinov2-base"}, "c").crepa_encoder == "facebook/dinov2-base"
     assert build_train_config({"crepa_encoder": tiny_dinov2}, "c").crepa_encoder == tiny_dinov2
-    assert [k for k, _ in TrainingPlan(fsdp_processes=2, crepa_block=8).problems()] == ["crepa_enabled"]
     # the tiny model has 2 visual blocks: the run stops before caching anything
     monkeypatch.chdir(project(tmp_path, tiny_model_dir, crepa_keys(tiny_dinov2, crepa_block_index=2)))
     assert main(["train"]) == 2
@@ -307,6 +304,31 @@ def test_two_processes_train_crepa_as_one_process(tmp_path, monkeypatch, tiny_mo
                                                                                            tmp_path / "double")]
     assert [float(r["crepa_loss"]) for r in rows[1]] == pytest.approx([float(r["crepa_loss"]) for r in rows[0]],
                                                                       abs=1e-4)
+
+
+@pytest.mark.slow
+def test_sharded_crepa_trains_as_one_process_and_resumes(tmp_path, monkeypatch, tiny_model_dir, tiny_dinov2):
+    """FSDP2 (gloo): the LoRA sharded, the head whole on both processes with its gradients averaged, the
+    gradient norm over both. Two steps, a stop, two more from the checkpoint (LoRA, head and optimizer
+    state restored): the same LoRA and head as one process trained four steps in one go."""
+    config = {**crepa_keys(tiny_dinov2), "max_train_steps": 4, "checkpointing_steps": 2, "adam_epsilon": 1e-4,
+              "max_grad_norm": 0.05, "disable_validation": True}  # (a bound that clips: the norms combine)
+    single = run(tmp_path / "single", tiny_model_dir, {**config, "train_batch_size": 2}, monkeypatch)
+    monkeypatch.chdir(project(tmp_path / "sharded", tiny_model_dir, {**config, "train_batch_size": 1,
+                                                                      "num_processes": 2, "fsdp_enable": True,
+                                                                      "max_train_steps": 2}))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main(["train"]) == 0
+    assert main(["train", "--max_train_steps", "4", "--resume_from_checkpoint", "latest"]) == 0
+    output = tmp_path / "sharded" / "output"
+    for name in ("pytorch_lora_weights.safetensors", f"checkpoint-4/{HEAD_FILE}"):
+        got, expected = load_file(output / name), load_file(single.output_dir / name)
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert (got[key] - expected[key]).norm() <= 1e-3 * expected[key].norm().clamp(min=1e-12), (name, key)
+    rows = [list(csv.DictReader(path.open())) for path in (single.output_dir / "metrics.csv", output / "metrics.csv")]
+    assert [float(r["grad_norm"]) for r in rows[1]] == pytest.approx([float(r["grad_norm"]) for r in rows[0]], rel=1e-3)
+    assert float(rows[0][0]["grad_norm"]) > 0.05  # the bound clipped
 
 
 def test_both_terms_reach_the_plot_and_the_web_ui(tmp_path):

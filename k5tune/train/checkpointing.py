@@ -25,12 +25,12 @@ class CheckpointingMixin:
         from safetensors.torch import load_file
 
         state = checkpoint.load_state(folder)
+        self._check_same_parameters(state["optimizer"], folder)
         if self.plan.sharded:
             fsdp.load_full_lora(self.transformer, load_file(folder / LORA_WEIGHTS_NAME))
-            fsdp.load_full_optimizer_state(self.transformer, self.optimizer, state["optimizer"])
+            fsdp.load_full_optimizer_state(self._optimized_modules(), self.optimizer, state["optimizer"])
         else:
             load_lora_weights(self.transformer, load_file(folder / LORA_WEIGHTS_NAME))
-            self._check_same_parameters(state["optimizer"], folder)
             self.optimizer.load_state_dict(state["optimizer"])
         self._restore_crepa_head(folder)
         self.scheduler.load_state_dict(state["scheduler"])
@@ -42,6 +42,10 @@ class CheckpointingMixin:
         changed = follow_schedule_changes(self.cfg, self.optimizer, self.total_steps, self.step, state,
                                           self.progress.log)
         self.scheduler = changed or self.scheduler
+
+    def _optimized_modules(self):
+        crepa = getattr(self, "crepa", None)
+        return fsdp.optimized_modules(self.transformer, crepa.head if crepa else None)
 
     def _check_same_parameters(self, optimizer_state: dict, folder: Path) -> None:
         """A checkpoint trained with CREPA resumes with it, and one trained without it without."""
@@ -76,7 +80,7 @@ class CheckpointingMixin:
                                 f"learning_rate; last good checkpoint: {self._last_good_checkpoint() or 'none'}")
         folder = self.output_dir / f"{checkpoint.PREFIX}{self.step}"
         lora = self._gathered_lora()
-        optimizer = fsdp.full_optimizer_state(self.transformer, self.optimizer) if self.plan.sharded else None
+        optimizer = fsdp.full_optimizer_state(self._optimized_modules(), self.optimizer) if self.plan.sharded else None
         if self.dist.is_main:
             folder = self._write_checkpoint(lora, optimizer)
         self.dist.barrier()

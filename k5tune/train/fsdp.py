@@ -11,12 +11,21 @@ averages them over the ranks while each rank's loss is already its share of the 
 
 Checkpoints hold full (unsharded) tensors: the LoRA file is the same single file as on one GPU, and
 the optimizer state is keyed by parameter name, so a run can resume with another number of GPUs.
+
+CREPA's projection head (train/crepa.py) stays whole on every process, outside FSDP2: it is a few MB,
+and it computes on the aligned block's output, which is an ordinary tensor under FSDP2. Its gradients are
+averaged across processes as FSDP2 averages the LoRA's; gradient clipping combines the norm of the
+sharded LoRA and of the head; the optimizer state names the head's parameters `crepa_head.*` beside the
+transformer's (`transformer.*`).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 def _fp32_module_names(transformer) -> set[str]:
@@ -59,19 +68,40 @@ def set_gradient_sync(transformer: nn.Module, enabled: bool) -> None:
     transformer.set_requires_gradient_sync(enabled)
 
 
-def full_optimizer_state(transformer: nn.Module, optimizer) -> dict:
+def optimized_modules(transformer: nn.Module, crepa_head: nn.Module | None) -> nn.Module:
+    """The module whose parameters the optimizer holds: the transformer, or it and CREPA's head."""
+    return transformer if crepa_head is None else nn.ModuleDict({"transformer": transformer, "crepa_head": crepa_head})
+
+
+def full_optimizer_state(model: nn.Module, optimizer) -> dict:
     """The optimizer state, unsharded and keyed by parameter name (collective; rank 0 gets it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(transformer, optimizer,
-                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_full_optimizer_state(transformer: nn.Module, optimizer, state: dict) -> None:
+def load_full_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
     """Every rank reads the same full state from disk and keeps its own shard."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(transformer, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def clip_gradients(params: list[nn.Parameter], max_norm: float) -> float:
+    """clip_grad_norm_ over sharded (DTensor) and whole parameters together; the total norm (every rank)."""
+    groups = [[p for p in params if p.grad is not None and isinstance(p, DTensor) == sharded] for sharded in (True, False)]
+    norms = []
+    for group in groups:
+        if group:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in group])
+            norms.append((norm.full_tensor() if isinstance(norm, DTensor) else norm).float().cpu())
+    total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+    if torch.isfinite(total) and math.isfinite(max_norm):
+        coefficient = min(1.0, max_norm / (total.item() + 1e-6))
+        for group in groups:
+            for p in group:
+                p.grad.mul_(coefficient)
+    return total.item()
 
 
 def load_full_lora(transformer: nn.Module, state: dict[str, torch.Tensor]) -> None:

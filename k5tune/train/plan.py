@@ -126,10 +126,6 @@ class TrainingPlan:
         if self.nabla and self.tread:
             found.append(("tread_config", "tread_config cannot be combined with NABLA attention (routed tokens break "
                                           "its 8x8-patch blocks); set sparse_attention to dense, or remove tread_config"))
-        if self.sharded and self.crepa_block is not None:
-            found.append(("crepa_enabled", "crepa_enabled cannot be combined with fsdp_enable yet: the CREPA head "
-                                           "is not sharded with the transformer; train CREPA on one GPU or with "
-                                           "DDP (num_processes > 1 without fsdp_enable)"))
         return found
 
     def problem(self) -> str | None:

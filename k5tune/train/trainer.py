@@ -237,13 +237,15 @@ class Trainer(CheckpointingMixin):
         self.dist.sum_(loss_sum)
         if self.crepa:
             self.dist.sum_(self.terms)
-        if not self.plan.sharded:  # FSDP2 reduced them already (its average of the world-scaled losses is our sum)
+        if not self.plan.sharded:
             self.dist.sum_gradients(self.params)
+        elif self.crepa:
+            # FSDP2 reduced the LoRA's gradients (its average of the world-scaled losses is our sum); the
+            # CREPA head, whole on every process, is averaged the same way
+            self.dist.sum_gradients(self.crepa.params(), scale=1 / self.dist.world)
         loss_value = loss_sum.item()
-        # a non-finite loss or gradient skips the update (clip_grad_norm_ returns inf/NaN for either)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm or float("inf"))
-                     if math.isfinite(loss_value) else torch.tensor(float("nan")))
-        grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
+        # a non-finite loss or gradient skips the update (the norm is inf/NaN for either)
+        grad_norm = self._clip_gradients() if math.isfinite(loss_value) else float("nan")
         if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
             what = f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {grad_norm}"
             return self._skip_update(what)
@@ -256,6 +258,12 @@ class Trainer(CheckpointingMixin):
                 "grad_norm": grad_norm, "step_seconds": time.perf_counter() - started,
                 "peak_gib": self.runtime.peak_memory_gib(), **(self.rollout.stats.row() if self.rollout else {}),
                 **(dict(zip(CREPA_COLUMNS, self.terms.tolist(), strict=True)) if self.crepa else {})}
+
+    def _clip_gradients(self) -> float:
+        max_norm = self.cfg.max_grad_norm or float("inf")
+        if self.plan.sharded:  # sharded LoRA and (CREPA) a whole head together
+            return fsdp.clip_gradients(self.params, max_norm)
+        return torch.nn.utils.clip_grad_norm_(self.params, max_norm).item()
 
     def evaluate(self) -> dict[str, float]:
         """The eval loss now (evaluate.py); each process evaluates its share of the clips, except under
