@@ -21,11 +21,12 @@ b() {
 # train_lite_fullsize [EXTRA_CONFIG_JSON]: `k5tune train` for 14 steps on the full-size Lite transformer
 # (random weights, small encoders: make_fullsize_model.py) with two cached 768x512 clips, validation off,
 # rank 32 on attention + feed-forward; EXTRA_CONFIG_JSON (e.g. ', "tread_config": {...}') is added to
-# config.json. Writes $OUT/train.txt and $OUT/train_summary.json (median step of steps 7-14, peak).
+# config.json; FLAVOUR (default t2v-lite-sft-5s) picks the transformer config (a 10 s flavour: NABLA).
+# Writes $OUT/train.txt and $OUT/train_summary.json (median step of steps 7-14, peak).
 train_lite_fullsize() {
   local W=/tmp/k5run
   rm -rf $W; mkdir -p $W/config
-  python3 benchmarks/tools/make_fullsize_model.py $W/model > /dev/null 2>> $OUT/err.txt || { tail -5 $OUT/err.txt; return 1; }
+  python3 benchmarks/tools/make_fullsize_model.py $W/model --flavour ${FLAVOUR:-t2v-lite-sft-5s} > /dev/null 2>> $OUT/err.txt || { tail -5 $OUT/err.txt; return 1; }
   python3 -c "from k5tune.data.synthetic import write_demo_dataset; write_demo_dataset('$W/datasets/videos', n=2, frames=64, width=768, height=512)"
   cat > $W/config/config.json <<JSON
 {"pretrained_model_name_or_path": "$W/model", "output_dir": "$W/output", "report_to": "none",
