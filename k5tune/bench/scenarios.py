@@ -30,6 +30,13 @@ SCENARIOS: dict[str, Scenario] = {
                                                                                    "dense")),
     "lite-10s-nabla": Scenario("nabla", "Lite 10 s, NABLA at 10 % density plus the STA window",
                                (*LITE_10S, "--nabla-density", "0.1")),
+    "lite-10s-nabla-p09": Scenario("nabla", "Lite 10 s, NABLA as the checkpoint sets it (P 0.9; random weights "
+                                   "give a near-uniform map, so a dense-like mask)", LITE_10S),
+    "lite-10s-61f": Scenario("nabla", "the Lite 10 s transformer (NABLA P 0.9) at 512x768x61: the step "
+                             "`k5tune train` on that flavour is compared with",
+                             ("--flavour", "t2v-lite-sft-10s", "--modulation-bf16", "--steps", "6", "--warmup", "2")),
+    "pro-dense": Scenario("nabla", "Pro 512x768x61, dense attention (the baseline of pro-nabla)",
+                          (*PRO, "--sparse-attention", "dense")),
     "pro-hd-dense": Scenario("nabla", "Pro 768x1280x61, dense attention, activation offload",
                              (*PRO, "--resolution", "768x1280", "--offload-activations", "--sparse-attention", "dense")),
     "pro-hd-nabla": Scenario("nabla", "Pro 768x1280x61, NABLA at 10 % density, activation offload",
@@ -45,8 +52,8 @@ SCENARIOS: dict[str, Scenario] = {
 
 SUITES: dict[str, tuple[str, ...]] = {
     "h100-features": ("lite", "lite-rollout-1", "lite-crepa-vitg14"),
-    "h100-nabla-lite": ("lite-10s-dense", "lite-10s-nabla"),
-    "h100-nabla-pro": ("pro-hd-dense", "pro-hd-nabla", "pro-nabla"),
+    "h100-nabla-lite": ("lite-10s-nabla", "lite-10s-dense", "lite-10s-nabla-p09"),
+    "h100-nabla-pro": ("pro-hd-nabla", "pro-hd-dense", "pro-nabla"),
 }
 
 
