@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from k5tune import __version__
-from k5tune.commands import COMMANDS
+from k5tune.commands import COMMANDS, command_help, command_name, takes_overrides
 from k5tune.errors import K5TuneError
 
 
@@ -23,9 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"k5tune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
-        command_parser = sub.add_parser(command.NAME, help=command.HELP, description=command.DESCRIPTION)
+        line, description = command_help(command)
+        command_parser = sub.add_parser(command_name(command), help=line, description=description)
         command.add_arguments(command_parser)
-        command_parser.set_defaults(func=command.run, takes_overrides=command.TAKES_OVERRIDES)
+        command_parser.set_defaults(func=command.run, takes_overrides=takes_overrides(command))
     return parser
 
 

@@ -1,10 +1,11 @@
 """The `k5tune` subcommands, one module each; k5tune.cli builds the parser from COMMANDS.
 
-A command module declares NAME (as typed on the command line), HELP (its line in `k5tune --help`),
-DESCRIPTION (the top of its own --help), TAKES_OVERRIDES (whether `--key=value` config overrides may
-follow), `add_arguments(parser)` and `run(args, extra) -> exit code`. Modules import only the standard
-library at the top: everything heavy is imported inside `run`, so `k5tune --help` and
-`train --dry-run` stay fast and load no model code.
+A command module is named after its command (make_tiny_model is `make-tiny-model`). Its docstring is its
+help: the first line is its line in `k5tune --help`, the rest the top of its own --help (one paragraph,
+rewrapped). It defines `add_arguments(parser)` and `run(args, extra) -> exit code`, and
+`TAKES_OVERRIDES = True` where `--key=value` config overrides may follow (the default is False). Modules
+import only the standard library at the top: everything heavy is imported inside `run`, so
+`k5tune --help` and `train --dry-run` stay fast and load no model code.
 """
 
 from __future__ import annotations
@@ -28,10 +29,7 @@ from k5tune.commands import (
 
 
 class Command(Protocol):
-    NAME: str
-    HELP: str
-    DESCRIPTION: str
-    TAKES_OVERRIDES: bool
+    __name__: str
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
 
@@ -42,3 +40,24 @@ class Command(Protocol):
 COMMANDS: tuple[Command, ...] = (
     train, cache, demo, generate, bench, estimate, server, configure, make_tiny_model, convert_lora, probe,
 )
+
+
+def command_name(command: Command) -> str:
+    """As typed on the command line: the module's name with dashes."""
+    return command.__name__.rpartition(".")[2].replace("_", "-")
+
+
+def command_help(command: Command) -> tuple[str, str]:
+    """(its line in `k5tune --help`, the top of its own --help), from the module's docstring.
+
+    argparse %-formats help lines (not descriptions), so the line's % signs are escaped. The rest is
+    folded into one paragraph, as argparse's default formatter does; train's raw one (kept for its
+    epilog) would otherwise print the docstring's line breaks.
+    """
+    line, _, rest = (command.__doc__ or "").strip().partition("\n")
+    return line.strip().replace("%", "%%"), " ".join(rest.split())
+
+
+def takes_overrides(command: Command) -> bool:
+    """Whether `--key=value` config overrides may follow the command (only for those reading config.json)."""
+    return bool(getattr(command, "TAKES_OVERRIDES", False))

@@ -1,17 +1,15 @@
-"""`k5tune bench`: time training steps at full model size with random weights, beside stock diffusers."""
+"""time training steps at full model size with random weights, beside stock diffusers
+
+Build the full-size transformer of a flavour with random weights on the GPU and time LoRA training steps
+(warm-up excluded, median); prints JSON: step seconds, peak GiB, tokens, useful TFLOP, achieved TFLOP/s and
+the fraction of the card's measured matmul rate.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-
-NAME = "bench"
-HELP = "time training steps at full model size with random weights, beside stock diffusers"
-DESCRIPTION = ("Build the full-size transformer of a flavour with random weights on the GPU and time LoRA training "
-               "steps (warm-up excluded, median); prints JSON: step seconds, peak GiB, tokens, useful TFLOP, "
-               "achieved TFLOP/s and the fraction of the card's measured matmul rate.")
-TAKES_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,7 @@
-"""`k5tune cache`: discover, probe and cache the dataset only; print the dataset report."""
+"""discover, probe and cache the dataset only; print the dataset report
+
+Discover and probe the clips, cache VAE latents and text embeddings, print the report.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,6 @@ import argparse
 
 from k5tune.commands._shared import add_config_arguments, load, print_dry_run
 
-NAME = "cache"
-HELP = "discover, probe and cache the dataset only; print the dataset report"
-DESCRIPTION = "Discover and probe the clips, cache VAE latents and text embeddings, print the report."
 TAKES_OVERRIDES = True
 
 

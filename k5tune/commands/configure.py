@@ -1,17 +1,14 @@
-"""`k5tune configure`: the wizard that writes both config files, or (--example) the packaged examples."""
+"""interactive wizard that writes config/config.json and config/multidatabackend.json
+
+Ask for the flavour, dataset folder, resolution, frames, a memory preset for your GPU and validation, check
+every answer with the config schema, and write config/config.json and config/multidatabackend.json (existing
+values are the defaults; other keys are kept). With --example, copy the packaged example files instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-NAME = "configure"
-HELP = "interactive wizard that writes config/config.json and config/multidatabackend.json"
-DESCRIPTION = ("Ask for the flavour, dataset folder, resolution, frames, a memory preset for your GPU and "
-               "validation, check every answer with the config schema, and write config/config.json and "
-               "config/multidatabackend.json (existing values are the defaults; other keys are kept). With "
-               "--example, copy the packaged example files instead.")
-TAKES_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

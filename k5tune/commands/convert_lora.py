@@ -1,16 +1,14 @@
-"""`k5tune convert-lora`: a LoRA file between the diffusers and ComfyUI key layouts."""
+"""convert a LoRA between the diffusers and ComfyUI key layouts
+
+Convert a LoRA file between the diffusers and ComfyUI key layouts. Reads diffusers, ComfyUI, PEFT
+('base_model.model.') and unprefixed files; tensors are copied bit for bit and the scale (alpha / rank) is
+kept: as '.alpha' tensors for ComfyUI, as the peft config in the 'lora_adapter_metadata' header for
+diffusers. The k5tune.* header entries are kept.
+"""
 
 from __future__ import annotations
 
 import argparse
-
-NAME = "convert-lora"
-HELP = "convert a LoRA between the diffusers and ComfyUI key layouts"
-DESCRIPTION = ("Convert a LoRA file between the diffusers and ComfyUI key layouts. Reads diffusers, ComfyUI, PEFT "
-               "('base_model.model.') and unprefixed files; tensors are copied bit for bit and the scale "
-               "(alpha / rank) is kept: as '.alpha' tensors for ComfyUI, as the peft config in the "
-               "'lora_adapter_metadata' header for diffusers. The k5tune.* header entries are kept.")
-TAKES_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,14 +1,12 @@
-"""`k5tune demo`: the whole pipeline on a tiny random-weight model and synthetic clips, on CPU."""
+"""train a tiny random-weight model on synthetic clips, on CPU, in minutes
+
+Build a tiny Kandinsky 5 model and synthetic captioned clips, then run the whole training pipeline (cache,
+train, validate, save) on CPU.
+"""
 
 from __future__ import annotations
 
 import argparse
-
-NAME = "demo"
-HELP = "train a tiny random-weight model on synthetic clips, on CPU, in minutes"
-DESCRIPTION = ("Build a tiny Kandinsky 5 model and synthetic captioned clips, then run the whole training "
-               "pipeline (cache, train, validate, save) on CPU.")
-TAKES_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,14 +1,12 @@
-"""`k5tune estimate`: predict peak GPU memory for a config and propose settings that fit."""
+"""predict peak GPU memory for a config and propose settings that fit
+
+Predict the peak GPU memory of caching and training for the config (or the shape given) and, with
+--gpu-memory, the fastest settings that fit that card, as config.json keys to paste.
+"""
 
 from __future__ import annotations
 
 import argparse
-
-NAME = "estimate"
-HELP = "predict peak GPU memory for a config and propose settings that fit"
-DESCRIPTION = ("Predict the peak GPU memory of caching and training for the config (or the shape given) and, with "
-               "--gpu-memory, the fastest settings that fit that card, as config.json keys to paste.")
-TAKES_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

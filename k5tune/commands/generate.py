@@ -1,15 +1,13 @@
-"""`k5tune generate`: a video from a base model (+ LoRA, + first-frame image for I2V)."""
+"""generate a video from a base model (+ LoRA, + image for I2V)
+
+Generate a video with the diffusers Kandinsky 5 pipeline, optionally with a LoRA (diffusers, ComfyUI or PEFT
+layout) and, for image-to-video flavours, a first-frame image.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-NAME = "generate"
-HELP = "generate a video from a base model (+ LoRA, + image for I2V)"
-DESCRIPTION = ("Generate a video with the diffusers Kandinsky 5 pipeline, optionally with a LoRA (diffusers, "
-               "ComfyUI or PEFT layout) and, for image-to-video flavours, a first-frame image.")
-TAKES_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

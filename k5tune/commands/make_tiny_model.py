@@ -1,14 +1,12 @@
-"""`k5tune make-tiny-model`: a tiny random-weight model in diffusers layout."""
+"""write a tiny random-weight model in diffusers layout
+
+Write a tiny random-weight Kandinsky 5 model (real classes, diffusers layout) for tests, the demo and
+offline trials.
+"""
 
 from __future__ import annotations
 
 import argparse
-
-NAME = "make-tiny-model"
-HELP = "write a tiny random-weight model in diffusers layout"
-DESCRIPTION = ("Write a tiny random-weight Kandinsky 5 model (real classes, diffusers layout) for tests, the demo "
-               "and offline trials.")
-TAKES_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,16 +1,14 @@
-"""`k5tune probe`: does training learn what the clips show? (tiny model, CPU, minutes)"""
+"""check that training learns the content of clips: two motions and a noise control, on the tiny model
+
+Train three LoRAs of the tiny model with identical captions: on shapes moving right, on shapes moving down,
+and on random noise; compare their eval losses on held-out clips of both motions. Passes when each motion
+LoRA's eval loss is at least 10% lower on its own motion and the noise LoRA prefers neither. Runs on the CPU
+in minutes.
+"""
 
 from __future__ import annotations
 
 import argparse
-
-NAME = "probe"
-HELP = "check that training learns the content of clips: two motions and a noise control, on the tiny model"
-DESCRIPTION = ("Train three LoRAs of the tiny model with identical captions: on shapes moving right, on shapes "
-               "moving down, and on random noise; compare their eval losses on held-out clips of both motions. "
-               "Passes when each motion LoRA's eval loss is at least 10%% lower on its own motion and the noise "
-               "LoRA prefers neither. Runs on the CPU in minutes.")
-TAKES_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

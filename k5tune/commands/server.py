@@ -1,17 +1,15 @@
-"""`k5tune server`: the web UI."""
+"""web UI at http://localhost:8001
+
+Edit config and datasets, start/stop/watch training, see loss and validation videos. Binds 127.0.0.1 by
+default (no token needed there); any other address requires a token, generated and printed at start unless
+--token is given.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from k5tune.errors import K5TuneError
-
-NAME = "server"
-HELP = "web UI at http://localhost:8001"
-DESCRIPTION = ("Edit config and datasets, start/stop/watch training, see loss and validation videos. Binds "
-               "127.0.0.1 by default (no token needed there); any other address requires a token, generated and "
-               "printed at start unless --token is given.")
-TAKES_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,8 @@
-"""`k5tune train`: cache, train, validate and save a LoRA from config/config.json."""
+"""cache, train, validate and save a LoRA from config/config.json
+
+Read config/config.json and the dataset file it names, cache latents and text embeddings, train the LoRA,
+validate and save.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,6 @@ import json
 
 from k5tune.commands._shared import add_config_arguments, load, print_dry_run
 
-NAME = "train"
-HELP = "cache, train, validate and save a LoRA from config/config.json"
-DESCRIPTION = ("Read config/config.json and the dataset file it names, cache latents and text embeddings, train "
-               "the LoRA, validate and save.")
 TAKES_OVERRIDES = True
 
 
