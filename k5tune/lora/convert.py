@@ -10,7 +10,7 @@ import torch
 
 from k5tune.errors import K5TuneError
 from k5tune.lora.files import LORA_WEIGHTS_NAME, read_lora, write_lora
-from k5tune.lora.layouts import Layout, Target, detect_format, lora_modules, unknown_layout
+from k5tune.lora.layouts import Layout, LoraModule, Target, detect_format, lora_modules, unknown_layout
 from k5tune.lora.scale import (
     METADATA_KEY,
     config_matches,
@@ -19,6 +19,18 @@ from k5tune.lora.scale import (
     pack_adapter_config,
     unpack_adapter_config,
 )
+
+# target layout -> (key prefix, down suffix, up suffix) of each module's two factor tensors
+_FACTOR_KEYS: dict[Target, tuple[str, str, str]] = {
+    "comfyui": ("diffusion_model.", "lora_down", "lora_up"),
+    "diffusers": ("transformer.", "lora_A", "lora_B"),
+}
+
+
+def _factors(name: str, module: LoraModule, to: Target) -> dict[str, torch.Tensor]:
+    """One module's two factor tensors, untouched, under the key names of layout `to`."""
+    prefix, down, up = _FACTOR_KEYS[to]
+    return {f"{prefix}{name}.{down}.weight": module.down, f"{prefix}{name}.{up}.weight": module.up}
 
 
 def to_comfyui(
@@ -33,8 +45,7 @@ def to_comfyui(
     alphas = module_alphas(modules, metadata, source)
     out: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
-        out[f"diffusion_model.{name}.lora_down.weight"] = module.down
-        out[f"diffusion_model.{name}.lora_up.weight"] = module.up
+        out.update(_factors(name, module, "comfyui"))
         out[f"diffusion_model.{name}.alpha"] = torch.tensor(alphas[name], dtype=torch.float32)
     return out, {"format": "pt", **(metadata or {})}
 
@@ -53,8 +64,7 @@ def to_diffusers(
     alphas = module_alphas(modules, metadata, source)
     out: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
-        out[f"transformer.{name}.lora_A.weight"] = module.down
-        out[f"transformer.{name}.lora_B.weight"] = module.up
+        out.update(_factors(name, module, "diffusers"))
     header = {"format": "pt", **(metadata or {})}
     config = unpack_adapter_config(metadata)
     if config is None or not config_matches(config, modules, alphas):

@@ -22,25 +22,15 @@ _COMMON: dict[str, Any] = {
     "visual_cond": True,
 }
 
-LITE_TRANSFORMER: dict[str, Any] = {
-    **_COMMON,
-    "model_dim": 1792,
-    "ff_dim": 7168,
-    "num_text_blocks": 2,
-    "num_visual_blocks": 32,
-    "time_dim": 512,
-    "axes_dims": (16, 24, 24),
+# What sets the two sizes apart.
+_SIZES: dict[Size, dict[str, Any]] = {
+    "lite": dict(model_dim=1792, ff_dim=7168, num_text_blocks=2, num_visual_blocks=32, time_dim=512,
+                 axes_dims=(16, 24, 24)),
+    "pro": dict(model_dim=4096, ff_dim=16384, num_text_blocks=4, num_visual_blocks=60, time_dim=1024,
+                axes_dims=(32, 48, 48)),
 }
-
-PRO_TRANSFORMER: dict[str, Any] = {
-    **_COMMON,
-    "model_dim": 4096,
-    "ff_dim": 16384,
-    "num_text_blocks": 4,
-    "num_visual_blocks": 60,
-    "time_dim": 1024,
-    "axes_dims": (32, 48, 48),
-}
+LITE_TRANSFORMER: dict[str, Any] = {**_COMMON, **_SIZES["lite"]}
+PRO_TRANSFORMER: dict[str, Any] = {**_COMMON, **_SIZES["pro"]}
 
 # Sparse "nabla" attention of the 10 s and Pro HD checkpoints. Only `bench`/`estimate` use these values
 # (random weights); a real checkpoint always brings its own transformer config.

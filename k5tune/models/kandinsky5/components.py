@@ -68,6 +68,12 @@ class Kandinsky5Components:
             component.to(device=device)
         return component
 
+    def _plain(self, name: str, cls):
+        """A component without dtype or device (tokenizers, scheduler), from `cls.from_pretrained`."""
+        return self._load(
+            name, lambda: cls.from_pretrained(self.source.path_or_id, **self._kwargs(name)), None, None
+        )
+
     def transformer(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None):
         from diffusers import Kandinsky5Transformer3DModel
 
@@ -116,29 +122,17 @@ class Kandinsky5Components:
         # tokenises text.
         from transformers import AutoTokenizer
 
-        return self._load(
-            "tokenizer", lambda: AutoTokenizer.from_pretrained(self.source.path_or_id, **self._kwargs("tokenizer")), None, None
-        )
+        return self._plain("tokenizer", AutoTokenizer)
 
     def tokenizer_2(self):
         from transformers import CLIPTokenizer
 
-        return self._load(
-            "tokenizer_2",
-            lambda: CLIPTokenizer.from_pretrained(self.source.path_or_id, **self._kwargs("tokenizer_2")),
-            None,
-            None,
-        )
+        return self._plain("tokenizer_2", CLIPTokenizer)
 
     def scheduler(self):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        return self._load(
-            "scheduler",
-            lambda: FlowMatchEulerDiscreteScheduler.from_pretrained(self.source.path_or_id, **self._kwargs("scheduler")),
-            None,
-            None,
-        )
+        return self._plain("scheduler", FlowMatchEulerDiscreteScheduler)
 
     def offload(self, *names: str) -> None:
         """Move loaded components to the CPU (keeping them loaded)."""
