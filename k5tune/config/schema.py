@@ -29,6 +29,12 @@ def _f(default, description: str, **kwargs):
     return Field(default, description=description, **kwargs)
 
 
+def _aliased(default, name: str, alias: str, description: str, **kwargs):
+    """A field config.json also accepts as `alias`; the description ends by naming it."""
+    aliases = AliasChoices(name, alias)
+    return _f(default, f"{description} (alias: {alias}).", validation_alias=aliases, **kwargs)
+
+
 class TrainConfig(BaseModel):
     """All of config.json. Defaults follow the quick-start guide."""
 
@@ -45,11 +51,8 @@ class TrainConfig(BaseModel):
 
     # --- data ----------------------------------------------------------------------------------
     data_backend_config: str = _f("config/multidatabackend.json", "The dataset file (list of backends).")
-    frame_rate: float = Field(
-        24.0,
-        gt=0,
-        validation_alias=AliasChoices("frame_rate", "framerate"),
-        description="Frames per second for training clips and validation videos (alias: framerate).",
+    frame_rate: float = _aliased(
+        24.0, "frame_rate", "framerate", "Frames per second for training clips and validation videos", gt=0
     )
     caption_dropout_probability: float = _f(
         0.0, "Chance of training a sample with an empty caption (helps guidance).", ge=0.0, le=1.0
@@ -168,11 +171,8 @@ class TrainConfig(BaseModel):
     flow_mode_scale: float = _f(1.29, "Scale of SD3's mode sampling (flow_sigma_sampling mode).", ge=-1, le=1.5)
 
     # --- checkpoints ----------------------------------------------------------------------------
-    checkpointing_steps: int = Field(
-        500,
-        gt=0,
-        validation_alias=AliasChoices("checkpointing_steps", "checkpoint_step_interval"),
-        description="Save a checkpoint every N steps (alias: checkpoint_step_interval).",
+    checkpointing_steps: int = _aliased(
+        500, "checkpointing_steps", "checkpoint_step_interval", "Save a checkpoint every N steps", gt=0
     )
     checkpoints_total_limit: int | None = _f(3, "Keep at most this many checkpoints (oldest removed).", gt=0)
     resume_from_checkpoint: str | None = _f(None, "'latest' or a checkpoint folder to resume from.")
@@ -189,11 +189,8 @@ class TrainConfig(BaseModel):
     validation_negative_prompt: str | None = _f(
         None, "Negative prompt. Default: the diffusers pipeline's own negative prompt."
     )
-    validation_steps: int = Field(
-        100,
-        gt=0,
-        validation_alias=AliasChoices("validation_steps", "validation_step_interval"),
-        description="Validate every N steps and at the end (alias: validation_step_interval).",
+    validation_steps: int = _aliased(
+        100, "validation_steps", "validation_step_interval", "Validate every N steps and at the end", gt=0
     )
     validation_resolution: str = _f(
         "512x768", "HEIGHTxWIDTH of validation videos (512x768, 720x1280 = 720p); or tagged, e.g. w768xh512."
