@@ -28,3 +28,11 @@ def tiny_i2v_model_dir(tmp_path_factory) -> str:
     from k5tune.models.tiny import make_tiny_model
 
     return str(make_tiny_model(tmp_path_factory.mktemp("tiny-i2v"), i2v=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_nabla_dir(tmp_path_factory) -> str:
+    """The tiny text-to-video model configured for NABLA attention (as the 10 s checkpoints are)."""
+    from k5tune.models.tiny import make_tiny_model
+
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-nabla"), nabla=True))

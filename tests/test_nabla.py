@@ -23,13 +23,6 @@ LATENT = (1, 2, 32, 48, 16)
 SETTINGS = nabla.NablaSettings(P=0.5, wT=11, wH=3, wW=3)
 
 
-@pytest.fixture(scope="module")
-def tiny_nabla_dir(tmp_path_factory) -> str:
-    from k5tune.models.tiny import make_tiny_model
-
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-nabla"), nabla=True))
-
-
 def _transformer(model_dir: str):
     transformer = Kandinsky5Components(resolve_model_source("t2v-lite-sft-10s", model_dir)).transformer()
     transformer.register_to_config(**SETTINGS.transformer_config())

@@ -88,12 +88,12 @@ def test_rollouts_are_reproducible_and_resume_is_exact(tmp_path, monkeypatch, ti
 def test_rollout_with_i2v_and_tread(tmp_path, monkeypatch, tiny_model_dir, tiny_i2v_model_dir):
     """I2V: the image latent conditions every rollout step; TREAD: training routes, rollouts run dense
     (eval mode, as the sampler runs)."""
-    from k5tune.models.kandinsky5 import tread
+    from k5tune.models.kandinsky5 import forward
     from tests.helpers import make_i2v_project
 
     routed: list[bool] = []
-    real = tread._routed_forward
-    monkeypatch.setattr(tread, "_routed_forward", lambda self, *a, **k: routed.append(self.training) or real(
+    real = forward.k5tune_forward
+    monkeypatch.setattr(forward, "k5tune_forward", lambda self, *a, **k: routed.append(self.training) or real(
         self, *a, **k))
     route = {"tread_config": {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 1}]}}
     result = _train(tmp_path / "tread", tiny_model_dir, {**RUN, **ROLLOUT, **route,

@@ -26,13 +26,6 @@ ROLLOUT = {"scheduled_sampling_max_step_offset": 2, "scheduled_sampling_probabil
            "validation_num_inference_steps": 10}
 
 
-@pytest.fixture(scope="module")
-def tiny_nabla_dir(tmp_path_factory) -> str:
-    from k5tune.models.tiny import make_tiny_model
-
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-nabla"), nabla=True))
-
-
 def _rolled_out_forwards(result) -> float:
     rows = list(csv.DictReader((result.output_dir / "metrics.csv").open()))
     return sum(float(r["rollout_forwards"]) for r in rows)

@@ -240,6 +240,8 @@ class TrainConfig(BaseModel):
     num_processes: int = _f(1, "GPUs to launch on (k5tune starts the processes).", gt=0)
     fsdp_enable: bool = _f(False, "Shard the transformer with FSDP2 (for Pro on several GPUs).")
     fsdp_reshard_after_forward: bool = _f(True, "FSDP2: free gathered weights after each block's forward.")
+    sequence_parallel_size: int = _f(1, "Split each clip's video tokens over this many processes, for clips too long "
+                                     "for one GPU; it must divide num_processes and the heads (Lite 28, Pro 32).", ge=1)
 
     # --- TREAD -----------------------------------------------------------------------------------
     tread_config: TreadConfig | None = _f(None, "Token routing: {'routes': [{selection_ratio, start_layer_idx, end_layer_idx}]}.")

@@ -26,7 +26,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "memory": ("offload_during_startup", "vae_enable_patch_conv", "vae_enable_tiling", "enable_group_offload",
         "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream",
         "offload_activations"),
-    "distributed": ("num_processes", "fsdp_enable", "fsdp_reshard_after_forward"),
+    "distributed": ("num_processes", "fsdp_enable", "fsdp_reshard_after_forward", "sequence_parallel_size"),
     "TREAD": ("tread_config",),
     "CREPA": ("crepa_enabled", "crepa_block_index", "crepa_lambda", "crepa_adjacent_distance",
         "crepa_adjacent_tau", "crepa_encoder", "crepa_encoder_image_size", "crepa_feature_pooling", "crepa_drop_vae_encoder"),

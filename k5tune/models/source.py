@@ -40,3 +40,13 @@ class ModelSource:
 def resolve_model_source(flavour_name: str, override: str | None = None, revision: str | None = None) -> ModelSource:
     flavour = get_flavour(flavour_name)
     return ModelSource(path_or_id=override or flavour.hub_id, flavour=flavour, revision=revision)
+
+
+def transformer_config_of(cfg) -> tuple[dict[str, Any], str]:
+    """The run's transformer config, read without loading weights, and where it came from; the flavour
+    registry's when it cannot be read now (offline, nothing cached)."""
+    source = resolve_model_source(cfg.model_flavour, cfg.pretrained_model_name_or_path, cfg.revision)
+    try:
+        return source.config_file("transformer"), f"{source.path_or_id}/transformer/config.json"
+    except Exception:  # noqa: BLE001 - unreadable now: the registry has every flavour's config
+        return get_flavour(cfg.model_flavour).transformer_config, f"flavour {cfg.model_flavour}"

@@ -54,14 +54,9 @@ def resolve(cfg, transformer_config: dict[str, Any] | None, where: str) -> Atten
 def resolve_for_model(cfg) -> AttentionChoice:
     """`resolve` with the model's own transformer config, read without loading weights; the flavour
     registry stands in when the config cannot be read (offline, nothing cached)."""
-    from k5tune.models.flavours import get_flavour
-    from k5tune.models.source import resolve_model_source
+    from k5tune.models.source import transformer_config_of
 
-    source = resolve_model_source(cfg.model_flavour, cfg.pretrained_model_name_or_path, cfg.revision)
-    try:
-        return resolve(cfg, source.config_file("transformer"), f"{source.path_or_id}/transformer/config.json")
-    except Exception:  # noqa: BLE001 - unreadable now: the registry knows which flavours are nabla
-        return resolve(cfg, get_flavour(cfg.model_flavour).transformer_config, f"flavour {cfg.model_flavour}")
+    return resolve(cfg, *transformer_config_of(cfg))
 
 
 def check_sizes(cfg, datasets, choice: AttentionChoice) -> None:

@@ -80,6 +80,11 @@ def build_training_model(transformer, plan: TrainingPlan, lora: LoraSettings, ru
             f"({fsdp.local_weight_gib(transformer):.2f} GiB of weights each)")
     _offload(transformer, plan, runtime, log)
     install_text_mask(transformer)
+    if plan.sequence_parallel > 1:
+        from k5tune.models.kandinsky5 import sequence_parallel
+
+        sequence_parallel.install(transformer, sequence_parallel.sequence_group(plan.sequence_parallel))
+        log(f"sequence parallel: each clip's tokens split over {plan.sequence_parallel} processes")
     if plan.tread:
         install_tread(transformer, resolve_routes(plan.tread, len(transformer.visual_transformer_blocks)))
     transformer.train()

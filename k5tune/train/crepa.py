@@ -188,15 +188,10 @@ def check_crepa(cfg) -> None:
     if not cfg.crepa_enabled:
         return
     from k5tune.models.flavours import get_flavour
-    from k5tune.models.source import resolve_model_source
+    from k5tune.models.source import transformer_config_of
 
-    source = resolve_model_source(cfg.model_flavour, cfg.pretrained_model_name_or_path, cfg.revision)
-    try:
-        config = source.config_file("transformer")
-    except Exception:  # noqa: BLE001 - unreadable now (offline, nothing cached): the registry's sizes
-        config = get_flavour(cfg.model_flavour).transformer_config
-    check_block_index(cfg, config)
-    if cfg.crepa_drop_vae_encoder and source.flavour.is_i2v and not cfg.disable_validation:
+    check_block_index(cfg, transformer_config_of(cfg)[0])
+    if cfg.crepa_drop_vae_encoder and get_flavour(cfg.model_flavour).is_i2v and not cfg.disable_validation:
         raise ConfigError("cannot be used with an image-to-video flavour while validation runs: I2V validation "
                           "encodes its conditioning image with the VAE encoder; set it false, or "
                           "disable_validation: true", key="crepa_drop_vae_encoder")

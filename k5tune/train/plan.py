@@ -38,6 +38,8 @@ class TrainingPlan:
     tread: tuple[tuple[float, int, int], ...] = ()  # TREAD routes as given (negative indices unresolved)
     nabla: NablaSettings | None = None  # sparse NABLA attention (None: dense); resolved by attention.py
     crepa_block: int | None = None  # CREPA aligns this visual block's hidden states (None: off)
+    sequence_parallel: int = 1  # sequence_parallel_size: processes sharing each clip's tokens
+    processes: int = 1  # all processes of the run
     # how the step executes; None: decided by the device (compiled on a GPU). Tests compile with
     # "aot_eager" (the same graphs, no code generation); the bench can switch compilation off.
     compile_kernels: bool | None = None  # the fused element-wise groups
@@ -63,6 +65,7 @@ class TrainingPlan:
             fsdp_processes=processes if sharded else 1,
             fsdp_reshard=cfg.fsdp_reshard_after_forward or not sharded, fsdp_asked=cfg.fsdp_enable,
             tread=tread, nabla=nabla, crepa_block=cfg.crepa_block_index if cfg.crepa_enabled else None,
+            sequence_parallel=cfg.sequence_parallel_size, processes=processes,
         )
 
     # --- decisions derived from the settings -----------------------------------------------------
@@ -90,7 +93,9 @@ class TrainingPlan:
 
     def compiles_blocks(self, on_gpu: bool) -> bool:
         # (NABLA builds its block mask from each layer's queries: its blocks run eagerly, FlexAttention compiled)
-        if self.checkpointing == "none" or not self.fused_kernels or not self.blocks_may_compile or self.nabla:
+        # (sequence parallelism: the exchange's collectives are not traced into a compiled block)
+        if (self.checkpointing == "none" or not self.fused_kernels or not self.blocks_may_compile or self.nabla
+                or self.sequence_parallel > 1):
             return False
         return on_gpu if self.compile_blocks is None else self.compile_blocks
 
@@ -126,6 +131,26 @@ class TrainingPlan:
         if self.nabla and self.tread:
             found.append(("tread_config", "tread_config cannot be combined with NABLA attention (routed tokens break "
                                           "its 8x8-patch blocks); set sparse_attention to dense, or remove tread_config"))
+        return found + self._sequence_problems()
+
+    def _sequence_problems(self) -> list[tuple[str, str]]:
+        if self.sequence_parallel == 1:
+            return []
+        key, size = "sequence_parallel_size", self.sequence_parallel
+        if self.processes % size:
+            return [(key, f"sequence_parallel_size {size} must divide the number of processes ({self.processes}): "
+                          "each group of that many processes shares the tokens of the same clips")]
+        chunk = "and each process holds a chunk of it"
+        found = []
+        if self.tread:
+            found.append((key, f"sequence_parallel_size cannot be combined with tread_config yet: TREAD draws its "
+                               f"routed tokens from the whole sequence, {chunk}"))
+        if self.crepa_block is not None:
+            found.append((key, f"sequence_parallel_size cannot be combined with crepa_enabled yet: CREPA aligns the "
+                               f"whole sequence's hidden states, {chunk}"))
+        if not self.fused_kernels:
+            found.append((key, "sequence_parallel_size needs fused_kernels: true (the token exchange lives in "
+                               "k5tune's fast attention processors)"))
         return found
 
     def problem(self) -> str | None:
@@ -161,6 +186,8 @@ class TrainingPlan:
             parts.append(f"NABLA (P {self.nabla.P}, STA {self.nabla.wT}x{self.nabla.wH}x{self.nabla.wW})")
         if self.crepa_block is not None:
             parts.append(f"CREPA at block {self.crepa_block}")
+        if self.sequence_parallel > 1:
+            parts.append(f"each clip's tokens over {self.sequence_parallel} processes")
         return ", ".join(parts)
 
     def config_keys(self) -> dict[str, Any]:

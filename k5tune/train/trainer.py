@@ -47,6 +47,17 @@ from k5tune.train.stop import StopRequests
 from k5tune.validate.runner import ValidationVideo, run_validation
 
 
+def check_sequence_parallel(cfg, size: int) -> None:
+    """The model's attention heads must split over the sequence group."""
+    from k5tune.models.kandinsky5.sequence_parallel import heads_problem
+    from k5tune.models.source import transformer_config_of
+
+    config, where = transformer_config_of(cfg)
+    problem = heads_problem(config, size)
+    if problem:
+        raise ConfigError(f"{problem} ({where})", key="sequence_parallel_size")
+
+
 class UnusableCacheEntry(Exception):
     """A clip's cache entry could not be used mid-run (named in the log; the clip is left out)."""
 
@@ -70,6 +81,11 @@ class Trainer(CheckpointingMixin):
         self.plan = TrainingPlan.from_config(cfg, self.dist.world, nabla=self.attention.nabla)
         for key, problem in self.plan.problems():
             raise ConfigError(problem, key=key)
+        if self.plan.sequence_parallel > 1:
+            check_sequence_parallel(cfg, self.plan.sequence_parallel)
+        #    Processes of one sequence group train the same clips: the data-parallel rank and world.
+        self.data_rank = self.dist.rank // self.plan.sequence_parallel
+        self.data_world = self.dist.world // self.plan.sequence_parallel
         self.rollout_settings = RolloutSettings.from_config(cfg)
         if self.rollout_settings and self.plan.sharded:  # (FSDP2's forwards must run on every process at once)
             raise ConfigError("scheduled sampling cannot be combined with fsdp_enable yet: each process rolls out "
@@ -115,11 +131,11 @@ class Trainer(CheckpointingMixin):
             cfg.validation_num_inference_steps, self.components.scheduler_shift()))
 
         # 5. Optimizer and schedule, sized from the epoch plan; a global batch holds train_batch_size
-        #    clips per process, and process r trains slice r of it.
+        #    clips per data-parallel rank (a sequence group is one), and rank r trains slice r of it.
         from k5tune.data.buckets import batches_for_epoch
 
         self.batches_for_epoch = batches_for_epoch
-        self.global_batch = cfg.train_batch_size * self.dist.world
+        self.global_batch = cfg.train_batch_size * self.data_world
         batches_per_epoch = len(batches_for_epoch(self.records, self.global_batch, 0, cfg.seed))
         self.total_steps, self.epochs = plan_steps(cfg, batches_per_epoch)
         self.optimizer = make_optimizer(self.params, cfg)
@@ -290,10 +306,11 @@ class Trainer(CheckpointingMixin):
         """Forward and backward of this process's slice of one global batch; its share of the loss."""
         cfg, dist = self.cfg, self.dist
         # positions index the global batch, so every sample draws the same noise whichever process trains it
-        first = dist.rank * cfg.train_batch_size
+        first = self.data_rank * cfg.train_batch_size
         positions = [p for p in range(first, min(first + cfg.train_batch_size, len(global_batch)))
                      if self.records[global_batch[p]].key not in self.unusable_clips]
-        weight = len(positions) / len(global_batch) / group_size
+        # (a sequence group's processes each compute the whole loss of the same clips: 1/P of it each)
+        weight = len(positions) / len(global_batch) / group_size / self.plan.sequence_parallel
         if not positions:
             if not self.plan.sharded:
                 return torch.zeros(1, dtype=torch.float64)

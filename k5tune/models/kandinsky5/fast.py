@@ -68,6 +68,7 @@ class FastAttnProcessor(Kandinsky5AttnProcessor):
     def __init__(self) -> None:
         super().__init__()
         self.key_mask: torch.Tensor | None = None  # (B, L) bool, True = real token
+        self.exchange = None  # visual self-attention under sequence parallelism (sequence_parallel.py)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, rotary_emb=None, sparse_params=None):
         if sparse_params is not None:  # nabla sparse attention: the stock path (flex attention)
@@ -81,11 +82,16 @@ class FastAttnProcessor(Kandinsky5AttnProcessor):
         value = value.unflatten(-1, (attn.num_heads, -1))
         query = _k("norm_rope")(query, attn.query_norm.weight, attn.query_norm.eps, rotary_emb)
         key = _k("norm_rope")(key, attn.key_norm.weight, attn.key_norm.eps, rotary_emb)
+        exchange = self.exchange if attn.training else None
+        if exchange is not None:  # this chunk's tokens of every head -> every token of this process's heads
+            query, key, value = exchange.to_heads(query), exchange.to_heads(key), exchange.to_heads(value)
         mask = None if self.key_mask is None else self.key_mask.to(query.device)[:, None, None, :]
         out = F.scaled_dot_product_attention(
             query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=mask
-        )
-        return attn.out_layer(out.transpose(1, 2).flatten(-2, -1))
+        ).transpose(1, 2)
+        if exchange is not None:
+            out = exchange.to_sequence(out)
+        return attn.out_layer(out.flatten(-2, -1))
 
 
 # --- blocks ---------------------------------------------------------------------------------------

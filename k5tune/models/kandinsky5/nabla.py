@@ -199,11 +199,15 @@ class NablaAttnProcessor:
         self.sharing = False
         self.record_density = False  # benchmarks: measure each mask's density (a GPU sync)
         self.last_density: float | None = None
+        self.exchange = None  # sequence parallelism: the mask and attention see every token of some heads
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, rotary_emb=None, sparse_params=None):
         if sparse_params is None or encoder_hidden_states is not None:
             return self.dense(attn, hidden_states, encoder_hidden_states, rotary_emb, sparse_params)
         query, key, value = _qkv(attn, hidden_states, rotary_emb)
+        exchange = self.exchange if attn.training else None
+        if exchange is not None:
+            query, key, value = exchange.to_heads(query), exchange.to_heads(key), exchange.to_heads(value)
         # Shared only by the step's training forward and its checkpointed recomputation (both with
         # gradients); a forward without them (a rollout step, the eval loss) has its own queries and keys.
         sharing = self.sharing and torch.is_grad_enabled()
@@ -213,6 +217,8 @@ class NablaAttnProcessor:
         if self.record_density:
             self.last_density = density(mask)
         out = attention(query, key, value, mask)
+        if exchange is not None:
+            out = exchange.to_sequence(out)
         return attn.out_layer(out.flatten(-2, -1))
 
 
