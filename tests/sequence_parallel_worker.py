@@ -51,7 +51,7 @@ def step(model_dir: str, split: int) -> tuple[float, dict[str, torch.Tensor]]:
     latents, noise, text, sigmas = inputs()
     runtime = Runtime.detect("no", "cpu")
     transformer = Kandinsky5Components(resolve_model_source("t2v-lite-sft-5s", model_dir)).transformer()
-    plan = TrainingPlan(checkpointing="full", compile_kernels=False, sequence_parallel=split, processes=2)
+    plan = TrainingPlan(checkpointing="full", compile_kernels=False, sequence_parallel=split)
     model = build_training_model(transformer, plan, LoraSettings(4, 4, TARGETS), runtime)
     torch.manual_seed(1)
     for p in model.params:  # LoRA B is zero at the start: non-zero weights give every gradient a path

@@ -119,6 +119,13 @@ def test_more_memory_saving_settings_predict_less():
     # FSDP2 shards weights and LoRA state: more processes, less per GPU
     fsdp = [training_peak_gib(PRO, shape, TrainingPlan("full", fsdp_processes=n)) for n in (2, 4, 8)]
     assert fsdp == sorted(fsdp, reverse=True) and fsdp[0] < training_peak_gib(PRO, shape, TrainingPlan("full"))
+    # sequence parallelism: each GPU holds a chunk of the activations, plus the whole gathered output
+    hd10 = TrainingShape(720, 1280, 241)
+    one, *split = (training_terms(PRO, hd10, TrainingPlan("selective", sequence_parallel=p))
+                   for p in (1, 2, 4))
+    assert [t["block inputs"] for t in split] == pytest.approx([one["block inputs"] / 2, one["block inputs"] / 4],
+                                                              rel=1e-3)
+    assert "gathered output" not in one and split[0]["gathered output"] == split[1]["gathered output"] > 0
 
 
 def test_offloaded_eager_blocks_recompute_fully_whatever_the_policy():

@@ -144,15 +144,21 @@ def test_two_nodes_under_torchrun(tmp_path, monkeypatch, tiny_model_dir):
 
 
 def test_what_cannot_be_split_is_refused_before_any_work(tmp_path, monkeypatch, tiny_model_dir):
-    plan = TrainingPlan(sequence_parallel=2, processes=3)
-    assert "must divide the number of processes (3)" in plan.problem()
-    refused = TrainingPlan(sequence_parallel=2, processes=2, tread=((0.5, 0, 1),), crepa_block=1, fused_kernels=False)
+    assert TrainingPlan(sequence_parallel=2).problems() == []
+    refused = TrainingPlan(sequence_parallel=2, tread=((0.5, 0, 1),), crepa_block=1, fused_kernels=False)
     assert [key for key, _ in refused.problems()] == ["sequence_parallel_size"] * 3
     assert "tread_config" in refused.problems()[0][1] and "crepa_enabled" in refused.problems()[1][1]
-    # the tiny model has 6 heads: 4 cannot split them, and the message lists what can
     from k5tune.train.trainer import check_sequence_parallel
 
     monkeypatch.chdir(make_project(tmp_path, tiny_model_dir, {"sequence_parallel_size": 4}))
+    with pytest.raises(ConfigError, match="key 'sequence_parallel_size'.*4 must divide the number of processes \\(6\\)"):
+        check_sequence_parallel(load_config().train, 4, 6)
+    # the tiny model has 6 heads: 4 cannot split them, and the message lists what can
     with pytest.raises(ConfigError, match="key 'sequence_parallel_size'.*4 does not divide the model's 6 attention "
                                           "heads.*valid: 2, 3, 6"):
-        check_sequence_parallel(load_config().train, 4)
+        check_sequence_parallel(load_config().train, 4, 8)
+    # k5tune train stops before any work (exit 2, one line naming the key)
+    monkeypatch.chdir(make_project(tmp_path / "run", tiny_model_dir, {"sequence_parallel_size": 2, "tread_config": {
+        "routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 1}]}}))
+    assert main(["train"]) == 2
+    assert not (tmp_path / "run" / "cache").exists()

@@ -34,7 +34,8 @@ ADAM_BYTES_PER_LORA_PARAM = 16  # fp32 weight + gradient + two AdamW moments
 
 
 def _tokens_per_block(blocks: int, shape: TrainingShape, plan: TrainingPlan) -> list[int]:
-    tokens = [shape.tokens * shape.batch] * blocks
+    """Each visual block's tokens on one GPU (sequence parallelism: its chunk; TREAD: those kept)."""
+    tokens = [shape.tokens * shape.batch // plan.sequence_parallel] * blocks
     for ratio, first, last in plan.tread:
         for index in range(first, last + 1):
             tokens[index] = round(tokens[index] * (1 - ratio))
@@ -92,6 +93,8 @@ def training_terms(flavour: str, shape: TrainingShape, plan: TrainingPlan) -> di
         "block inputs": _block_inputs(tokens, shape.tokens * shape.batch, hidden, plan) / GIB,
         "kept attention": kept / GIB,
         "recompute working set": working / GIB,
+        # sequence parallelism gathers the last block's output, and its gradient, whole (not measured yet)
+        **({"gathered output": 2 * shape.tokens * shape.batch * hidden / GIB} if plan.sequence_parallel > 1 else {}),
     }
 
 

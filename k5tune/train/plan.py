@@ -39,7 +39,6 @@ class TrainingPlan:
     nabla: NablaSettings | None = None  # sparse NABLA attention (None: dense); resolved by attention.py
     crepa_block: int | None = None  # CREPA aligns this visual block's hidden states (None: off)
     sequence_parallel: int = 1  # sequence_parallel_size: processes sharing each clip's tokens
-    processes: int = 1  # all processes of the run
     # how the step executes; None: decided by the device (compiled on a GPU). Tests compile with
     # "aot_eager" (the same graphs, no code generation); the bench can switch compilation off.
     compile_kernels: bool | None = None  # the fused element-wise groups
@@ -65,7 +64,7 @@ class TrainingPlan:
             fsdp_processes=processes if sharded else 1,
             fsdp_reshard=cfg.fsdp_reshard_after_forward or not sharded, fsdp_asked=cfg.fsdp_enable,
             tread=tread, nabla=nabla, crepa_block=cfg.crepa_block_index if cfg.crepa_enabled else None,
-            sequence_parallel=cfg.sequence_parallel_size, processes=processes,
+            sequence_parallel=cfg.sequence_parallel_size,
         )
 
     # --- decisions derived from the settings -----------------------------------------------------
@@ -136,10 +135,7 @@ class TrainingPlan:
     def _sequence_problems(self) -> list[tuple[str, str]]:
         if self.sequence_parallel == 1:
             return []
-        key, size = "sequence_parallel_size", self.sequence_parallel
-        if self.processes % size:
-            return [(key, f"sequence_parallel_size {size} must divide the number of processes ({self.processes}): "
-                          "each group of that many processes shares the tokens of the same clips")]
+        key = "sequence_parallel_size"
         chunk = "and each process holds a chunk of it"
         found = []
         if self.tread:

@@ -47,11 +47,14 @@ from k5tune.train.stop import StopRequests
 from k5tune.validate.runner import ValidationVideo, run_validation
 
 
-def check_sequence_parallel(cfg, size: int) -> None:
-    """The model's attention heads must split over the sequence group."""
+def check_sequence_parallel(cfg, size: int, processes: int) -> None:
+    """The processes must form whole sequence groups, and the model's attention heads split over one."""
     from k5tune.models.kandinsky5.sequence_parallel import heads_problem
     from k5tune.models.source import transformer_config_of
 
+    if processes % size:
+        raise ConfigError(f"{size} must divide the number of processes ({processes}): each group of that many "
+                          "processes shares the tokens of the same clips", key="sequence_parallel_size")
     config, where = transformer_config_of(cfg)
     problem = heads_problem(config, size)
     if problem:
@@ -82,7 +85,7 @@ class Trainer(CheckpointingMixin):
         for key, problem in self.plan.problems():
             raise ConfigError(problem, key=key)
         if self.plan.sequence_parallel > 1:
-            check_sequence_parallel(cfg, self.plan.sequence_parallel)
+            check_sequence_parallel(cfg, self.plan.sequence_parallel, self.dist.world)
         #    Processes of one sequence group train the same clips: the data-parallel rank and world.
         self.data_rank = self.dist.rank // self.plan.sequence_parallel
         self.data_world = self.dist.world // self.plan.sequence_parallel
