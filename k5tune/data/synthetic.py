@@ -7,8 +7,10 @@ the same motion at the same times (what frame-rate resampling must preserve).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import av
 import numpy as np
@@ -25,6 +27,25 @@ COLORS: dict[str, Color] = {
 MOTIONS = ("right", "left", "down", "up", "static")
 SHAPES = ("circle", "square")
 BACKGROUND: Color = (20, 20, 28)
+
+
+@dataclass(frozen=True)
+class ClipFormat:
+    """How many frames, at what rate and display size: the one place the synthetic clips' defaults live."""
+
+    frames: int = 48
+    fps: float = 24.0
+    width: int = 64
+    height: int = 48
+
+
+class ClipFormatArgs(TypedDict, total=False):
+    """ClipFormat's fields as keywords (`write_clip(path, frames=24, width=96)`); the others keep its defaults."""
+
+    frames: int
+    fps: float
+    width: int
+    height: int
 
 
 def shape_size(width: int, height: int) -> int:
@@ -76,10 +97,6 @@ def draw_frame(
 def write_clip(
     path: Path | str,
     *,
-    frames: int = 48,
-    fps: float = 24.0,
-    width: int = 64,
-    height: int = 48,
     motion: str = "right",
     shape: str = "circle",
     color: Color | str = "red",
@@ -89,27 +106,29 @@ def write_clip(
     codec: str = "libx264",
     rotation: int | None = None,
     rotation_as: str = "matrix",
+    **clip_format: Unpack[ClipFormatArgs],
 ) -> Path:
     """Write a clip of a shape moving across a plain background; returns the path.
 
+    `frames`, `fps`, `width` and `height` are keywords of ClipFormat (its defaults where left out);
     `width` x `height` is the DISPLAY size. `speed` is in pixels per second; by default the shape
     crosses the frame in the clip's duration. `rotation` (counter-clockwise degrees, a multiple of 90)
     stores the pictures turned the other way plus metadata saying how to turn them back, as phones
     do: `rotation_as="matrix"` writes a display matrix (mp4/mov/mkv/webm), `"tag"` the legacy
     clockwise `rotate` tag, which only Matroska (.mkv) keeps.
     """
-    path = Path(path)
-    if width % 2 or height % 2:
-        raise ValueError(f"{width}x{height}: yuv420p needs even sides")
+    path, fmt = Path(path), ClipFormat(**clip_format)
+    if fmt.width % 2 or fmt.height % 2:
+        raise ValueError(f"{fmt.width}x{fmt.height}: yuv420p needs even sides")
     turns = (rotation or 0) // 90 % 4
     if rotation is not None and rotation % 90:
         raise ValueError(f"rotation {rotation} is not a multiple of 90")
-    coded_w, coded_h = (height, width) if turns % 2 else (width, height)
-    pictures = render_clip(frames=frames, fps=fps, width=width, height=height, motion=motion, shape=shape,
-                           color=color, background=background, size=size, speed=speed)
+    coded_w, coded_h = (fmt.height, fmt.width) if turns % 2 else (fmt.width, fmt.height)
+    pictures = render_clip(motion=motion, shape=shape, color=color, background=background, size=size, speed=speed,
+                           **clip_format)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
-        stream = _video_stream(container, codec, fps, coded_w, coded_h, turns, rotation_as)
+        stream = _video_stream(container, codec, fmt.fps, coded_w, coded_h, turns, rotation_as)
         for picture in pictures:
             coded = np.ascontiguousarray(np.rot90(picture, k=-turns)) if turns else picture
             for packet in stream.encode(av.VideoFrame.from_ndarray(coded, format="rgb24")):
@@ -119,18 +138,19 @@ def write_clip(
     return path
 
 
-def render_clip(*, frames: int = 48, fps: float = 24.0, width: int = 64, height: int = 48, motion: str = "right",
-                shape: str = "circle", color: Color | str = "red", background: Color = BACKGROUND,
-                size: int | None = None, speed: float | None = None) -> np.ndarray:
-    """The (frames, height, width, 3) uint8 pictures `write_clip` encodes."""
-    rgb = COLORS[color] if isinstance(color, str) else tuple(color)
+def render_clip(*, motion: str = "right", shape: str = "circle", color: Color | str = "red",
+                background: Color = BACKGROUND, size: int | None = None, speed: float | None = None,
+                **clip_format: Unpack[ClipFormatArgs]) -> np.ndarray:
+    """The (frames, height, width, 3) uint8 pictures `write_clip` encodes (a ClipFormat's keywords as there)."""
+    fmt, rgb = ClipFormat(**clip_format), COLORS[color] if isinstance(color, str) else tuple(color)
+    width, height, fps = fmt.width, fmt.height, fmt.fps
     size = size or shape_size(width, height)
     travel = (width if motion in ("right", "left") else height) - size
     if speed is None:
-        speed = travel / (frames / fps) if frames > 1 else 0.0
+        speed = travel / (fmt.frames / fps) if fmt.frames > 1 else 0.0
     return np.stack([draw_frame(width, height, shape_center(index / fps, width=width, height=height, motion=motion,
                                                             size=size, speed=speed), size, shape, rgb, background)
-                     for index in range(frames)])
+                     for index in range(fmt.frames)])
 
 
 def _video_stream(container, codec: str, fps: float, width: int, height: int, turns: int, rotation_as: str):
@@ -212,32 +232,22 @@ def demo_caption(motion: str, shape: str, color: str) -> str:
     return f"a {color} {shape} moving {direction.get(motion, 'in place')} on a dark background"
 
 
-def write_demo_dataset(
-    folder: Path | str,
-    n: int = 8,
-    *,
-    frames: int = 48,
-    fps: float = 24.0,
-    width: int = 64,
-    height: int = 48,
-) -> list[Path]:
+def write_demo_dataset(folder: Path | str, n: int = 8, **clip_format: Unpack[ClipFormatArgs]) -> list[Path]:
     """`n` captioned clips (`clip_000.mp4` + `clip_000.txt`, ...) of two motions: shapes moving right
-    and shapes moving down, in alternating shapes and colours. Returns the clip paths."""
-    folder = Path(folder)
+    and shapes moving down, in alternating shapes and colours, all of one ClipFormat (its keywords as
+    `write_clip` takes them). Returns the clip paths."""
+    folder, fmt = Path(folder), ClipFormat(**clip_format)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(n):
         motion, shape, color = _DEMO_KINDS[index % len(_DEMO_KINDS)]
         clip = write_clip(
             folder / f"clip_{index:03d}.mp4",
-            frames=frames,
-            fps=fps,
-            width=width,
-            height=height,
             motion=motion,
             shape=shape,
             color=color,
-            size=shape_size(width, height) + 2 * (index // len(_DEMO_KINDS)),  # repeats differ a little
+            size=shape_size(fmt.width, fmt.height) + 2 * (index // len(_DEMO_KINDS)),  # repeats differ a little
+            **clip_format,
         )
         clip.with_suffix(".txt").write_text(demo_caption(motion, shape, color) + "\n", encoding="utf-8")
         paths.append(clip)

@@ -1,16 +1,20 @@
 """The flavour registry: the one place that knows the Kandinsky 5.0 Video checkpoints.
 
-Each flavour names its hub repository (diffusers layout), its task, its size and the full-size
-transformer configuration used by `k5tune bench` and `k5tune estimate` with random weights.
+The checkpoints are data, one row each in flavours.json beside this module. Each flavour names its hub
+repository (diffusers layout), its task, its size and the full-size transformer configuration used by
+`k5tune bench` and `k5tune estimate` with random weights.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 Task = Literal["t2v", "i2v"]
 Size = Literal["lite", "pro"]
+Attention = Literal["regular", "nabla"]
 
 # Shared by every released checkpoint: HunyuanVideo VAE latents, Qwen2.5-VL and CLIP-L text.
 _COMMON: dict[str, Any] = {
@@ -56,7 +60,7 @@ class Flavour:
     task: Task
     size: Size
     clip_seconds: int
-    attention: Literal["regular", "nabla"]
+    attention: Attention
     description: str
     transformer_config: dict[str, Any] = field(repr=False)
 
@@ -65,46 +69,23 @@ class Flavour:
         return self.task == "i2v"
 
 
-def _flavour(name: str, repo: str, task: Task, size: Size, seconds: int, attention: str, text: str) -> Flavour:
-    config = dict(LITE_TRANSFORMER if size == "lite" else PRO_TRANSFORMER)
-    if attention == "nabla":
+# The rows of the registry, in order: name, hub_id, task, size, clip_seconds, attention, description.
+FLAVOURS_FILE = Path(__file__).with_name("flavours.json")
+_LITERALS = {"task": Task, "size": Size, "attention": Attention}
+
+
+def _flavour(row: dict[str, Any]) -> Flavour:
+    """One row of flavours.json as a Flavour: its size's transformer config, with NABLA's settings where sparse."""
+    if unknown := [f"{key}={row[key]!r}" for key, kind in _LITERALS.items() if row[key] not in get_args(kind)]:
+        raise ValueError(f"{FLAVOURS_FILE.name}: flavour {row['name']!r} has unknown {', '.join(unknown)}")
+    config = dict(LITE_TRANSFORMER if row["size"] == "lite" else PRO_TRANSFORMER)
+    if row["attention"] == "nabla":
         config.update(NABLA_ATTENTION)
-    return Flavour(
-        name=name,
-        hub_id=f"kandinskylab/{repo}",
-        task=task,
-        size=size,
-        clip_seconds=seconds,
-        attention=attention,  # type: ignore[arg-type]
-        description=text,
-        transformer_config=config,
-    )
+    return Flavour(**row, transformer_config=config)
 
 
 FLAVOURS: dict[str, Flavour] = {
-    f.name: f
-    for f in (
-        _flavour("t2v-lite-sft-5s", "Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers", "t2v", "lite", 5, "regular",
-                 "Lite text-to-video, ~5 s clips (default)"),
-        _flavour("t2v-lite-pretrain-5s", "Kandinsky-5.0-T2V-Lite-pretrain-5s-Diffusers", "t2v", "lite", 5,
-                 "regular", "Lite text-to-video, pretrain weights, ~5 s"),
-        _flavour("t2v-lite-sft-10s", "Kandinsky-5.0-T2V-Lite-sft-10s-Diffusers", "t2v", "lite", 10, "nabla",
-                 "Lite text-to-video, ~10 s clips (sparse attention)"),
-        _flavour("t2v-lite-pretrain-10s", "Kandinsky-5.0-T2V-Lite-pretrain-10s-Diffusers", "t2v", "lite", 10,
-                 "nabla", "Lite text-to-video, pretrain weights, ~10 s"),
-        _flavour("t2v-pro-sft-5s-hd", "Kandinsky-5.0-T2V-Pro-sft-5s-Diffusers", "t2v", "pro", 5, "nabla",
-                 "Pro text-to-video, ~5 s, high definition"),
-        _flavour("t2v-pro-sft-10s-hd", "Kandinsky-5.0-T2V-Pro-sft-10s-Diffusers", "t2v", "pro", 10, "nabla",
-                 "Pro text-to-video, ~10 s, high definition"),
-        _flavour("t2v-pro-pretrain-5s-hd", "Kandinsky-5.0-T2V-Pro-pretrain-5s-Diffusers", "t2v", "pro", 5,
-                 "nabla", "Pro text-to-video, pretrain weights, ~5 s, HD"),
-        _flavour("t2v-pro-pretrain-10s-hd", "Kandinsky-5.0-T2V-Pro-pretrain-10s-Diffusers", "t2v", "pro", 10,
-                 "nabla", "Pro text-to-video, pretrain weights, ~10 s, HD"),
-        _flavour("i2v-lite-5s", "Kandinsky-5.0-I2V-Lite-5s-Diffusers", "i2v", "lite", 5, "regular",
-                 "Lite image-to-video, ~5 s (needs conditioning images)"),
-        _flavour("i2v-pro-sft-5s", "Kandinsky-5.0-I2V-Pro-sft-5s-Diffusers", "i2v", "pro", 5, "regular",
-                 "Pro image-to-video SFT, ~5 s (needs conditioning images)"),
-    )
+    f.name: f for f in map(_flavour, json.loads(FLAVOURS_FILE.read_text(encoding="utf-8")))
 }
 
 DEFAULT_FLAVOUR = "t2v-lite-sft-5s"
