@@ -33,9 +33,18 @@ def _versions() -> dict[str, str]:
 
 
 def make_row(report: dict, scenario: str | None, theme: str | None, args: list[str]) -> dict[str, Any]:
-    return {"scenario": scenario, "theme": theme or "adhoc", "args": args, "card": report.get("device"),
-            "date": datetime.date.today().isoformat(), "git_sha": _git_sha(), "versions": _versions(),
-            "report": report}
+    """The row of a result measured now, by this checkout: today's date, its git sha and library versions."""
+    return recorded_row(report, scenario, theme, args, date=datetime.date.today().isoformat(), git_sha=_git_sha(),
+                        versions=_versions())
+
+
+def recorded_row(report: dict, scenario: str | None, theme: str | None, args: list[str], *, date: str,
+                 git_sha: str | None, versions: dict[str, str], source: str | None = None) -> dict[str, Any]:
+    """A row with its date, code (git sha, None where unknown) and versions given: a result measured earlier
+    (benchmarks/tools/rows_from_reports.py), `source` naming the raw report it was made from."""
+    row = {"scenario": scenario, "theme": theme or "adhoc", "args": args, "card": report.get("device"),
+           "date": date, "git_sha": git_sha, "versions": versions, "report": report}
+    return row | {"source": source} if source else row
 
 
 def append_row(path: str | Path, row: dict) -> None:
@@ -53,24 +62,41 @@ def _cell(report: dict, name: str) -> str:
     return f"{measured['step_s']:.3f}{peak}"
 
 
-def tables(rows: list[dict]) -> str:
-    """Markdown: one table per (theme, card, date), a line per row: step seconds / peak GiB of ours, the
-    stock step, the extra measurements, NABLA's mask density."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+def groups(rows: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """The rows by (theme, card, date), in that order; each group's rows as given."""
+    grouped: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        groups[(row["theme"], row.get("card"), row.get("date"))].append(row)
+        grouped[(row["theme"], row.get("card"), row.get("date"))].append(row)
+    return dict(sorted(grouped.items(), key=lambda item: tuple(map(str, item[0]))))
+
+
+def _model(report: dict) -> str:
+    """The flavour, or the model folder where the report timed one (the tiny model) instead of a full-size config."""
+    model = report.get("model")
+    return report.get("flavour") if model in (None, "full-size, random weights") else model
+
+
+def tables(rows: list[dict]) -> str:
+    """Markdown: one table per (theme, card, date), a line per row: step seconds / peak GiB of ours (and its
+    share of the card's measured matmul rate), the stock step, the extra measurements (TREAD's routed step,
+    a forward, CREPA), NABLA's mask density, and the code (git sha; and the raw report of a row made from
+    one)."""
     out = []
-    for (theme, card, date), members in sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))):
+    for (theme, card, date), members in groups(rows).items():
         out += [f"## {theme} — {card} — {date}", "",
-                "| scenario | flavour | shape | ours s / GiB | stock s / GiB | forward s | CREPA s | density | sha |",
-                "|---|---|---|---|---|---|---|---|---|"]
+                "| scenario | flavour | shape | ours s / GiB | of matmul peak | stock s / GiB | TREAD s / GiB | forward s "
+                "| CREPA s | density | sha / source |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in members:
             report = row["report"]
             density = (report.get("attention") or {}).get("mask_density")
-            out.append(f"| {row['scenario'] or ' '.join(row['args'])} | {report.get('flavour')} | "
+            code = " · ".join(filter(None, (row.get("git_sha") or "—", row.get("source"))))
+            fraction = (report.get("ours") or {}).get("fraction_of_matmul_peak")
+            out.append(f"| {row['scenario'] or ' '.join(row['args'])} | {_model(report)} | "
                        f"{report.get('resolution')}x{report.get('frames')} | {_cell(report, 'ours')} | "
-                       f"{_cell(report, 'stock')} | {_cell(report, 'ours_forward')} | {_cell(report, 'ours_crepa')} | "
-                       f"{'—' if density is None else f'{density:.3f}'} | {row.get('git_sha')} |")
+                       f"{'—' if fraction is None else f'{fraction:.3f}'} | {_cell(report, 'stock')} | "
+                       f"{_cell(report, 'ours_tread')} | {_cell(report, 'ours_forward')} | "
+                       f"{_cell(report, 'ours_crepa')} | {'—' if density is None else f'{density:.3f}'} | {code} |")
         out.append("")
     return "\n".join(out)
 

@@ -1,10 +1,16 @@
 """Benchmark scenarios as data: a name, the theme its result belongs to, and the `k5tune bench` flags
 that reproduce it; suites name the scenarios a card runs in one go. `k5tune bench --list` shows them,
-`--scenario NAME` runs one (further flags are added after its own), `--suite NAME` runs a suite."""
+`--scenario NAME` runs one (further flags are added after its own), `--suite NAME` runs a suite.
+
+The scenarios of the 2026-11-27 runs (round 1, `runN-...`: each the command of a numbered session script)
+are data in history_scenarios.json beside this module; benchmarks/results/HISTORY.md traces every
+published number to its scenario."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -20,12 +26,17 @@ PRO = ("--flavour", "t2v-pro-sft-5s-hd", "--modulation-bf16", "--steps", "2", "-
 
 SCENARIOS: dict[str, Scenario] = {
     "lite-stock": Scenario("speed", "Lite 512x768x61: ours beside stock diffusers + peft", (*LITE, "--compare-stock")),
+    "lite-plain": Scenario("speed", "Lite 512x768x61, the default plan alone (2026-12-07: the step before the redesign)",
+                           LITE),
     "lite": Scenario("speed", "Lite 512x768x61, the default plan (with one no-grad forward timed)",
                      (*LITE, "--forward")),
     "lite-rollout-1": Scenario("rollout", "Lite 512x768x61, every sample rolled out 1 sampler step",
                                (*LITE, "--rollout", "1")),
     "lite-crepa-vitg14": Scenario("crepa", "Lite 512x768x61 with CREPA (block 8, vitg14 features)",
                                   (*LITE, "--crepa", "dinov2_vitg14", "--crepa-block", "8")),
+    "lite-forward-crepa-vitg14": Scenario("crepa", "Lite 512x768x61: the step, one no-grad forward and the step with "
+                                          "CREPA (block 8, vitg14) in one run (2026-12-07)",
+                                          (*LITE, "--forward", "--crepa", "dinov2_vitg14", "--crepa-block", "8")),
     "lite-10s-dense": Scenario("nabla", "Lite 10 s 512x768x241, dense attention", (*LITE_10S, "--sparse-attention",
                                                                                    "dense")),
     "lite-10s-nabla": Scenario("nabla", "Lite 10 s, NABLA at 10 % density plus the STA window",
@@ -49,6 +60,19 @@ SCENARIOS: dict[str, Scenario] = {
                                  ("--model", "/tmp/tinyn", "--resolution", "256x384", "--frames", "17",
                                   "--steps", "3", "--warmup", "2", "--sparse-attention", "nabla")),
 }
+
+HISTORY_FILE = Path(__file__).with_name("history_scenarios.json")
+
+
+def _history() -> dict[str, Scenario]:
+    """The round-1 scenarios of history_scenarios.json (none may take the name of one above)."""
+    rows = json.loads(HISTORY_FILE.read_text(encoding="utf-8"))["scenarios"]
+    if taken := set(rows) & set(SCENARIOS):
+        raise ValueError(f"{HISTORY_FILE.name}: scenario names already taken: {', '.join(sorted(taken))}")
+    return {name: Scenario(row["theme"], row["description"], tuple(row["args"])) for name, row in rows.items()}
+
+
+SCENARIOS.update(_history())
 
 SUITES: dict[str, tuple[str, ...]] = {
     "h100-features": ("lite", "lite-rollout-1", "lite-crepa-vitg14"),
