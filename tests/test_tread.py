@@ -170,9 +170,9 @@ def test_tread_with_i2v_keeps_the_conditioning_frame_and_resumes_exactly(tmp_pat
     reference = make_i2v_project(tmp_path / "a", tiny_i2v_model_dir, config)
     monkeypatch.chdir(reference)
     first_frame_kept = []
-    from k5tune.models.kandinsky5 import tread
+    from k5tune.models.kandinsky5 import forward
 
-    real_keep = tread.keep_indices
+    real_keep = forward.keep_indices
 
     def spy(scores, ratio, protected):
         kept = real_keep(scores, ratio, protected)
@@ -180,7 +180,7 @@ def test_tread_with_i2v_keeps_the_conditioning_frame_and_resumes_exactly(tmp_pat
         first_frame_kept.append(bool(torch.all(kept[:, :per_frame] == torch.arange(per_frame))))
         return kept
 
-    monkeypatch.setattr(tread, "keep_indices", spy)
+    monkeypatch.setattr(forward, "keep_indices", spy)
     expected = load_file(train(load_config(), progress=SilentProgress()).lora_path)
     assert first_frame_kept and all(first_frame_kept)
     resumed = make_i2v_project(tmp_path / "b", tiny_i2v_model_dir, config)
