@@ -27,12 +27,13 @@ b() {
 train_lite_fullsize() {
   local W=/tmp/k5run
   rm -rf $W; mkdir -p $W/config
+  local extra=${1:-}
   python3 benchmarks/tools/make_fullsize_model.py $W/model --flavour ${FLAVOUR:-t2v-lite-sft-5s} > /dev/null 2>> $OUT/err.txt || { tail -5 $OUT/err.txt; return 1; }
   python3 -c "from k5tune.data.synthetic import write_demo_dataset; write_demo_dataset('$W/datasets/videos', n=2, frames=64, width=768, height=512)"
   cat > $W/config/config.json <<JSON
 {"pretrained_model_name_or_path": "$W/model", "output_dir": "$W/output", "report_to": "none",
  "max_train_steps": 14, "lora_rank": 32, "lora_alpha": 32, "learning_rate": 1e-5, "checkpointing_steps": 1000,
- "lora_target_modules": ["to_query", "to_key", "to_value", "out_layer", "feed_forward"], "disable_validation": true $1}
+ "lora_target_modules": ["to_query", "to_key", "to_value", "out_layer", "feed_forward"], "disable_validation": true $extra}
 JSON
   cat > $W/config/multidatabackend.json <<JSON
 [{"id": "clips", "dataset_type": "video", "instance_data_dir": "$W/datasets/videos", "resolution": 512,

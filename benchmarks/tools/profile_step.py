@@ -24,7 +24,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from k5tune.bench import BenchConfig, build_transformer, ours_step_fn
-from k5tune.train.speed import SpeedPlan
+from k5tune.train.plan import TrainingPlan
 
 
 def kind(name: str) -> str:
@@ -127,17 +127,22 @@ def main() -> None:
     parser.add_argument("--trace", help="also write a Chrome trace (gzip) of the profiled step here")
     parser.add_argument("--offload-activations", action="store_true", help="profile with offload_activations")
     parser.add_argument("--modulation-bf16", action="store_true", help="modulation_precision auto (bf16)")
+    parser.add_argument("--resolution", default="512x768")
+    parser.add_argument("--frames", type=int, default=61)
+    parser.add_argument("--nabla-density", type=float,
+                        help="NABLA at this fixed top-of-map density plus the STA window (as k5tune bench)")
     args = parser.parse_args()
     device = torch.device("cuda")
-    plan = SpeedPlan(checkpointing=args.checkpointing, attention=args.attention,
-                     keep_attention_blocks=args.keep_attention_blocks)
-    bench = BenchConfig(flavour=args.flavour, plan=plan, device="cuda", offload_activations=args.offload_activations,
-                        modulation_bf16=args.modulation_bf16)
-    transformer = build_transformer(bench, device)
-    if args.modulation_bf16:
-        from k5tune.models.kandinsky5.modulation import store_modulation_in
+    nabla_settings = None
+    if args.nabla_density is not None:
+        from k5tune.models.kandinsky5.nabla import NablaSettings
 
-        store_modulation_in(transformer, torch.bfloat16)
+        nabla_settings = NablaSettings(fixed_density=args.nabla_density)
+    plan = TrainingPlan(checkpointing=args.checkpointing, attention=args.attention,
+                        keep_attention_blocks=args.keep_attention_blocks, offload_activations=args.offload_activations,
+                        modulation_fp32=not args.modulation_bf16, nabla=nabla_settings)
+    bench = BenchConfig(flavour=args.flavour, resolution=args.resolution, frames=args.frames, plan=plan, device="cuda")
+    transformer = build_transformer(bench, device)
     step = ours_step_fn(transformer, bench, device)
     if args.tread:
         from k5tune.config.schema import TreadConfig
