@@ -4,7 +4,7 @@ Each check names where its measured figure is (file, which JSON row, which value
 estimate computes for it. The rows are read from measurements.json beside this module: the JSON rows
 of those files of benchmarks/results, shipped with the package so that an installed k5tune checks too.
 
-All measured on H100 80GB cards with the full-size models (random weights),
+All measured on H100 80GB cards (the NABLA rows: one H200) with the full-size models (random weights),
 512x768x61 clips (24,576 tokens), batch 1, LoRA rank 32 on attention + feed-forward unless the label
 says otherwise. Three rows fitted a constant of k5tune/estimate/training.py ("fitted"): Lite full checkpointing
 (TRANSIENT_PER_TOKEN_DIM), Lite activation offload alone with eager blocks (ACTIVATION_OFFLOAD_RESIDUE)
@@ -75,7 +75,15 @@ def measured_gib(source: Source) -> float:
 def _train(flavour: str, shape: TrainingShape | None = None, **settings: Any) -> Callable[[], float]:
     # every run so far kept diffusers' fp32 modulation (k5tune bench's default)
     settings = {"modulation_fp32": True, **settings}
-    return lambda: training_peak_gib(flavour, shape or TrainingShape(), TrainingPlan(**settings))
+
+    def predict() -> float:
+        if settings.get("nabla") is True:  # the checkpoints' NABLA settings (imported here: nabla.py needs torch)
+            from k5tune.models.kandinsky5.nabla import NablaSettings
+
+            settings["nabla"] = NablaSettings()
+        return training_peak_gib(flavour, shape or TrainingShape(), TrainingPlan(**settings))
+
+    return predict
 
 
 def _bench(run: str, **where: Any) -> Source:
@@ -205,6 +213,16 @@ CHECKS: list[Check] = [
     Check("Lite 10 s 512x768x241, selective, blocks compiled, bf16 modulation",
           Source("2026-12-07-h100/call2-bench.jsonl", "ours.peak_gib"),
           _train("t2v-lite-sft-10s", TrainingShape(frames=241), modulation_fp32=False)),
+    # 2026-12-07, one H200: NABLA (selective, blocks eager, FlexAttention compiled), bf16 modulation
+    Check("Lite 10 s 512x768x241, NABLA at 10 % density + STA (H200)",
+          Source("2026-12-07-h200/call2-bench.jsonl", "ours.peak_gib"),
+          _train("t2v-lite-sft-10s", TrainingShape(frames=241), modulation_fp32=False, nabla=True), "fitted"),
+    Check("Lite 10 s transformer 512x768x61, NABLA P 0.9 (H200)",
+          Source("2026-12-07-h200/call1-bench.jsonl", "ours.peak_gib", {"frames": 61}),
+          _train("t2v-lite-sft-10s", modulation_fp32=False, nabla=True)),
+    Check("k5tune train, Lite 10 s transformer 512x768x61, NABLA P 0.9 (H200)",
+          Source("2026-12-07-h200/call4-train-summary.json", "peak_gib"),
+          _train("t2v-lite-sft-10s", modulation_fp32=False, nabla=True)),
     Check("VAE encode, plain", Source(_VAE, "peak_gib", {"variant": "plain"}),
           lambda: vae_encode_peak_gib(TrainingShape(), "plain"), "anchor"),
     Check("VAE encode, patch conv", Source(_VAE, "peak_gib", {"variant": "patch_conv"}),

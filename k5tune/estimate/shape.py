@@ -38,7 +38,8 @@ def estimate_problem(plan: TrainingPlan) -> str | None:
 def plan_from_config(cfg, processes: int | None = None, flavour: str | None = None) -> TrainingPlan:
     """The plan of a TrainConfig as `k5tune train` builds it (processes: --num-processes, flavour:
     --flavour, else the config's), with the TREAD routes resolved against the flavour's blocks (end
-    inclusive); group offload is modelled block by block whatever its type."""
+    inclusive) and NABLA as training would resolve it; group offload is modelled block by block whatever
+    its type."""
     processes, flavour = processes or cfg.num_processes, flavour or cfg.model_flavour
     tread: tuple[tuple[float, int, int], ...] = ()
     if cfg.tread_config is not None:
@@ -46,7 +47,18 @@ def plan_from_config(cfg, processes: int | None = None, flavour: str | None = No
 
         blocks = FLAVOURS[flavour].transformer_config["num_visual_blocks"]
         tread = tuple((r.ratio, r.start, r.end) for r in resolve_routes(cfg.tread_config, blocks))
-    return replace(TrainingPlan.from_config(cfg, processes), tread=tread, group_offload_leaf=False)
+    return replace(TrainingPlan.from_config(cfg, processes, nabla=_attention(cfg, flavour)), tread=tread,
+                   group_offload_leaf=False)
+
+
+def _attention(cfg, flavour: str):
+    """NABLA's settings where training would use it (the flavour's config says nabla, or the config opts
+    in), else None: the registry's transformer config stands in for the model's (no download here)."""
+    if cfg.sparse_attention == "dense" or (cfg.sparse_attention == "auto" and FLAVOURS[flavour].attention != "nabla"):
+        return None
+    from k5tune.train.attention import resolve  # (imports torch: only for a NABLA run)
+
+    return resolve(cfg, FLAVOURS[flavour].transformer_config, f"flavour {flavour}").nabla
 
 
 def shape_from_config(loaded, resolution: str | None = None, frames: int | None = None,

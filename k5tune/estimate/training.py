@@ -31,6 +31,13 @@ ACTIVATION_OFFLOAD_RESIDUE = 7.1
 # Pro (45.09 GiB, run 24) is then predicted within 0.3 %.
 SAVED_OFFLOAD_RESIDUE = 2.1
 ADAM_BYTES_PER_LORA_PARAM = 16  # fp32 weight + gradient + two AdamW moments
+# NABLA: each visual block's BlockMask lives from its forward to the end of its backward (the checkpointed
+# recomputation reuses it): bytes per (head, query block, key block) of 64 tokens. Its kv and q indices
+# are int32 (8 bytes derived); 12.5 fitted on Lite 10 s, 512x768x241 at 10 % density (one H200,
+# 2026-12-07: 46.33 GiB), which puts the rest (the mask's counts, building transients) at ~4.5. The
+# 61-frame row is then predicted within 2 %. FlexAttention's output is not kept by selective
+# checkpointing (it is recomputed: the profile counts two forward calls per layer).
+NABLA_BYTES_PER_BLOCK_PAIR = 12.5
 
 
 def _tokens_per_block(blocks: int, shape: TrainingShape, plan: TrainingPlan) -> list[int]:
@@ -83,7 +90,7 @@ def training_terms(flavour: str, shape: TrainingShape, plan: TrainingPlan) -> di
     lora = lora_parameter_count(config, shape.rank, shape.targets) * ADAM_BYTES_PER_LORA_PARAM
     kept = 0
     if (plan.checkpointing == "selective" and not plan.recomputes_fully()
-            and not plan.offloads_through_hooks(True)):
+            and not plan.offloads_through_hooks(True) and plan.nabla is None):
         keep = blocks if plan.keep_attention_blocks is None else min(blocks, plan.keep_attention_blocks)
         kept = sum(tokens[:keep]) * hidden  # the self-attention output of each block
     working = TRANSIENT_PER_TOKEN_DIM * max(tokens) * d + 2 * weights.largest_linear  # + one dequantised weight
@@ -93,9 +100,17 @@ def training_terms(flavour: str, shape: TrainingShape, plan: TrainingPlan) -> di
         "block inputs": _block_inputs(tokens, shape.tokens * shape.batch, hidden, plan) / GIB,
         "kept attention": kept / GIB,
         "recompute working set": working / GIB,
+        **({"NABLA block masks": _nabla_masks(config, shape, plan) / GIB} if plan.nabla is not None else {}),
         # sequence parallelism gathers the last block's output, and its gradient, whole (not measured yet)
         **({"gathered output": 2 * shape.tokens * shape.batch * hidden / GIB} if plan.sequence_parallel > 1 else {}),
     }
+
+
+def _nabla_masks(config: dict, shape: TrainingShape, plan: TrainingPlan) -> float:
+    """Bytes of the block masks of every visual block (heads split over a sequence group)."""
+    heads = config["model_dim"] // sum(config["axes_dims"]) // plan.sequence_parallel
+    blocks = shape.tokens // 64
+    return config["num_visual_blocks"] * shape.batch * heads * blocks * blocks * NABLA_BYTES_PER_BLOCK_PAIR
 
 
 def training_peak_gib(flavour: str, shape: TrainingShape, plan: TrainingPlan) -> float:
