@@ -127,18 +127,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _node_command(launcher: str, rank: int, port: int) -> list[str]:
+    """One "node"'s launch of `k5tune train`: one process on it, two nodes, a static rendezvous."""
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+                "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "k5tune.cli", "train"]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines=2",
+            f"--machine_rank={rank}", "--num_processes=2", "--main_process_ip=127.0.0.1",
+            f"--main_process_port={port}", "--mixed_precision=no", "--dynamo_backend=no", "-m", "k5tune.cli", "train"]
+
+
 @pytest.mark.slow
-def test_two_nodes_under_torchrun(tmp_path, monkeypatch, tiny_model_dir):
-    """Two torchrun launchers, one per "node" (--nnodes 2, --node_rank, a static rendezvous on this
-    machine), one process each, a shared folder: the run trains as one process with their global batch."""
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_nodes(tmp_path, monkeypatch, tiny_model_dir, launcher):
+    """Two launchers, one per "node" (torchrun --nnodes 2 --node_rank; accelerate launch --num_machines 2
+    --machine_rank), one process each, a shared folder: the run trains as one process with their global
+    batch."""
     expected = _single(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2}, monkeypatch)
     folder = make_project(tmp_path / "nodes", tiny_model_dir, {**RUN, "train_batch_size": 1})
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
-                               "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
-                               "-m", "k5tune.cli", "train"], cwd=folder, env=env) for rank in (0, 1)]
+    nodes = [subprocess.Popen(_node_command(launcher, rank, port), cwd=folder, env=env) for rank in (0, 1)]
     assert [node.wait(timeout=600) for node in nodes] == [0, 0]
     assert_trains_as(folder / "output", expected)
 
