@@ -95,10 +95,14 @@ def test_two_processes_share_each_clip_and_train_as_one(tmp_path, monkeypatch, t
 
 
 @pytest.mark.slow
-def test_four_processes_as_two_data_by_two_sequence(tmp_path, monkeypatch, tiny_model_dir):
+@pytest.mark.parametrize("sharded", [False, True], ids=["data-parallel", "fsdp2"])
+def test_four_processes_as_two_data_by_two_sequence(tmp_path, monkeypatch, tiny_model_dir, sharded):
+    """A 2 x 2 mesh: two data-parallel groups (one clip each) of two processes sharing its tokens; with
+    FSDP2 the transformer is sharded over all four."""
     expected = _single(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2}, monkeypatch)
     got = _launched(tmp_path / "mesh", tiny_model_dir, {**RUN, "train_batch_size": 1, "num_processes": 4,
-                                                         "sequence_parallel_size": 2}, monkeypatch)
+                                                         "sequence_parallel_size": 2, "fsdp_enable": sharded},
+                    monkeypatch)
     assert_trains_as(got, expected)
 
 
