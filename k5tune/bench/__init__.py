@@ -67,60 +67,65 @@ def _inputs(transformer, bench: BenchConfig, device: torch.device):
     return latents, text, (height, width), generator
 
 
-def ours_step_fn(transformer, bench: BenchConfig, device: torch.device):
-    """Our training step, the model set up exactly as `k5tune train` sets it up (train/build.py)."""
-    from k5tune.runtime import Runtime
-    from k5tune.train import objective
-    from k5tune.train.build import LoraSettings, build_training_model
-    from k5tune.train.step import flow_matching_step_loss, step_scope
+class OurStep:
+    """Our training step (call it), the model set up exactly as `k5tune train` sets it up (train/build.py).
+    `model`: what the set-up did (e.g. what it quantised); `add_crepa` turns on CREPA's term."""
 
-    runtime = Runtime.detect("bf16", str(device))
-    model = build_training_model(transformer, bench.plan, LoraSettings(bench.rank, bench.rank, tuple(LORA_TARGETS)),
-                                 runtime)
-    params = model.params
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
-    latents, text, pixel_size, generator = _inputs(transformer, bench, device)
+    def __init__(self, transformer, bench: BenchConfig, device: torch.device):
+        from k5tune.runtime import Runtime
+        from k5tune.train.build import LoraSettings, build_training_model
 
-    roll = _rollout_fn(transformer, bench, text, pixel_size, runtime)
+        self.transformer, self.bench, self.device = transformer, bench, device
+        self.runtime = Runtime.detect("bf16", str(device))
+        self.model = build_training_model(transformer, bench.plan,
+                                          LoraSettings(bench.rank, bench.rank, tuple(LORA_TARGETS)), self.runtime)
+        self.params = self.model.params
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-5)
+        self.latents, self.text, self.pixel_size, self.generator = _inputs(transformer, bench, device)
+        self.roll = _rollout_fn(transformer, bench, self.text, self.pixel_size, self.runtime)
+        self.crepa = self.teacher = None  # set by add_crepa
 
-    def step():
-        with bench.plan.attention_context(), step_scope(transformer):
-            noise = torch.randn(latents.shape, generator=generator)
-            sigmas = objective.sample_sigmas(bench.batch, generator, 5.0)
-            if roll is not None:
-                loss = roll(latents, noise)
+    def __call__(self) -> None:
+        from k5tune.train import objective
+        from k5tune.train.step import flow_matching_step_loss, step_scope
+
+        with self.bench.plan.attention_context(), step_scope(self.transformer):
+            noise = torch.randn(self.latents.shape, generator=self.generator)
+            sigmas = objective.sample_sigmas(self.bench.batch, self.generator, 5.0)
+            if self.roll is not None:
+                loss = self.roll(self.latents, noise)
             else:
-                loss = flow_matching_step_loss(transformer, latents, text, noise, sigmas, pixel_size, runtime,
-                                               route_generator=generator, crepa=step.crepa,
-                                               teacher=step.teacher)
+                loss = flow_matching_step_loss(self.transformer, self.latents, self.text, noise, sigmas,
+                                               self.pixel_size, self.runtime, route_generator=self.generator,
+                                               crepa=self.crepa, teacher=self.teacher)
             loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
-    step.model = model  # what the set-up did (e.g. what it quantised)
-    step.crepa = step.teacher = None  # set by add_crepa: the same step with CREPA's term
-
-    def add_crepa(encoder: str, block: int) -> None:
+    def add_crepa(self, encoder: str, block: int) -> None:
         """CREPA at `block` with cached-like teacher features of `encoder`'s width (fp16, unit norm)."""
         from k5tune.models.vision_encoders import ENCODERS
         from k5tune.train.crepa import Crepa, CrepaSettings
 
-        blocks = len(transformer.visual_transformer_blocks)
+        blocks = len(self.transformer.visual_transformer_blocks)
         if not 0 <= block < blocks:
             from k5tune.errors import ConfigError
 
             raise ConfigError(f"the model has {blocks} visual blocks (valid: 0..{blocks - 1})", key="--crepa-block")
         width = ENCODERS[encoder].width
-        step.crepa = Crepa(CrepaSettings(block, 0.5, 1, 1.0), transformer, width, device, seed=0)
-        params.extend(step.crepa.params())
-        optimizer.add_param_group({"params": step.crepa.params()})
+        self.crepa = Crepa(CrepaSettings(block, 0.5, 1, 1.0), self.transformer, width, self.device, seed=0)
+        self.params.extend(self.crepa.params())
+        self.optimizer.add_param_group({"params": self.crepa.params()})
+        latents = self.latents
         grid = latents.shape[1] * (latents.shape[2] // 2) * (latents.shape[3] // 2)
-        features = torch.randn(bench.batch, latents.shape[1], grid // latents.shape[1], width, generator=generator)
-        step.teacher = torch.nn.functional.normalize(features, dim=-1).half()
+        features = torch.randn(self.bench.batch, latents.shape[1], grid // latents.shape[1], width,
+                               generator=self.generator)
+        self.teacher = torch.nn.functional.normalize(features, dim=-1).half()
 
-    step.add_crepa = add_crepa
-    return step
+
+def ours_step_fn(transformer, bench: BenchConfig, device: torch.device) -> OurStep:
+    return OurStep(transformer, bench, device)
 
 
 ROLLOUT_SAMPLER_STEPS = 50  # the validation sampler the offsets count in
