@@ -255,6 +255,22 @@ def write_config(folder: Path, **config) -> None:
         {"id": "t", "dataset_type": "text_embeds", "default": True}]))
 
 
+def test_one_rule_recommends_for_estimate_the_wizard_and_the_ui(tmp_path, monkeypatch, capsys):
+    """first_fitting picks the fastest candidate that fits, for estimate's plans and the presets alike;
+    `estimate --gpu-memory` names the preset the wizard and the web UI recommend for that card."""
+    from k5tune.estimate.search import first_fitting
+
+    assert first_fitting([3, 2, 1], float, 2.5) == 2 and first_fitting([3, None, 1], lambda n: n, 2) == 1
+    assert first_fitting([3], float, 2.5) is None and first_fitting([2], float, 2.5, margin_gib=1.0) is None
+    write_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for gpu, preset in ((12, "up-to-12gb"), (16, "16gb"), (24, "24-32gb"), (80, "80gb")):
+        assert main(["estimate", "--gpu-memory", str(gpu)]) == 0
+        out = capsys.readouterr().out
+        assert f"memory preset for this card (k5tune configure, web UI): {preset}" in out
+        assert card_presets(LITE, gpu)[1] == preset
+
+
 def test_nabla_flavours_are_estimated_with_their_masks():
     """A 10 s flavour trains under NABLA by default: its block masks are counted and its attention outputs
     are not kept; sparse_attention: dense estimates the dense step."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from k5tune.estimate.caching import caching_advice, caching_estimate
-from k5tune.estimate.search import candidate_settings, config_advice, propose
+from k5tune.estimate.search import candidate_settings, card_presets, config_advice, propose
 from k5tune.estimate.shape import TrainingShape, estimate_problem
 from k5tune.estimate.training import pinned_cpu_gib, training_peak_gib
 from k5tune.train.plan import TrainingPlan
@@ -29,6 +29,9 @@ def _proposal_lines(flavour: str, shape: TrainingShape, gpu_gib: float, processe
         if alternative is not None:
             lines.append(f"  without pinned CPU memory: {alternative.settings.label()} -> {alternative.peak_gib:.1f} GiB; "
                          f"{config_advice(alternative.settings, current)}")
+    # the same rule over the named presets (measured at 512x768x61): what the wizard and the web UI offer
+    _, preset = card_presets(flavour, gpu_gib, processes)
+    lines.append(f"  memory preset for this card (k5tune configure, web UI): {preset}")
     return lines
 
 

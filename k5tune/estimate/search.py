@@ -1,8 +1,10 @@
 """THE recommender: which memory plan to train with, for `k5tune estimate`, the wizard and the web UI.
 
-`estimate` tries candidates of k5tune/train/plan.py's TrainingPlan, fastest first, and proposes the
-first whose predicted peak fits the card (`propose`). The wizard offers the same plans as named
-presets for a card class, with the caching settings each card needs (`card_presets`): their figures
+One rule (`first_fitting`): of candidates given fastest first, the first whose memory need fits the
+card. `estimate` applies it to candidates of k5tune/train/plan.py's TrainingPlan, their need the
+predicted peak at the config's shape (`propose`); the wizard and the web UI to the same plans as named
+presets, with the caching settings each needs, their need the smallest card their measured peaks fit
+(`card_presets`; `k5tune estimate --gpu-memory` names that preset too). The presets' figures
 were measured on an H100 (benchmarks/results/2026-11-27-h100.md), Lite at 512x768, 61 frames, LoRA
 rank 32 on attention + feed-forward: selective checkpointing 1.73 s/step, 12.5 GiB; with activation
 offload 1.74 s, 7.2 GiB (`k5tune train`, run 25); full 2.03 s, 10.4 GiB; int8 base 1.96 s, 10.4 GiB;
@@ -15,13 +17,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from k5tune.estimate.shape import TrainingShape
 from k5tune.estimate.training import pinned_cpu_gib, training_peak_gib
 from k5tune.models.flavours import FLAVOURS
 from k5tune.train.plan import TrainingPlan
+
+T = TypeVar("T")
 
 # the plan's memory choices a candidate makes; every other field (TREAD, modulation, kernels, attention) is the user's
 _MEMORY_FIELDS = ("checkpointing", "keep_attention_blocks", "group_offload_blocks", "group_offload_stream",
@@ -66,6 +71,17 @@ def candidate_settings(processes: int = 1, user: TrainingPlan | None = None) -> 
     return [_option(user, policy, **memory) for policy, memory in options]
 
 
+def first_fitting(candidates: Iterable[T], need_gib: Callable[[T], float | None], gpu_gib: float,
+                  margin_gib: float = 0.0) -> T | None:
+    """THE rule every recommendation follows: of candidates given fastest first, the first whose memory
+    need (None: never recommended) plus the margin fits the card."""
+    for candidate in candidates:
+        need = need_gib(candidate)
+        if need is not None and need + margin_gib <= gpu_gib:
+            return candidate
+    return None
+
+
 SMALLER_SHAPES = [(512, 768, 49), (480, 848, 49), (480, 848, 33), (384, 640, 33)]
 
 
@@ -87,12 +103,11 @@ def propose(flavour: str, shape: TrainingShape, gpu_gib: float, margin_gib: floa
     for candidate in shapes:
         if candidate is not shape and candidate.tokens >= shape.tokens:
             continue
-        for settings in candidate_settings(processes, user):
-            if max_pinned_gib is not None and pinned_cpu_gib(flavour, candidate, settings) > max_pinned_gib:
-                continue
-            peak = training_peak_gib(flavour, candidate, settings)
-            if peak + margin_gib <= gpu_gib:
-                return Proposal(candidate, settings, peak)
+        options = [s for s in candidate_settings(processes, user)
+                   if max_pinned_gib is None or pinned_cpu_gib(flavour, candidate, s) <= max_pinned_gib]
+        chosen = first_fitting(options, lambda s, c=candidate: training_peak_gib(flavour, c, s), gpu_gib, margin_gib)
+        if chosen is not None:
+            return Proposal(candidate, chosen, training_peak_gib(flavour, candidate, chosen))
     return None
 
 
@@ -131,6 +146,9 @@ class MemoryPreset:
     title: str
     plan: TrainingPlan
     note: str
+    # the smallest card (GiB as the card reports it) the preset is recommended for: its measured training
+    # and caching peaks at 512x768x61 with room to spare (None: offered, never recommended)
+    min_card_gib: float | None = 0.0
     requires: str | None = None  # an optional package the preset needs (offered only when importable)
     offload_during_startup: bool = True  # caching: the text encoder streamed, encoders off the GPU after
     vae: str = "patch_conv"  # caching: plain, patch_conv or tiling (caching.vae_variant)
@@ -164,32 +182,34 @@ LITE_PRESETS: tuple[MemoryPreset, ...] = (
         "up-to-12gb", "12 GB card or smaller (RTX 3060 12GB, 4070, 8 GB cards)", TrainingPlan("full", **_GROUP),
         "least memory: group offload (one block on the GPU at a time, the next copied on a side stream) and "
         "activation offload, Lite 512x768x61 in 4.1 GiB at 2.17 s/step; caching encodes in VAE tiles "
-        "(2.6 GiB; blended tiles, not exact: patch conv would need ~10.4 GiB)", vae="tiling",
+        "(2.6 GiB; blended tiles, not exact: patch conv would need ~10.4 GiB)", vae="tiling", min_card_gib=0.0,
     ),
     MemoryPreset(
         "16gb", "16 GB card (RTX 4060 Ti 16GB, 4080, 5080)", TrainingPlan("selective", offload_activations=True),
         "activation offload: what each block keeps for backward waits in CPU memory, Lite 512x768x61 in "
         "7.2 GiB at 1.74 s/step (as fast as without; 6 GiB of pinned CPU memory); sliced VAE convolutions "
-        "(caching 10.4 GiB)",
+        "(caching 10.4 GiB)", min_card_gib=13.0,  # (caching with patch conv alone needs ~10.4 GiB)
     ),
     MemoryPreset(
         "16gb-int8", "16 GB card, int8 base (torchao installed)", TrainingPlan("selective", base_precision="int8"),
         "faster: the frozen transformer in int8 (output ~1 % off fp32; bf16: 0.7 %), Lite 512x768x61 in "
         "10.4 GiB at 1.96 s/step; the LoRA still loads into a bf16 pipeline",
-        requires="torchao",
+        requires="torchao", min_card_gib=None,
     ),
     MemoryPreset(
         "24-32gb", "24-32 GB card (RTX 3090/4090/5090, A5000)", TrainingPlan("selective"),
         "selective checkpointing keeps attention outputs, Lite 512x768x61 in 12.5 GiB at 1.73 s/step; "
-        "streamed text encoder and sliced VAE convolutions (caching 10.4 GiB)",
+        "streamed text encoder and sliced VAE convolutions (caching 10.4 GiB)", min_card_gib=18.0,
     ),
     MemoryPreset(
         "40-48gb", "40-48 GB card (A100 40GB, A6000, L40S)", TrainingPlan("selective"),
         "selective checkpointing, streamed text encoder, plain VAE (caching 12.2 GiB)", vae="plain",
+        min_card_gib=38.0,
     ),
     MemoryPreset(
         "80gb", "80 GB or more (A100/H100 80GB, H200)", TrainingPlan("selective"),
         "fastest: everything stays on the GPU, selective checkpointing", offload_during_startup=False, vae="plain",
+        min_card_gib=PRO_MIN_GIB,
     ),
 )
 MEMORY_PRESETS: dict[str, MemoryPreset] = {p.name: p for p in LITE_PRESETS}
@@ -199,16 +219,21 @@ def preset_available(preset: MemoryPreset) -> bool:
     return preset.requires is None or importlib.util.find_spec(preset.requires) is not None
 
 
+# The order the recommender tries the presets in: fastest first (training, then caching).
+LITE_FASTEST_FIRST = ("80gb", "40-48gb", "24-32gb", "16gb", "up-to-12gb")
+# (FSDP2 before pro-48gb: FSDP2 is measured on several GPUs; data-parallel Pro with compiled blocks is not yet)
+PRO_FASTEST_FIRST = ("pro-80gb", "pro-fsdp2", "pro-48gb", "pro-group-offload")
+
+
+def _recommended(presets: list[MemoryPreset], order: tuple[str, ...], total_gib: float) -> str:
+    by_name = {p.name: p for p in presets}
+    candidates = [by_name[name] for name in order if name in by_name]
+    chosen = first_fitting(candidates, lambda p: p.min_card_gib, total_gib)
+    return (chosen or candidates[-1]).name  # (below every class: the one that needs least)
+
+
 def recommended_preset(total_gib: float) -> str:
-    if total_gib < 13:  # caching with patch conv alone needs ~10.4 GiB
-        return "up-to-12gb"
-    if total_gib < 18:
-        return "16gb"
-    if total_gib < 38:
-        return "24-32gb"
-    if total_gib < PRO_MIN_GIB:
-        return "40-48gb"
-    return "80gb"
+    return _recommended(list(LITE_PRESETS), LITE_FASTEST_FIRST, total_gib)
 
 
 def pro_presets(total_gib: float, processes: int) -> list[MemoryPreset]:
@@ -224,29 +249,22 @@ def pro_presets(total_gib: float, processes: int) -> list[MemoryPreset]:
         presets.append(MemoryPreset(
             "pro-fsdp2", f"Pro sharded over the {processes} GPUs (FSDP2)", fsdp,
             "each GPU holds its share of the weights: on 2 H100s 40.7 GiB per GPU (38.7 with "
-            "offload_activations), 6.3 s per clip",
+            "offload_activations), 6.3 s per clip", min_card_gib=PRO_FSDP_MIN_GIB,
         ))
     presets.append(MemoryPreset(
         "pro-48gb", "Pro on one card of 48 GB or more", TrainingPlan("selective", offload_activations=True),
         "weights on the GPU, what each block keeps for backward in pinned CPU memory (24 GiB per process): "
-        "45.1 GiB at 7.7 s/step",
+        "45.1 GiB at 7.7 s/step", min_card_gib=PRO_ACTIVATION_OFFLOAD_MIN_GIB,
     ))
     presets.append(MemoryPreset(
         "pro-80gb", "Pro on 80 GB cards", TrainingPlan("selective"),
-        "everything on the GPU, selective checkpointing: 66.2 GiB at 7.7 s/step",
+        "everything on the GPU, selective checkpointing: 66.2 GiB at 7.7 s/step", min_card_gib=PRO_MIN_GIB,
     ))
     return presets
 
 
 def recommended_pro_preset(total_gib: float, processes: int) -> str:
-    if total_gib >= PRO_MIN_GIB:
-        return "pro-80gb"
-    # (FSDP2 is measured on several GPUs; compiled blocks with data-parallel Pro are not yet)
-    if processes > 1 and total_gib >= PRO_FSDP_MIN_GIB:
-        return "pro-fsdp2"
-    if total_gib >= PRO_ACTIVATION_OFFLOAD_MIN_GIB:
-        return "pro-48gb"
-    return "pro-group-offload"
+    return _recommended(pro_presets(total_gib, processes), PRO_FASTEST_FIRST, total_gib)
 
 
 def card_presets(flavour: str, total_gib: float, processes: int = 1) -> tuple[list[MemoryPreset], str]:
