@@ -276,6 +276,10 @@ def _measure_ours(report: dict, bench: BenchConfig, device: torch.device, tokens
                                 **({"quantized": asdict(quantized)} if quantized else {})}
     report["ours"] = _measure(step, bench, device)
     report["attention"] = attention_report(transformer, bench, step)
+    density = report["attention"].get("mask_density")
+    if density is not None:  # NABLA: the attention work done is the mask's share of the dense one
+        flops = useful_flops(dict(transformer.config), tokens, TEXT_TOKENS, bench.batch, density)
+        report["useful_tflop"] = flops / 1e12
     if bench.rollout_steps:
         report["rollout"] = {"steps": bench.rollout_steps, "probability": 1.0, "level": ROLLOUT_LEVEL,
                              "sampler_steps": ROLLOUT_SAMPLER_STEPS}

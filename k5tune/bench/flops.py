@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 
-def forward_flops(config: dict, tokens: int, text_tokens: int, batch: int) -> float:
-    """Matrix FLOPs of one forward pass (2 per multiply-add); attention counts QK^T and PV."""
+def forward_flops(config: dict, tokens: int, text_tokens: int, batch: int, attention_density: float = 1.0) -> float:
+    """Matrix FLOPs of one forward pass (2 per multiply-add); attention counts QK^T and PV, of the (query,
+    key) blocks computed (`attention_density`: NABLA's measured share; 1 for dense attention)."""
     d, f = config["model_dim"], config["ff_dim"]
     visual_block = (
         2 * tokens * d * d * 4  # self-attention q, k, v, out
-        + 2 * 2 * tokens * tokens * d  # self-attention scores and values
+        + 2 * 2 * tokens * tokens * d * attention_density  # self-attention scores and values
         + 2 * tokens * d * d * 2 + 2 * text_tokens * d * d * 2  # cross-attention q, out / k, v
         + 2 * 2 * tokens * text_tokens * d  # cross-attention scores and values
         + 2 * tokens * d * f * 2  # feed-forward
@@ -19,9 +20,9 @@ def forward_flops(config: dict, tokens: int, text_tokens: int, batch: int) -> fl
     return batch * (config["num_visual_blocks"] * visual_block + config["num_text_blocks"] * text_block)
 
 
-def useful_flops(config: dict, tokens: int, text_tokens: int, batch: int) -> float:
+def useful_flops(config: dict, tokens: int, text_tokens: int, batch: int, attention_density: float = 1.0) -> float:
     """Forward + backward counted as 3 forwards (the usual convention; recomputation is not useful work)."""
-    return 3 * forward_flops(config, tokens, text_tokens, batch)
+    return 3 * forward_flops(config, tokens, text_tokens, batch, attention_density)
 
 
 def matmul_peak_tflops(device: torch.device) -> float | None:
