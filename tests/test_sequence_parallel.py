@@ -171,6 +171,15 @@ def test_what_cannot_be_split_is_refused_before_any_work(tmp_path, monkeypatch, 
     with pytest.raises(ConfigError, match="key 'sequence_parallel_size'.*4 does not divide the model's 6 attention "
                                           "heads.*valid: 2, 3, 6"):
         check_sequence_parallel(load_config().train, 4, 8)
+    with pytest.raises(ConfigError, match="key 'sequence_parallel_size'.*lora_dropout"):
+        check_sequence_parallel(load_config("config/config.json", {"lora_dropout": 0.1}).train, 2, 2)
+    # each bucket's tokens must split: 17 frames at 48x64 are 5 x 3 x 4 = 60 tokens
+    from k5tune.data.records import Bucket
+    from k5tune.train.trainer import check_token_split
+
+    check_token_split({Bucket(64, 48, 17)}, 2)
+    with pytest.raises(ConfigError, match="key 'sequence_parallel_size'.*7 must divide.*64x48@17"):
+        check_token_split({Bucket(64, 48, 17), Bucket(128, 128, 17)}, 7)
     # k5tune train stops before any work (exit 2, one line naming the key)
     monkeypatch.chdir(make_project(tmp_path / "run", tiny_model_dir, {"sequence_parallel_size": 2, "tread_config": {
         "routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 1}]}}))

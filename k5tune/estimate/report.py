@@ -11,9 +11,11 @@ from k5tune.train.plan import TrainingPlan
 
 def _proposal_lines(flavour: str, shape: TrainingShape, gpu_gib: float, processes: int,
                     current: TrainingPlan | None) -> list[str]:
+    # the same rule over the named presets (measured at 512x768x61): what the wizard and the web UI offer
+    preset = f"  memory preset for this card (k5tune configure, web UI): {card_presets(flavour, gpu_gib, processes)[1]}"
     proposal = propose(flavour, shape, gpu_gib, processes=processes, user=current)
     if proposal is None:
-        return [f"nothing modelled fits {gpu_gib} GiB; use several GPUs or a smaller model"]
+        return [f"nothing modelled fits {gpu_gib} GiB; use several GPUs or a smaller model", preset]
     chosen, settings, peak = proposal
     lines = [f"fits {gpu_gib} GiB: {settings.label()} at {chosen.height}x{chosen.width}, {chosen.frames} frames "
              f"-> {peak:.1f} GiB", f"  {config_advice(settings, current)}"]
@@ -29,10 +31,7 @@ def _proposal_lines(flavour: str, shape: TrainingShape, gpu_gib: float, processe
         if alternative is not None:
             lines.append(f"  without pinned CPU memory: {alternative.settings.label()} -> {alternative.peak_gib:.1f} GiB; "
                          f"{config_advice(alternative.settings, current)}")
-    # the same rule over the named presets (measured at 512x768x61): what the wizard and the web UI offer
-    _, preset = card_presets(flavour, gpu_gib, processes)
-    lines.append(f"  memory preset for this card (k5tune configure, web UI): {preset}")
-    return lines
+    return [*lines, preset]
 
 
 def _table_lines(flavour: str, shape: TrainingShape, processes: int, current: TrainingPlan | None) -> list[str]:

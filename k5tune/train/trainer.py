@@ -55,10 +55,25 @@ def check_sequence_parallel(cfg, size: int, processes: int) -> None:
     if processes % size:
         raise ConfigError(f"{size} must divide the number of processes ({processes}): each group of that many "
                           "processes shares the tokens of the same clips", key="sequence_parallel_size")
+    if cfg.lora_dropout:  # (every process of a group would drop the same positions of its own chunk)
+        raise ConfigError("sequence_parallel_size cannot be combined with lora_dropout yet: the processes of a group "
+                          "would draw the same dropout for different tokens; set lora_dropout to 0",
+                          key="sequence_parallel_size")
     config, where = transformer_config_of(cfg)
     problem = heads_problem(config, size)
     if problem:
         raise ConfigError(f"{problem} ({where})", key="sequence_parallel_size")
+
+
+def check_token_split(buckets, size: int) -> None:
+    """Every bucket's token count (latent frames x height/16 x width/16) must split over the group."""
+    from k5tune.config.frames import latent_frames
+
+    bad = sorted(b.name for b in buckets if latent_frames(b.frames) * (b.height // 16) * (b.width // 16) % size)
+    if bad:
+        raise ConfigError(f"{size} must divide each clip's token count (latent frames x height/16 x width/16); "
+                          f"the buckets {', '.join(bad)} do not: choose resolutions or frame counts whose token "
+                          "count it divides", key="sequence_parallel_size")
 
 
 class UnusableCacheEntry(Exception):
@@ -116,6 +131,8 @@ class Trainer(CheckpointingMixin):
                                                           eval_levels(cfg.eval_noise_levels), cfg.eval_seed)
         self.report_json = stage.report_json
         self.prompts = self.cache.extra_prompts[:-1]  # validation prompts (the last one is the negative)
+        if self.plan.sequence_parallel > 1:  # (before the model loads)
+            check_token_split({record.bucket for record in self.records}, self.plan.sequence_parallel)
 
         # 4. The transformer with LoRA, as the plan says (build.py: placement, quantisation, offload,
         #    sharding, compiled blocks).

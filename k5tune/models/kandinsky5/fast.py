@@ -72,6 +72,8 @@ class FastAttnProcessor(Kandinsky5AttnProcessor):
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, rotary_emb=None, sparse_params=None):
         if sparse_params is not None:  # nabla sparse attention: the stock path (flex attention)
+            if self.exchange is not None and attn.training:  # (NablaAttnProcessor runs NABLA under the split)
+                raise RuntimeError("sparse attention reached the fast processor under sequence parallelism")
             return super().__call__(attn, hidden_states, encoder_hidden_states, rotary_emb, sparse_params)
         source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         query = attn.to_query(hidden_states)

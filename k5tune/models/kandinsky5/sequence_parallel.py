@@ -41,7 +41,8 @@ class SequenceGroup:
             raise ValueError(f"sequence_parallel_size {self.size} must divide each clip's {what}: this bucket has "
                              f"{tokens} (choose a resolution or frame count whose token count it divides)")
         chunk = tokens // self.size
-        return x[:, self.rank * chunk : (self.rank + 1) * chunk]
+        # a copy: a view would keep the whole sequence alive as long as the chunk (checkpointed inputs, RoPE)
+        return x[:, self.rank * chunk : (self.rank + 1) * chunk].clone()
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """The chunks of dimension 1 put back together, on every process. (An all-to-all of the chunk sent
