@@ -162,7 +162,7 @@ def test_what_cannot_be_split_is_refused_before_any_work(tmp_path, monkeypatch, 
     refused = TrainingPlan(sequence_parallel=2, tread=((0.5, 0, 1),), crepa_block=1, fused_kernels=False)
     assert [key for key, _ in refused.problems()] == ["sequence_parallel_size"] * 3
     assert "tread_config" in refused.problems()[0][1] and "crepa_enabled" in refused.problems()[1][1]
-    from k5tune.train.trainer import check_sequence_parallel
+    from k5tune.train.sequence import check_sequence_parallel
 
     monkeypatch.chdir(make_project(tmp_path, tiny_model_dir, {"sequence_parallel_size": 4}))
     with pytest.raises(ConfigError, match="key 'sequence_parallel_size'.*4 must divide the number of processes \\(6\\)"):
@@ -175,7 +175,7 @@ def test_what_cannot_be_split_is_refused_before_any_work(tmp_path, monkeypatch, 
         check_sequence_parallel(load_config("config/config.json", {"lora_dropout": 0.1}).train, 2, 2)
     # each bucket's tokens must split: 17 frames at 48x64 are 5 x 3 x 4 = 60 tokens
     from k5tune.data.records import Bucket
-    from k5tune.train.trainer import check_token_split
+    from k5tune.train.sequence import check_token_split
 
     check_token_split({Bucket(64, 48, 17)}, 2)
     with pytest.raises(ConfigError, match="key 'sequence_parallel_size'.*7 must divide.*64x48@17"):

@@ -42,38 +42,10 @@ from k5tune.train.schedule import (
     make_scheduler,
     plan_steps,
 )
+from k5tune.train.sequence import check_sequence_parallel, check_token_split
 from k5tune.train.step import micro_batch_loss, step_scope
 from k5tune.train.stop import StopRequests
 from k5tune.validate.runner import ValidationVideo, run_validation
-
-
-def check_sequence_parallel(cfg, size: int, processes: int) -> None:
-    """The processes must form whole sequence groups, and the model's attention heads split over one."""
-    from k5tune.models.kandinsky5.sequence_parallel import heads_problem
-    from k5tune.models.source import transformer_config_of
-
-    if processes % size:
-        raise ConfigError(f"{size} must divide the number of processes ({processes}): each group of that many "
-                          "processes shares the tokens of the same clips", key="sequence_parallel_size")
-    if cfg.lora_dropout:  # (every process of a group would drop the same positions of its own chunk)
-        raise ConfigError("sequence_parallel_size cannot be combined with lora_dropout yet: the processes of a group "
-                          "would draw the same dropout for different tokens; set lora_dropout to 0",
-                          key="sequence_parallel_size")
-    config, where = transformer_config_of(cfg)
-    problem = heads_problem(config, size)
-    if problem:
-        raise ConfigError(f"{problem} ({where})", key="sequence_parallel_size")
-
-
-def check_token_split(buckets, size: int) -> None:
-    """Every bucket's token count (latent frames x height/16 x width/16) must split over the group."""
-    from k5tune.config.frames import latent_frames
-
-    bad = sorted(b.name for b in buckets if latent_frames(b.frames) * (b.height // 16) * (b.width // 16) % size)
-    if bad:
-        raise ConfigError(f"{size} must divide each clip's token count (latent frames x height/16 x width/16); "
-                          f"the buckets {', '.join(bad)} do not: choose resolutions or frame counts whose token "
-                          "count it divides", key="sequence_parallel_size")
 
 
 class UnusableCacheEntry(Exception):
@@ -331,18 +303,22 @@ class Trainer(CheckpointingMixin):
                      if self.records[global_batch[p]].key not in self.unusable_clips]
         # (a sequence group's processes each compute the whole loss of the same clips: 1/P of it each)
         weight = len(positions) / len(global_batch) / group_size / self.plan.sequence_parallel
-        if not positions:
-            if not self.plan.sharded:
-                return torch.zeros(1, dtype=torch.float64)
+        if not positions and self.plan.sharded:
             # a sharded model computes only with every process: run the last sample, weighted 0
             positions, weight = [len(global_batch) - 1], 0.0
+        batch = [self.records[global_batch[p]] for p in positions]
+        try:
+            samples, failed = [self._cached_sample(record) for record in batch], False
+        except UnusableCacheEntry:  # named and set aside: train this micro-batch without it
+            failed = True
+        if self.plan.sequence_parallel > 1:
+            failed = self._agree_on_unusable(global_batch, failed)
+        if failed:
+            return self._micro_step(micro, global_batch, group_size)
+        if not positions:
+            return torch.zeros(1, dtype=torch.float64)
         if self.plan.sharded:
             fsdp.set_gradient_sync(self.transformer, micro == group_size - 1)
-        try:
-            batch = [self.records[global_batch[p]] for p in positions]
-            samples = [self._cached_sample(record) for record in batch]
-        except UnusableCacheEntry:  # named and set aside: train this micro-batch without it
-            return self._micro_step(micro, global_batch, group_size)
         with step_scope(self.transformer):  # per-step model state lives until this backward ends
             loss = micro_batch_loss(self.transformer, self.cache, batch, samples, positions, self.epoch, cfg.seed,
                                     self.step, micro, cfg, self.shift, self.runtime, self.rollout, self.crepa)
@@ -353,6 +329,18 @@ class Trainer(CheckpointingMixin):
             # FSDP2 averages gradients over the processes where we need their sum
             (share * dist.world if self.plan.sharded else share).backward()
         return share.detach().double().cpu()
+
+    def _agree_on_unusable(self, global_batch: list[int], failed: bool) -> bool:
+        """Under sequence parallelism a group's processes must train the same clips (their exchanges have
+        one shape): each learns what any process found unusable in this batch, and all retry together
+        when one did (one all-reduce, on every process)."""
+        flags = torch.tensor([float(self.records[i].key in self.unusable_clips) for i in global_batch]
+                             + [float(failed)], dtype=torch.float64)
+        self.dist.sum_(flags)
+        for index, flag in zip(global_batch, flags[:-1].tolist(), strict=True):
+            if flag:
+                self.unusable_clips.add(self.records[index].key)
+        return flags[-1].item() > 0
 
     def _cached_sample(self, record) -> dict[str, torch.Tensor]:
         """A clip's cached tensors; an entry that cannot be read or holds NaN/inf is deleted (the next run
