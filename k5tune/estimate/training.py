@@ -101,8 +101,10 @@ def training_terms(flavour: str, shape: TrainingShape, plan: TrainingPlan) -> di
         "kept attention": kept / GIB,
         "recompute working set": working / GIB,
         **({"NABLA block masks": _nabla_masks(config, shape, plan) / GIB} if plan.nabla is not None else {}),
-        # sequence parallelism gathers the last block's output, and its gradient, whole (not measured yet)
-        **({"gathered output": 2 * shape.tokens * shape.batch * hidden / GIB} if plan.sequence_parallel > 1 else {}),
+        # sequence parallelism gathers the last block's output whole through an all-to-all: the chunk sent to
+        # each process, what comes back, the assembled output and its gradient, four hidden states of the
+        # whole clip (counted, not measured yet: no multi-GPU machine so far)
+        **({"gathered output": 4 * shape.tokens * shape.batch * hidden / GIB} if plan.sequence_parallel > 1 else {}),
     }
 
 
