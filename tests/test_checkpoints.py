@@ -166,6 +166,19 @@ def test_resume_errors(tmp_path, monkeypatch, tiny_model_dir):
     assert checkpoint.resolve_resume(folder / "output", "latest") is None
 
 
+@pytest.mark.slow
+def test_resume_with_other_lora_targets_is_refused(tmp_path, monkeypatch, tiny_model_dir, capsys):
+    folder = make_project(tmp_path, tiny_model_dir, {**RUN, "max_train_steps": 2, "checkpointing_steps": 1,
+                                                     "disable_validation": True})
+    monkeypatch.chdir(folder)
+    assert main(["train"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume_from_checkpoint", "latest", "--max_train_steps", "3",
+                 "--lora_target_modules", '["to_query"]']) == 2
+    error = capsys.readouterr().err
+    assert "key 'lora_target_modules'" in error and "resume with the run's targets" in error
+
+
 def test_second_ctrl_c_aborts_at_once():
     stops = StopRequests(SilentProgress())
     stops._handle(signal.SIGINT, None)

@@ -48,13 +48,19 @@ class CheckpointingMixin:
         return fsdp.optimized_modules(self.transformer, crepa.head if crepa else None)
 
     def _check_same_parameters(self, optimizer_state: dict, folder: Path) -> None:
-        """A checkpoint trained with CREPA resumes with it, and one trained without it without."""
+        """A checkpoint resumes into the tensors it trained: with CREPA if it was trained with it (without if
+        not), and with the same LoRA targets."""
         saved = sum(len(group["params"]) for group in optimizer_state["param_groups"])
-        if saved != len(self.params):
-            has_head = (folder / HEAD_FILE).is_file()
+        if saved == len(self.params):
+            return
+        has_head = (folder / HEAD_FILE).is_file()
+        if has_head != bool(getattr(self, "crepa", None)):
             raise ConfigError(f"{folder} was trained {'with' if has_head else 'without'} CREPA: resume it with "
                               f"crepa_enabled {'true' if has_head else 'false'}, or start a new run",
                               key="crepa_enabled")
+        raise ConfigError(f"{folder} trained {saved} tensors and this config trains {len(self.params)}: "
+                          "lora_target_modules is not the run's; resume with the run's targets, or start a new run",
+                          key="lora_target_modules")
 
     def _restore_crepa_head(self, folder: Path) -> None:
         if getattr(self, "crepa", None):
