@@ -85,11 +85,14 @@ def test_one_step_is_the_one_process_step(tmp_path, tiny_model_dir, numerics):
 
 
 @pytest.mark.slow
-def test_two_processes_share_each_clip_and_train_as_one(tmp_path, monkeypatch, tiny_model_dir, capfd):
+@pytest.mark.parametrize("sharded", [False, True], ids=["data-parallel", "fsdp2"])
+def test_two_processes_share_each_clip_and_train_as_one(tmp_path, monkeypatch, tiny_model_dir, capfd, sharded):
     expected = _single(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2}, monkeypatch)
-    # both processes train both clips of every batch, each holding half of their tokens
+    # both processes train both clips of every batch, each holding half of their tokens (and, with FSDP2,
+    # half of every block)
     got = _launched(tmp_path / "split", tiny_model_dir, {**RUN, "train_batch_size": 2, "num_processes": 2,
-                                                          "sequence_parallel_size": 2}, monkeypatch)
+                                                          "sequence_parallel_size": 2, "fsdp_enable": sharded},
+                    monkeypatch)
     assert "each clip's tokens split over 2 processes" in capfd.readouterr().out
     assert_trains_as(got, expected)
 
@@ -102,15 +105,6 @@ def test_four_processes_as_two_data_by_two_sequence(tmp_path, monkeypatch, tiny_
     expected = _single(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2}, monkeypatch)
     got = _launched(tmp_path / "mesh", tiny_model_dir, {**RUN, "train_batch_size": 1, "num_processes": 4,
                                                          "sequence_parallel_size": 2, "fsdp_enable": sharded},
-                    monkeypatch)
-    assert_trains_as(got, expected)
-
-
-@pytest.mark.slow
-def test_sequence_parallel_with_fsdp2(tmp_path, monkeypatch, tiny_model_dir):
-    expected = _single(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2}, monkeypatch)
-    got = _launched(tmp_path / "sharded", tiny_model_dir, {**RUN, "train_batch_size": 2, "num_processes": 2,
-                                                            "sequence_parallel_size": 2, "fsdp_enable": True},
                     monkeypatch)
     assert_trains_as(got, expected)
 

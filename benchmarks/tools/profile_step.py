@@ -23,7 +23,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from k5tune.bench import BenchConfig, build_transformer, ours_step_fn
+from k5tune.bench import BenchConfig, OurStep, build_transformer
 from k5tune.train.plan import TrainingPlan
 
 
@@ -143,7 +143,7 @@ def main() -> None:
                         modulation_fp32=not args.modulation_bf16, nabla=nabla_settings)
     bench = BenchConfig(flavour=args.flavour, resolution=args.resolution, frames=args.frames, plan=plan, device="cuda")
     transformer = build_transformer(bench, device)
-    step = ours_step_fn(transformer, bench, device)
+    step = OurStep(transformer, bench, device)
     if args.tread:
         from k5tune.config.schema import TreadConfig
         from k5tune.models.kandinsky5.tread import install_tread, resolve_routes

@@ -124,10 +124,6 @@ class OurStep:
         self.teacher = torch.nn.functional.normalize(features, dim=-1).half()
 
 
-def ours_step_fn(transformer, bench: BenchConfig, device: torch.device) -> OurStep:
-    return OurStep(transformer, bench, device)
-
-
 ROLLOUT_SAMPLER_STEPS = 50  # the validation sampler the offsets count in
 ROLLOUT_LEVEL = 25  # the level rolled out to: mid-trajectory, so every offset up to 25 fits
 
@@ -269,7 +265,7 @@ def _measure_ours(report: dict, bench: BenchConfig, device: torch.device, tokens
     weights_before = _parameter_bytes(transformer)
     flops = useful_flops(dict(transformer.config), tokens, TEXT_TOKENS, bench.batch)
     report["useful_tflop"] = flops / 1e12
-    step = ours_step_fn(transformer, bench, device)
+    step = OurStep(transformer, bench, device)
     report["transformer_weights_gib"] = {"before": weights_before / 2**30, "as_trained": _parameter_bytes(transformer) / 2**30}
     quantized = step.model.quantized
     report["base_precision"] = {"precision": bench.plan.base_precision,

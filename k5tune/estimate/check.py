@@ -77,11 +77,12 @@ def _train(flavour: str, shape: TrainingShape | None = None, **settings: Any) ->
     settings = {"modulation_fp32": True, **settings}
 
     def predict() -> float:
-        if settings.get("nabla") is True:  # the checkpoints' NABLA settings (imported here: nabla.py needs torch)
+        plan = dict(settings)
+        if plan.get("nabla") is True:  # the checkpoints' NABLA settings (imported here: nabla.py needs torch)
             from k5tune.models.kandinsky5.nabla import NablaSettings
 
-            settings["nabla"] = NablaSettings()
-        return training_peak_gib(flavour, shape or TrainingShape(), TrainingPlan(**settings))
+            plan["nabla"] = NablaSettings()
+        return training_peak_gib(flavour, shape or TrainingShape(), TrainingPlan(**plan))
 
     return predict
 

@@ -52,11 +52,9 @@ def plan_from_config(cfg, processes: int | None = None, flavour: str | None = No
 
 
 def _attention(cfg, flavour: str):
-    """NABLA's settings where training would use it (the flavour's config says nabla, or the config opts
-    in), else None: the registry's transformer config stands in for the model's (no download here)."""
-    if cfg.sparse_attention == "dense" or (cfg.sparse_attention == "auto" and FLAVOURS[flavour].attention != "nabla"):
-        return None
-    from k5tune.train.attention import resolve  # (imports torch: only for a NABLA run)
+    """NABLA's settings where training would use it, else None: train/attention.py's decision, with the
+    registry's transformer config standing in for the model's (no download here)."""
+    from k5tune.train.attention import resolve  # (imports torch: the wizard imports this module without it)
 
     return resolve(cfg, FLAVOURS[flavour].transformer_config, f"flavour {flavour}").nabla
 

@@ -34,12 +34,11 @@ class SequenceGroup:
     def __init__(self, group, size: int, rank: int):
         self.group, self.size, self.rank = group, size, rank
 
-    def split(self, x: torch.Tensor, what: str = "tokens") -> torch.Tensor:
-        """This process's chunk of dimension 1 (the tokens)."""
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """This process's chunk of dimension 1 (the tokens). (train/sequence.py checks every bucket first.)"""
         tokens = x.shape[1]
         if tokens % self.size:
-            raise ValueError(f"sequence_parallel_size {self.size} must divide each clip's {what}: this bucket has "
-                             f"{tokens} (choose a resolution or frame count whose token count it divides)")
+            raise ValueError(f"sequence_parallel_size {self.size} does not divide this clip's {tokens} tokens")
         chunk = tokens // self.size
         # a copy: a view would keep the whole sequence alive as long as the chunk (checkpointed inputs, RoPE)
         return x[:, self.rank * chunk : (self.rank + 1) * chunk].clone()
@@ -95,18 +94,15 @@ def heads_problem(transformer_config: dict, size: int) -> str | None:
             f"heads); valid: {', '.join(divisors)}")
 
 
-def visual_self_attentions(transformer):
-    return [block.self_attention for block in transformer.visual_transformer_blocks]
-
-
 def install(transformer, group: SequenceGroup) -> None:
     """Split the training forward's visual tokens over `group` (forward.py) and exchange them in every
     visual self-attention (the fast path's processors, NABLA's included)."""
     from k5tune.models.kandinsky5.forward import install_forward
+    from k5tune.models.kandinsky5.nabla import self_attentions
 
     install_forward(transformer)
     transformer._k5_sequence = group
-    for attention in visual_self_attentions(transformer):
+    for attention in self_attentions(transformer):
         processor = attention.processor
         if not hasattr(processor, "exchange"):
             raise ValueError("sequence parallelism needs the fast attention path (fused_kernels: true)")
