@@ -247,6 +247,24 @@ def assert_same_training(got: dict[str, torch.Tensor], expected: dict[str, torch
     assert max(errors.values()) < bound, errors
 
 
+# The stock attention rounds its rotated queries and keys to bf16 (k5tune keeps those numerics), and
+# their gradients pass the same rounding back: a float-rounding difference upstream (gradients summed
+# over processes or token chunks in another order) can move a query or key gradient by a bf16 step,
+# 2^-8 relative, per element. LoRA on to_query / to_key is compared within two such steps, the rest
+# within ROUNDING_APART (tests/test_sequence_parallel.py shows it exact once that rounding is off).
+BF16_ROUNDED = 2**-7
+
+
+def assert_same_training_across_processes(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """assert_same_training for trainings whose gradients are summed in another order: the tensors behind
+    the bf16-rounded queries and keys within BF16_ROUNDED."""
+    assert got.keys() == expected.keys()
+    rounded = {key for key in expected if ".to_query." in key or ".to_key." in key}
+    for keys, bound in ((expected.keys() - rounded, ROUNDING_APART), (rounded, BF16_ROUNDED)):
+        if keys:  # (a CREPA head file holds no query or key tensors)
+            assert_same_training({k: got[k] for k in keys}, {k: expected[k] for k in keys}, bound)
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
