@@ -315,3 +315,71 @@ def test_a_fixed_density_mask_keeps_that_share_of_blocks():
     dense = mask.to_dense().bool()
     assert dense.diagonal(dim1=-2, dim2=-1).all()  # the window (here the block itself)
     assert 0.25 <= nabla.density(mask) <= 0.25 + 1 / 48
+
+
+def _capturing_backend(backward_graphs: list):
+    """aot_eager that keeps each backward graph (what the compiled blocks recompute and reuse)."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def forward(graph, _):
+        return make_boxed_func(graph.forward)
+
+    def backward(graph, _):
+        backward_graphs.append(graph)
+        return make_boxed_func(graph.forward)
+
+    return aot_autograd(fw_compiler=forward, bw_compiler=backward)
+
+
+def _calls(graphs: list, name: str) -> int:
+    return sum(str(node.target) == name for graph in graphs for node in graph.graph.nodes
+               if node.op == "call_function")
+
+
+@pytest.mark.parametrize("checkpointing", ["selective", "full"])
+def test_compiled_blocks_train_as_eager_ones_and_keep_the_mask_for_backward(tiny_nabla_dir, monkeypatch,
+                                                                           checkpointing):
+    """On the GPU NABLA's blocks compile whole: the mask's building and FlexAttention are traced into the
+    block's graph, and the checkpointing policy keeps the mask (never rebuilt in backward) and, selective,
+    FlexAttention's output (never recomputed). Here FlexAttention runs inside compiled blocks on the CPU
+    through its reference maths (aot_eager), the block mask also given as a mask_mod, which that maths
+    honours; the LoRA gradients equal the eager blocks' (SDPA under the same mask)."""
+    import torch.nn.attention.flex_attention as flex
+
+    latents, text, noise = _inputs(3)
+    sigmas = torch.tensor([0.45])
+    runtime = Runtime.detect("no", "cpu")
+    eager = _transformer(tiny_nabla_dir)
+    compiled = copy.deepcopy(eager)
+    backward_graphs: list = []
+    lora = LoraSettings(4, 4, ("to_query", "to_key", "to_value", "out_layer"))
+    build_training_model(eager, TrainingPlan(checkpointing=checkpointing, compile_kernels=False, nabla=SETTINGS),
+                         lora, runtime)
+    build_training_model(compiled, TrainingPlan(checkpointing=checkpointing, compile_blocks=True, compile_kernels=False,
+                                                compile_backend=_capturing_backend(backward_graphs), nabla=SETTINGS),
+                         lora, runtime)
+    monkeypatch.setattr(flex, "_validate_device", lambda *args: None)  # (no FlexAttention backward on the CPU)
+    monkeypatch.setattr(nabla, "uses_flex", lambda query: torch.compiler.is_compiling())
+    real_block_mask = nabla.block_mask
+
+    def block_mask_with_mask_mod(query, key, params):
+        mask = real_block_mask(query, key, params)
+        blocks = mask.to_dense().bool()
+        return flex.BlockMask.from_kv_blocks(mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks,
+                                             mask.full_kv_indices, BLOCK_SIZE=nabla.BLOCK,
+                                             mask_mod=lambda b, h, q, kv: blocks[b, h, q // nabla.BLOCK, kv // nabla.BLOCK])
+
+    monkeypatch.setattr(nabla, "block_mask", block_mask_with_mask_mod)
+    gradients = []
+    for model in (eager, compiled):
+        with step_scope(model):
+            flow_matching_step_loss(model, latents, text, noise, sigmas, PIXELS, runtime).backward()
+        gradients.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    torch._dynamo.reset()
+    assert backward_graphs and _calls(backward_graphs, "flex_attention_backward") == 2  # one per visual block
+    assert not any(_calls(backward_graphs, f"aten.sort.{overload}") for overload in ("default", "stable"))
+    assert _calls(backward_graphs, "flex_attention") == (0 if checkpointing == "selective" else 2)
+    assert set(gradients[0]) == set(gradients[1])
+    for name, expected in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], expected, atol=1e-5, rtol=1e-4, msg=name)

@@ -161,8 +161,9 @@ def forward_fn(transformer, bench: BenchConfig, device: torch.device):
     return lambda: predict_velocity(transformer, latents, torch.tensor(0.5), text, pixel_size, runtime)
 
 
-def attention_report(transformer, bench: BenchConfig, step) -> dict:
-    """The attention our step ran, with NABLA's measured mask density (one extra step, recorded)."""
+def attention_report(transformer, bench: BenchConfig, device: torch.device) -> dict:
+    """The attention our step ran, with NABLA's measured mask density: one no-grad forward of the step's
+    inputs, its blocks eager (a compiled block keeps no Python state to record into)."""
     from k5tune.models.kandinsky5 import nabla
 
     settings = bench.plan.nabla
@@ -171,7 +172,8 @@ def attention_report(transformer, bench: BenchConfig, step) -> dict:
     processors = [a.processor for a in nabla.self_attentions(transformer)]
     for processor in processors:
         processor.record_density = True
-    step()
+    with torch.no_grad():
+        forward_fn(transformer, bench, device)()
     densities = [p.last_density for p in processors if p.last_density is not None]
     for processor in processors:
         processor.record_density = False
@@ -271,7 +273,7 @@ def _measure_ours(report: dict, bench: BenchConfig, device: torch.device, tokens
     report["base_precision"] = {"precision": bench.plan.base_precision,
                                 **({"quantized": asdict(quantized)} if quantized else {})}
     report["ours"] = _measure(step, bench, device)
-    report["attention"] = attention_report(transformer, bench, step)
+    report["attention"] = attention_report(transformer, bench, device)
     density = report["attention"].get("mask_density")
     if density is not None:  # NABLA: the attention work done is the mask's share of the dense one
         flops = useful_flops(dict(transformer.config), tokens, TEXT_TOKENS, bench.batch, density)

@@ -46,13 +46,15 @@ SCENARIOS: dict[str, Scenario] = {
     "lite-10s-61f": Scenario("nabla", "the Lite 10 s transformer (NABLA P 0.9) at 512x768x61: the step "
                              "`k5tune train` on that flavour is compared with",
                              ("--flavour", "t2v-lite-sft-10s", "--modulation-bf16", "--steps", "6", "--warmup", "2")),
-    "pro-dense": Scenario("nabla", "Pro 512x768x61, dense attention (the baseline of pro-nabla)",
-                          (*PRO, "--sparse-attention", "dense")),
+    "pro-dense": Scenario("nabla", "Pro 512x768x61, dense attention, activation offload (the baseline of "
+                          "pro-nabla), beside stock diffusers + peft", (*PRO, "--offload-activations",
+                                                                       "--sparse-attention", "dense", "--compare-stock")),
     "pro-hd-dense": Scenario("nabla", "Pro 768x1280x61, dense attention, activation offload",
                              (*PRO, "--resolution", "768x1280", "--offload-activations", "--sparse-attention", "dense")),
     "pro-hd-nabla": Scenario("nabla", "Pro 768x1280x61, NABLA at 10 % density, activation offload",
                              (*PRO, "--resolution", "768x1280", "--offload-activations", "--nabla-density", "0.1")),
-    "pro-nabla": Scenario("nabla", "Pro 512x768x61, NABLA at 10 % density", (*PRO, "--nabla-density", "0.1")),
+    "pro-nabla": Scenario("nabla", "Pro 512x768x61, NABLA at 10 % density, activation offload",
+                          (*PRO, "--offload-activations", "--nabla-density", "0.1")),
     "pro-group-offload": Scenario("memory", "Pro 512x768x61 with group offload (one block per group, stream)",
                                   (*PRO, "--group-offload", "1", "--offload-stream", "--sparse-attention", "dense")),
     "tiny-nabla-smoke": Scenario("smoke", "the tiny model under NABLA (compiled flex attention, forward and "

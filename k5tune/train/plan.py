@@ -91,9 +91,9 @@ class TrainingPlan:
         return on_gpu if self.compile_kernels is None else self.compile_kernels
 
     def compiles_blocks(self, on_gpu: bool) -> bool:
-        # (NABLA builds its block mask from each layer's queries: its blocks run eagerly, FlexAttention compiled)
+        # (NABLA compiles too: the block mask and FlexAttention are traced into the block's graph)
         # (sequence parallelism: the exchange's collectives are not traced into a compiled block)
-        if (self.checkpointing == "none" or not self.fused_kernels or not self.blocks_may_compile or self.nabla
+        if (self.checkpointing == "none" or not self.fused_kernels or not self.blocks_may_compile
                 or self.sequence_parallel > 1):
             return False
         return on_gpu if self.compile_blocks is None else self.compile_blocks

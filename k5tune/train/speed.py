@@ -42,8 +42,19 @@ def attention_context(attention: str):
     return sdpa_kernel(backends, set_priority=True)
 
 
+# FlexAttention (NABLA) as a compiled block traces it: a higher-order op selective checkpointing can keep
+_FLEX_ATTENTION = torch.ops.higher_order.flex_attention
+
 # Attention with fewer keys than this (the cross-attention to ~100-256 text tokens) is cheap to redo.
 _CHEAP_KEYS = 1024
+
+
+def _is_block_mask_index(op, args, kwargs) -> bool:
+    """NABLA's block mask, as a compiled block traces it: its index tensors are the int64 -> int32 casts
+    that end the mask's sorts and sums (FlexAttention's BlockMask holds int32). No other op of a
+    Kandinsky block makes one, so keeping these keeps exactly the mask (nabla.py builds it)."""
+    return (op is torch.ops.aten._to_copy.default and kwargs.get("dtype") is torch.int32
+            and isinstance(args[0], torch.Tensor) and args[0].dtype is torch.int64)
 
 
 def _keep_attention(ctx, op, *args, **kwargs):
@@ -54,6 +65,21 @@ def _keep_attention(ctx, op, *args, **kwargs):
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
+# Compiled blocks only: an eager recomputation replays the kept outputs in the order the forward made
+# them, and an eager NABLA block reuses its forward's mask instead of building it again (nabla.share_masks).
+def _keep_attention_and_mask(ctx, op, *args, **kwargs):
+    """Selective checkpointing in a compiled block: under NABLA, FlexAttention's output is the attention
+    output kept, and the block mask is kept with it (never rebuilt in backward)."""
+    if op is _FLEX_ATTENTION or _is_block_mask_index(op, args, kwargs):
+        return CheckpointPolicy.MUST_SAVE
+    return _keep_attention(ctx, op, *args, **kwargs)
+
+
+def _keep_block_mask(ctx, op, *args, **kwargs):
+    """Full checkpointing in a compiled block: everything is recomputed but NABLA's block mask."""
+    return CheckpointPolicy.MUST_SAVE if _is_block_mask_index(op, args, kwargs) else CheckpointPolicy.PREFER_RECOMPUTE
+
+
 def _full_region(module, *args):
     return checkpoint(module.__call__, *args, use_reentrant=False)
 
@@ -61,6 +87,16 @@ def _full_region(module, *args):
 def _selective_region(module, *args):
     return checkpoint(module.__call__, *args, use_reentrant=False,
                       context_fn=partial(create_selective_checkpoint_contexts, _keep_attention))
+
+
+def _compiled_selective_region(module, *args):
+    return checkpoint(module.__call__, *args, use_reentrant=False,
+                      context_fn=partial(create_selective_checkpoint_contexts, _keep_attention_and_mask))
+
+
+def _compiled_full_region(module, *args):
+    return checkpoint(module.__call__, *args, use_reentrant=False,
+                      context_fn=partial(create_selective_checkpoint_contexts, _keep_block_mask))
 
 
 def _keeps_attention(module, keep_blocks: int | None) -> bool:
@@ -86,7 +122,8 @@ def _compiled_region(selective: bool, backend: str):
         config = torch._dynamo.config
         name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
         setattr(config, name, max(getattr(config, name), 16))
-        region = _selective_region if selective else _full_region
+        # (compiled full checkpointing keeps NABLA's block mask; a dense block has none, so nothing is kept)
+        region = _compiled_selective_region if selective else _compiled_full_region
         _compiled_regions[selective, backend] = torch.compile(region, backend=backend)
     return _compiled_regions[selective, backend]
 

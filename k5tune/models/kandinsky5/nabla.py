@@ -94,12 +94,15 @@ def sparse_params(visual_shape: tuple[int, int, int], settings: NablaSettings, d
 
 
 _sparse_params_cache: dict = {}
+compiled_shapes: set[tuple[int, ...]] = set()  # the visual grids (a bucket, a resolution) attention compiled for
 
 
 def cached_sparse_params(visual_shape: tuple[int, int, int], settings: NablaSettings, device: torch.device) -> dict:
     """`sparse_params` for a grid, built once per (grid, settings, device): the STA mask of a bucket is
     the same at every step."""
     key = (visual_shape, settings, str(device))
+    if torch.device(device).type == "cuda":  # one attention graph per grid (compiled blocks and compiled flex alike)
+        compiled_shapes.add(visual_shape)
     if key not in _sparse_params_cache:
         _sparse_params_cache[key] = sparse_params(visual_shape, settings, device)
     return _sparse_params_cache[key]
@@ -137,11 +140,20 @@ def density(mask) -> float:
     return 1.0 - mask.sparsity() / 100.0
 
 
+# The kernel's tiling, given rather than autotuned. NABLA's blocks are 64 tokens and the tiles must divide
+# them; inductor's one default tiling for a head size of 64 on Hopper is 128 wide and fails to lower
+# (forward: "Q and KV block size must be divisible by BLOCK_M and BLOCK_N"; backward: "No choices to
+# select", an H100 with torch 2.11). 64x64 everywhere, 4 stages and 4 warps in backward, is what autotuning
+# all 12 candidate tilings picked at 24,576 and at 93,696 tokens on an H200 (2026-12-07; it took 158 s at
+# the larger shape, once per shape and machine): giving it costs no autotuning.
+KERNEL_OPTIONS = {"fwd_BLOCK_M": BLOCK, "fwd_BLOCK_N": BLOCK, "bwd_BLOCK_M1": BLOCK, "bwd_BLOCK_N1": BLOCK,
+                  "bwd_BLOCK_M2": BLOCK, "bwd_BLOCK_N2": BLOCK, "bwd_num_stages": 4, "bwd_num_warps": 4}
+
 _compiled_flex = None
-compiled_shapes: set[tuple[int, ...]] = set()  # the (B, heads, S, D) shapes flex attention compiled for
 
 
 def _flex_attention():
+    """FlexAttention compiled alone, for blocks that run eagerly (a compiled block traces it itself)."""
     global _compiled_flex
     if _compiled_flex is None:
         from torch.nn.attention.flex_attention import flex_attention
@@ -149,21 +161,25 @@ def _flex_attention():
         # one graph per shape (a bucket): masks change every step, shapes do not, so nothing recompiles
         # within a bucket; each new bucket compiles once (counted in compiled_shapes and reported).
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        # NABLA's blocks are 64 tokens, and the kernel's tiles must divide them. Inductor's one default
-        # tiling for a head size of 64 on Hopper is 128 wide and fails to lower (forward: "Q and KV block
-        # size must be divisible by BLOCK_M and BLOCK_N"; backward: "No choices to select", measured on an
-        # H100 with torch 2.11); autotuning offers 32- and 64-wide tilings and keeps those that divide.
-        _compiled_flex = torch.compile(flex_attention, dynamic=False, mode="max-autotune-no-cudagraphs")
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
     return _compiled_flex
+
+
+def uses_flex(query: torch.Tensor) -> bool:
+    """FlexAttention runs on the GPU; it has no backward on the CPU, where SDPA takes the same mask."""
+    return query.is_cuda
 
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask) -> torch.Tensor:
     """Attention of (B, S, heads, D) tensors under a NABLA block mask -> (B, S, heads, D)."""
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
-    if q.is_cuda:
-        compiled_shapes.add(tuple(q.shape))
-        out = _flex_attention()(q, k, v, block_mask=mask)
-    else:  # no FlexAttention backward on the CPU: the same mask, expanded to tokens, through SDPA
+    if torch.compiler.is_compiling() and uses_flex(q):  # inside a compiled block: traced into its graph
+        from torch.nn.attention.flex_attention import flex_attention
+
+        out = flex_attention(q, k, v, block_mask=mask, kernel_options=KERNEL_OPTIONS)
+    elif uses_flex(q):
+        out = _flex_attention()(q, k, v, block_mask=mask, kernel_options=KERNEL_OPTIONS)
+    else:  # the same mask, expanded to tokens, through SDPA
         blocks = mask.to_dense().bool()  # (B, heads, S/64, S/64)
         dense = blocks.repeat_interleave(BLOCK, dim=-2).repeat_interleave(BLOCK, dim=-1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
@@ -210,6 +226,9 @@ class NablaAttnProcessor:
             query, key, value = exchange.to_heads(query), exchange.to_heads(key), exchange.to_heads(value)
         # Shared only by the step's training forward and its checkpointed recomputation (both with
         # gradients); a forward without them (a rollout step, the eval loss) has its own queries and keys.
+        # A compiled block keeps no Python state: its checkpointing policy keeps the mask (speed.py).
+        if torch.compiler.is_compiling():
+            return attn.out_layer(attention(query, key, value, block_mask(query, key, sparse_params)).flatten(-2, -1))
         sharing = self.sharing and torch.is_grad_enabled()
         mask = self.mask if sharing and self.mask is not None else block_mask(query, key, sparse_params)
         if sharing:
