@@ -3,7 +3,8 @@
 # one device command per part; rows (with scenario names) in $OUT/rows.jsonl. NABLA's blocks now compile
 # whole (mask building and FlexAttention in the block's graph; selective checkpointing keeps FlexAttention's
 # output and the mask) and the FlexAttention tiling is given, not autotuned.
-# lite:   Lite 10 s (512x768x241, 93,696 tokens): NABLA 10 % + STA, and our dense step (the baseline, this card).
+# lite:   the two forms of a block mask timed (benchmarks/tools/flex_mask_forms.py); Lite 10 s (512x768x241,
+#         93,696 tokens): NABLA 10 % + STA, and our dense step (the baseline, this card).
 # pro-hd: Pro HD 768x1280x61 (61,440 tokens), activation offload: NABLA 10 % + STA, and dense.
 # pro:    Pro 512x768x61, activation offload: NABLA 10 % + STA, and dense beside stock diffusers + peft.
 # train:  `k5tune train` on the full-size Lite 10 s transformer (NABLA P 0.9 from its config) at 512x768x61,
@@ -16,6 +17,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
 case "${1:-lite}" in
   lite)
+    timeout 120 python3 benchmarks/tools/flex_mask_forms.py | tee $OUT/flex_mask_forms.json
     BENCH_TIMEOUT=240 b --scenario lite-10s-nabla
     BENCH_TIMEOUT=200 b --scenario lite-10s-dense ;;
   pro-hd)

@@ -31,12 +31,11 @@ ACTIVATION_OFFLOAD_RESIDUE = 7.1
 # Pro (45.09 GiB, run 24) is then predicted within 0.3 %.
 SAVED_OFFLOAD_RESIDUE = 2.1
 ADAM_BYTES_PER_LORA_PARAM = 16  # fp32 weight + gradient + two AdamW moments
-# NABLA: each visual block's BlockMask lives from its forward to the end of its backward (the checkpointed
-# recomputation reuses it): bytes per (head, query block, key block) of 64 tokens. Its kv and q indices
-# are int32 (8 bytes derived); 12.5 fitted on Lite 10 s, 512x768x241 at 10 % density (one H200,
-# 2026-12-07: 46.33 GiB), which puts the rest (the mask's counts, building transients) at ~4.5. The
-# 61-frame row is then predicted within 2 %. FlexAttention's output is not kept by selective
-# checkpointing (it is recomputed: the profile counts two forward calls per layer).
+# NABLA: each visual block's BlockMask lives from its forward to the end of its backward (eager blocks
+# share it with their recomputation; compiled blocks' checkpointing policy keeps it): bytes per (head,
+# query block, key block) of 64 tokens. Its kv, q and full-q indices are int32 (12 bytes); 12.5 fitted
+# on Lite 10 s, 512x768x241 at 10 % density, blocks eager (one H200, 2026-12-07: 46.33 GiB), the rest
+# being the counts and building transients. The 61-frame row is then predicted within 2 %.
 NABLA_BYTES_PER_BLOCK_PAIR = 12.5
 
 
@@ -89,8 +88,9 @@ def training_terms(flavour: str, shape: TrainingShape, plan: TrainingPlan) -> di
     hidden = 2 * d  # bytes per token of one bf16 hidden state
     lora = lora_parameter_count(config, shape.rank, shape.targets) * ADAM_BYTES_PER_LORA_PARAM
     kept = 0
+    # (eager NABLA blocks keep no attention output: FlexAttention compiled alone is invisible to the policy)
     if (plan.checkpointing == "selective" and not plan.recomputes_fully()
-            and not plan.offloads_through_hooks(True) and plan.nabla is None):
+            and not plan.offloads_through_hooks(True) and (plan.nabla is None or plan.compiles_blocks(True))):
         keep = blocks if plan.keep_attention_blocks is None else min(blocks, plan.keep_attention_blocks)
         kept = sum(tokens[:keep]) * hidden  # the self-attention output of each block
     working = TRANSIENT_PER_TOKEN_DIM * max(tokens) * d + 2 * weights.largest_linear  # + one dequantised weight
