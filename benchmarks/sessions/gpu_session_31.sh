@@ -3,30 +3,30 @@
 # one device command per part; rows (with scenario names) in $OUT/rows.jsonl. NABLA's blocks now compile
 # whole (mask building and FlexAttention in the block's graph; selective checkpointing keeps FlexAttention's
 # output and the mask) and the FlexAttention tiling is given, not autotuned.
-# lite:   the two forms of a block mask timed (benchmarks/tools/flex_mask_forms.py); Lite 10 s (512x768x241,
-#         93,696 tokens): NABLA 10 % + STA, and our dense step (the baseline, this card).
-# pro-hd: Pro HD 768x1280x61 (61,440 tokens), activation offload: NABLA 10 % + STA, and dense.
-# pro:    Pro 512x768x61, activation offload: NABLA 10 % + STA, and dense beside stock diffusers + peft.
+# (Device time was short: each call pairs a NABLA step with its dense baseline on the same card.)
+# a:      Lite 10 s (512x768x241, 93,696 tokens): NABLA 10 % + STA and our dense step; Pro 512x768x61 NABLA
+#         (activation offload), against run 24's dense 7.69 s if b does not come.
+# b:      Pro HD 768x1280x61 (61,440 tokens), activation offload: NABLA 10 % + STA and dense (one timed
+#         step: ~35 s); Pro 512x768x61 dense, activation offload (pro-nabla's baseline, rerun).
 # train:  `k5tune train` on the full-size Lite 10 s transformer (NABLA P 0.9 from its config) at 512x768x61,
-#         and the bench step at that shape.
+#         and the bench step at that shape; the two BlockMask forms (benchmarks/tools/flex_mask_forms.py).
 set -u
 source benchmarks/sessions/gpu_lib.sh
 install_wheels
 : > $OUT/bench.jsonl
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
-case "${1:-lite}" in
-  lite)
-    timeout 120 python3 benchmarks/tools/flex_mask_forms.py | tee $OUT/flex_mask_forms.json
-    BENCH_TIMEOUT=240 b --scenario lite-10s-nabla
-    BENCH_TIMEOUT=200 b --scenario lite-10s-dense ;;
-  pro-hd)
-    BENCH_TIMEOUT=220 b --scenario pro-hd-nabla
-    BENCH_TIMEOUT=300 b --scenario pro-hd-dense ;;
-  pro)
-    BENCH_TIMEOUT=200 b --scenario pro-nabla
-    BENCH_TIMEOUT=300 b --scenario pro-dense ;;
+case "${1:-a}" in
+  a)
+    BENCH_TIMEOUT=170 b --scenario lite-10s-nabla
+    BENCH_TIMEOUT=170 b --scenario lite-10s-dense
+    BENCH_TIMEOUT=170 b --scenario pro-nabla ;;
+  b)
+    BENCH_TIMEOUT=170 b --scenario pro-hd-nabla
+    BENCH_TIMEOUT=200 b --scenario pro-hd-dense --steps 1
+    BENCH_TIMEOUT=150 b --scenario pro-dense ;;
   train)
     FLAVOUR=t2v-lite-sft-10s train_lite_fullsize
-    BENCH_TIMEOUT=150 b --scenario lite-10s-61f ;;
+    BENCH_TIMEOUT=150 b --scenario lite-10s-61f
+    timeout 120 python3 benchmarks/tools/flex_mask_forms.py | tee $OUT/flex_mask_forms.json ;;
 esac

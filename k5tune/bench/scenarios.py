@@ -46,9 +46,8 @@ SCENARIOS: dict[str, Scenario] = {
     "lite-10s-61f": Scenario("nabla", "the Lite 10 s transformer (NABLA P 0.9) at 512x768x61: the step "
                              "`k5tune train` on that flavour is compared with",
                              ("--flavour", "t2v-lite-sft-10s", "--modulation-bf16", "--steps", "6", "--warmup", "2")),
-    "pro-dense": Scenario("nabla", "Pro 512x768x61, dense attention, activation offload (the baseline of "
-                          "pro-nabla), beside stock diffusers + peft", (*PRO, "--offload-activations",
-                                                                       "--sparse-attention", "dense", "--compare-stock")),
+    "pro-dense": Scenario("nabla", "Pro 512x768x61, dense attention, activation offload (the baseline of pro-nabla)",
+                          (*PRO, "--offload-activations", "--sparse-attention", "dense")),
     "pro-hd-dense": Scenario("nabla", "Pro 768x1280x61, dense attention, activation offload",
                              (*PRO, "--resolution", "768x1280", "--offload-activations", "--sparse-attention", "dense")),
     "pro-hd-nabla": Scenario("nabla", "Pro 768x1280x61, NABLA at 10 % density, activation offload",
