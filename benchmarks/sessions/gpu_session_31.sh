@@ -25,6 +25,12 @@ case "${1:-a}" in
     BENCH_TIMEOUT=170 b --scenario pro-hd-nabla
     BENCH_TIMEOUT=200 b --scenario pro-hd-dense --steps 1
     BENCH_TIMEOUT=150 b --scenario pro-dense ;;
+  one)  # one call for all, when device time allows no more (the dense baselines of Lite 10 s and Pro 512x768x61
+        # from the earlier runs on the same card type)
+    BENCH_TIMEOUT=160 b --scenario pro-hd-nabla
+    BENCH_TIMEOUT=170 b --scenario pro-hd-dense --steps 1
+    BENCH_TIMEOUT=130 b --scenario lite-10s-nabla
+    BENCH_TIMEOUT=110 b --scenario pro-nabla ;;
   train)
     FLAVOUR=t2v-lite-sft-10s train_lite_fullsize
     BENCH_TIMEOUT=150 b --scenario lite-10s-61f
