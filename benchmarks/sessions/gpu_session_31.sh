@@ -26,11 +26,13 @@ case "${1:-a}" in
     BENCH_TIMEOUT=200 b --scenario pro-hd-dense --steps 1
     BENCH_TIMEOUT=150 b --scenario pro-dense ;;
   one)  # one call for all, when device time allows no more (the dense baselines of Lite 10 s and Pro 512x768x61
-        # from the earlier runs on the same card type)
-    BENCH_TIMEOUT=160 b --scenario pro-hd-nabla
-    BENCH_TIMEOUT=170 b --scenario pro-hd-dense --steps 1
-    BENCH_TIMEOUT=130 b --scenario lite-10s-nabla
-    BENCH_TIMEOUT=110 b --scenario pro-nabla ;;
+        # from the earlier runs on the same card type); DEADLINE (s, default 560): start nothing that could
+        # run past it
+    fits() { (( SECONDS + $1 <= ${DEADLINE:-560} )) || { echo "skipped: $2 (deadline)"; return 1; }; }
+    fits 150 pro-hd-nabla && BENCH_TIMEOUT=150 b --scenario pro-hd-nabla
+    fits 120 lite-10s-nabla && BENCH_TIMEOUT=120 b --scenario lite-10s-nabla
+    fits 170 pro-hd-dense && BENCH_TIMEOUT=170 b --scenario pro-hd-dense --steps 1
+    fits 100 pro-nabla && BENCH_TIMEOUT=100 b --scenario pro-nabla ;;
   train)
     FLAVOUR=t2v-lite-sft-10s train_lite_fullsize
     BENCH_TIMEOUT=150 b --scenario lite-10s-61f
