@@ -33,6 +33,10 @@ case "${1:-a}" in
     fits 120 lite-10s-nabla && BENCH_TIMEOUT=120 b --scenario lite-10s-nabla
     fits 170 pro-hd-dense && BENCH_TIMEOUT=170 b --scenario pro-hd-dense --steps 1
     fits 100 pro-nabla && BENCH_TIMEOUT=100 b --scenario pro-nabla ;;
+  short)  # the least device time: the Lite 10 s NABLA step first (its dense baselines: H100 17.50 s, H200 17.70 s)
+    fits() { (( SECONDS + $1 <= ${DEADLINE:-300} )) || { echo "skipped: $2 (deadline)"; return 1; }; }
+    fits 120 lite-10s-nabla && BENCH_TIMEOUT=120 b --scenario lite-10s-nabla
+    fits 150 pro-hd-nabla && BENCH_TIMEOUT=150 b --scenario pro-hd-nabla ;;
   train)
     FLAVOUR=t2v-lite-sft-10s train_lite_fullsize
     BENCH_TIMEOUT=150 b --scenario lite-10s-61f
