@@ -5,7 +5,7 @@
 diffusers' `nablaT_v2` returns every kept block as a "full" block (no mask_mod evaluated) beside an
 empty "partial" set whose transposed indices still take a (heads x blocks x blocks) int32 tensor. The
 same blocks as "partial" blocks under the no-op mask_mod need one index tensor fewer (a third of the
-mask's memory). This times both forms, compiled as k5tune compiles them (nabla.KERNEL_OPTIONS), and
+mask's memory). This times both forms, compiled as k5tune compiles them (max-autotune), and
 checks that they compute the same. Prints JSON.
 """
 
@@ -18,7 +18,7 @@ import time
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from k5tune.models.kandinsky5.nabla import BLOCK, KERNEL_OPTIONS
+from k5tune.models.kandinsky5.nabla import BLOCK
 
 
 def _masks(heads: int, blocks: int, density: float, device: str):
@@ -49,14 +49,14 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.14)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    compiled = torch.compile(flex_attention, dynamic=False)
+    compiled = torch.compile(flex_attention, dynamic=False, mode="max-autotune-no-cudagraphs")
     q, k, v = (torch.randn(1, args.heads, args.tokens, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
     grad = torch.randn_like(q)
     report, outputs = {}, []
     for name, mask in _masks(args.heads, args.tokens // BLOCK, args.density, "cuda").items():
         def step(mask=mask):
-            out = compiled(q, k, v, block_mask=mask, kernel_options=KERNEL_OPTIONS)
+            out = compiled(q, k, v, block_mask=mask)
             out.backward(grad)
             return out
 

@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compile", action="store_true", help="do not torch.compile the fused groups")
     parser.add_argument("--no-compile-blocks", action="store_true",
                         help="run the blocks eagerly (only their fused groups compiled)")
+    parser.add_argument("--compile-blocks", action="store_true",
+                        help="compile the blocks whole under NABLA too (the mask and FlexAttention in the block's "
+                             "graph, max-autotune); by default NABLA's blocks run eagerly")
     parser.add_argument("--output", help="also write the JSON report to this file")
     _add_suite_arguments(parser)
 
@@ -142,7 +145,8 @@ def _plan(args: argparse.Namespace):
         offload_activations=offload if args.offload_activations is None else args.offload_activations,
         base_precision=args.base_precision, modulation_fp32=not args.modulation_bf16,
         compile_kernels=False if args.no_compile else None,
-        compile_blocks=False if args.no_compile_blocks or args.no_compile else None, nabla=_nabla(args))
+        compile_blocks=False if args.no_compile_blocks or args.no_compile else True if args.compile_blocks else None,
+        nabla=_nabla(args))
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:

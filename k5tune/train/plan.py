@@ -91,10 +91,14 @@ class TrainingPlan:
         return on_gpu if self.compile_kernels is None else self.compile_kernels
 
     def compiles_blocks(self, on_gpu: bool) -> bool:
-        # (NABLA compiles too: the block mask and FlexAttention are traced into the block's graph)
         # (sequence parallelism: the exchange's collectives are not traced into a compiled block)
         if (self.checkpointing == "none" or not self.fused_kernels or not self.blocks_may_compile
                 or self.sequence_parallel > 1):
+            return False
+        # NABLA's blocks compile only when asked (`k5tune bench --compile-blocks`): the mask and FlexAttention
+        # traced into the block's graph are tested on the CPU, not yet run on a GPU; by default they run
+        # eagerly with FlexAttention compiled alone, the measured path.
+        if self.nabla is not None and self.compile_blocks is not True:
             return False
         return on_gpu if self.compile_blocks is None else self.compile_blocks
 

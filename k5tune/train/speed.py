@@ -115,8 +115,14 @@ def _checkpoint_selective(module, *args, keep_blocks: int | None = None):
 _compiled_regions: dict = {}
 
 
-def _compiled_region(selective: bool, backend: str):
-    if (selective, backend) not in _compiled_regions:
+# NABLA's blocks compile in max-autotune mode: in the default mode inductor finds no tiling for
+# FlexAttention's backward at 64-token blocks (H100, torch 2.11: "No choices to select", whatever
+# kernel_options say; benchmarks/tools/flex_options_probe.py), and autotuning finds 12 that lower.
+NABLA_COMPILE_MODE = "max-autotune-no-cudagraphs"
+
+
+def _compiled_region(selective: bool, backend: str, mode: str | None = None):
+    if (selective, backend, mode) not in _compiled_regions:
         # ~6 graphs per region (text/visual block, input with or without gradient, dynamic lengths);
         # torch 2.6 calls the limit cache_size_limit
         config = torch._dynamo.config
@@ -124,13 +130,13 @@ def _compiled_region(selective: bool, backend: str):
         setattr(config, name, max(getattr(config, name), 16))
         # (compiled full checkpointing keeps NABLA's block mask; a dense block has none, so nothing is kept)
         region = _compiled_selective_region if selective else _compiled_full_region
-        _compiled_regions[selective, backend] = torch.compile(region, backend=backend)
-    return _compiled_regions[selective, backend]
+        _compiled_regions[selective, backend, mode] = torch.compile(region, backend=backend, mode=mode)
+    return _compiled_regions[selective, backend, mode]
 
 
-def _checkpoint_compiled(module, *args, selective: bool, keep_blocks: int | None, backend: str,
+def _checkpoint_compiled(module, *args, selective: bool, keep_blocks: int | None, backend: str, mode: str | None,
                          offload: SavedActivationOffload | None = None):
-    region = _compiled_region(selective and _keeps_attention(module, keep_blocks), backend)
+    region = _compiled_region(selective and _keeps_attention(module, keep_blocks), backend, mode)
     with offload.around(module, args) if offload is not None else contextlib.nullcontext():
         return region(module, *args)
 
@@ -161,7 +167,8 @@ def apply_speed_plan(transformer, plan: TrainingPlan, on_gpu: bool | None = None
         transformer._k5_activation_offload = offload  # (None without it; for tests and diagnostics)
         transformer.enable_gradient_checkpointing(gradient_checkpointing_func=partial(
             _checkpoint_compiled, selective=plan.checkpointing == "selective", keep_blocks=plan.keep_attention_blocks,
-            backend=plan.compile_backend, offload=offload))
+            backend=plan.compile_backend, offload=offload,
+            mode=NABLA_COMPILE_MODE if plan.nabla and plan.compile_backend == "inductor" else None))
     elif plan.checkpointing == "none":
         transformer.disable_gradient_checkpointing()
     elif plan.checkpointing == "full":

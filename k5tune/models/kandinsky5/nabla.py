@@ -140,15 +140,6 @@ def density(mask) -> float:
     return 1.0 - mask.sparsity() / 100.0
 
 
-# The kernel's tiling, given rather than autotuned. NABLA's blocks are 64 tokens and the tiles must divide
-# them; inductor's one default tiling for a head size of 64 on Hopper is 128 wide and fails to lower
-# (forward: "Q and KV block size must be divisible by BLOCK_M and BLOCK_N"; backward: "No choices to
-# select", an H100 with torch 2.11). 64x64 everywhere, 4 stages and 4 warps in backward, is what autotuning
-# all 12 candidate tilings picked at 24,576 and at 93,696 tokens on an H200 (2026-12-07; it took 158 s at
-# the larger shape, once per shape and machine): giving it costs no autotuning.
-KERNEL_OPTIONS = {"fwd_BLOCK_M": BLOCK, "fwd_BLOCK_N": BLOCK, "bwd_BLOCK_M1": BLOCK, "bwd_BLOCK_N1": BLOCK,
-                  "bwd_BLOCK_M2": BLOCK, "bwd_BLOCK_N2": BLOCK, "bwd_num_stages": 4, "bwd_num_warps": 4}
-
 _compiled_flex = None
 
 
@@ -161,7 +152,12 @@ def _flex_attention():
         # one graph per shape (a bucket): masks change every step, shapes do not, so nothing recompiles
         # within a bucket; each new bucket compiles once (counted in compiled_shapes and reported).
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        # NABLA's blocks are 64 tokens, and the kernel's tiles must divide them. In the default mode
+        # inductor finds no tiling that lowers at a head size of 64 on Hopper (torch 2.11, H100: forward
+        # "Q and KV block size must be divisible by BLOCK_M and BLOCK_N", backward "No choices to select",
+        # even with the tiles given as kernel_options: benchmarks/tools/flex_options_probe.py); autotuning
+        # offers 32- and 64-wide tilings and keeps those that lower (64x64 wins; once per shape and machine).
+        _compiled_flex = torch.compile(flex_attention, dynamic=False, mode="max-autotune-no-cudagraphs")
     return _compiled_flex
 
 
@@ -173,12 +169,12 @@ def uses_flex(query: torch.Tensor) -> bool:
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask) -> torch.Tensor:
     """Attention of (B, S, heads, D) tensors under a NABLA block mask -> (B, S, heads, D)."""
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
-    if torch.compiler.is_compiling() and uses_flex(q):  # inside a compiled block: traced into its graph
+    if torch.compiler.is_compiling() and uses_flex(q):  # in a compiled block (speed.py): traced into its graph
         from torch.nn.attention.flex_attention import flex_attention
 
-        out = flex_attention(q, k, v, block_mask=mask, kernel_options=KERNEL_OPTIONS)
+        out = flex_attention(q, k, v, block_mask=mask)
     elif uses_flex(q):
-        out = _flex_attention()(q, k, v, block_mask=mask, kernel_options=KERNEL_OPTIONS)
+        out = _flex_attention()(q, k, v, block_mask=mask)
     else:  # the same mask, expanded to tokens, through SDPA
         blocks = mask.to_dense().bool()  # (B, heads, S/64, S/64)
         dense = blocks.repeat_interleave(BLOCK, dim=-2).repeat_interleave(BLOCK, dim=-1)
