@@ -383,3 +383,19 @@ def test_compiled_blocks_train_as_eager_ones_and_keep_the_mask_for_backward(tiny
     assert set(gradients[0]) == set(gradients[1])
     for name, expected in gradients[0].items():
         torch.testing.assert_close(gradients[1][name], expected, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_nabla_blocks_compile_only_when_asked():
+    """On a GPU NABLA's blocks run eagerly unless asked (`k5tune bench --compile-blocks`): the compiled ones
+    are CPU-tested only; dense blocks compile by default."""
+    import argparse
+
+    from k5tune.commands import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    plans = {flags: bench._plan(parser.parse_args(["--flavour", "t2v-lite-sft-10s", *flags]))
+             for flags in [(), ("--compile-blocks",), ("--sparse-attention", "dense")]}
+    assert plans[()].nabla is not None and not plans[()].compiles_blocks(True)
+    assert plans[("--compile-blocks",)].compiles_blocks(True)
+    assert plans[("--sparse-attention", "dense")].compiles_blocks(True)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# NABLA with compiled blocks, 2026-12-07 (round 2, session 5): `bash benchmarks/sessions/gpu_session_31.sh PART`,
-# one device command per part; rows (with scenario names) in $OUT/rows.jsonl. NABLA's blocks now compile
-# whole (mask building and FlexAttention in the block's graph; selective checkpointing keeps FlexAttention's
-# output and the mask) and the FlexAttention tiling is given, not autotuned.
+# NABLA, 2026-12-07 (round 2, session 5): `bash benchmarks/sessions/gpu_session_31.sh PART`, one device command
+# per part; rows (with scenario names) in $OUT/rows.jsonl. Written for a build whose NABLA blocks compiled
+# whole with given FlexAttention tiles; that build did not lower on the H100 (results/2026-12-07-s5-h100.md).
+# NABLA's blocks are eager by default again: add --compile-blocks to a NABLA scenario for the compiled ones.
 # (Device time was short: each call pairs a NABLA step with its dense baseline on the same card.)
 # a:      Lite 10 s (512x768x241, 93,696 tokens): NABLA 10 % + STA and our dense step; Pro 512x768x61 NABLA
 #         (activation offload), against run 24's dense 7.69 s if b does not come.
