@@ -8,6 +8,14 @@ install_wheels() {
   export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 }
 
+# start_session: the wheels installed, $OUT/bench.jsonl emptied, the card and the versions printed.
+start_session() {
+  install_wheels
+  : > $OUT/bench.jsonl
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
+}
+
 # b ARGS...: one `k5tune bench ARGS` run; its JSON report is appended to $OUT/bench.jsonl, its row (with
 # the scenario's name when ARGS has --scenario) to $OUT/rows.jsonl, and its step times and peaks printed. BENCH_TIMEOUT (seconds) bounds a run; BENCH_ERR collects stderr.
 b() {

@@ -9,10 +9,7 @@
 #       dense (its baseline on this card).
 set -u
 source benchmarks/sessions/gpu_lib.sh
-install_wheels
-: > $OUT/bench.jsonl
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
+start_session
 case "${1:-lite}" in
   lite)
     BENCH_TIMEOUT=200 b --scenario lite-10s-nabla

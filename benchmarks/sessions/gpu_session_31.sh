@@ -12,10 +12,7 @@
 #         and the bench step at that shape; the two BlockMask forms (benchmarks/tools/flex_mask_forms.py).
 set -u
 source benchmarks/sessions/gpu_lib.sh
-install_wheels
-: > $OUT/bench.jsonl
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
+start_session
 case "${1:-a}" in
   a)
     BENCH_TIMEOUT=170 b --scenario lite-10s-nabla

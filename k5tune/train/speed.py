@@ -121,22 +121,25 @@ _compiled_regions: dict = {}
 NABLA_COMPILE_MODE = "max-autotune-no-cudagraphs"
 
 
-def _compiled_region(selective: bool, backend: str, mode: str | None = None):
-    if (selective, backend, mode) not in _compiled_regions:
+def _compiled_region(selective: bool, backend: str, nabla: bool = False):
+    if (selective, backend, nabla) not in _compiled_regions:
         # ~6 graphs per region (text/visual block, input with or without gradient, dynamic lengths);
         # torch 2.6 calls the limit cache_size_limit
         config = torch._dynamo.config
         name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
         setattr(config, name, max(getattr(config, name), 16))
-        # (compiled full checkpointing keeps NABLA's block mask; a dense block has none, so nothing is kept)
-        region = _compiled_selective_region if selective else _compiled_full_region
-        _compiled_regions[selective, backend, mode] = torch.compile(region, backend=backend, mode=mode)
-    return _compiled_regions[selective, backend, mode]
+        if nabla:  # the policies that keep the block mask (and, selective, FlexAttention's output)
+            region = _compiled_selective_region if selective else _compiled_full_region
+        else:
+            region = _selective_region if selective else _full_region
+        mode = NABLA_COMPILE_MODE if nabla and backend == "inductor" else None
+        _compiled_regions[selective, backend, nabla] = torch.compile(region, backend=backend, mode=mode)
+    return _compiled_regions[selective, backend, nabla]
 
 
-def _checkpoint_compiled(module, *args, selective: bool, keep_blocks: int | None, backend: str, mode: str | None,
+def _checkpoint_compiled(module, *args, selective: bool, keep_blocks: int | None, backend: str, nabla: bool,
                          offload: SavedActivationOffload | None = None):
-    region = _compiled_region(selective and _keeps_attention(module, keep_blocks), backend, mode)
+    region = _compiled_region(selective and _keeps_attention(module, keep_blocks), backend, nabla)
     with offload.around(module, args) if offload is not None else contextlib.nullcontext():
         return region(module, *args)
 
@@ -167,8 +170,7 @@ def apply_speed_plan(transformer, plan: TrainingPlan, on_gpu: bool | None = None
         transformer._k5_activation_offload = offload  # (None without it; for tests and diagnostics)
         transformer.enable_gradient_checkpointing(gradient_checkpointing_func=partial(
             _checkpoint_compiled, selective=plan.checkpointing == "selective", keep_blocks=plan.keep_attention_blocks,
-            backend=plan.compile_backend, offload=offload,
-            mode=NABLA_COMPILE_MODE if plan.nabla and plan.compile_backend == "inductor" else None))
+            backend=plan.compile_backend, offload=offload, nabla=plan.nabla is not None))
     elif plan.checkpointing == "none":
         transformer.disable_gradient_checkpointing()
     elif plan.checkpointing == "full":

@@ -169,12 +169,11 @@ def uses_flex(query: torch.Tensor) -> bool:
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask) -> torch.Tensor:
     """Attention of (B, S, heads, D) tensors under a NABLA block mask -> (B, S, heads, D)."""
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
-    if torch.compiler.is_compiling() and uses_flex(q):  # in a compiled block (speed.py): traced into its graph
+    if uses_flex(q):
         from torch.nn.attention.flex_attention import flex_attention
 
-        out = flex_attention(q, k, v, block_mask=mask)
-    elif uses_flex(q):
-        out = _flex_attention()(q, k, v, block_mask=mask)
+        # (in a compiled block, speed.py, FlexAttention is traced into the block's own graph)
+        out = (flex_attention if torch.compiler.is_compiling() else _flex_attention())(q, k, v, block_mask=mask)
     else:  # the same mask, expanded to tokens, through SDPA
         blocks = mask.to_dense().bool()  # (B, heads, S/64, S/64)
         dense = blocks.repeat_interleave(BLOCK, dim=-2).repeat_interleave(BLOCK, dim=-1)
@@ -223,9 +222,7 @@ class NablaAttnProcessor:
         # Shared only by the step's training forward and its checkpointed recomputation (both with
         # gradients); a forward without them (a rollout step, the eval loss) has its own queries and keys.
         # A compiled block keeps no Python state: its checkpointing policy keeps the mask (speed.py).
-        if torch.compiler.is_compiling():
-            return attn.out_layer(attention(query, key, value, block_mask(query, key, sparse_params)).flatten(-2, -1))
-        sharing = self.sharing and torch.is_grad_enabled()
+        sharing = self.sharing and torch.is_grad_enabled() and not torch.compiler.is_compiling()
         mask = self.mask if sharing and self.mask is not None else block_mask(query, key, sparse_params)
         if sharing:
             self.mask = mask
