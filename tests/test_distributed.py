@@ -12,7 +12,7 @@ from k5tune.config import load_config
 from k5tune.distributed import Dist
 from tests.helpers import DISTRIBUTED_RUN as RUN
 from tests.helpers import (
-    assert_same_training,
+    assert_same_training_across_processes,
     make_project,
     train_lora,
     train_lora_on_two_processes,
@@ -30,7 +30,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, mo
     expected = train_lora(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2}, monkeypatch)
     double = tmp_path / "double"
     # the gloo sum and the padded/masked text batch round differently: the same maths in another order
-    assert_same_training(train_lora_on_two_processes(double, tiny_model_dir, RUN, monkeypatch), expected)
+    assert_same_training_across_processes(train_lora_on_two_processes(double, tiny_model_dir, RUN, monkeypatch), expected)
     # the first process alone wrote the outputs: one metrics row per step, one run log, one video
     rows = (double / "output" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 3
@@ -76,7 +76,7 @@ def test_two_processes_with_group_offload_equal_one_process(tmp_path, monkeypatc
     expected = train_lora(tmp_path / "single", tiny_model_dir, {**quiet, "train_batch_size": 2}, monkeypatch)
     got = train_lora_on_two_processes(tmp_path / "double", tiny_model_dir, {
         **quiet, "enable_group_offload": True, "group_offload_use_stream": True}, monkeypatch)
-    assert_same_training(got, expected)
+    assert_same_training_across_processes(got, expected)
 
 
 @pytest.mark.slow
@@ -86,5 +86,5 @@ def test_two_processes_route_tread_tokens_as_one_process(tmp_path, monkeypatch, 
     tread = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -1}]}
     routed = {**RUN, "disable_validation": True, "tread_config": tread}
     expected = train_lora(tmp_path / "single", tiny_model_dir, {**routed, "train_batch_size": 2}, monkeypatch)
-    assert_same_training(train_lora_on_two_processes(tmp_path / "double", tiny_model_dir, routed, monkeypatch),
+    assert_same_training_across_processes(train_lora_on_two_processes(tmp_path / "double", tiny_model_dir, routed, monkeypatch),
                          expected)

@@ -11,7 +11,7 @@ from k5tune.config import load_config
 from k5tune.workflow import train
 from tests.helpers import DISTRIBUTED_RUN as RUN
 from tests.helpers import (
-    assert_same_training,
+    assert_same_training_across_processes,
     lora_errors,
     make_project,
     train_lora,
@@ -29,7 +29,7 @@ def test_sharded_training_equals_one_process_and_resumes(tmp_path, monkeypatch, 
     got = train_lora_on_two_processes(tmp_path / "sharded", tiny_model_dir, SHARDED, monkeypatch)
     assert "FSDP2: the transformer is sharded over 2 processes" in capfd.readouterr().out
     output = tmp_path / "sharded" / "output"
-    assert_same_training(got, expected)
+    assert_same_training_across_processes(got, expected)
     assert len(list((output / "validation").rglob("*.mp4"))) == 1  # written once, by the first process
     assert [p.name for p in sorted(output.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-3"]
 
@@ -50,7 +50,7 @@ def test_sharded_training_with_activation_offload(tmp_path, monkeypatch, tiny_mo
                                                                 "disable_validation": True}, monkeypatch)
     got = train_lora_on_two_processes(tmp_path / "sharded", tiny_model_dir, {
         **SHARDED, "offload_activations": True, "disable_validation": True}, monkeypatch)
-    assert_same_training(got, expected)
+    assert_same_training_across_processes(got, expected)
 
 
 def test_fsdp_with_one_process_trains_unsharded(tmp_path, monkeypatch, tiny_model_dir):
