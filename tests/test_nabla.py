@@ -88,11 +88,16 @@ def test_each_layer_builds_the_pipelines_mask_bit_for_bit(tiny_nabla_dir, monkey
         reference(**kwargs, sparse_params=params, return_dict=False)
     expected = list(masks)
     ours = nabla.NablaAttnProcessor(dense=None)
+    attended = []  # the mask our attention ran under (held as partial blocks)
+    real_attention = nabla.attention
+    monkeypatch.setattr(nabla, "attention", lambda q, k, v, mask: attended.append(mask) or real_attention(q, k, v, mask))
     for block, (hidden, rope), theirs in zip(reference.visual_transformer_blocks, inputs, expected, strict=True):
         masks.clear()
+        attended.clear()
         with torch.no_grad():
             ours(block.self_attention, hidden, rotary_emb=rope, sparse_params=params)
         assert torch.equal(masks[0].to_dense(), theirs.to_dense())
+        assert torch.equal(attended[0].to_dense(), theirs.to_dense())
     assert 0.2 < nabla.density(expected[0]) < 1.0  # really sparse, not empty
 
 
@@ -315,6 +320,42 @@ def test_a_fixed_density_mask_keeps_that_share_of_blocks():
     dense = mask.to_dense().bool()
     assert dense.diagonal(dim1=-2, dim2=-1).all()  # the window (here the block itself)
     assert 0.25 <= nabla.density(mask) <= 0.25 + 1 / 48
+
+
+def _index_bytes(mask) -> int:
+    """Bytes of a BlockMask's (heads x blocks x blocks) index tensors, each storage once."""
+    storages = {t.untyped_storage().data_ptr(): t for t in (mask.kv_indices, mask.full_kv_indices, mask.q_indices,
+                                                            mask.full_q_indices) if t is not None}
+    return sum(t.numel() * t.element_size() for t in storages.values())
+
+
+@pytest.mark.parametrize("fixed_density", [None, 0.25], ids=["threshold", "fixed-density"])
+def test_the_mask_is_held_as_partial_blocks_in_two_thirds_of_the_memory(fixed_density):
+    """diffusers' mask keeps its blocks as full blocks beside an empty partial set that still holds a
+    transposed index tensor; ours holds the same blocks as partial blocks: the same dense mask, the backward's
+    transposed indices those torch derives from the kv side, one index tensor fewer."""
+    from diffusers.models.transformers.transformer_kandinsky import nablaT_v2
+    from torch.nn.attention.flex_attention import BlockMask
+
+    generator = torch.Generator().manual_seed(5)
+    query, key = (torch.randn(1, 64 * 96, 2, 8, generator=generator) for _ in range(2))
+    params = nabla.sparse_params((2, 48, 64), nabla.NablaSettings(P=0.5, wT=1, wH=1, wW=1,
+                                                                 fixed_density=fixed_density), torch.device("cpu"))
+    ours = nabla.block_mask(query, key, params)
+    theirs = nablaT_v2(query, key, params["sta_mask"], thr=params["P"])
+    if fixed_density is None:
+        assert torch.equal(ours.to_dense(), theirs.to_dense())
+        assert _index_bytes(ours) * 3 == _index_bytes(theirs) * 2
+    assert 0 < nabla.density(ours) < 1
+    assert ours.full_kv_num_blocks is None and ours.mask_mod(*[torch.tensor(0)] * 4)  # partial, no-op mask_mod
+    transposed = BlockMask.from_kv_blocks(ours.kv_num_blocks, ours.kv_indices, BLOCK_SIZE=nabla.BLOCK)
+    assert torch.equal(ours.q_num_blocks, transposed.q_num_blocks)
+    rows = ours.q_num_blocks.shape[-1]
+    for head in range(ours.q_num_blocks.shape[1]):
+        for row in range(rows):
+            count = int(ours.q_num_blocks[0, head, row])
+            assert sorted(ours.q_indices[0, head, row, :count].tolist()) == \
+                sorted(transposed.q_indices[0, head, row, :count].tolist())
 
 
 def _capturing_backend(backward_graphs: list):

@@ -24,7 +24,7 @@ from typing import Any
 
 from k5tune.estimate.caching import caching_estimate, vae_encode_peak_gib
 from k5tune.estimate.shape import TrainingShape, plan_from_config, shape_from_config
-from k5tune.estimate.training import training_peak_gib
+from k5tune.estimate.training import GIB, NABLA_DIFFUSERS_FORM_EXTRA, nabla_block_pairs, training_peak_gib
 from k5tune.train.plan import TrainingPlan
 
 MEASUREMENTS = Path(__file__).with_name("measurements.json")
@@ -83,6 +83,19 @@ def _train(flavour: str, shape: TrainingShape | None = None, **settings: Any) ->
 
             plan["nabla"] = NablaSettings()
         return training_peak_gib(flavour, shape or TrainingShape(), TrainingPlan(**plan))
+
+    return predict
+
+
+def _diffusers_mask_form(flavour: str, shape: TrainingShape | None = None, **settings: Any) -> Callable[[], float]:
+    """The prediction for a NABLA run of the build that held the mask in diffusers' form (before
+    nabla.as_partial_blocks): one int32 index tensor more per block pair."""
+    def predict() -> float:
+        from k5tune.models.kandinsky5.nabla import NablaSettings
+
+        plan = TrainingPlan(**{"modulation_fp32": True, **settings, "nabla": NablaSettings()})
+        pairs = nabla_block_pairs(flavour, shape or TrainingShape(), plan)
+        return _train(flavour, shape, **settings)() + pairs * NABLA_DIFFUSERS_FORM_EXTRA / GIB
 
     return predict
 
@@ -214,16 +227,18 @@ CHECKS: list[Check] = [
     Check("Lite 10 s 512x768x241, selective, blocks compiled, bf16 modulation",
           Source("2026-12-07-h100/call2-bench.jsonl", "ours.peak_gib"),
           _train("t2v-lite-sft-10s", TrainingShape(frames=241), modulation_fp32=False)),
-    # 2026-12-07 (session 4), one H200: NABLA with blocks eager (FlexAttention compiled alone), bf16 modulation
+    # 2026-12-07 (session 4), one H200: NABLA with blocks eager (FlexAttention compiled alone), bf16 modulation,
+    # the mask in diffusers' form (one index tensor more than k5tune holds now)
     Check("Lite 10 s 512x768x241, NABLA at 10 % density + STA (H200)",
           Source("2026-12-07-h200/call2-bench.jsonl", "ours.peak_gib"),
-          _train("t2v-lite-sft-10s", TrainingShape(frames=241), modulation_fp32=False, nabla=True), "fitted"),
+          _diffusers_mask_form("t2v-lite-sft-10s", TrainingShape(frames=241), modulation_fp32=False, nabla=True),
+          "fitted"),
     Check("Lite 10 s transformer 512x768x61, NABLA P 0.9 (H200)",
           Source("2026-12-07-h200/call1-bench.jsonl", "ours.peak_gib", {"frames": 61}),
-          _train("t2v-lite-sft-10s", modulation_fp32=False, nabla=True)),
+          _diffusers_mask_form("t2v-lite-sft-10s", modulation_fp32=False, nabla=True)),
     Check("k5tune train, Lite 10 s transformer 512x768x61, NABLA P 0.9 (H200)",
           Source("2026-12-07-h200/call4-train-summary.json", "peak_gib"),
-          _train("t2v-lite-sft-10s", modulation_fp32=False, nabla=True)),
+          _diffusers_mask_form("t2v-lite-sft-10s", modulation_fp32=False, nabla=True)),
     Check("VAE encode, plain", Source(_VAE, "peak_gib", {"variant": "plain"}),
           lambda: vae_encode_peak_gib(TrainingShape(), "plain"), "anchor"),
     Check("VAE encode, patch conv", Source(_VAE, "peak_gib", {"variant": "patch_conv"}),

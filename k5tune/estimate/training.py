@@ -33,10 +33,14 @@ SAVED_OFFLOAD_RESIDUE = 2.1
 ADAM_BYTES_PER_LORA_PARAM = 16  # fp32 weight + gradient + two AdamW moments
 # NABLA: each visual block's BlockMask lives from its forward to the end of its backward (eager blocks
 # share it with their recomputation; compiled blocks' checkpointing policy keeps it): bytes per (head,
-# query block, key block) of 64 tokens. Its kv, q and full-q indices are int32 (12 bytes); 12.5 fitted
-# on Lite 10 s, 512x768x241 at 10 % density, blocks eager (one H200, 2026-12-07: 46.33 GiB), the rest
-# being the counts and building transients. The 61-frame row is then predicted within 2 %.
-NABLA_BYTES_PER_BLOCK_PAIR = 12.5
+# query block, key block) of 64 tokens. Held as partial blocks (nabla.as_partial_blocks), its kv indices
+# and their transpose are int32: 8 bytes. The rest, the counts and the building transients, 0.5 bytes,
+# fitted on Lite 10 s, 512x768x241 at 10 % density, blocks eager (one H200, 2026-12-07: 46.33 GiB) when
+# the mask still had diffusers' form, one more int32 index tensor (NABLA_DIFFUSERS_FORM_EXTRA; the
+# measured rows of that build are predicted with it, estimate/check.py). The 61-frame row is then
+# predicted within 2 %.
+NABLA_BYTES_PER_BLOCK_PAIR = 8.5
+NABLA_DIFFUSERS_FORM_EXTRA = 4
 
 
 def _tokens_per_block(blocks: int, shape: TrainingShape, plan: TrainingPlan) -> list[int]:
@@ -100,7 +104,7 @@ def training_terms(flavour: str, shape: TrainingShape, plan: TrainingPlan) -> di
         "block inputs": _block_inputs(tokens, shape.tokens * shape.batch, hidden, plan) / GIB,
         "kept attention": kept / GIB,
         "recompute working set": working / GIB,
-        **({"NABLA block masks": _nabla_masks(config, shape, plan) / GIB} if plan.nabla is not None else {}),
+        **({"NABLA block masks": _nabla_masks(flavour, shape, plan) / GIB} if plan.nabla is not None else {}),
         # sequence parallelism gathers the last block's output whole through an all-to-all: the chunk sent to
         # each process, what comes back, the assembled output and its gradient, four hidden states of the
         # whole clip (counted, not measured yet: no multi-GPU machine so far)
@@ -108,11 +112,18 @@ def training_terms(flavour: str, shape: TrainingShape, plan: TrainingPlan) -> di
     }
 
 
-def _nabla_masks(config: dict, shape: TrainingShape, plan: TrainingPlan) -> float:
-    """Bytes of the block masks of every visual block (heads split over a sequence group)."""
+def nabla_block_pairs(flavour: str, shape: TrainingShape, plan: TrainingPlan) -> int:
+    """(head, query block, key block) triples of every visual block's mask on one GPU (heads split over a
+    sequence group)."""
+    config = FLAVOURS[flavour].transformer_config
     heads = config["model_dim"] // sum(config["axes_dims"]) // plan.sequence_parallel
     blocks = shape.tokens // 64
-    return config["num_visual_blocks"] * shape.batch * heads * blocks * blocks * NABLA_BYTES_PER_BLOCK_PAIR
+    return config["num_visual_blocks"] * shape.batch * heads * blocks * blocks
+
+
+def _nabla_masks(flavour: str, shape: TrainingShape, plan: TrainingPlan) -> float:
+    """Bytes of the block masks of every visual block."""
+    return nabla_block_pairs(flavour, shape, plan) * NABLA_BYTES_PER_BLOCK_PAIR
 
 
 def training_peak_gib(flavour: str, shape: TrainingShape, plan: TrainingPlan) -> float:
