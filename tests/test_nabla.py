@@ -70,13 +70,22 @@ def _flex_reference(model_dir: str):
     return reference
 
 
-def test_each_layer_builds_the_pipelines_mask_bit_for_bit(tiny_nabla_dir, monkeypatch):
+@pytest.mark.parametrize("fused", [False, True], ids=["stock-qk", "fused-qk"])
+def test_each_layer_builds_the_pipelines_mask_bit_for_bit(tiny_nabla_dir, monkeypatch, fused):
     """Given a layer's input, our processor builds exactly the mask diffusers' processor builds (the same
-    queries and keys, then diffusers' own nablaT_v2)."""
+    queries and keys, then diffusers' own nablaT_v2), also when it wraps the fast path's processor and
+    makes the queries and keys with its fused RMSNorm + RoPE kernel."""
     from diffusers.models.transformers import transformer_kandinsky
+
+    from k5tune.models.kandinsky5 import fast
 
     latents, text, _ = _inputs()
     reference = _flex_reference(tiny_nabla_dir)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # (a new model's q/k norms are all ones: make each one its own)
+        for block in reference.visual_transformer_blocks:
+            for norm in (block.self_attention.query_norm, block.self_attention.key_norm):
+                norm.weight.copy_(1 + 0.5 * torch.randn(norm.weight.shape, generator=generator))
     inputs = []  # each visual self-attention's (hidden states, rope) in the reference forward
     for block in reference.visual_transformer_blocks:
         block.self_attention.register_forward_pre_hook(
@@ -87,7 +96,10 @@ def test_each_layer_builds_the_pipelines_mask_bit_for_bit(tiny_nabla_dir, monkey
     with torch.no_grad():  # (FlexAttention has no backward on the CPU)
         reference(**kwargs, sparse_params=params, return_dict=False)
     expected = list(masks)
-    ours = nabla.NablaAttnProcessor(dense=None)
+    ours = nabla.NablaAttnProcessor(dense=fast.FastAttnProcessor() if fused else None)
+    fused_calls = []
+    real_norm_rope = fast._kernels["norm_rope"]
+    monkeypatch.setitem(fast._kernels, "norm_rope", lambda *args: fused_calls.append(1) or real_norm_rope(*args))
     attended = []  # the mask our attention ran under (held as partial blocks)
     real_attention = nabla.attention
     monkeypatch.setattr(nabla, "attention", lambda q, k, v, mask: attended.append(mask) or real_attention(q, k, v, mask))
@@ -98,6 +110,7 @@ def test_each_layer_builds_the_pipelines_mask_bit_for_bit(tiny_nabla_dir, monkey
             ours(block.self_attention, hidden, rotary_emb=rope, sparse_params=params)
         assert torch.equal(masks[0].to_dense(), theirs.to_dense())
         assert torch.equal(attended[0].to_dense(), theirs.to_dense())
+    assert len(fused_calls) == (2 * len(expected) if fused else 0)  # queries and keys of each layer
     assert 0.2 < nabla.density(expected[0]) < 1.0  # really sparse, not empty
 
 

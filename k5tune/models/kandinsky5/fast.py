@@ -54,9 +54,14 @@ _EAGER_KERNELS = {"modulate": modulate, "gated_residual": gated_residual, "norm_
 _kernels = dict(_EAGER_KERNELS)
 
 
-def _k(name: str):
-    # inside a compiled block (speed.py) the plain definitions are traced into the block's own graph
+def fused_kernel(name: str):
+    """One fused group ("modulate", "gated_residual", "norm_rope") as the fast path runs it now: compiled
+    on CUDA, the plain definition on the CPU and inside a compiled block (speed.py), which traces it into
+    the block's own graph."""
     return _EAGER_KERNELS[name] if torch.compiler.is_compiling() else _kernels[name]
+
+
+_k = fused_kernel
 
 
 # --- attention ----------------------------------------------------------------------------------

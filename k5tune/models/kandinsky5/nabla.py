@@ -202,12 +202,21 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask)
     return out.transpose(1, 2)
 
 
-def _qkv(attn, hidden_states: torch.Tensor, rotary_emb: torch.Tensor):
-    """Queries, keys and values exactly as diffusers' Kandinsky5AttnProcessor makes them (the same ops,
-    so the block mask built from them is bit for bit the pipeline's)."""
+def _qkv(attn, hidden_states: torch.Tensor, rotary_emb: torch.Tensor, fused: bool = False):
+    """Queries, keys and values as diffusers' Kandinsky5AttnProcessor makes them: the same ops, so the
+    block mask built from them is bit for bit the pipeline's. `fused` (the fast path): q/k RMSNorm and
+    RoPE as its one kernel each (fast.norm_rope, compiled on the GPU): the same operations in one pass
+    instead of ~10 over fp32 copies (1.1 of the 7.9 s of a Lite 10 s step went on them, eager); bit for
+    bit the stock ones on the CPU (tests/test_nabla.py), within rounding where compiled."""
     query, key, value = attn.to_query(hidden_states), attn.to_key(hidden_states), attn.to_value(hidden_states)
     shape = query.shape[:-1]
     query, key, value = (t.reshape(*shape, attn.num_heads, -1) for t in (query, key, value))
+    if fused:
+        from k5tune.models.kandinsky5.fast import fused_kernel
+
+        norm_rope = fused_kernel("norm_rope")
+        return (norm_rope(query, attn.query_norm.weight, attn.query_norm.eps, rotary_emb),
+                norm_rope(key, attn.key_norm.weight, attn.key_norm.eps, rotary_emb), value)
     query = attn.query_norm(query.float()).type_as(query)
     key = attn.key_norm(key.float()).type_as(key)
 
@@ -226,7 +235,10 @@ class NablaAttnProcessor:
     a checkpointed block in backward reuses the forward's mask (its queries and keys are the same)."""
 
     def __init__(self, dense):
+        from k5tune.models.kandinsky5.fast import FastAttnProcessor
+
         self.dense = dense
+        self.fused = isinstance(dense, FastAttnProcessor)  # the fast path's q/k kernels (`fused_kernels`)
         self.mask = None
         self.sharing = False
         self.record_density = False  # benchmarks: measure each mask's density (a GPU sync)
@@ -236,7 +248,7 @@ class NablaAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, rotary_emb=None, sparse_params=None):
         if sparse_params is None or encoder_hidden_states is not None:
             return self.dense(attn, hidden_states, encoder_hidden_states, rotary_emb, sparse_params)
-        query, key, value = _qkv(attn, hidden_states, rotary_emb)
+        query, key, value = _qkv(attn, hidden_states, rotary_emb, self.fused)
         exchange = self.exchange if attn.training else None
         if exchange is not None:
             query, key, value = exchange.to_heads(query), exchange.to_heads(key), exchange.to_heads(value)
