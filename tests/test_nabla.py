@@ -102,7 +102,8 @@ def test_each_layer_builds_the_pipelines_mask_bit_for_bit(tiny_nabla_dir, monkey
     monkeypatch.setitem(fast._kernels, "norm_rope", lambda *args: fused_calls.append(1) or real_norm_rope(*args))
     attended = []  # the mask our attention ran under (held as partial blocks)
     real_attention = nabla.attention
-    monkeypatch.setattr(nabla, "attention", lambda q, k, v, mask: attended.append(mask) or real_attention(q, k, v, mask))
+    monkeypatch.setattr(nabla, "attention", lambda q, k, v, mask, *rest: attended.append(mask)
+                        or real_attention(q, k, v, mask, *rest))
     for block, (hidden, rope), theirs in zip(reference.visual_transformer_blocks, inputs, expected, strict=True):
         masks.clear()
         attended.clear()
@@ -453,3 +454,71 @@ def test_nabla_blocks_compile_only_when_asked():
     assert plans[()].nabla is not None and not plans[()].compiles_blocks(True)
     assert plans[("--compile-blocks",)].compiles_blocks(True)
     assert plans[("--sparse-attention", "dense")].compiles_blocks(True)
+
+
+@pytest.fixture
+def torch_heuristics(monkeypatch):
+    """Inductor's choices as torch ships them, restored after the test (clamp_flex_tiles is process-wide)."""
+    from torch._inductor.choices import InductorChoices
+
+    for name in ("get_flex_attention_fwd_configs", "get_flex_attention_bwd_configs"):
+        monkeypatch.setattr(InductorChoices, name, getattr(InductorChoices, name))
+    monkeypatch.setattr(InductorChoices, "_k5_flex_tile_limit", None, raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: (9, 0))  # an H100's tilings
+    return InductorChoices()
+
+
+def _tiles(config) -> list[int]:
+    return [getattr(config, name) for name in ("block_m", "block_n", "block_m1", "block_n1", "block_m2", "block_n2")
+            if hasattr(config, name)]
+
+
+def test_heuristic_tiling_narrows_torchs_flex_tiles_to_nablas_blocks(torch_heuristics):
+    """In the default mode torch gives FlexAttention's backward on Hopper a tiling 128 tokens wide, which
+    NABLA's 64-token blocks cannot take ("No choices to select" on the H100); flex_tiling "heuristic" keeps
+    that tiling's stages and warps with every tile at most 64 tokens, for the forward and the backward."""
+    stock = torch_heuristics.get_flex_attention_bwd_configs(64, torch.bfloat16, "cuda")
+    assert any(t > nabla.BLOCK for c in stock for t in _tiles(c))  # why "heuristic" exists
+    nabla.clamp_flex_tiles()
+    nabla.clamp_flex_tiles()  # (idempotent)
+    for head_dim in (64, 128):  # Lite, Pro
+        for kind in ("fwd", "bwd"):
+            configs = getattr(torch_heuristics, f"get_flex_attention_{kind}_configs")(head_dim, torch.bfloat16, "cuda")
+            assert configs and all(nabla.BLOCK % t == 0 for c in configs for t in _tiles(c)), (kind, configs)
+    clamped = torch_heuristics.get_flex_attention_bwd_configs(64, torch.bfloat16, "cuda")
+    assert [(c.num_stages, c.num_warps) for c in clamped] == [(c.num_stages, c.num_warps) for c in stock]
+
+
+def test_flex_tiling_picks_the_compile_mode_of_flex_and_of_compiled_blocks(torch_heuristics, monkeypatch,
+                                                                         tiny_nabla_dir):
+    """`k5tune bench --flex-tiling` reaches the plan, the processors and torch.compile: max-autotune for
+    "autotune" (FlexAttention alone, or in a compiled NABLA block), the default mode with narrowed tiles
+    for "heuristic"; dense compiled blocks keep the default mode."""
+    import argparse
+
+    from k5tune.commands import bench
+    from k5tune.train import speed
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: modes.append(kwargs.get("mode")) or fn)
+    monkeypatch.setattr(nabla, "_compiled_flex", {})
+    monkeypatch.setattr(speed, "_compiled_regions", {})
+    nabla._flex_attention("autotune")
+    speed._compiled_region(True, "inductor", "autotune")
+    speed._compiled_region(True, "inductor", None)
+    assert modes == ["max-autotune-no-cudagraphs"] * 2 + [None]
+    assert torch_heuristics._k5_flex_tile_limit is None  # autotune leaves torch's heuristics alone
+    modes.clear()
+    nabla._flex_attention("heuristic")
+    speed._compiled_region(False, "inductor", "heuristic")
+    assert modes == [None, None] and torch_heuristics._k5_flex_tile_limit == nabla.BLOCK
+    with pytest.raises(ValueError, match="unknown flex_tiling 'fast'; valid: autotune, heuristic"):
+        nabla.flex_compile_mode("fast")
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    plan = bench._plan(parser.parse_args(["--flavour", "t2v-lite-sft-10s", "--flex-tiling", "heuristic"]))
+    assert plan.flex_tiling == "heuristic"
+    transformer = _transformer(tiny_nabla_dir)
+    nabla.install(transformer, SETTINGS, plan.flex_tiling)
+    assert {a.processor.tiling for a in nabla.self_attentions(transformer)} == {"heuristic"}

@@ -9,23 +9,24 @@ size, and on Hopper at head sizes 64 and 128 it is 128 tokens wide (torch 2.13,
 divide the mask's 64-token blocks *before* kernel_options are applied, so given tiles cannot rescue it:
 "No choices to select" (H100, torch 2.11, 2026-12-07: every default-mode candidate below failed; only
 max-autotune lowered, after benchmarking 12 tilings: 158 s at 93,696 tokens). The candidate "default,
-tiles clamped by a choices handler" keeps the heuristic's stages and warps and narrows its tiles to 64
-through inductor's choices handler (`V.set_choices_handler`), the extension point for heuristics: if
-it lowers and runs near the autotuned speed, NABLA could compile in the default mode (no autotune per
-clip length; compiled blocks without autotuning every matmul).
+tiles clamped" keeps the heuristic's stages and warps and narrows its tiles to 64 (k5tune's
+`nabla.clamp_flex_tiles`, TrainingPlan flex_tiling "heuristic", `k5tune bench --flex-tiling heuristic`):
+if it lowers and runs near the autotuned speed, NABLA could compile in the default mode (no autotune
+per clip length; compiled blocks without autotuning every matmul). It runs last: the clamp is
+process-wide.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-BLOCK = 64
+from k5tune.models.kandinsky5.nabla import BLOCK, clamp_flex_tiles
+
 P64 = {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 64}
 # name: (mode, kernel_options, clamp the heuristic's tiles to 64). The first seven failed on an H100 with
 # torch 2.11 (2026-12-07); max-autotune lowered.
@@ -38,28 +39,9 @@ CANDIDATES = {
     "default, BACKEND TRITON, prefixed 64 all": (None, {"BACKEND": "TRITON", **P64}, False),
     "default, BACKEND TRITON alone": (None, {"BACKEND": "TRITON"}, False),
     "default, none": (None, {}, False),
-    "default, tiles clamped by a choices handler": (None, {}, True),
     "max-autotune-no-cudagraphs": ("max-autotune-no-cudagraphs", {}, False),
+    "default, tiles clamped": (None, {}, True),  # (last: the clamp stays for the rest of the process)
 }
-
-
-def clamp_flex_tiles(limit: int = BLOCK) -> None:
-    """Inductor's choices with every FlexAttention tile (forward and backward) at most `limit` tokens."""
-    from torch._inductor.choices import InductorChoices
-    from torch._inductor.virtualized import V
-
-    def clamp(configs: list) -> list:
-        return [dataclasses.replace(c, **{f.name: min(getattr(c, f.name), limit) for f in dataclasses.fields(c)
-                                          if f.name.startswith("block_")}) for c in configs]
-
-    class ClampedTiles(InductorChoices):
-        def get_flex_attention_fwd_configs(self, *args, **kwargs):
-            return clamp(super().get_flex_attention_fwd_configs(*args, **kwargs))
-
-        def get_flex_attention_bwd_configs(self, *args, **kwargs):
-            return clamp(super().get_flex_attention_bwd_configs(*args, **kwargs))
-
-    V.set_choices_handler(ClampedTiles())
 
 
 def _time(step, repeats: int = 5) -> float:
@@ -83,10 +65,6 @@ def main() -> None:
         if args.only not in name:
             continue
         torch._dynamo.reset()
-        from torch._inductor.choices import InductorChoices
-        from torch._inductor.virtualized import V
-
-        V.set_choices_handler(InductorChoices())  # (each probe starts from torch's own heuristics)
         if clamped:
             clamp_flex_tiles()
         q, k, v = (torch.randn(1, heads, args.tokens, args.head_dim, device="cuda", dtype=torch.bfloat16,

@@ -24,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile-blocks", action="store_true",
                         help="compile the blocks whole under NABLA too (the mask and FlexAttention in the block's "
                              "graph, max-autotune); by default NABLA's blocks run eagerly")
+    parser.add_argument("--flex-tiling", default="autotune", choices=["autotune", "heuristic"],
+                        help="NABLA: how compiled FlexAttention finds its tiles: autotune (benchmarks candidates once "
+                             "per clip length, the default) or heuristic (torch's own tiles narrowed to the 64-token "
+                             "blocks, no autotuning)")
     parser.add_argument("--output", help="also write the JSON report to this file")
     _add_suite_arguments(parser)
 
@@ -146,7 +150,7 @@ def _plan(args: argparse.Namespace):
         base_precision=args.base_precision, modulation_fp32=not args.modulation_bf16,
         compile_kernels=False if args.no_compile else None,
         compile_blocks=False if args.no_compile_blocks or args.no_compile else True if args.compile_blocks else None,
-        nabla=_nabla(args))
+        nabla=_nabla(args), flex_tiling=args.flex_tiling)
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:

@@ -70,7 +70,7 @@ def build_training_model(transformer, plan: TrainingPlan, lora: LoraSettings, ru
         p.data = p.data.float()
     apply_speed_plan(transformer, plan, on_gpu)
     if plan.nabla is not None:  # (after the fast path, whose processors it wraps)
-        nabla.install(transformer, plan.nabla)
+        nabla.install(transformer, plan.nabla, plan.flex_tiling)
     if plan.compiles_blocks(on_gpu):
         log("note: the first steps also compile the transformer blocks (torch.compile: ~40 s for Lite on an "
             "H100); fused_kernels false skips it")

@@ -44,6 +44,10 @@ class TrainingPlan:
     compile_kernels: bool | None = None  # the fused element-wise groups
     compile_blocks: bool | None = None  # each checkpointed block whole, its checkpoint inside
     compile_backend: str = "inductor"
+    # how FlexAttention (NABLA) finds its tiles on the GPU: "autotune" benchmarks inductor's candidates
+    # once per clip length (max-autotune, the measured path); "heuristic" takes torch's own tiling
+    # narrowed to NABLA's 64-token blocks (nabla.clamp_flex_tiles; no autotuning; not yet measured)
+    flex_tiling: str = "autotune"
 
     @classmethod
     def from_config(cls, cfg, processes: int = 1, nabla: NablaSettings | None = None) -> TrainingPlan:

@@ -115,14 +115,11 @@ def _checkpoint_selective(module, *args, keep_blocks: int | None = None):
 _compiled_regions: dict = {}
 
 
-# NABLA's blocks compile in max-autotune mode: in the default mode inductor finds no tiling for
-# FlexAttention's backward at 64-token blocks (H100, torch 2.11: "No choices to select", whatever
-# kernel_options say; benchmarks/tools/flex_options_probe.py), and autotuning finds 12 that lower.
-NABLA_COMPILE_MODE = "max-autotune-no-cudagraphs"
-
-
-def _compiled_region(selective: bool, backend: str, nabla: bool = False):
-    if (selective, backend, nabla) not in _compiled_regions:
+def _compiled_region(selective: bool, backend: str, nabla_tiling: str | None = None):
+    """`nabla_tiling`: NABLA's blocks (TrainingPlan.flex_tiling, which picks the compile mode for the
+    FlexAttention traced into them: nabla.flex_compile_mode); None for dense blocks."""
+    nabla = nabla_tiling is not None
+    if (selective, backend, nabla_tiling) not in _compiled_regions:
         # ~6 graphs per region (text/visual block, input with or without gradient, dynamic lengths);
         # torch 2.6 calls the limit cache_size_limit
         config = torch._dynamo.config
@@ -132,14 +129,18 @@ def _compiled_region(selective: bool, backend: str, nabla: bool = False):
             region = _compiled_selective_region if selective else _compiled_full_region
         else:
             region = _selective_region if selective else _full_region
-        mode = NABLA_COMPILE_MODE if nabla and backend == "inductor" else None
-        _compiled_regions[selective, backend, nabla] = torch.compile(region, backend=backend, mode=mode)
-    return _compiled_regions[selective, backend, nabla]
+        mode = None
+        if nabla and backend == "inductor":
+            from k5tune.models.kandinsky5.nabla import flex_compile_mode
+
+            mode = flex_compile_mode(nabla_tiling)
+        _compiled_regions[selective, backend, nabla_tiling] = torch.compile(region, backend=backend, mode=mode)
+    return _compiled_regions[selective, backend, nabla_tiling]
 
 
-def _checkpoint_compiled(module, *args, selective: bool, keep_blocks: int | None, backend: str, nabla: bool,
-                         offload: SavedActivationOffload | None = None):
-    region = _compiled_region(selective and _keeps_attention(module, keep_blocks), backend, nabla)
+def _checkpoint_compiled(module, *args, selective: bool, keep_blocks: int | None, backend: str,
+                         nabla_tiling: str | None, offload: SavedActivationOffload | None = None):
+    region = _compiled_region(selective and _keeps_attention(module, keep_blocks), backend, nabla_tiling)
     with offload.around(module, args) if offload is not None else contextlib.nullcontext():
         return region(module, *args)
 
@@ -170,7 +171,8 @@ def apply_speed_plan(transformer, plan: TrainingPlan, on_gpu: bool | None = None
         transformer._k5_activation_offload = offload  # (None without it; for tests and diagnostics)
         transformer.enable_gradient_checkpointing(gradient_checkpointing_func=partial(
             _checkpoint_compiled, selective=plan.checkpointing == "selective", keep_blocks=plan.keep_attention_blocks,
-            backend=plan.compile_backend, offload=offload, nabla=plan.nabla is not None))
+            backend=plan.compile_backend, offload=offload,
+            nabla_tiling=None if plan.nabla is None else plan.flex_tiling))
     elif plan.checkpointing == "none":
         transformer.disable_gradient_checkpointing()
     elif plan.checkpointing == "full":

@@ -161,25 +161,63 @@ def density(mask) -> float:
     return 1.0 - mask.sparsity() / 100.0
 
 
-_compiled_flex = None
+FLEX_TILINGS = ("autotune", "heuristic")
+_compiled_flex: dict = {}
 
 
-def _flex_attention():
+def _flex_attention(tiling: str = "autotune"):
     """FlexAttention compiled alone, for blocks that run eagerly (a compiled block traces it itself)."""
-    global _compiled_flex
-    if _compiled_flex is None:
+    if tiling not in _compiled_flex:
         from torch.nn.attention.flex_attention import flex_attention
 
         # one graph per shape (a bucket): masks change every step, shapes do not, so nothing recompiles
         # within a bucket; each new bucket compiles once (counted in compiled_shapes and reported).
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        # NABLA's blocks are 64 tokens, and the kernel's tiles must divide them. In the default mode
-        # inductor finds no tiling that lowers at a head size of 64 on Hopper (torch 2.11, H100: forward
-        # "Q and KV block size must be divisible by BLOCK_M and BLOCK_N", backward "No choices to select",
-        # even with the tiles given as kernel_options: benchmarks/tools/flex_options_probe.py); autotuning
-        # offers 32- and 64-wide tilings and keeps those that lower (64x64 wins; once per shape and machine).
-        _compiled_flex = torch.compile(flex_attention, dynamic=False, mode="max-autotune-no-cudagraphs")
-    return _compiled_flex
+        _compiled_flex[tiling] = torch.compile(flex_attention, dynamic=False, mode=flex_compile_mode(tiling))
+    return _compiled_flex[tiling]
+
+
+def flex_compile_mode(tiling: str) -> str | None:
+    """torch.compile's mode for FlexAttention (alone or in a compiled block) under a TrainingPlan's
+    `flex_tiling`.
+
+    NABLA's blocks are 64 tokens, and the kernel's tiles must divide them. In the default mode torch's
+    heuristics give the backward one tiling, 128 tokens wide on Hopper at head sizes 64 and 128, and the
+    lowering drops it before kernel_options apply: "No choices to select" (H100, torch 2.11, tiles given
+    or not: benchmarks/tools/flex_options_probe.py). "autotune" benchmarks max-autotune's 32- and 64-wide
+    tilings instead (64x64 wins; once per shape and machine: 158 s at 93,696 tokens on an H200);
+    "heuristic" keeps the default mode with the heuristic's tiles narrowed to 64 (clamp_flex_tiles)."""
+    if tiling not in FLEX_TILINGS:
+        raise ValueError(f"unknown flex_tiling '{tiling}'; valid: {', '.join(FLEX_TILINGS)}")
+    if tiling == "heuristic":
+        clamp_flex_tiles()
+        return None
+    return "max-autotune-no-cudagraphs"
+
+
+def clamp_flex_tiles(limit: int = BLOCK) -> None:
+    """Every FlexAttention tile torch's heuristics offer (forward and backward, default mode and
+    autotuning alike) at most `limit` tokens; the stages and warps stay the heuristic's. Process-wide:
+    k5tune's only FlexAttention is NABLA's, whose blocks are 64 tokens. Idempotent.
+
+    Set on InductorChoices itself rather than through `V.set_choices_handler`: that handler is
+    thread-local, and a backward graph compiles on autograd's device thread."""
+    import dataclasses
+
+    from torch._inductor.choices import InductorChoices
+
+    if getattr(InductorChoices, "_k5_flex_tile_limit", None) is not None:
+        return
+
+    def clamped(original):
+        def configs(self, *args, **kwargs) -> list:
+            return [dataclasses.replace(c, **{f.name: min(getattr(c, f.name), limit) for f in dataclasses.fields(c)
+                                              if f.name.startswith("block_")}) for c in original(self, *args, **kwargs)]
+        return configs
+
+    InductorChoices.get_flex_attention_fwd_configs = clamped(InductorChoices.get_flex_attention_fwd_configs)
+    InductorChoices.get_flex_attention_bwd_configs = clamped(InductorChoices.get_flex_attention_bwd_configs)
+    InductorChoices._k5_flex_tile_limit = limit
 
 
 def uses_flex(query: torch.Tensor) -> bool:
@@ -187,14 +225,15 @@ def uses_flex(query: torch.Tensor) -> bool:
     return query.is_cuda
 
 
-def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask) -> torch.Tensor:
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask,
+              tiling: str = "autotune") -> torch.Tensor:
     """Attention of (B, S, heads, D) tensors under a NABLA block mask -> (B, S, heads, D)."""
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
     if uses_flex(q):
         from torch.nn.attention.flex_attention import flex_attention
 
         # (in a compiled block, speed.py, FlexAttention is traced into the block's own graph)
-        out = (flex_attention if torch.compiler.is_compiling() else _flex_attention())(q, k, v, block_mask=mask)
+        out = (flex_attention if torch.compiler.is_compiling() else _flex_attention(tiling))(q, k, v, block_mask=mask)
     else:  # the same mask, expanded to tokens, through SDPA
         blocks = mask.to_dense().bool()  # (B, heads, S/64, S/64)
         dense = blocks.repeat_interleave(BLOCK, dim=-2).repeat_interleave(BLOCK, dim=-1)
@@ -244,6 +283,7 @@ class NablaAttnProcessor:
         self.record_density = False  # benchmarks: measure each mask's density (a GPU sync)
         self.last_density: float | None = None
         self.exchange = None  # sequence parallelism: the mask and attention see every token of some heads
+        self.tiling = "autotune"  # how compiled FlexAttention finds its tiles (TrainingPlan.flex_tiling)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, rotary_emb=None, sparse_params=None):
         if sparse_params is None or encoder_hidden_states is not None:
@@ -261,7 +301,7 @@ class NablaAttnProcessor:
             self.mask = mask
         if self.record_density:
             self.last_density = density(mask)
-        out = attention(query, key, value, mask)
+        out = attention(query, key, value, mask, self.tiling)
         if exchange is not None:
             out = exchange.to_sequence(out)
         return attn.out_layer(out.flatten(-2, -1))
@@ -271,12 +311,14 @@ def self_attentions(transformer):
     return [block.self_attention for block in transformer.visual_transformer_blocks]
 
 
-def install(transformer, settings: NablaSettings) -> None:
+def install(transformer, settings: NablaSettings, tiling: str = "autotune") -> None:
     """NABLA processors on the visual self-attentions, and `settings` in the transformer's config, so the
-    diffusers pipeline (validation) runs the same attention."""
+    diffusers pipeline (validation) runs the same attention; `tiling`: TrainingPlan.flex_tiling."""
+    flex_compile_mode(tiling)  # (an unknown tiling fails here, before training)
     for attention_module in self_attentions(transformer):
         if not isinstance(attention_module.processor, NablaAttnProcessor):
             attention_module.set_processor(NablaAttnProcessor(attention_module.processor))
+        attention_module.processor.tiling = tiling
     transformer.register_to_config(**settings.transformer_config())
     transformer._k5_nabla = settings
 
