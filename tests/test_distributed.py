@@ -12,6 +12,7 @@ from k5tune.config import load_config
 from k5tune.distributed import Dist
 from tests.helpers import DISTRIBUTED_RUN as RUN
 from tests.helpers import (
+    assert_same_steps,
     assert_same_training_across_processes,
     make_project,
     train_lora,
@@ -31,6 +32,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, mo
     double = tmp_path / "double"
     # the gloo sum and the padded/masked text batch round differently: the same maths in another order
     assert_same_training_across_processes(train_lora_on_two_processes(double, tiny_model_dir, RUN, monkeypatch), expected)
+    assert_same_steps(double / "output", tmp_path / "single" / "output")
     # the first process alone wrote the outputs: one metrics row per step, one run log, one video
     rows = (double / "output" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 3
