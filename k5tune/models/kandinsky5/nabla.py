@@ -187,12 +187,16 @@ def flex_compile_mode(tiling: str) -> str | None:
     or not: benchmarks/tools/flex_options_probe.py). "autotune" benchmarks max-autotune's 32- and 64-wide
     tilings instead (64x64 wins; once per shape and machine: 158 s at 93,696 tokens on an H200);
     "heuristic" keeps the default mode with the heuristic's tiles narrowed to 64 (clamp_flex_tiles)."""
-    if tiling not in FLEX_TILINGS:
-        raise ValueError(f"unknown flex_tiling '{tiling}'; valid: {', '.join(FLEX_TILINGS)}")
+    check_tiling(tiling)
     if tiling == "heuristic":
         clamp_flex_tiles()
         return None
     return "max-autotune-no-cudagraphs"
+
+
+def check_tiling(tiling: str) -> None:
+    if tiling not in FLEX_TILINGS:
+        raise ValueError(f"unknown flex_tiling '{tiling}'; valid: {', '.join(FLEX_TILINGS)}")
 
 
 def clamp_flex_tiles(limit: int = BLOCK) -> None:
@@ -314,7 +318,7 @@ def self_attentions(transformer):
 def install(transformer, settings: NablaSettings, tiling: str = "autotune") -> None:
     """NABLA processors on the visual self-attentions, and `settings` in the transformer's config, so the
     diffusers pipeline (validation) runs the same attention; `tiling`: TrainingPlan.flex_tiling."""
-    flex_compile_mode(tiling)  # (an unknown tiling fails here, before training)
+    check_tiling(tiling)  # (an unknown tiling fails here, before training)
     for attention_module in self_attentions(transformer):
         if not isinstance(attention_module.processor, NablaAttnProcessor):
             attention_module.set_processor(NablaAttnProcessor(attention_module.processor))
