@@ -80,6 +80,7 @@ def test_bench_on_cpu_with_the_tiny_model(tiny_model_dir, tmp_path, capsys):
     assert printed["tokens"] == 3 * 2 * 3
     for name in ("ours", "stock", "ours_tread"):
         assert printed[name]["step_s"] > 0 and len(printed[name]["step_s_all"]) == 2
+        assert len(printed[name]["warmup_s_all"]) == 1 and printed[name]["warmup_s_all"][0] > 0
         assert printed[name]["tflops"] > 0 if name != "ours_tread" else True
     assert printed["speedup_vs_stock"] == pytest.approx(printed["stock"]["step_s"] / printed["ours"]["step_s"])
     assert printed["tread_routes"] == [{"ratio": 0.5, "start": 0, "end": 1}]

@@ -38,7 +38,10 @@ class BenchConfig:
     plan: TrainingPlan = field(default_factory=lambda: TrainingPlan(modulation_fp32=True))
 
 
-def _time_steps(step, steps: int, warmup: int, device: torch.device) -> list[float]:
+def _time_steps(step, steps: int, warmup: int, device: torch.device, warmup_times: list[float] | None = None
+                ) -> list[float]:
+    """The seconds of each of `steps` steps after `warmup` untimed ones (their seconds, compilation and
+    autotuning included, go to `warmup_times` when given)."""
     times = []
     for index in range(warmup + steps):
         if device.type == "cuda":
@@ -47,16 +50,18 @@ def _time_steps(step, steps: int, warmup: int, device: torch.device) -> list[flo
         step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if index >= warmup:
-            times.append(time.perf_counter() - started)
+        (times if index >= warmup else warmup_times if warmup_times is not None else []).append(
+            time.perf_counter() - started)
     return times
 
 
 def _measure(step, bench: BenchConfig, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = _time_steps(step, bench.steps, bench.warmup, device)
-    result = {"step_s": statistics.median(times), "step_s_all": [round(t, 4) for t in times]}
+    warmup_times: list[float] = []
+    times = _time_steps(step, bench.steps, bench.warmup, device, warmup_times)
+    result = {"step_s": statistics.median(times), "step_s_all": [round(t, 4) for t in times],
+              "warmup_s_all": [round(t, 3) for t in warmup_times]}  # (the first: compiling, autotuning)
     if device.type == "cuda":
         result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result
