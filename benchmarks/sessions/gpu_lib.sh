@@ -17,13 +17,13 @@ start_session() {
 }
 
 # b ARGS...: one `k5tune bench ARGS` run; its JSON report is appended to $OUT/bench.jsonl, its row (with
-# the scenario's name when ARGS has --scenario) to $OUT/rows.jsonl, and its step times and peaks printed. BENCH_TIMEOUT (seconds) bounds a run; BENCH_ERR collects stderr.
+# the scenario's name when ARGS has --scenario) to $OUT/rows.jsonl, and its step times, peaks and first (compiling) step printed. BENCH_TIMEOUT (seconds) bounds a run; BENCH_ERR collects stderr.
 b() {
   local err=${BENCH_ERR:-$OUT/err.txt}
   ${BENCH_TIMEOUT:+timeout $BENCH_TIMEOUT} python3 -m k5tune.cli bench "$@" --output /tmp/b.json --results $OUT/rows.jsonl \
     > /dev/null 2>> "$err" \
     || tail -3 "$err"
-  python3 -c "import json,sys; r=json.load(open('/tmp/b.json')); open('$OUT/bench.jsonl','a').write(json.dumps(r)+'\n'); print(sys.argv[1:], {k: (round(v['step_s'],3), round(v.get('peak_gib', 0),2)) for k,v in r.items() if isinstance(v, dict) and 'step_s' in v}, r.get('base_precision'), (r.get('attention') or {}).get('mask_density'))" "$@"
+  python3 -c "import json,sys; r=json.load(open('/tmp/b.json')); open('$OUT/bench.jsonl','a').write(json.dumps(r)+'\n'); print(sys.argv[1:], {k: (round(v['step_s'],3), round(v.get('peak_gib', 0),2), (v.get('warmup_s_all') or [None])[0]) for k,v in r.items() if isinstance(v, dict) and 'step_s' in v}, r.get('base_precision'), (r.get('attention') or {}).get('mask_density'))" "$@"
   rm -f /tmp/b.json
 }
 
