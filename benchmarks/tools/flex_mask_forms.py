@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from k5tune.bench.measure import _time_steps
 from k5tune.models.kandinsky5.nabla import BLOCK, as_partial_blocks
 
 
@@ -31,14 +33,9 @@ def _masks(heads: int, blocks: int, density: float, device: str):
     return {"full blocks (diffusers' form)": full, "partial blocks, no-op mask_mod (k5tune)": as_partial_blocks(full)}
 
 
-def _time(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
+def _median_seconds(step, repeats: int = 5) -> float:
+    """One untimed call, then the median of `repeats` timed ones (the bench's own step timer)."""
+    return statistics.median(_time_steps(step, repeats, 1, torch.device("cuda")))
 
 
 def main() -> None:
@@ -67,7 +64,7 @@ def main() -> None:
         tensors = {t.data_ptr(): t for t in mask.as_tuple() if isinstance(t, torch.Tensor)}  # (shared once)
         mask_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
         report[name] = {"first_call_s": round(time.perf_counter() - started, 1),
-                        "forward_backward_ms": round(1000 * _time(step, args.repeats), 2),
+                        "forward_backward_ms": round(1000 * _median_seconds(step, args.repeats), 2),
                         "mask_gib": round(mask_bytes / 2**30, 3)}
     report["max_abs_difference"] = {what: (a - b).abs().max().item()
                                      for what, a, b in zip(("out", "dq", "dk", "dv"), *results, strict=True)}

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from k5tune.bench.measure import _time_steps
 from k5tune.models.kandinsky5.nabla import BLOCK, clamp_flex_tiles
 
 P64 = {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 64}
@@ -44,14 +46,9 @@ CANDIDATES = {
 }
 
 
-def _time(step, repeats: int = 5) -> float:
-    step()
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - started) / repeats
+def _median_seconds(step, repeats: int = 5) -> float:
+    """One untimed call, then the median of `repeats` timed ones (the bench's own step timer)."""
+    return statistics.median(_time_steps(step, repeats, 1, torch.device("cuda")))
 
 
 def main() -> None:
@@ -83,7 +80,7 @@ def main() -> None:
             step()
             torch.cuda.synchronize()
             row.update(ok=True, compile_s=round(time.perf_counter() - started, 1),
-                       forward_backward_ms=round(1000 * _time(step), 2))
+                       forward_backward_ms=round(1000 * _median_seconds(step), 2))
         except Exception as error:  # noqa: BLE001 (a probe: every failure is the answer)
             row.update(ok=False, error=str(error).splitlines()[0][:200])
         print(json.dumps(row), flush=True)

@@ -50,8 +50,11 @@ def _time_steps(step, steps: int, warmup: int, device: torch.device, warmup_time
         step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        (times if index >= warmup else warmup_times if warmup_times is not None else []).append(
-            time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        if index >= warmup:
+            times.append(elapsed)
+        elif warmup_times is not None:
+            warmup_times.append(elapsed)
     return times
 
 

@@ -91,10 +91,7 @@ def _diffusers_mask_form(flavour: str, shape: TrainingShape | None = None, **set
     """The prediction for a NABLA run of the build that held the mask in diffusers' form (before
     nabla.as_partial_blocks): one int32 index tensor more per block pair."""
     def predict() -> float:
-        from k5tune.models.kandinsky5.nabla import NablaSettings
-
-        plan = TrainingPlan(**{"modulation_fp32": True, **settings, "nabla": NablaSettings()})
-        pairs = nabla_block_pairs(flavour, shape or TrainingShape(), plan)
+        pairs = nabla_block_pairs(flavour, shape or TrainingShape(), TrainingPlan())  # (no sequence split)
         return _train(flavour, shape, **settings)() + pairs * NABLA_DIFFUSERS_FORM_EXTRA / GIB
 
     return predict

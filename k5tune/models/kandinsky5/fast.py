@@ -61,8 +61,6 @@ def fused_kernel(name: str):
     return _EAGER_KERNELS[name] if torch.compiler.is_compiling() else _kernels[name]
 
 
-_k = fused_kernel
-
 
 # --- attention ----------------------------------------------------------------------------------
 
@@ -87,8 +85,8 @@ class FastAttnProcessor(Kandinsky5AttnProcessor):
         query = query.unflatten(-1, (attn.num_heads, -1))
         key = key.unflatten(-1, (attn.num_heads, -1))
         value = value.unflatten(-1, (attn.num_heads, -1))
-        query = _k("norm_rope")(query, attn.query_norm.weight, attn.query_norm.eps, rotary_emb)
-        key = _k("norm_rope")(key, attn.key_norm.weight, attn.key_norm.eps, rotary_emb)
+        query = fused_kernel("norm_rope")(query, attn.query_norm.weight, attn.query_norm.eps, rotary_emb)
+        key = fused_kernel("norm_rope")(key, attn.key_norm.weight, attn.key_norm.eps, rotary_emb)
         exchange = self.exchange if attn.training else None
         if exchange is not None:  # this chunk's tokens of every head -> every token of this process's heads
             query, key, value = exchange.to_heads(query), exchange.to_heads(key), exchange.to_heads(value)
@@ -107,22 +105,22 @@ class FastAttnProcessor(Kandinsky5AttnProcessor):
 def _decoder_forward(self, visual_embed, text_embed, time_embed, rope, sparse_params):
     self_params, cross_params, ff_params = torch.chunk(self.visual_modulation(time_embed).unsqueeze(dim=1), 3, dim=-1)
     shift, scale, gate = torch.chunk(self_params, 3, dim=-1)
-    out = self.self_attention(_k("modulate")(visual_embed, shift, scale), rotary_emb=rope, sparse_params=sparse_params)
-    visual_embed = _k("gated_residual")(visual_embed, gate, out)
+    out = self.self_attention(fused_kernel("modulate")(visual_embed, shift, scale), rotary_emb=rope, sparse_params=sparse_params)
+    visual_embed = fused_kernel("gated_residual")(visual_embed, gate, out)
     shift, scale, gate = torch.chunk(cross_params, 3, dim=-1)
-    out = self.cross_attention(_k("modulate")(visual_embed, shift, scale), encoder_hidden_states=text_embed)
-    visual_embed = _k("gated_residual")(visual_embed, gate, out)
+    out = self.cross_attention(fused_kernel("modulate")(visual_embed, shift, scale), encoder_hidden_states=text_embed)
+    visual_embed = fused_kernel("gated_residual")(visual_embed, gate, out)
     shift, scale, gate = torch.chunk(ff_params, 3, dim=-1)
-    out = self.feed_forward(_k("modulate")(visual_embed, shift, scale))
-    return _k("gated_residual")(visual_embed, gate, out)
+    out = self.feed_forward(fused_kernel("modulate")(visual_embed, shift, scale))
+    return fused_kernel("gated_residual")(visual_embed, gate, out)
 
 
 def _encoder_forward(self, x, time_embed, rope):
     attn_params, ff_params = torch.chunk(self.text_modulation(time_embed).unsqueeze(dim=1), 2, dim=-1)
     shift, scale, gate = torch.chunk(attn_params, 3, dim=-1)
-    x = _k("gated_residual")(x, gate, self.self_attention(_k("modulate")(x, shift, scale), rotary_emb=rope))
+    x = fused_kernel("gated_residual")(x, gate, self.self_attention(fused_kernel("modulate")(x, shift, scale), rotary_emb=rope))
     shift, scale, gate = torch.chunk(ff_params, 3, dim=-1)
-    return _k("gated_residual")(x, gate, self.feed_forward(_k("modulate")(x, shift, scale)))
+    return fused_kernel("gated_residual")(x, gate, self.feed_forward(fused_kernel("modulate")(x, shift, scale)))
 
 
 def enable_fast_path(transformer, compile_kernels: bool | None = None) -> None:

@@ -126,12 +126,9 @@ def as_partial_blocks(mask):
     the empty set's transposed indices still fill a (heads x blocks x blocks) int32 tensor, and training
     keeps a layer's mask from its forward to the end of its backward: a third of all masks, 7 GiB at
     Lite 10 s (93,696 tokens, 32 layers). The same blocks as partial blocks under the no-op mask_mod
-    (FlexAttention's default) need only the kv indices and their transpose. A mask that already has no
-    full blocks is returned as it is."""
+    (FlexAttention's default) need only the kv indices and their transpose."""
     from torch.nn.attention.flex_attention import BlockMask, noop_mask
 
-    if mask.full_kv_num_blocks is None:
-        return mask
     # (nablaT_v2 gives its partial set zero blocks; tests/test_nabla.py checks the dense masks are equal)
     return BlockMask(seq_lengths=mask.seq_lengths, kv_num_blocks=mask.full_kv_num_blocks,
                      kv_indices=mask.full_kv_indices, full_kv_num_blocks=None, full_kv_indices=None,
