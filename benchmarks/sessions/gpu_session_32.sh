@@ -8,9 +8,9 @@
 # Each part has a DEADLINE (s): it starts nothing that could run past it.
 # probe:  does the narrowed heuristic tiling lower, how fast is it against max-autotune (FlexAttention alone,
 #         Lite's head size 64 and Pro's 128, 6,144 tokens): flex_options_probe.py. ~1-2 min.
-# lite:   Lite 10 s (512x768x241): NABLA as built now (autotune), then with heuristic tiles, then compiled blocks
-#         with heuristic tiles (their first build; falls back to skipping if short of time), and the dense
-#         baseline (2 timed steps) on the same card.
+# lite:   Lite 10 s (512x768x241): NABLA with heuristic tiles, then compiled blocks (heuristic tiles, or autotuned
+#         when the heuristic ones did not lower), the dense baseline (2 timed steps) on the same card, and
+#         NABLA as built now (autotune) when time is left.
 # pro:    Pro HD 768x1280x61 NABLA and dense (1 timed step), Pro 512x768x61 NABLA and dense, activation offload.
 #         Add FLEX="--flex-tiling heuristic" when the lite part showed it at least as fast.
 # train:  `k5tune train` on the full-size Lite 10 s transformer at 512x768x61 and the bench step at that shape;
@@ -29,11 +29,13 @@ case "${1:-probe}" in
         --only clamped | tee -a $OUT/probe.jsonl
     done ;;
   lite)
-    fits 260 lite-10s-nabla && BENCH_TIMEOUT=260 b --scenario lite-10s-nabla
+    # heuristic tiles first (no autotuning: a short compile); when they do not lower, compiled blocks autotune
     fits 120 "lite-10s-nabla heuristic" && BENCH_TIMEOUT=120 b --scenario lite-10s-nabla --flex-tiling heuristic
+    tiling=heuristic; grep -q '"flex_tiling": "heuristic"' $OUT/bench.jsonl || tiling=autotune
+    fits 200 "lite-10s-nabla compiled blocks $tiling" && BENCH_TIMEOUT=200 b --scenario lite-10s-nabla \
+      --flex-tiling $tiling --compile-blocks
     fits 90 "lite-10s-dense" && BENCH_TIMEOUT=90 b --scenario lite-10s-dense --steps 2 --warmup 1
-    fits 150 "lite-10s-nabla compiled blocks" && BENCH_TIMEOUT=150 b --scenario lite-10s-nabla --flex-tiling heuristic \
-      --compile-blocks ;;
+    fits 200 lite-10s-nabla && BENCH_TIMEOUT=200 b --scenario lite-10s-nabla ;;
   pro)
     fits 200 pro-hd-nabla && BENCH_TIMEOUT=200 b --scenario pro-hd-nabla $FLEX
     fits 150 pro-hd-dense && BENCH_TIMEOUT=150 b --scenario pro-hd-dense --steps 1
