@@ -15,6 +15,7 @@
 #         Add FLEX="--flex-tiling heuristic" when the lite part showed it at least as fast.
 # train:  `k5tune train` on the full-size Lite 10 s transformer at 512x768x61 and the bench step at that shape;
 #         the two BlockMask forms (flex_mask_forms.py: speed, and dq/dk/dv equal).
+# profile: tools/profile_step.py on the Lite 10 s NABLA step, with PROFILE's extra flags.
 set -u
 source benchmarks/sessions/gpu_lib.sh
 start_session
@@ -45,4 +46,9 @@ case "${1:-probe}" in
     fits 200 train && FLAVOUR=t2v-lite-sft-10s train_lite_fullsize
     fits 150 lite-10s-61f && BENCH_TIMEOUT=150 b --scenario lite-10s-61f $FLEX
     fits 120 flex_mask_forms && timeout 120 python3 benchmarks/tools/flex_mask_forms.py | tee $OUT/flex_mask_forms.json ;;
+  profile)  # where a NABLA step's time goes: PROFILE="--compile-blocks --flex-tiling heuristic" (say)
+    fits 240 profile && timeout 240 python3 benchmarks/tools/profile_step.py --flavour t2v-lite-sft-10s --frames 241 \
+      --nabla-density 0.1 --modulation-bf16 --warmup 1 ${PROFILE:-} > $OUT/profile.json 2>> $OUT/err.txt \
+      || tail -5 $OUT/err.txt
+    head -c 3000 $OUT/profile.json ;;
 esac
