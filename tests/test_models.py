@@ -145,3 +145,36 @@ def test_unreachable_hub_id_is_a_clear_error():
         components.scheduler()
     assert "kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers" in str(info.value)
     assert "pretrained_model_name_or_path" in str(info.value)
+
+
+def test_a_hub_config_is_fetched_once_per_run_and_an_offline_failure_waits_once(tmp_path, monkeypatch):
+    """Training reads the transformer's config from several places; each hub read is a network round trip."""
+    import huggingface_hub
+
+    from k5tune.models import source as source_module
+    from k5tune.models.source import transformer_config_of
+
+    monkeypatch.setattr(source_module, "_hub_configs", {})
+    downloads: list[str] = []
+    written = tmp_path / "config.json"
+    written.write_text(json.dumps({"attention_type": "nabla", "P": 0.9}))
+
+    def download(repo_id, filename, subfolder=None, revision=None):
+        downloads.append(repo_id)
+        if repo_id.endswith("Pro-sft-10s-Diffusers"):
+            raise OSError("offline")
+        return str(written)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    lite = type("Cfg", (), {"model_flavour": "t2v-lite-sft-10s", "pretrained_model_name_or_path": None,
+                            "revision": None})()
+    for _ in range(3):
+        config, where = transformer_config_of(lite)
+        assert config == {"attention_type": "nabla", "P": 0.9}
+        assert where.endswith("Lite-sft-10s-Diffusers/transformer/config.json")
+        config["P"] = 0.5  # a caller's edit stays its own
+    pro = type("Cfg", (), {"model_flavour": "t2v-pro-sft-10s-hd", "pretrained_model_name_or_path": None,
+                           "revision": None})()
+    for _ in range(2):
+        assert transformer_config_of(pro)[1] == "flavour t2v-pro-sft-10s-hd"  # the registry's, read offline
+    assert len(downloads) == 2

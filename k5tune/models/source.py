@@ -29,12 +29,30 @@ class ModelSource:
         """A component's JSON config, read without importing diffusers or loading weights (the local folder,
         or the hub: its cache when offline)."""
         if self.is_local:
-            path = Path(self.path_or_id) / subfolder / name
-        else:
-            from huggingface_hub import hf_hub_download
+            return json.loads((Path(self.path_or_id) / subfolder / name).read_text(encoding="utf-8"))
+        return _hub_config(self.path_or_id, subfolder, name, self.revision)
 
-            path = Path(hf_hub_download(self.path_or_id, name, subfolder=subfolder, revision=self.revision))
-        return json.loads(path.read_text(encoding="utf-8"))
+
+# A hub file at a revision does not change within a run, and each read is a network round trip (a
+# timeout when offline): training asks for the transformer's config from several places (attention,
+# sequence parallelism, CREPA). Failures are remembered too, so an offline run waits once.
+_hub_configs: dict[tuple, dict[str, Any] | Exception] = {}
+
+
+def _hub_config(repo_id: str, subfolder: str, name: str, revision: str | None) -> dict[str, Any]:
+    key = (repo_id, subfolder, name, revision)
+    if key not in _hub_configs:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = Path(hf_hub_download(repo_id, name, subfolder=subfolder, revision=revision))
+            _hub_configs[key] = json.loads(path.read_text(encoding="utf-8"))
+        except Exception as error:  # noqa: BLE001 - re-raised below, for every caller alike
+            _hub_configs[key] = error
+    found = _hub_configs[key]
+    if isinstance(found, Exception):
+        raise found
+    return dict(found)  # (a copy: callers may edit theirs)
 
 
 def resolve_model_source(flavour_name: str, override: str | None = None, revision: str | None = None) -> ModelSource:
