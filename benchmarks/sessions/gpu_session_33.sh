@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# NABLA, written 2026-12-07 (round 2, session 7, when starts kept failing: each call must stand alone).
+# `bash benchmarks/sessions/gpu_session_33.sh PART`, one device command per part; rows in $OUT/rows.jsonl.
+# core:  the Lite 10 s NABLA step (512x768x241, 10 % + STA) eager with heuristic tiles, then with compiled
+#        blocks, the dense step on the same card; then Pro 512x768x61 NABLA with the faster of the two Lite
+#        builds and Pro dense; then the Lite NABLA step as built before (autotuned tiles) if time is left.
+# pro:   Pro HD 768x1280x61 NABLA (FLAGS: the faster Lite build's flags) and dense, one timed step each.
+# The rest (probe, train, profile) as in gpu_session_32.sh.
+set -u
+case "${1:-core}" in core|pro) ;; *) exec bash benchmarks/sessions/gpu_session_32.sh "$1" ;; esac
+source benchmarks/sessions/gpu_lib.sh
+start_session
+fits() { (( SECONDS + $1 <= ${DEADLINE:-570} )) || { echo "skipped: $2 (deadline)"; return 1; }; }
+
+# The flags of the fastest NABLA build measured so far in $OUT/bench.jsonl ("" when none ran).
+fastest_nabla_flags() {
+  python3 - "$OUT/bench.jsonl" <<'PY'
+import json, sys
+best = None
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if (r.get("attention") or {}).get("attention") == "nabla" and "ours" in r:
+        if best is None or r["ours"]["step_s"] < best["ours"]["step_s"]:
+            best = r
+if best is not None:
+    plan = best["plan"]
+    print(f"--flex-tiling {plan.get('flex_tiling') or 'autotune'}" + (" --compile-blocks" if plan.get("compile_blocks") else ""))
+PY
+}
+
+case "${1:-core}" in
+  core)
+    fits 120 "lite-10s-nabla heuristic" && BENCH_TIMEOUT=120 b --scenario lite-10s-nabla --flex-tiling heuristic
+    tiling=heuristic; grep -q '"flex_tiling": "heuristic"' $OUT/bench.jsonl || tiling=autotune
+    fits 200 "lite-10s-nabla compiled blocks $tiling" && BENCH_TIMEOUT=200 b --scenario lite-10s-nabla \
+      --flex-tiling $tiling --compile-blocks
+    fits 90 lite-10s-dense && BENCH_TIMEOUT=90 b --scenario lite-10s-dense --steps 2 --warmup 1
+    flags=$(fastest_nabla_flags); echo "fastest Lite NABLA build: ${flags:-none}"
+    fits 100 pro-nabla && BENCH_TIMEOUT=100 b --scenario pro-nabla $flags
+    fits 80 pro-dense && BENCH_TIMEOUT=80 b --scenario pro-dense
+    fits 200 "lite-10s-nabla autotune" && BENCH_TIMEOUT=200 b --scenario lite-10s-nabla ;;
+  pro)
+    fits 200 pro-hd-nabla && BENCH_TIMEOUT=200 b --scenario pro-hd-nabla ${FLAGS:-}
+    fits 150 pro-hd-dense && BENCH_TIMEOUT=150 b --scenario pro-hd-dense --steps 1
+    fits 100 pro-nabla && BENCH_TIMEOUT=100 b --scenario pro-nabla ${FLAGS:-} ;;
+esac
