@@ -141,6 +141,17 @@ def test_bench_scenarios_rows_and_tables(tiny_model_dir, tmp_path, capsys):
     assert first["theme"] == "rollout" and first["card"] == "cpu" and first["versions"]["torch"]
     assert first["report"]["rollout"]["steps"] == 1 and first["report"]["resolution"] == "32x48"  # flags on top
     assert "ours_forward" in written[1]["report"] and first["date"]
+    # a row's flags reproduce the run: the scenario's, then those given on top (not where reports went)
+    import argparse
+
+    from k5tune.commands.bench import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    replayed = parser.parse_args(first["args"])
+    assert (replayed.model, replayed.resolution, replayed.frames, replayed.steps, replayed.warmup, replayed.device) == (
+        tiny_model_dir, "32x48", 9, 1, 0, "cpu")
+    assert replayed.rollout == 1 and "--results" not in first["args"]
     assert main(["bench", "--tables", str(rows)]) == 0
     tables = capsys.readouterr().out
     assert tables.count("## ") == 2 and "## rollout — cpu" in tables and "| lite-rollout-1 |" in tables

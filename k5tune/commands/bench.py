@@ -193,11 +193,33 @@ def _with_scenario(args: argparse.Namespace, name: str) -> argparse.Namespace:
     add_arguments(parser)
     defaults = parser.parse_args([])
     merged = parser.parse_args(list(SCENARIOS[name].args))
-    for key, value in vars(args).items():
-        if key not in ("scenario", "suite") and value != getattr(defaults, key, value):
-            setattr(merged, key, value)
+    given = {key: value for key, value in vars(args).items()
+             if key not in ("scenario", "suite") and value != getattr(defaults, key, value)}
+    for key, value in given.items():
+        setattr(merged, key, value)
     merged.scenario, merged.suite = name, None
+    merged.added_flags = _as_flags(parser, given)
     return merged
+
+
+# Where a run writes its report, not what it measures: left out of a row's flags.
+_OUTPUT_KEYS = ("output", "results", "tables")
+
+
+def _as_flags(parser: argparse.ArgumentParser, given: dict) -> list[str]:
+    """The command-line flags that set `given` (dest -> value): a row of a scenario run with flags on top
+    records them, so its flags reproduce what was measured (`--flex-tiling heuristic`, say)."""
+    flags: list[str] = []
+    for action in parser._actions:
+        if action.dest not in given or action.dest in _OUTPUT_KEYS or not action.option_strings:
+            continue
+        value = given[action.dest]
+        if action.nargs == 0:  # a switch (store_true and the like): present when it set its constant
+            if value == action.const:
+                flags.append(action.option_strings[-1])
+        else:
+            flags += [action.option_strings[-1], str(value)]
+    return flags
 
 
 def _run_one(args: argparse.Namespace) -> int:
@@ -222,6 +244,6 @@ def _run_one(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text + "\n")
     if args.results:
         scenario = SCENARIOS.get(args.scenario) if args.scenario else None
-        rows.append_row(args.results, rows.make_row(report, args.scenario, scenario and scenario.theme,
-                                                    list(scenario.args) if scenario else []))
+        flags = [*scenario.args, *getattr(args, "added_flags", [])] if scenario else []
+        rows.append_row(args.results, rows.make_row(report, args.scenario, scenario and scenario.theme, flags))
     return 0
