@@ -21,8 +21,11 @@ start_session() {
 b() {
   local err=${BENCH_ERR:-$OUT/err.txt}
   ${BENCH_TIMEOUT:+timeout $BENCH_TIMEOUT} python3 -m k5tune.cli bench "$@" --output /tmp/b.json --results $OUT/rows.jsonl \
-    > /dev/null 2>> "$err" \
-    || tail -3 "$err"
+    > /dev/null 2>> "$err"
+  local rc=$?
+  if (( rc == 124 )); then echo "b $*: cut by BENCH_TIMEOUT=${BENCH_TIMEOUT:-}s (no report)"; return 1; fi
+  if (( rc != 0 )); then tail -3 "$err"; fi
+  [[ -f /tmp/b.json ]] || { echo "b $*: no report (exit $rc)"; return 1; }
   python3 -c "import json,sys; r=json.load(open('/tmp/b.json')); open('$OUT/bench.jsonl','a').write(json.dumps(r)+'\n'); print(sys.argv[1:], {k: (round(v['step_s'],3), round(v.get('peak_gib', 0),2), (v.get('warmup_s_all') or [None])[0]) for k,v in r.items() if isinstance(v, dict) and 'step_s' in v}, r.get('base_precision'), (r.get('attention') or {}).get('mask_density'))" "$@"
   rm -f /tmp/b.json
 }

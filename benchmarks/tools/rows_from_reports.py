@@ -70,6 +70,9 @@ def mismatches(report: dict, args: list[str]) -> list[str]:
         "keep_attention_blocks": (plan.get("keep_attention_blocks", _ABSENT), flags.keep_attention_blocks),
         "eager blocks": (plan["compile_blocks"] is False if "compile_blocks" in plan else _ABSENT,
                          flags.no_compile_blocks or flags.no_compile),
+        "compiled blocks asked": (plan.get("compile_blocks", _ABSENT), True if flags.compile_blocks else
+                                  False if flags.no_compile_blocks or flags.no_compile else None),
+        "FlexAttention tiling": (plan.get("flex_tiling", _ABSENT), flags.flex_tiling),
         "sparse attention": (attention.get("attention", _ABSENT) if flags.sparse_attention != "auto" else _ABSENT,
                              flags.sparse_attention),
         "NABLA density": (attention.get("fixed_density", _ABSENT), flags.nabla_density),

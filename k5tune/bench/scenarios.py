@@ -41,6 +41,14 @@ SCENARIOS: dict[str, Scenario] = {
                                                                                    "dense")),
     "lite-10s-nabla": Scenario("nabla", "Lite 10 s, NABLA at 10 % density plus the STA window",
                                (*LITE_10S, "--nabla-density", "0.1")),
+    "lite-10s-nabla-heuristic": Scenario("nabla", "Lite 10 s, NABLA at 10 % + STA, FlexAttention tiled by torch's "
+                                         "heuristic narrowed to 64 (no autotuning)",
+                                         (*LITE_10S, "--nabla-density", "0.1", "--flex-tiling", "heuristic")),
+    "lite-10s-nabla-compiled-heuristic": Scenario("nabla", "Lite 10 s, NABLA at 10 % + STA, compiled blocks, heuristic "
+                                                  "tiles", (*LITE_10S, "--nabla-density", "0.1", "--flex-tiling",
+                                                            "heuristic", "--compile-blocks")),
+    "lite-10s-dense-1": Scenario("nabla", "Lite 10 s dense, one timed step (a short device window's baseline)",
+                                 (*LITE_10S[:-4], "--steps", "1", "--warmup", "1", "--sparse-attention", "dense")),
     "lite-10s-nabla-p09": Scenario("nabla", "Lite 10 s, NABLA as the checkpoint sets it (P 0.9; random weights "
                                    "give a near-uniform map, so a dense-like mask)", LITE_10S),
     "lite-10s-61f": Scenario("nabla", "the Lite 10 s transformer (NABLA P 0.9) at 512x768x61: the step "

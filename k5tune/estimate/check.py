@@ -236,6 +236,18 @@ CHECKS: list[Check] = [
     Check("k5tune train, Lite 10 s transformer 512x768x61, NABLA P 0.9 (H200)",
           Source("2026-12-07-h200/call4-train-summary.json", "peak_gib"),
           _diffusers_mask_form("t2v-lite-sft-10s", modulation_fp32=False, nabla=True)),
+    # 2026-12-07 (session 7), one H100: today's build, the mask held as partial blocks (heuristic tiles: the
+    # tiling changes no memory); eager blocks, then compiled blocks
+    Check("Lite 10 s 512x768x241, NABLA at 10 % density + STA, eager blocks",
+          Source("2026-12-07-s7-h100/call1-bench.jsonl", "ours.peak_gib", {"plan.compile_blocks": None}),
+          _train("t2v-lite-sft-10s", TrainingShape(frames=241), modulation_fp32=False, nabla=True)),
+    Check("Lite 10 s 512x768x241, NABLA at 10 % density + STA, compiled blocks",
+          Source("2026-12-07-s7-h100/call1-bench.jsonl", "ours.peak_gib", {"plan.compile_blocks": True}),
+          _train("t2v-lite-sft-10s", TrainingShape(frames=241), modulation_fp32=False, nabla=True,
+                 compile_blocks=True)),
+    Check("Lite 10 s 512x768x241, dense, one timed step",
+          Source("2026-12-07-s7-h100/call2-bench.jsonl", "ours.peak_gib"),
+          _train("t2v-lite-sft-10s", TrainingShape(frames=241), modulation_fp32=False)),
     Check("VAE encode, plain", Source(_VAE, "peak_gib", {"variant": "plain"}),
           lambda: vae_encode_peak_gib(TrainingShape(), "plain"), "anchor"),
     Check("VAE encode, patch conv", Source(_VAE, "peak_gib", {"variant": "patch_conv"}),

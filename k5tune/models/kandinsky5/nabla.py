@@ -183,7 +183,9 @@ def flex_compile_mode(tiling: str) -> str | None:
     lowering drops it before kernel_options apply: "No choices to select" (H100, torch 2.11, tiles given
     or not: benchmarks/tools/flex_options_probe.py). "autotune" benchmarks max-autotune's 32- and 64-wide
     tilings instead (64x64 wins; once per shape and machine: 158 s at 93,696 tokens on an H200);
-    "heuristic" keeps the default mode with the heuristic's tiles narrowed to 64 (clamp_flex_tiles)."""
+    "heuristic" keeps the default mode with the heuristic's tiles narrowed to 64 (clamp_flex_tiles): it
+    lowers and compiles ~3.5x sooner, but its kernels are slower (Lite 10 s on an H100: 9.63 s a step,
+    against 7.92 s autotuned on an H200; benchmarks/results/2026-12-07-s7-h100.md)."""
     check_tiling(tiling)
     if tiling == "heuristic":
         clamp_flex_tiles()
