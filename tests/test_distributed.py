@@ -31,7 +31,8 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, mo
     expected = train_lora(tmp_path / "single", tiny_model_dir, {**RUN, "train_batch_size": 2}, monkeypatch)
     double = tmp_path / "double"
     # the gloo sum and the padded/masked text batch round differently: the same maths in another order
-    assert_same_training_across_processes(train_lora_on_two_processes(double, tiny_model_dir, RUN, monkeypatch), expected)
+    got = train_lora_on_two_processes(double, tiny_model_dir, RUN, monkeypatch)
+    assert_same_training_across_processes(got, expected)
     assert_same_steps(double / "output", tmp_path / "single" / "output")
     # the first process alone wrote the outputs: one metrics row per step, one run log, one video
     rows = (double / "output" / "metrics.csv").read_text().splitlines()
@@ -88,5 +89,5 @@ def test_two_processes_route_tread_tokens_as_one_process(tmp_path, monkeypatch, 
     tread = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -1}]}
     routed = {**RUN, "disable_validation": True, "tread_config": tread}
     expected = train_lora(tmp_path / "single", tiny_model_dir, {**routed, "train_batch_size": 2}, monkeypatch)
-    assert_same_training_across_processes(train_lora_on_two_processes(tmp_path / "double", tiny_model_dir, routed, monkeypatch),
-                         expected)
+    got = train_lora_on_two_processes(tmp_path / "double", tiny_model_dir, routed, monkeypatch)
+    assert_same_training_across_processes(got, expected)

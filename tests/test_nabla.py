@@ -517,6 +517,8 @@ def test_flex_tiling_picks_the_compile_mode_of_flex_and_of_compiled_blocks(torch
 
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
+    # (the CLI names the tilings without importing torch: the same list)
+    assert parser._option_string_actions["--flex-tiling"].choices == list(nabla.FLEX_TILINGS)
     plan = bench._plan(parser.parse_args(["--flavour", "t2v-lite-sft-10s", "--flex-tiling", "heuristic"]))
     assert plan.flex_tiling == "heuristic"
     transformer = _transformer(tiny_nabla_dir)

@@ -76,5 +76,5 @@ def test_two_processes_roll_out_what_one_process_rolls_out(tmp_path, monkeypatch
     same, and two processes train the LoRA of one (DDP; the same maths in another order)."""
     run = {**DISTRIBUTED_RUN, **ROLLOUT, "scheduled_sampling_probability": 0.5, "disable_validation": True}
     expected = train_lora(tmp_path / "single", tiny_model_dir, {**run, "train_batch_size": 2}, monkeypatch)
-    assert_same_training_across_processes(train_lora_on_two_processes(tmp_path / "double", tiny_model_dir, run, monkeypatch),
-                         expected)
+    got = train_lora_on_two_processes(tmp_path / "double", tiny_model_dir, run, monkeypatch)
+    assert_same_training_across_processes(got, expected)

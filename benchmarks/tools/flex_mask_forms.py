@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from k5tune.bench.measure import _time_steps
+from k5tune.bench.measure import median_seconds
 from k5tune.models.kandinsky5.nabla import BLOCK, as_partial_blocks
+
+CUDA = torch.device("cuda")
 
 
 def _masks(heads: int, blocks: int, density: float, device: str):
@@ -31,11 +32,6 @@ def _masks(heads: int, blocks: int, density: float, device: str):
     indices = keep.to(torch.int32).argsort(dim=-1, descending=True).to(torch.int32)
     full = BlockMask.from_kv_blocks(torch.zeros_like(counts), indices, counts, indices, BLOCK_SIZE=BLOCK)
     return {"full blocks (diffusers' form)": full, "partial blocks, no-op mask_mod (k5tune)": as_partial_blocks(full)}
-
-
-def _median_seconds(step, repeats: int = 5) -> float:
-    """One untimed call, then the median of `repeats` timed ones (the bench's own step timer)."""
-    return statistics.median(_time_steps(step, repeats, 1, torch.device("cuda")))
 
 
 def main() -> None:
@@ -64,7 +60,7 @@ def main() -> None:
         tensors = {t.data_ptr(): t for t in mask.as_tuple() if isinstance(t, torch.Tensor)}  # (shared once)
         mask_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
         report[name] = {"first_call_s": round(time.perf_counter() - started, 1),
-                        "forward_backward_ms": round(1000 * _median_seconds(step, args.repeats), 2),
+                        "forward_backward_ms": round(1000 * median_seconds(step, args.repeats, 1, CUDA), 2),
                         "mask_gib": round(mask_bytes / 2**30, 3)}
     report["max_abs_difference"] = {what: (a - b).abs().max().item()
                                      for what, a, b in zip(("out", "dq", "dk", "dv"), *results, strict=True)}

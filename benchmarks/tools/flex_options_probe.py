@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from k5tune.bench.measure import _time_steps
+from k5tune.bench.measure import median_seconds
 from k5tune.models.kandinsky5.nabla import BLOCK, clamp_flex_tiles
 
 P64 = {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 64}
@@ -45,10 +44,7 @@ CANDIDATES = {
     "default, tiles clamped": (None, {}, True),  # (last: the clamp stays for the rest of the process)
 }
 
-
-def _median_seconds(step, repeats: int = 5) -> float:
-    """One untimed call, then the median of `repeats` timed ones (the bench's own step timer)."""
-    return statistics.median(_time_steps(step, repeats, 1, torch.device("cuda")))
+CUDA = torch.device("cuda")
 
 
 def main() -> None:
@@ -80,7 +76,7 @@ def main() -> None:
             step()
             torch.cuda.synchronize()
             row.update(ok=True, compile_s=round(time.perf_counter() - started, 1),
-                       forward_backward_ms=round(1000 * _median_seconds(step), 2))
+                       forward_backward_ms=round(1000 * median_seconds(step, 5, 1, CUDA), 2))
         except Exception as error:  # noqa: BLE001 (a probe: every failure is the answer)
             row.update(ok=False, error=str(error).splitlines()[0][:200])
         print(json.dumps(row), flush=True)

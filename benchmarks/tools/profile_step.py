@@ -25,6 +25,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from k5tune.bench import BenchConfig, OurStep, build_transformer
+from k5tune.models.kandinsky5.nabla import FLEX_TILINGS, NablaSettings
 from k5tune.train.plan import TrainingPlan
 
 
@@ -133,14 +134,10 @@ def main() -> None:
     parser.add_argument("--nabla-density", type=float,
                         help="NABLA at this fixed top-of-map density plus the STA window (as k5tune bench)")
     parser.add_argument("--compile-blocks", action="store_true", help="compiled blocks (TrainingPlan.compile_blocks)")
-    parser.add_argument("--flex-tiling", default="autotune", help="NABLA's FlexAttention tiling (autotune, heuristic)")
+    parser.add_argument("--flex-tiling", default="autotune", choices=FLEX_TILINGS, help="NABLA's FlexAttention tiling")
     args = parser.parse_args()
     device = torch.device("cuda")
-    nabla_settings = None
-    if args.nabla_density is not None:
-        from k5tune.models.kandinsky5.nabla import NablaSettings
-
-        nabla_settings = NablaSettings(fixed_density=args.nabla_density)
+    nabla_settings = None if args.nabla_density is None else NablaSettings(fixed_density=args.nabla_density)
     plan = TrainingPlan(checkpointing=args.checkpointing, attention=args.attention,
                         keep_attention_blocks=args.keep_attention_blocks, offload_activations=args.offload_activations,
                         modulation_fp32=not args.modulation_bf16, nabla=nabla_settings,

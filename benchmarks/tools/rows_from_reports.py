@@ -68,8 +68,6 @@ def mismatches(report: dict, args: list[str]) -> list[str]:
         "checkpointing": (plan.get("checkpointing"), flags.checkpointing),
         "attention kernel": (plan.get("attention"), flags.attention),
         "keep_attention_blocks": (plan.get("keep_attention_blocks", _ABSENT), flags.keep_attention_blocks),
-        "eager blocks": (plan["compile_blocks"] is False if "compile_blocks" in plan else _ABSENT,
-                         flags.no_compile_blocks or flags.no_compile),
         "compiled blocks asked": (plan.get("compile_blocks", _ABSENT), True if flags.compile_blocks else
                                   False if flags.no_compile_blocks or flags.no_compile else None),
         "FlexAttention tiling": (plan.get("flex_tiling", _ABSENT), flags.flex_tiling),

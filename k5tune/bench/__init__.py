@@ -22,7 +22,7 @@ from k5tune.bench.measure import (  # noqa: F401
     BenchConfig,
     _free_memory,
     _measure,
-    _time_steps,
+    time_steps,
 )
 from k5tune.config.frames import latent_frames, parse_resolution, snap_resolution
 from k5tune.models.flavours import FLAVOURS

@@ -7,7 +7,7 @@ import statistics
 
 import torch
 
-from k5tune.bench.measure import BenchConfig, _free_memory, _measure, _time_steps
+from k5tune.bench.measure import BenchConfig, _free_memory, _measure, time_steps
 from k5tune.config.frames import latent_frames, parse_resolution, snap_resolution
 
 
@@ -40,7 +40,7 @@ def measure_crepa_caching(bench: BenchConfig, device: torch.device, clips: int =
         torch.cuda.reset_peak_memory_stats(device)
 
     encode = functools.partial(teacher_features, model, pixels, encoder.image_size, (height // 16, width // 16))
-    times = _time_steps(encode, clips, 1, device)
+    times = time_steps(encode, clips, 1, device)
     result = {"encoder": bench.crepa, "image_size": encoder.image_size, "frames_encoded": len(pixels),
               "seconds_per_clip": statistics.median(times), "mib_per_clip": encode().numel() * 2 / 2**20,
               "pixel_decoding": "not included (the clip is decoded once more, as for its latents)"}

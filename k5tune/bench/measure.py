@@ -38,7 +38,7 @@ class BenchConfig:
     plan: TrainingPlan = field(default_factory=lambda: TrainingPlan(modulation_fp32=True))
 
 
-def _time_steps(step, steps: int, warmup: int, device: torch.device, warmup_times: list[float] | None = None
+def time_steps(step, steps: int, warmup: int, device: torch.device, warmup_times: list[float] | None = None
                 ) -> list[float]:
     """The seconds of each of `steps` steps after `warmup` untimed ones (their seconds, compilation and
     autotuning included, go to `warmup_times` when given)."""
@@ -58,11 +58,16 @@ def _time_steps(step, steps: int, warmup: int, device: torch.device, warmup_time
     return times
 
 
+def median_seconds(step, steps: int, warmup: int, device: torch.device) -> float:
+    """The median of `steps` timed steps after `warmup` untimed ones (the benchmark tools' timer)."""
+    return statistics.median(time_steps(step, steps, warmup, device))
+
+
 def _measure(step, bench: BenchConfig, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     warmup_times: list[float] = []
-    times = _time_steps(step, bench.steps, bench.warmup, device, warmup_times)
+    times = time_steps(step, bench.steps, bench.warmup, device, warmup_times)
     result = {"step_s": statistics.median(times), "step_s_all": [round(t, 4) for t in times],
               "warmup_s_all": [round(t, 3) for t in warmup_times]}  # (the first: compiling, autotuning)
     if device.type == "cuda":

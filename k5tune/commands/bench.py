@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the blocks eagerly (only their fused groups compiled)")
     parser.add_argument("--compile-blocks", action="store_true",
                         help="compile the blocks whole under NABLA too (the mask and FlexAttention in the block's "
-                             "graph, max-autotune); by default NABLA's blocks run eagerly")
+                             "graph, tiled as --flex-tiling says); by default NABLA's blocks run eagerly")
     parser.add_argument("--flex-tiling", default="autotune", choices=["autotune", "heuristic"],
                         help="NABLA: how compiled FlexAttention finds its tiles: autotune (benchmarks candidates once "
                              "per clip length, the default) or heuristic (torch's own tiles narrowed to the 64-token "

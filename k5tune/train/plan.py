@@ -46,7 +46,8 @@ class TrainingPlan:
     compile_backend: str = "inductor"
     # how FlexAttention (NABLA) finds its tiles on the GPU: "autotune" benchmarks inductor's candidates
     # once per clip length (max-autotune, the measured path); "heuristic" takes torch's own tiling
-    # narrowed to NABLA's 64-token blocks (nabla.clamp_flex_tiles; no autotuning; not yet measured)
+    # narrowed to NABLA's 64-token blocks (nabla.clamp_flex_tiles; no autotuning: a shorter first step,
+    # slower steps after it, nabla.flex_compile_mode)
     flex_tiling: str = "autotune"
 
     @classmethod

@@ -61,7 +61,6 @@ def fused_kernel(name: str):
     return _EAGER_KERNELS[name] if torch.compiler.is_compiling() else _kernels[name]
 
 
-
 # --- attention ----------------------------------------------------------------------------------
 
 
@@ -105,10 +104,12 @@ class FastAttnProcessor(Kandinsky5AttnProcessor):
 def _decoder_forward(self, visual_embed, text_embed, time_embed, rope, sparse_params):
     self_params, cross_params, ff_params = torch.chunk(self.visual_modulation(time_embed).unsqueeze(dim=1), 3, dim=-1)
     shift, scale, gate = torch.chunk(self_params, 3, dim=-1)
-    out = self.self_attention(fused_kernel("modulate")(visual_embed, shift, scale), rotary_emb=rope, sparse_params=sparse_params)
+    out = self.self_attention(fused_kernel("modulate")(visual_embed, shift, scale), rotary_emb=rope,
+                              sparse_params=sparse_params)
     visual_embed = fused_kernel("gated_residual")(visual_embed, gate, out)
     shift, scale, gate = torch.chunk(cross_params, 3, dim=-1)
-    out = self.cross_attention(fused_kernel("modulate")(visual_embed, shift, scale), encoder_hidden_states=text_embed)
+    out = self.cross_attention(fused_kernel("modulate")(visual_embed, shift, scale),
+                               encoder_hidden_states=text_embed)
     visual_embed = fused_kernel("gated_residual")(visual_embed, gate, out)
     shift, scale, gate = torch.chunk(ff_params, 3, dim=-1)
     out = self.feed_forward(fused_kernel("modulate")(visual_embed, shift, scale))
@@ -118,9 +119,11 @@ def _decoder_forward(self, visual_embed, text_embed, time_embed, rope, sparse_pa
 def _encoder_forward(self, x, time_embed, rope):
     attn_params, ff_params = torch.chunk(self.text_modulation(time_embed).unsqueeze(dim=1), 2, dim=-1)
     shift, scale, gate = torch.chunk(attn_params, 3, dim=-1)
-    x = fused_kernel("gated_residual")(x, gate, self.self_attention(fused_kernel("modulate")(x, shift, scale), rotary_emb=rope))
+    attended = self.self_attention(fused_kernel("modulate")(x, shift, scale), rotary_emb=rope)
+    x = fused_kernel("gated_residual")(x, gate, attended)
     shift, scale, gate = torch.chunk(ff_params, 3, dim=-1)
-    return fused_kernel("gated_residual")(x, gate, self.feed_forward(fused_kernel("modulate")(x, shift, scale)))
+    fed = self.feed_forward(fused_kernel("modulate")(x, shift, scale))
+    return fused_kernel("gated_residual")(x, gate, fed)
 
 
 def enable_fast_path(transformer, compile_kernels: bool | None = None) -> None:
