@@ -80,3 +80,25 @@ def test_a_report_that_disagrees_with_its_scenario_is_named():
     assert tool.mismatches(report, list(SCENARIOS["run1-lite-stock"].args)) == []
     problems = tool.mismatches(report, list(SCENARIOS["run3-lite-keep16"].args))
     assert any(p.startswith("steps:") for p in problems) and any(p.startswith("stock timed") for p in problems)
+
+
+def test_a_row_names_the_code_that_ran(tmp_path):
+    """A row's git sha is the code measured: the sender's commit on a copy of the tree (the lent GPU machine's
+    .git is the session's first commit, not the tree's), "-dirty" when tracked files differ from HEAD."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-q", "-m", "one")
+    head = git("rev-parse", "--short", "HEAD")
+    assert rows.code_version(env={}, cwd=tmp_path) == head
+    (tmp_path / "notes.txt").write_text("untracked files are not the code")
+    assert rows.code_version(env={}, cwd=tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert rows.code_version(env={}, cwd=tmp_path) == f"{head}-dirty"
+    assert rows.code_version(env={rows.GIT_SHA_VARIABLE: "39664ee"}, cwd=tmp_path) == "39664ee"

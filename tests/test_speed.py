@@ -156,3 +156,22 @@ def test_bench_scenarios_rows_and_tables(tiny_model_dir, tmp_path, capsys):
     tables = capsys.readouterr().out
     assert tables.count("## ") == 2 and "## rollout — cpu" in tables and "| lite-rollout-1 |" in tables
     assert main(["bench", "--scenario", "nope"]) == 2
+
+
+def test_compiled_kernels_are_kept_beyond_the_temporary_folder(tmp_path, monkeypatch):
+    """Inductor's cache (kernels, graphs, FlexAttention's autotuning choices) goes under the user's cache
+    folder, so a shape autotuned once (2.5 minutes at Lite 10 s) is not autotuned again after a reboot; a
+    folder the user named wins; an unwritable cache folder leaves torch's default."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    from k5tune.runtime import COMPILE_CACHE_VARIABLE, keep_compiled_kernels
+
+    monkeypatch.delenv(COMPILE_CACHE_VARIABLE, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    kept = tmp_path / "cache" / "k5tune" / "torchinductor"
+    assert keep_compiled_kernels() == str(kept) and kept.is_dir()
+    assert cache_dir() == str(kept)  # what inductor itself now uses
+    assert keep_compiled_kernels({COMPILE_CACHE_VARIABLE: "/mine"}) == "/mine"
+    (tmp_path / "file").write_text("not a folder")
+    untouched: dict[str, str] = {"XDG_CACHE_HOME": str(tmp_path / "file")}
+    assert keep_compiled_kernels(untouched) is None and COMPILE_CACHE_VARIABLE not in untouched

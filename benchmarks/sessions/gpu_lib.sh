@@ -14,6 +14,9 @@ start_session() {
   : > $OUT/bench.jsonl
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
+  # the machine's .git is not the tree that travelled: the device command names the commit it sent
+  [[ -n "${K5TUNE_GIT_SHA:-}" ]] || echo "K5TUNE_GIT_SHA unset: rows will name this copy's stale HEAD (-dirty)"
+  python3 -c "from k5tune.bench.rows import code_version; print('code', code_version())"
 }
 
 # b ARGS...: one `k5tune bench ARGS` run; its JSON report is appended to $OUT/bench.jsonl, its row (with

@@ -5,19 +5,34 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+GIT_SHA_VARIABLE = "K5TUNE_GIT_SHA"
 
-def _git_sha() -> str | None:
+
+def code_version(env: dict[str, str] | None = None, cwd: Path | None = None) -> str | None:
+    """The code a row was measured with: $K5TUNE_GIT_SHA when set (a copy of the tree, such as the lent GPU
+    machine's, whose .git is not the tree's: the sender names the commit), else this checkout's short HEAD,
+    "-dirty" when tracked files differ from it (the sha alone would name other code); None without git."""
+    given = (os.environ if env is None else env).get(GIT_SHA_VARIABLE, "").strip()
+    if given:
+        return given
+    folder = cwd or Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=folder)
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, timeout=10, cwd=folder)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    sha = head.stdout.strip()
+    if head.returncode or not sha:
+        return None
+    return f"{sha}-dirty" if changed.returncode == 0 and changed.stdout.strip() else sha
 
 
 def _versions() -> dict[str, str]:
@@ -34,7 +49,7 @@ def _versions() -> dict[str, str]:
 
 def make_row(report: dict, scenario: str | None, theme: str | None, args: list[str]) -> dict[str, Any]:
     """The row of a result measured now, by this checkout: today's date, its git sha and library versions."""
-    return recorded_row(report, scenario, theme, args, date=datetime.date.today().isoformat(), git_sha=_git_sha(),
+    return recorded_row(report, scenario, theme, args, date=datetime.date.today().isoformat(), git_sha=code_version(),
                         versions=_versions())
 
 

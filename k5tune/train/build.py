@@ -19,7 +19,7 @@ from k5tune.models.kandinsky5.modulation import store_modulation_in
 from k5tune.models.kandinsky5.quantize import QuantReport, quantize_base
 from k5tune.models.kandinsky5.text_mask import install_text_mask
 from k5tune.models.kandinsky5.tread import install_tread, resolve_routes
-from k5tune.runtime import Runtime
+from k5tune.runtime import Runtime, keep_compiled_kernels
 from k5tune.train import fsdp
 from k5tune.train.offload import enable_group_offload, place_for_offload
 from k5tune.train.plan import TrainingPlan
@@ -68,6 +68,10 @@ def build_training_model(transformer, plan: TrainingPlan, lora: LoraSettings, ru
     adapted = add_lora(transformer, lora.rank, lora.alpha, lora.dropout, list(lora.targets), lora.seed)
     for p in lora_parameters(transformer):
         p.data = p.data.float()
+    if on_gpu and (plan.compiles_kernels(on_gpu) or plan.compiles_blocks(on_gpu) or plan.nabla is not None):
+        folder = keep_compiled_kernels()  # (before anything compiles)
+        if folder:
+            log(f"compiled kernels are kept in {folder}: later runs at the same shapes skip compiling and autotuning")
     apply_speed_plan(transformer, plan, on_gpu)
     if plan.nabla is not None:  # (after the fast path, whose processors it wraps)
         nabla.install(transformer, plan.nabla, plan.flex_tiling)
