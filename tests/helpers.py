@@ -49,6 +49,24 @@ def make_project(folder: Path, model_dir: str, config: dict, clips: int = 4, dat
     return folder
 
 
+def train_until_crash(monkeypatch, after_steps: int, reason: str = "power cut") -> None:
+    """`train` on the project in the current folder, crashing (RuntimeError) once `after_steps` steps are
+    done, before the next one; training is left as it was for the resume that follows."""
+    from k5tune.train import trainer
+
+    real_step = trainer.Trainer.train_step
+
+    def crash(self, group):
+        if self.step == after_steps:
+            raise RuntimeError(reason)
+        return real_step(self, group)
+
+    monkeypatch.setattr(trainer.Trainer, "train_step", crash)
+    with pytest.raises(RuntimeError, match=reason):
+        train(load_config())
+    monkeypatch.setattr(trainer.Trainer, "train_step", real_step)
+
+
 def train_lora(folder: Path, model_dir: str, config: dict, monkeypatch) -> dict[str, torch.Tensor]:
     """Make a project, train it in this process and return its LoRA."""
     monkeypatch.chdir(make_project(folder, model_dir, config))

@@ -15,7 +15,7 @@ from k5tune.train import checkpoint, trainer
 from k5tune.train.stop import StopRequests
 from k5tune.workflow import train
 from tests.helpers import CHECKPOINT_RUN as RUN
-from tests.helpers import InterruptAt, assert_same, lora, make_project
+from tests.helpers import InterruptAt, assert_same, lora, make_project, train_until_crash
 
 
 @pytest.fixture
@@ -47,17 +47,7 @@ def test_signal_saves_and_resume_is_bit_exact(tmp_path, monkeypatch, tiny_model_
 def test_crash_then_resume_from_latest_is_bit_exact(tmp_path, monkeypatch, tiny_model_dir, reference):
     folder = make_project(tmp_path, tiny_model_dir, RUN)
     monkeypatch.chdir(folder)
-    real_step = trainer.Trainer.train_step
-
-    def crash_on_step_5(self, group):
-        if self.step == 4:
-            raise RuntimeError("power cut")
-        return real_step(self, group)
-
-    monkeypatch.setattr(trainer.Trainer, "train_step", crash_on_step_5)
-    with pytest.raises(RuntimeError, match="power cut"):
-        train(load_config())
-    monkeypatch.setattr(trainer.Trainer, "train_step", real_step)
+    train_until_crash(monkeypatch, after_steps=4)
     assert [p.name for p in checkpoint.list_checkpoints(folder / "output")] == ["checkpoint-2", "checkpoint-4"]
     result = train(load_config("config/config.json", {"resume_from_checkpoint": "latest"}))
     assert result.resumed_from.name == "checkpoint-4"

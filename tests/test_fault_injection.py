@@ -25,7 +25,7 @@ from k5tune.config import load_config
 from k5tune.train import checkpoint, trainer
 from k5tune.workflow import train
 from tests.helpers import CHECKPOINT_RUN as RUN
-from tests.helpers import FullDisk, InfiniteGradient, assert_same, lora, make_project
+from tests.helpers import FullDisk, InfiniteGradient, assert_same, lora, make_project, train_until_crash
 
 pytestmark = pytest.mark.slow
 
@@ -161,17 +161,7 @@ def test_ctrl_c_saves_and_the_resumed_run_is_exact(tmp_path, monkeypatch, tiny_m
 def test_a_damaged_checkpoint_is_passed_over(tmp_path, monkeypatch, tiny_model_dir, uninterrupted, damage):
     folder = make_project(tmp_path, tiny_model_dir, {**RUN, "checkpoints_total_limit": 2})
     monkeypatch.chdir(folder)
-    real_step = trainer.Trainer.train_step
-
-    def crash_on_step_5(self, group):
-        if self.step == 4:
-            raise RuntimeError("power cut")
-        return real_step(self, group)
-
-    monkeypatch.setattr(trainer.Trainer, "train_step", crash_on_step_5)
-    with pytest.raises(RuntimeError):
-        train(load_config())
-    monkeypatch.setattr(trainer.Trainer, "train_step", real_step)
+    train_until_crash(monkeypatch, after_steps=4)
     state = folder / "output" / "checkpoint-4" / checkpoint.STATE_FILE
     data = state.read_bytes()
     state.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[:-8] + b"\0" * 8)

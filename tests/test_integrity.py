@@ -25,7 +25,7 @@ from k5tune.progress import SilentProgress
 from k5tune.train import checkpoint, objective, trainer
 from k5tune.workflow import train
 from tests.helpers import CHECKPOINT_RUN as RUN
-from tests.helpers import FullDisk, InfiniteGradient, assert_same, lora, make_project
+from tests.helpers import FullDisk, InfiniteGradient, assert_same, lora, make_project, train_until_crash
 
 VALIDATE = {"validation_prompt": "a red circle", "validation_resolution": "32x48", "validation_num_video_frames": 5,
             "validation_num_inference_steps": 2}
@@ -145,17 +145,7 @@ def test_a_changed_learning_rate_on_resume_takes_effect(tmp_path, monkeypatch, t
     config = {**RUN, "lr_scheduler": "constant", "lr_warmup_steps": 0, "max_train_steps": 4}
     folder = make_project(tmp_path, tiny_model_dir, config)
     monkeypatch.chdir(folder)
-    real_step = trainer.Trainer.train_step
-
-    def crash_on_step_3(self, group):
-        if self.step == 2:
-            raise RuntimeError("diverged")
-        return real_step(self, group)
-
-    monkeypatch.setattr(trainer.Trainer, "train_step", crash_on_step_3)
-    with pytest.raises(RuntimeError):
-        train(load_config())
-    monkeypatch.setattr(trainer.Trainer, "train_step", real_step)
+    train_until_crash(monkeypatch, after_steps=2, reason="diverged")
     capsys.readouterr()
     assert main(["train", "--resume_from_checkpoint", "latest", "--learning_rate", "3e-4"]) == 0
     out = capsys.readouterr()

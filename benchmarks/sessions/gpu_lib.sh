@@ -63,3 +63,23 @@ print(json.dumps({"train_steady_step_s_median": statistics.median(steady), "step
                   "peak_gib": max(float(r["peak_gib"]) for r in rows), "steady_steps": steady}))
 PY
 }
+
+# fastest_nabla_flags [FRAMES]: the build flags (--flex-tiling, --compile-blocks) of the fastest NABLA step in
+# $OUT/bench.jsonl, of clips of FRAMES frames when given ("" when none ran).
+fastest_nabla_flags() {
+  python3 - "$OUT/bench.jsonl" "${1:-}" <<'PY'
+import json, sys
+best, frames = None, sys.argv[2]
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if (r.get("attention") or {}).get("attention") != "nabla" or "ours" not in r:
+        continue
+    if frames and r.get("frames") != int(frames):
+        continue
+    if best is None or r["ours"]["step_s"] < best["ours"]["step_s"]:
+        best = r
+if best is not None:
+    plan = best["plan"]
+    print(f"--flex-tiling {plan.get('flex_tiling') or 'autotune'}" + (" --compile-blocks" if plan.get("compile_blocks") else ""))
+PY
+}

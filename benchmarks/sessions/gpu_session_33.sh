@@ -16,22 +16,6 @@ source benchmarks/sessions/gpu_lib.sh
 start_session
 fits() { (( SECONDS + $1 <= ${DEADLINE:-570} )) || { echo "skipped: $2 (deadline)"; return 1; }; }
 
-# The flags of the fastest NABLA build measured so far in $OUT/bench.jsonl ("" when none ran).
-fastest_nabla_flags() {
-  python3 - "$OUT/bench.jsonl" <<'PY'
-import json, sys
-best = None
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    if (r.get("attention") or {}).get("attention") == "nabla" and "ours" in r:
-        if best is None or r["ours"]["step_s"] < best["ours"]["step_s"]:
-            best = r
-if best is not None:
-    plan = best["plan"]
-    print(f"--flex-tiling {plan.get('flex_tiling') or 'autotune'}" + (" --compile-blocks" if plan.get("compile_blocks") else ""))
-PY
-}
-
 case "${1:-core}" in
   core)
     fits 120 "lite-10s-nabla heuristic" && BENCH_TIMEOUT=120 b --scenario lite-10s-nabla --flex-tiling heuristic

@@ -30,22 +30,6 @@ cp $STATE/bench.jsonl $OUT/bench.jsonl
 cp $STATE/rows.jsonl $OUT/rows.jsonl
 fits() { (( SECONDS + $1 <= ${DEADLINE:-570} )) || { echo "next call: $2 (needs ${1}s)"; return 1; }; }
 
-# The flags of the fastest Lite 10 s NABLA build measured so far ("" when none ran).
-fastest_lite_flags() {
-  python3 - "$OUT/bench.jsonl" <<'PY'
-import json, sys
-best = None
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    if r.get("frames") == 241 and (r.get("attention") or {}).get("attention") == "nabla" and "ours" in r:
-        if best is None or r["ours"]["step_s"] < best["ours"]["step_s"]:
-            best = r
-if best is not None:
-    plan = best["plan"]
-    print(f"--flex-tiling {plan.get('flex_tiling') or 'autotune'}" + (" --compile-blocks" if plan.get("compile_blocks") else ""))
-PY
-}
-
 # step NAME NEED LIMIT COMMAND...: run COMMAND, cut at LIMIT or the deadline (BENCH_TIMEOUT), unless NAME is
 # done or was tried twice; false (ending this call) when NEED seconds are not left.
 step() {
@@ -57,25 +41,26 @@ step() {
   echo "try $name" >> $STATE/tries.txt
   echo "== $name (limit $(( limit < left ? limit : left ))s)"
   BENCH_TIMEOUT=$(( limit < left ? limit : left )) "$@" && echo "done $name" >> $STATE/tries.txt
+  cp $OUT/bench.jsonl $OUT/rows.jsonl $STATE/  # (kept after each step: a call killed later loses nothing)
   return 0
 }
 
 profile() {
   timeout $BENCH_TIMEOUT python3 benchmarks/tools/profile_step.py --flavour t2v-lite-sft-10s --frames 241 --nabla-density 0.1 \
-    --modulation-bf16 --warmup 1 $(fastest_lite_flags) > $STATE/profile.json 2>> $OUT/err.txt || { tail -5 $OUT/err.txt; return 1; }
+    --modulation-bf16 --warmup 1 $(fastest_nabla_flags 241) > $STATE/profile.json 2>> $OUT/err.txt || { tail -5 $OUT/err.txt; return 1; }
   head -c 3000 $STATE/profile.json
 }
 
 train() {
   FLAVOUR=t2v-lite-sft-10s train_lite_fullsize && cp $OUT/train.txt $OUT/train_summary.json $STATE/ \
-    && b --scenario lite-10s-61f $(fastest_lite_flags)
+    && b --scenario lite-10s-61f $(fastest_nabla_flags 241)
 }
 
 run_steps() {
   step lite-nabla-compiled 220 330 b --scenario lite-10s-nabla --compile-blocks || return
   step lite-dense 120 170 b --scenario lite-10s-dense-1 || return
   step lite-nabla 200 330 b --scenario lite-10s-nabla || return
-  local flags; flags=$(fastest_lite_flags); echo "fastest Lite NABLA build: ${flags:-none}"
+  local flags; flags=$(fastest_nabla_flags 241); echo "fastest Lite NABLA build: ${flags:-none}"
   step pro-hd-nabla 260 360 b --scenario pro-hd-nabla $flags || return
   step pro-hd-dense 190 280 b --scenario pro-hd-dense --steps 1 || return
   step pro-nabla 190 270 b --scenario pro-nabla $flags || return
@@ -85,7 +70,6 @@ run_steps() {
   echo "all done"
 }
 run_steps
-cp $OUT/bench.jsonl $OUT/rows.jsonl $STATE/
 cp $STATE/tries.txt $OUT/
 for f in profile.json train.txt train_summary.json; do [[ -f $STATE/$f ]] && cp $STATE/$f $OUT/; done
 exit 0
