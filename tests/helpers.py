@@ -67,9 +67,10 @@ def train_until_crash(monkeypatch, after_steps: int, reason: str = "power cut") 
     monkeypatch.setattr(trainer.Trainer, "train_step", real_step)
 
 
-def train_lora(folder: Path, model_dir: str, config: dict, monkeypatch) -> dict[str, torch.Tensor]:
+def train_lora(folder: Path, model_dir: str, config: dict, monkeypatch,
+               datasets: dict | None = None) -> dict[str, torch.Tensor]:
     """Make a project, train it in this process and return its LoRA."""
-    monkeypatch.chdir(make_project(folder, model_dir, config))
+    monkeypatch.chdir(make_project(folder, model_dir, config, datasets=datasets))
     return load_file(train(load_config()).lora_path)
 
 
@@ -140,10 +141,11 @@ DISTRIBUTED_RUN = {"max_train_steps": 3, "lora_rank": 4, "adam_epsilon": 1e-4, "
        "validation_resolution": "32x48", "validation_num_video_frames": 5, "validation_num_inference_steps": 2}
 
 
-def train_lora_on_two_processes(folder, model_dir: str, config: dict, monkeypatch) -> dict:
+def train_lora_on_two_processes(folder, model_dir: str, config: dict, monkeypatch, datasets: dict | None = None) -> dict:
     """Make a project and train it with `num_processes: 2` (k5tune starts them: torchrun, gloo), one
     clip per process; returns the LoRA."""
-    monkeypatch.chdir(make_project(folder, model_dir, {**config, "train_batch_size": 1, "num_processes": 2}))
+    monkeypatch.chdir(make_project(folder, model_dir, {**config, "train_batch_size": 1, "num_processes": 2},
+                                   datasets=datasets))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert main(["train"]) == 0
     return load_file(folder / "output" / "pytorch_lora_weights.safetensors")

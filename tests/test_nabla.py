@@ -197,6 +197,73 @@ def test_a_training_step_builds_each_layers_mask_once(tiny_nabla_dir, monkeypatc
     assert all(p.mask is None and not p.sharing for p in processors)  # nothing kept after the step
 
 
+# Point 4's combinations: the same mask, built once per layer per step, whatever moves the weights or
+# the activations (tests/test_sequence_parallel.py covers sequence parallelism under NABLA).
+_UNDER = {"full checkpointing": {"checkpointing": "full"},
+          "group offload": {"group_offload_blocks": 1},
+          "activation offload": {"offload_activations": True},
+          "group and activation offload": {"group_offload_blocks": 1, "offload_activations": True},
+          "int8 base": {"base_precision": "int8"}, "fp8 base": {"base_precision": "fp8"}}
+
+
+@pytest.mark.parametrize("under", list(_UNDER))
+def test_nabla_trains_alike_under_offload_and_a_quantised_base(tiny_nabla_dir, monkeypatch, under):
+    """Each layer builds its mask once a step (the offloader's checkpoint recomputes blocks whole and
+    reuses it), offloaded runs give the plain step's LoRA gradients, and over an int8/fp8 base the sparse
+    step trains (finite gradients, the loss near the bf16 base's)."""
+    latents, text, noise = _inputs(4)
+    runtime = Runtime.detect("no", "cpu")
+    lora = LoraSettings(4, 4, ("to_query", "to_key", "to_value", "out_layer", "feed_forward"))
+    results = []
+    for changes in ({}, _UNDER[under]):
+        if changes.get("base_precision"):
+            pytest.importorskip("torchao")
+        model = _transformer(tiny_nabla_dir)
+        build_training_model(model, TrainingPlan(**{"checkpointing": "selective", **changes}, compile_kernels=False,
+                                                 nabla=SETTINGS), lora, runtime)
+        built = _record_masks(monkeypatch, nabla)
+        with step_scope(model):
+            loss = flow_matching_step_loss(model, latents, text, noise, torch.tensor([0.45]), PIXELS, runtime)
+            loss.backward()
+        assert len(built) == 2  # the two visual layers, forward and recomputation alike
+        monkeypatch.undo()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (plain_loss, plain), (loss, got) = results
+    assert set(got) == set(plain) and len(got) == 26 * 2  # every adapted module's A and B
+    if "base" in under:
+        assert all(torch.isfinite(g).all() for g in got.values())
+        assert loss.item() == pytest.approx(plain_loss.item(), rel=0.05)
+        return
+    torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=1e-5)
+    for name, expected in plain.items():
+        torch.testing.assert_close(got[name], expected, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_two_processes_train_nabla_as_one_data_parallel_and_sharded(tmp_path, monkeypatch, tiny_nabla_dir):
+    """DDP and FSDP2 under NABLA (each process builds the masks of its own clips): the LoRA of one process
+    with the same global batch."""
+    import json
+
+    from tests.helpers import (
+        DISTRIBUTED_RUN,
+        assert_same_training_across_processes,
+        train_lora,
+        train_lora_on_two_processes,
+    )
+
+    config = {**DISTRIBUTED_RUN, "lr_scheduler": "constant", "disable_validation": True, "checkpointing_steps": 10}
+    expected = train_lora(tmp_path / "single", tiny_nabla_dir, {**config, "train_batch_size": 2}, monkeypatch,
+                          NABLA_DATA)
+    for name, sharded in (("ddp", False), ("fsdp2", True)):
+        got = train_lora_on_two_processes(tmp_path / name, tiny_nabla_dir, {**config, "fsdp_enable": sharded},
+                                          monkeypatch, NABLA_DATA)
+        assert_same_training_across_processes(got, expected)
+        events = [json.loads(line) for line in (tmp_path / name / "output" / "events.jsonl").read_text().splitlines()]
+        plan = next(e["plan"] for e in events if e.get("event") == "training")
+        assert "NABLA (P 0.9" in plan and ("FSDP2 over 2" in plan) == sharded, plan
+
+
 def test_tiling_and_settings():
     assert nabla.tiling_problem(512, 768) is None
     assert "multiples of 128" in nabla.tiling_problem(480, 848)
@@ -392,15 +459,24 @@ def _calls(graphs: list, name: str) -> int:
                if node.op == "call_function")
 
 
-@pytest.mark.parametrize("checkpointing", ["selective", "full"])
+@pytest.mark.parametrize("checkpointing,offload", [("selective", False), ("full", False), ("selective", True)])
 def test_compiled_blocks_train_as_eager_ones_and_keep_the_mask_for_backward(tiny_nabla_dir, monkeypatch,
-                                                                           checkpointing):
+                                                                           checkpointing, offload):
     """On the GPU NABLA's blocks compile whole: the mask's building and FlexAttention are traced into the
     block's graph, and the checkpointing policy keeps the mask (never rebuilt in backward) and, selective,
     FlexAttention's output (never recomputed). Here FlexAttention runs inside compiled blocks on the CPU
     through its reference maths (aot_eager), the block mask also given as a mask_mod, which that maths
-    honours; the LoRA gradients equal the eager blocks' (SDPA under the same mask)."""
+    honours; the LoRA gradients equal the eager blocks' (SDPA under the same mask). With activation
+    offload (the Pro scenarios' setting) what the compiled blocks keep, the mask and FlexAttention's
+    output with it, waits in CPU memory and comes back for backward."""
     import torch.nn.attention.flex_attention as flex
+
+    import k5tune.train.activation_offload as activation_offload
+    from tests.helpers import record_stashed_shapes
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(activation_offload, "MIN_OFFLOADED_ELEMENTS", 1)  # the tiny model's tensors are small
+    stashed = record_stashed_shapes(monkeypatch)
 
     latents, text, noise = _inputs(3)
     sigmas = torch.tensor([0.45])
@@ -412,8 +488,8 @@ def test_compiled_blocks_train_as_eager_ones_and_keep_the_mask_for_backward(tiny
     build_training_model(eager, TrainingPlan(checkpointing=checkpointing, compile_kernels=False, nabla=SETTINGS),
                          lora, runtime)
     build_training_model(compiled, TrainingPlan(checkpointing=checkpointing, compile_blocks=True, compile_kernels=False,
-                                                compile_backend=_capturing_backend(backward_graphs), nabla=SETTINGS),
-                         lora, runtime)
+                                                compile_backend=_capturing_backend(backward_graphs), nabla=SETTINGS,
+                                                offload_activations=offload), lora, runtime)
     monkeypatch.setattr(flex, "_validate_device", lambda *args: None)  # (no FlexAttention backward on the CPU)
     monkeypatch.setattr(nabla, "uses_flex", lambda query: torch.compiler.is_compiling())
     real_block_mask = nabla.block_mask
@@ -438,6 +514,12 @@ def test_compiled_blocks_train_as_eager_ones_and_keep_the_mask_for_backward(tiny
     assert set(gradients[0]) == set(gradients[1])
     for name, expected in gradients[0].items():
         torch.testing.assert_close(gradients[1][name], expected, atol=1e-5, rtol=1e-4, msg=name)
+    # moved: per visual block (2) its input, FlexAttention's output and log-sum-exp (batch x heads x 768
+    # tokens) and the mask (its block counts and indices, both ways: heads x 12 x 12 blocks)
+    visual, kept = (1, 768, 96), (1, 6, 768, 16)
+    assert not offload or (stashed.count(visual) == 2 and stashed.count(kept) == 2 and stashed.count(kept[:3]) == 2
+                           and stashed.count((1, 6, 12, 12)) == 2 * 2)
+    assert offload or not stashed
 
 
 def test_nabla_blocks_compile_only_when_asked():

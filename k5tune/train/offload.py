@@ -33,6 +33,7 @@ import contextlib
 import torch
 from torch import nn
 
+from k5tune.models.kandinsky5 import nabla
 from k5tune.train import activation_offload
 from k5tune.train.activation_offload import PinnedArena, StashedTensor, slab_bytes_for
 
@@ -266,7 +267,7 @@ class _OffloadedCheckpoint(torch.autograd.Function):
     def forward(ctx, offloader: GroupOffloader, block: nn.Module, rest: tuple, anchor: torch.Tensor,
                 *tensors: torch.Tensor):
         offloader.enter_block(block, +1)
-        with torch.no_grad():
+        with torch.no_grad(), nabla.recomputed_later():  # (NABLA: backward's recomputation reuses the masks)
             output = block(*_merge(tensors, rest))
         ctx.offloader, ctx.block, ctx.rest = offloader, block, rest
         # backward runs outside the caller's autocast: the recomputation must use the same one

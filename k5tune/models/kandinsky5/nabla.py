@@ -13,6 +13,8 @@ has no backward on the CPU, so there the same mask, expanded to tokens, drives S
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -296,9 +298,11 @@ class NablaAttnProcessor:
         if exchange is not None:
             query, key, value = exchange.to_heads(query), exchange.to_heads(key), exchange.to_heads(value)
         # Shared only by the step's training forward and its checkpointed recomputation (both with
-        # gradients); a forward without them (a rollout step, the eval loss) has its own queries and keys.
+        # gradients, or the forward without them inside the offloader's checkpoint: `recomputed_later`);
+        # another forward without them (a rollout step, the eval loss) has its own queries and keys.
         # A compiled block keeps no Python state: its checkpointing policy keeps the mask (speed.py).
-        sharing = self.sharing and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        training = torch.is_grad_enabled() or getattr(_forward_state, "recomputed_later", False)
+        sharing = self.sharing and training and not torch.compiler.is_compiling()
         mask = self.mask if sharing and self.mask is not None else block_mask(query, key, sparse_params)
         if sharing:
             self.mask = mask
@@ -308,6 +312,21 @@ class NablaAttnProcessor:
         if exchange is not None:
             out = exchange.to_sequence(out)
         return attn.out_layer(out.flatten(-2, -1))
+
+
+_forward_state = threading.local()
+
+
+@contextlib.contextmanager
+def recomputed_later():
+    """Around a training forward that runs without gradients because its block is recomputed with them
+    in backward (offload.py's checkpoint): the masks it builds are the ones that recomputation reuses."""
+    before = getattr(_forward_state, "recomputed_later", False)
+    _forward_state.recomputed_later = True
+    try:
+        yield
+    finally:
+        _forward_state.recomputed_later = before
 
 
 def self_attentions(transformer):
