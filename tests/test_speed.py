@@ -166,7 +166,7 @@ def test_compiled_kernels_are_kept_beyond_the_temporary_folder(tmp_path, monkeyp
 
     from k5tune.runtime import COMPILE_CACHE_VARIABLE, keep_compiled_kernels
 
-    monkeypatch.delenv(COMPILE_CACHE_VARIABLE, raising=False)
+    monkeypatch.setenv(COMPILE_CACHE_VARIABLE, "")  # unset, and put back as it was after the test
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     kept = tmp_path / "cache" / "k5tune" / "torchinductor"
     assert keep_compiled_kernels() == str(kept) and kept.is_dir()
