@@ -54,10 +54,10 @@ def keep_compiled_kernels(env: dict[str, str] | None = None) -> str | None:
     env = os.environ if env is None else env
     if env.get(COMPILE_CACHE_VARIABLE):
         return env[COMPILE_CACHE_VARIABLE]
-    folder = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "k5tune" / "torchinductor"
     try:
+        folder = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "k5tune" / "torchinductor"
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
+    except (OSError, RuntimeError):  # (RuntimeError: no home folder to be found)
         return None
     if not os.access(folder, os.W_OK):
         return None
