@@ -41,6 +41,7 @@ ADAM_BYTES_PER_LORA_PARAM = 16  # fp32 weight + gradient + two AdamW moments
 # predicted within 2 %.
 NABLA_BYTES_PER_BLOCK_PAIR = 8.5
 NABLA_DIFFUSERS_FORM_EXTRA = 4
+NABLA_INDEX_BYTES_PER_BLOCK_PAIR = 8  # the two int32 index tensors: what activation offload moves of a mask
 
 
 def _tokens_per_block(blocks: int, shape: TrainingShape, plan: TrainingPlan) -> list[int]:
@@ -122,8 +123,14 @@ def nabla_block_pairs(flavour: str, shape: TrainingShape, plan: TrainingPlan) ->
 
 
 def _nabla_masks(flavour: str, shape: TrainingShape, plan: TrainingPlan) -> float:
-    """Bytes of the block masks of every visual block."""
-    return nabla_block_pairs(flavour, shape, plan) * NABLA_BYTES_PER_BLOCK_PAIR
+    """Bytes of the block masks on the GPU: every visual block's; with compiled blocks under activation
+    offload the saved-tensor hooks move each mask's index tensors with the rest of what the block keeps,
+    and what stays is counted as for the block inputs (SAVED_OFFLOAD_RESIDUE blocks' worth; not measured
+    yet with NABLA)."""
+    total = nabla_block_pairs(flavour, shape, plan) * NABLA_BYTES_PER_BLOCK_PAIR
+    if plan.offloads_through_hooks(True):
+        return total * min(1.0, SAVED_OFFLOAD_RESIDUE / FLAVOURS[flavour].transformer_config["num_visual_blocks"])
+    return total
 
 
 def training_peak_gib(flavour: str, shape: TrainingShape, plan: TrainingPlan) -> float:
@@ -133,7 +140,7 @@ def training_peak_gib(flavour: str, shape: TrainingShape, plan: TrainingPlan) ->
 def pinned_cpu_gib(flavour: str, shape: TrainingShape, plan: TrainingPlan) -> float:
     """Pinned CPU memory per process, as allocated (in slabs, PinnedArena): the offloaded blocks' home
     copies and the offloaded activations: per visual block its input, and with compiled selective
-    blocks the attention it keeps."""
+    blocks the attention it keeps; with compiled NABLA blocks, the two index tensors of its mask."""
     config = FLAVOURS[flavour].transformer_config
     pinned = (weight_count(flavour, plan.base_precision, plan.modulation_fp32).blocks_pinned
               if plan.group_offload else 0)
@@ -144,5 +151,8 @@ def pinned_cpu_gib(flavour: str, shape: TrainingShape, plan: TrainingPlan) -> fl
         if plan.offloads_through_hooks(True) and plan.checkpointing == "selective":
             keep = len(tokens) if plan.keep_attention_blocks is None else plan.keep_attention_blocks
         stashes = [n * hidden for index, n in enumerate(tokens) for _ in range(2 if index < keep else 1)]
+        if plan.nabla is not None and plan.offloads_through_hooks(True):
+            per_block = nabla_block_pairs(flavour, shape, plan) // len(tokens)
+            stashes += [per_block * NABLA_INDEX_BYTES_PER_BLOCK_PAIR // 2] * (2 * len(tokens))
         pinned += _arena_bytes(stashes)
     return pinned / GIB
