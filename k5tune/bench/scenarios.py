@@ -58,6 +58,10 @@ SCENARIOS: dict[str, Scenario] = {
                           (*PRO, "--offload-activations", "--sparse-attention", "dense")),
     "pro-hd-dense": Scenario("nabla", "Pro 768x1280x61, dense attention, activation offload",
                              (*PRO, "--resolution", "768x1280", "--offload-activations", "--sparse-attention", "dense")),
+    "pro-hd-dense-1": Scenario("nabla", "Pro 768x1280x61 dense, activation offload, one timed step (a short "
+                               "device window's baseline)",
+                               (*PRO[:-4], "--steps", "1", "--warmup", "1", "--resolution", "768x1280",
+                                "--offload-activations", "--sparse-attention", "dense")),
     "pro-hd-nabla": Scenario("nabla", "Pro 768x1280x61, NABLA at 10 % density, activation offload",
                              (*PRO, "--resolution", "768x1280", "--offload-activations", "--nabla-density", "0.1")),
     "pro-nabla": Scenario("nabla", "Pro 512x768x61, NABLA at 10 % density, activation offload",

@@ -248,6 +248,15 @@ CHECKS: list[Check] = [
     Check("Lite 10 s 512x768x241, dense, one timed step",
           Source("2026-12-07-s7-h100/call2-bench.jsonl", "ours.peak_gib"),
           _train("t2v-lite-sft-10s", TrainingShape(frames=241), modulation_fp32=False)),
+    # 2026-12-07 (session 8), one H100: Pro HD under activation offload, NABLA with eager blocks (the
+    # offloader's checkpoint; each layer's mask kept from forward to backward) and dense (compiled blocks)
+    Check("Pro HD 768x1280x61, NABLA at 10 % density + STA, activation offload",
+          Source("2026-12-07-s8-h100/call2-bench.jsonl", "ours.peak_gib", {"flavour": "t2v-pro-sft-5s-hd"}),
+          _train("t2v-pro-sft-5s-hd", TrainingShape(768, 1280), modulation_fp32=False, nabla=True,
+                 offload_activations=True)),
+    Check("Pro HD 768x1280x61, dense, activation offload",
+          Source("2026-12-07-s8-h100/call3-bench.jsonl", "ours.peak_gib"),
+          _train("t2v-pro-sft-5s-hd", TrainingShape(768, 1280), modulation_fp32=False, offload_activations=True)),
     Check("VAE encode, plain", Source(_VAE, "peak_gib", {"variant": "plain"}),
           lambda: vae_encode_peak_gib(TrainingShape(), "plain"), "anchor"),
     Check("VAE encode, patch conv", Source(_VAE, "peak_gib", {"variant": "patch_conv"}),

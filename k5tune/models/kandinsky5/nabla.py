@@ -187,7 +187,7 @@ def flex_compile_mode(tiling: str) -> str | None:
     tilings instead (64x64 wins; once per shape and machine: 158 s at 93,696 tokens on an H200);
     "heuristic" keeps the default mode with the heuristic's tiles narrowed to 64 (clamp_flex_tiles): it
     lowers and compiles ~3.5x sooner, but its kernels are slower (Lite 10 s on an H100: 9.63 s a step,
-    against 7.92 s autotuned on an H200; benchmarks/results/2026-12-07-s7-h100.md)."""
+    against 6.79 s autotuned; benchmarks/results/2026-12-07-s7-h100.md and -s8-h100.md)."""
     check_tiling(tiling)
     if tiling == "heuristic":
         clamp_flex_tiles()
