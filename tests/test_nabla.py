@@ -573,27 +573,34 @@ def test_heuristic_tiling_narrows_torchs_flex_tiles_to_nablas_blocks(torch_heuri
 
 def test_flex_tiling_picks_the_compile_mode_of_flex_and_of_compiled_blocks(torch_heuristics, monkeypatch,
                                                                          tiny_nabla_dir):
-    """`k5tune bench --flex-tiling` reaches the plan, the processors and torch.compile: max-autotune for
-    "autotune" (FlexAttention alone, or in a compiled NABLA block), the default mode with narrowed tiles
-    for "heuristic"; dense compiled blocks keep the default mode."""
+    """`k5tune bench --flex-tiling` reaches the plan, the processors and torch.compile: autotuning for
+    "autotune" (FlexAttention alone in max-autotune mode; in a compiled NABLA block, FlexAttention's
+    autotuning only), the default mode with narrowed tiles for "heuristic"; dense compiled blocks keep
+    the default mode."""
     import argparse
 
     from k5tune.commands import bench
     from k5tune.train import speed
 
-    modes = []
-    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: modes.append(kwargs.get("mode")) or fn)
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: compiled.append(kwargs) or fn)
     monkeypatch.setattr(nabla, "_compiled_flex", {})
     monkeypatch.setattr(speed, "_compiled_regions", {})
     nabla._flex_attention("autotune")
     speed._compiled_region(True, "inductor", "autotune")
     speed._compiled_region(True, "inductor", None)
-    assert modes == ["max-autotune-no-cudagraphs"] * 2 + [None]
+    flex_alone, nabla_block, dense_block = compiled
+    assert flex_alone["mode"] == "max-autotune-no-cudagraphs" and flex_alone["dynamic"] is False
+    # a compiled NABLA block autotunes FlexAttention only (cuBLAS for its matmuls), at static shapes
+    assert nabla_block == {"backend": "inductor", "dynamic": False,
+                           "options": {"max_autotune": True, "max_autotune_gemm_backends": "ATEN"}}
+    assert dense_block == {"backend": "inductor"}
     assert torch_heuristics._k5_flex_tile_limit is None  # autotune leaves torch's heuristics alone
-    modes.clear()
+    compiled.clear()
     nabla._flex_attention("heuristic")
     speed._compiled_region(False, "inductor", "heuristic")
-    assert modes == [None, None] and torch_heuristics._k5_flex_tile_limit == nabla.BLOCK
+    assert compiled[0]["mode"] is None and compiled[1] == {"backend": "inductor"}
+    assert torch_heuristics._k5_flex_tile_limit == nabla.BLOCK
     with pytest.raises(ValueError, match="unknown flex_tiling 'fast'; valid: autotune, heuristic"):
         nabla.flex_compile_mode("fast")
 

@@ -19,8 +19,9 @@
 #  8 profile              where the fastest Lite NABLA build's time goes (profile_step.py), for a missed 3x
 #  9 train                `k5tune train` on the full-size Lite 10 s transformer, and the bench step at its shape
 # Ran 2026-12-07 (session 8, one H100, benchmarks/results/2026-12-07-s8-h100.md): steps 1-5, step 1 failing
-# twice (compiled NABLA blocks do not build with autotuned tiles on torch 2.11). SKIP names the steps a
-# fresh machine passes over: by default those measured then; SKIP="" runs them all again.
+# twice in max-autotune mode; compiled NABLA blocks now autotune FlexAttention only, at static shapes
+# (speed._nabla_block_compile_settings), so step 1 runs again. SKIP names the steps a fresh machine passes
+# over: by default those measured then; SKIP="" runs them all again.
 # Autotuning FlexAttention takes ~2.5 min at Lite 10 s the first time on a machine; k5tune keeps the compile
 # cache in ~/.cache/k5tune/torchinductor, so a step cut by its limit and retried (once) resumes from it.
 set -u
@@ -29,7 +30,7 @@ start_session
 STATE=/tmp/k5s34
 mkdir -p $STATE
 touch $STATE/bench.jsonl $STATE/rows.jsonl $STATE/tries.txt
-for name in ${SKIP-lite-nabla-compiled lite-dense lite-nabla pro-hd-nabla pro-hd-dense}; do
+for name in ${SKIP-lite-dense lite-nabla pro-hd-nabla pro-hd-dense}; do
   grep -qx "done $name" $STATE/tries.txt || echo "done $name" >> $STATE/tries.txt
 done
 cp $STATE/bench.jsonl $OUT/bench.jsonl

@@ -102,8 +102,9 @@ class TrainingPlan:
             return False
         # NABLA's blocks compile only when asked (`k5tune bench --compile-blocks`): with heuristic tiles
         # they build (Lite 10 s, H100: 8.14 s against 9.63 s eager at the same tiles, +9 GiB), with
-        # autotuned ones they do not (torch 2.11, H100: benchmarks/results/2026-12-07-s8-h100.md), and
-        # eager blocks with FlexAttention compiled alone and autotuned are the fastest measured (6.79 s).
+        # autotuned ones they did not in max-autotune mode (torch 2.11, H100: speed.py's
+        # _nabla_block_compile_settings), and eager blocks with FlexAttention compiled alone and
+        # autotuned are the fastest measured (6.79 s).
         if self.nabla is not None and self.compile_blocks is not True:
             return False
         return on_gpu if self.compile_blocks is None else self.compile_blocks

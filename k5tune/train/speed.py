@@ -129,13 +129,28 @@ def _compiled_region(selective: bool, backend: str, nabla_tiling: str | None = N
             region = _compiled_selective_region if selective else _compiled_full_region
         else:
             region = _selective_region if selective else _full_region
-        mode = None
+        settings = {"backend": backend}
         if nabla and backend == "inductor":
-            from k5tune.models.kandinsky5.nabla import flex_compile_mode
-
-            mode = flex_compile_mode(nabla_tiling)
-        _compiled_regions[selective, backend, nabla_tiling] = torch.compile(region, backend=backend, mode=mode)
+            settings.update(_nabla_block_compile_settings(nabla_tiling))
+        _compiled_regions[selective, backend, nabla_tiling] = torch.compile(region, **settings)
     return _compiled_regions[selective, backend, nabla_tiling]
+
+
+def _nabla_block_compile_settings(tiling: str) -> dict:
+    """torch.compile's settings for a NABLA block (nabla.flex_compile_mode picks FlexAttention's).
+
+    Autotuned tiles: in max-autotune mode the whole block failed on an H100 (torch 2.11, session 8:
+    benchmarks/results/2026-12-07-s8-h100.md): the block's matmuls were autotuned too (Triton candidates
+    over the shared-memory limit, then an illegal memory access), and the retry, with the token length
+    dynamic (text and visual blocks share the region), found no FlexAttention backward tiling. So only
+    FlexAttention autotunes (the matmuls keep cuBLAS, as dense compiled blocks do), and the shapes stay
+    static: one graph per block kind and bucket. Not yet measured."""
+    from k5tune.models.kandinsky5.nabla import flex_compile_mode
+
+    mode = flex_compile_mode(tiling)
+    if mode is None:
+        return {}
+    return {"dynamic": False, "options": {"max_autotune": True, "max_autotune_gemm_backends": "ATEN"}}
 
 
 def _checkpoint_compiled(module, *args, selective: bool, keep_blocks: int | None, backend: str,
