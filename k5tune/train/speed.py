@@ -120,11 +120,11 @@ def _compiled_region(selective: bool, backend: str, nabla_tiling: str | None = N
     FlexAttention traced into them: nabla.flex_compile_mode); None for dense blocks."""
     nabla = nabla_tiling is not None
     if (selective, backend, nabla_tiling) not in _compiled_regions:
-        # ~6 graphs per region (text/visual block, input with or without gradient, dynamic lengths);
-        # torch 2.6 calls the limit cache_size_limit
+        # ~6 graphs per region (text/visual block, input with or without gradient, dynamic lengths; NABLA's
+        # autotuned blocks are static: as many again per bucket); torch 2.6 calls the limit cache_size_limit
         config = torch._dynamo.config
         name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-        setattr(config, name, max(getattr(config, name), 16))
+        setattr(config, name, max(getattr(config, name), 64 if nabla else 16))
         if nabla:  # the policies that keep the block mask (and, selective, FlexAttention's output)
             region = _compiled_selective_region if selective else _compiled_full_region
         else:
