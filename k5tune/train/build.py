@@ -68,7 +68,7 @@ def build_training_model(transformer, plan: TrainingPlan, lora: LoraSettings, ru
     adapted = add_lora(transformer, lora.rank, lora.alpha, lora.dropout, list(lora.targets), lora.seed)
     for p in lora_parameters(transformer):
         p.data = p.data.float()
-    if on_gpu and (plan.compiles_kernels(on_gpu) or plan.compiles_blocks(on_gpu) or plan.nabla is not None):
+    if on_gpu and plan.compiles_anything(on_gpu):
         folder = keep_compiled_kernels()  # (before anything compiles)
         if folder:
             log(f"compiled kernels are kept in {folder}: later runs at the same shapes skip compiling and autotuning")

@@ -109,6 +109,11 @@ class TrainingPlan:
             return False
         return on_gpu if self.compile_blocks is None else self.compile_blocks
 
+    def compiles_anything(self, on_gpu: bool) -> bool:
+        """Whether torch.compile runs at all: the fused kernels, whole blocks, or NABLA's FlexAttention
+        (compiled on every GPU run)."""
+        return self.compiles_kernels(on_gpu) or self.compiles_blocks(on_gpu) or (on_gpu and self.nabla is not None)
+
     def offloads_through_hooks(self, on_gpu: bool) -> bool:
         """Compiled blocks move what they save for backward themselves (activation_offload.py) and keep
         their checkpointing policy."""
