@@ -110,8 +110,9 @@ def _checkpoint_selective(module, *args, keep_blocks: int | None = None):
 
 # One compiled function per kind of region, made on first use: dynamo keeps one graph per block kind
 # and input shape (text/visual block, whether the input needs a gradient, TREAD's shorter sequence),
-# shared by all blocks of that kind. A second sequence length (another bucket) makes the token
-# dimension dynamic instead of compiling once per bucket.
+# shared by all blocks of that kind. A second sequence length (another bucket, a caption of another
+# length) makes that dimension dynamic instead of compiling once per length; a NABLA block's visual token
+# count stays static (_static_visual_tokens): one graph per bucket.
 _compiled_regions: dict = {}
 
 
@@ -121,7 +122,7 @@ def _compiled_region(selective: bool, backend: str, nabla_tiling: str | None = N
     nabla = nabla_tiling is not None
     if (selective, backend, nabla_tiling) not in _compiled_regions:
         # ~6 graphs per region (text/visual block, input with or without gradient, dynamic lengths; NABLA's
-        # autotuned blocks are static: as many again per bucket); torch 2.6 calls the limit cache_size_limit
+        # visual blocks are static: as many again per bucket); torch 2.6 calls the limit cache_size_limit
         config = torch._dynamo.config
         name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
         setattr(config, name, max(getattr(config, name), 64 if nabla else 16))
@@ -141,21 +142,31 @@ def _nabla_block_compile_settings(tiling: str) -> dict:
 
     Autotuned tiles: in max-autotune mode the whole block failed on an H100 (torch 2.11, session 8:
     benchmarks/results/2026-12-07-s8-h100.md): the block's matmuls were autotuned too (Triton candidates
-    over the shared-memory limit, then an illegal memory access), and the retry, with the token length
-    dynamic (text and visual blocks share the region), found no FlexAttention backward tiling. So only
-    FlexAttention autotunes (the matmuls keep cuBLAS, as dense compiled blocks do), and the shapes stay
-    static: one graph per block kind and bucket. Not yet measured."""
+    over the shared-memory limit, then an illegal memory access), and the retry, at a dynamic token count,
+    found no FlexAttention backward tiling. So only FlexAttention autotunes (the matmuls keep cuBLAS, as
+    dense compiled blocks do), and the visual token count stays static (_static_visual_tokens)."""
     from k5tune.models.kandinsky5.nabla import flex_compile_mode
 
-    mode = flex_compile_mode(tiling)
-    if mode is None:
+    if flex_compile_mode(tiling) is None:
         return {}
-    return {"dynamic": False, "options": {"max_autotune": True, "max_autotune_gemm_backends": "ATEN"}}
+    return {"options": {"max_autotune": True, "max_autotune_gemm_backends": "ATEN"}}
+
+
+def _static_visual_tokens(args: tuple) -> None:
+    """A visual NABLA block compiles once per visual token count (a bucket), never for a symbolic one:
+    FlexAttention's kernels are chosen for the mask's block grid (at a dynamic count, torch 2.11 found no
+    backward tiling on an H100). The caption length may still vary within one graph (dynamic), so
+    captions of new lengths do not recompile a block per length."""
+    visual_embed, rope = args[0], args[3]
+    torch._dynamo.mark_static(visual_embed)
+    torch._dynamo.mark_static(rope)
 
 
 def _checkpoint_compiled(module, *args, selective: bool, keep_blocks: int | None, backend: str,
                          nabla_tiling: str | None, offload: SavedActivationOffload | None = None):
     region = _compiled_region(selective and _keeps_attention(module, keep_blocks), backend, nabla_tiling)
+    if nabla_tiling is not None and hasattr(module, "_k5_visual_index"):
+        _static_visual_tokens(args)
     with offload.around(module, args) if offload is not None else contextlib.nullcontext():
         return region(module, *args)
 

@@ -161,6 +161,7 @@ def density(mask) -> float:
 
 
 FLEX_TILINGS = ("autotune", "heuristic")
+NARROWED_TILE_WARPS = 4  # warps on a tiling clamp_flex_tiles narrowed to 64 tokens
 _compiled_flex: dict = {}
 
 
@@ -186,8 +187,9 @@ def flex_compile_mode(tiling: str) -> str | None:
     or not: benchmarks/tools/flex_options_probe.py). "autotune" benchmarks max-autotune's 32- and 64-wide
     tilings instead (64x64 wins; once per shape and machine: 158 s at 93,696 tokens on an H200);
     "heuristic" keeps the default mode with the heuristic's tiles narrowed to 64 (clamp_flex_tiles): it
-    lowers and compiles ~3.5x sooner, but its kernels are slower (Lite 10 s on an H100: 9.63 s a step,
-    against 6.79 s autotuned; benchmarks/results/2026-12-07-s7-h100.md and -s8-h100.md)."""
+    lowers and compiles ~3.5x sooner. Narrowed with 8 warps kept, its kernels were slower (Lite 10 s on
+    an H100: 9.63 s a step against 6.79 s autotuned; benchmarks/results/2026-12-07-s7-h100.md, -s8-h100.md);
+    since session 9 a narrowed tiling takes 4 warps, autotuning's choice at that tile (clamp_flex_tiles)."""
     check_tiling(tiling)
     if tiling == "heuristic":
         clamp_flex_tiles()
@@ -200,10 +202,18 @@ def check_tiling(tiling: str) -> None:
         raise ValueError(f"unknown flex_tiling '{tiling}'; valid: {', '.join(FLEX_TILINGS)}")
 
 
-def clamp_flex_tiles(limit: int = BLOCK) -> None:
+def clamp_flex_tiles(limit: int = BLOCK, warps: int = NARROWED_TILE_WARPS) -> None:
     """Every FlexAttention tile torch's heuristics offer (forward and backward, default mode and
-    autotuning alike) at most `limit` tokens; the stages and warps stay the heuristic's. Process-wide:
-    k5tune's only FlexAttention is NABLA's, whose blocks are 64 tokens. Idempotent.
+    autotuning alike) at most `limit` tokens, and a tiling so narrowed worked by at most `warps` warps;
+    the stages stay the heuristic's. Process-wide: k5tune's only FlexAttention is NABLA's, whose blocks
+    are 64 tokens. Idempotent.
+
+    Why the warps: the Hopper heuristic's backward tiling at head sizes 64 and 128 is 64x128 with 8
+    warps; narrowed to 64x64 and left at 8 warps it ran a Lite 10 s step in 9.63 s, where autotuning
+    (whose candidates at 64x64 all have 4 warps) ran it in 6.79 s (H100). 4 warps on a 64x64 tile is
+    also torch's own Hopper choice where its heuristic tiles 64-wide (head sizes under 64 and over 128),
+    and autotuning's winner at 93,696 tokens (H100 and H200 logs: 64x64, 4 warps, 3 to 5 stages within
+    1 %: benchmarks/results/2026-12-07-s5-h100, -h200).
 
     Set on InductorChoices itself rather than through `V.set_choices_handler`: that handler is
     thread-local, and a backward graph compiles on autograd's device thread."""
@@ -214,10 +224,16 @@ def clamp_flex_tiles(limit: int = BLOCK) -> None:
     if getattr(InductorChoices, "_k5_flex_tile_limit", None) is not None:
         return
 
+    def narrowed(config):
+        tiles = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name.startswith("block_")}
+        if all(size <= limit for size in tiles.values()):
+            return config
+        return dataclasses.replace(config, **{name: min(size, limit) for name, size in tiles.items()},
+                                   num_warps=min(config.num_warps, warps))
+
     def clamped(original):
         def configs(self, *args, **kwargs) -> list:
-            return [dataclasses.replace(c, **{f.name: min(getattr(c, f.name), limit) for f in dataclasses.fields(c)
-                                              if f.name.startswith("block_")}) for c in original(self, *args, **kwargs)]
+            return [narrowed(c) for c in original(self, *args, **kwargs)]
         return configs
 
     InductorChoices.get_flex_attention_fwd_configs = clamped(InductorChoices.get_flex_attention_fwd_configs)
