@@ -3,7 +3,7 @@
     python benchmarks/tools/profile_step.py [--flavour F] [--checkpointing selective] [--keep-attention-blocks N]
                                       [--tread '{"routes": [...]}'] [--trace trace.json.gz]
                                       [--offload-activations] [--modulation-bf16]
-                                      [--nabla-density D] [--compile-blocks] [--flex-tiling heuristic]
+                                      [--nabla-density D] [--compile-blocks | --no-compile-blocks] [--flex-tiling T]
 
 Prints, as JSON: the step's wall time; the GPU's busy time (the union of kernel intervals) and so its
 idle share; the CPU time the step takes to enqueue its work (when it is close to the wall time the
@@ -134,14 +134,17 @@ def main() -> None:
     parser.add_argument("--nabla-density", type=float,
                         help="NABLA at this fixed top-of-map density plus the STA window (as k5tune bench)")
     parser.add_argument("--compile-blocks", action="store_true", help="compiled blocks (TrainingPlan.compile_blocks)")
-    parser.add_argument("--flex-tiling", default="autotune", choices=FLEX_TILINGS, help="NABLA's FlexAttention tiling")
+    parser.add_argument("--no-compile-blocks", action="store_true", help="eager blocks (FlexAttention compiled alone)")
+    parser.add_argument("--flex-tiling", default=TrainingPlan.flex_tiling, choices=FLEX_TILINGS,
+                        help="NABLA's FlexAttention tiling (default: training's)")
     args = parser.parse_args()
     device = torch.device("cuda")
     nabla_settings = None if args.nabla_density is None else NablaSettings(fixed_density=args.nabla_density)
     plan = TrainingPlan(checkpointing=args.checkpointing, attention=args.attention,
                         keep_attention_blocks=args.keep_attention_blocks, offload_activations=args.offload_activations,
                         modulation_fp32=not args.modulation_bf16, nabla=nabla_settings,
-                        compile_blocks=True if args.compile_blocks else None, flex_tiling=args.flex_tiling)
+                        compile_blocks=True if args.compile_blocks else False if args.no_compile_blocks else None,
+                        flex_tiling=args.flex_tiling)
     bench = BenchConfig(flavour=args.flavour, resolution=args.resolution, frames=args.frames, plan=plan, device="cuda")
     transformer = build_transformer(bench, device)
     step = OurStep(transformer, bench, device)
@@ -185,7 +188,7 @@ def main() -> None:
         "keep_attention_blocks": args.keep_attention_blocks,
         "tread": args.tread,
         "nabla_density": args.nabla_density,
-        "compile_blocks": args.compile_blocks,
+        "compile_blocks": plan.compile_blocks,
         "flex_tiling": args.flex_tiling,
         "step_wall_s": round(wall_s, 4),
         "step_cpu_enqueue_s": round(cpu_s, 4),
