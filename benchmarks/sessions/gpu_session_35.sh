@@ -17,7 +17,8 @@
 #                    on the H100 of session 8)
 #  2 lite-dense      the dense step, same card
 #  3 pro-hd-nabla    Pro 768x1280x61 NABLA with the faster Lite build (session 8's eager autotuned 6.79 s when
-#                    step 1 is not faster), activation offload (target >= 2.5x dense)
+#                    step 1 is not faster, and then pro-hd-nabla ran in session 8), activation offload (target
+#                    >= 2.5x dense)
 #  4 pro-hd-dense    Pro 768x1280x61 dense, activation offload, one timed step
 #  5 pro-nabla       Pro 512x768x61 NABLA, the faster build (target: no slower than dense, <= 48 GiB)
 #  6 pro-dense       Pro 512x768x61 dense
@@ -53,9 +54,9 @@ step() {
   return 0
 }
 
-# The flags of the faster Lite 10 s NABLA build: this session's, when faster than session 8's default
-# (eager blocks, autotuned tiles: 6.791 s on an H100), else that default's.
-faster_flags() {
+# The faster Lite 10 s NABLA build: "compiled-heuristic" when this session's compiled blocks with heuristic
+# tiles beat session 8's default (eager blocks, autotuned tiles: 6.791 s on an H100), else "eager-autotune".
+faster_build() {
   python3 - "$OUT/bench.jsonl" <<'PY'
 import json, sys
 best = None
@@ -64,14 +65,17 @@ for line in open(sys.argv[1]):
     if (r.get("attention") or {}).get("attention") == "nabla" and "ours" in r and r.get("frames") == 241:
         if best is None or r["ours"]["step_s"] < best["ours"]["step_s"]:
             best = r
-if best is None or best["ours"]["step_s"] > 6.791:
-    print("--no-compile-blocks --flex-tiling autotune")
-else:
-    plan = best["plan"]
-    print(f"--flex-tiling {plan.get('flex_tiling') or 'autotune'}"
-          + (" --compile-blocks" if plan.get("compile_blocks") else " --no-compile-blocks"))
+fast = best is not None and best["ours"]["step_s"] <= 6.791 and best["plan"].get("compiled_blocks")
+print("compiled-heuristic" if fast else "eager-autotune")
 PY
 }
+faster_flags() {
+  [[ $(faster_build) == compiled-heuristic ]] && echo "--flex-tiling heuristic --compile-blocks" \
+    || echo "--flex-tiling autotune --no-compile-blocks"
+}
+# the Pro NABLA scenario (pro-hd-nabla or pro-nabla) of the faster build (gpu_session_34.sh measured the
+# eager-autotune one of Pro HD)
+pro_scenario() { [[ $(faster_build) == compiled-heuristic ]] && echo "$1-compiled-heuristic" || echo "$1"; }
 
 profile() {
   timeout $BENCH_TIMEOUT python3 benchmarks/tools/profile_step.py --flavour t2v-lite-sft-10s --frames 241 --nabla-density 0.1 \
@@ -87,10 +91,10 @@ train() {
 run_steps() {
   step lite-nabla-ch 170 300 b --scenario lite-10s-nabla-compiled-heuristic || return
   step lite-dense 120 170 b --scenario lite-10s-dense-1 || return
-  local flags; flags=$(faster_flags); echo "faster Lite NABLA build: $flags"
-  step pro-hd-nabla 260 360 b --scenario pro-hd-nabla $flags || return
+  echo "faster Lite NABLA build: $(faster_build)"
+  step pro-hd-nabla 260 360 b --scenario $(pro_scenario pro-hd-nabla) || return
   step pro-hd-dense 190 280 b --scenario pro-hd-dense-1 || return
-  step pro-nabla 190 270 b --scenario pro-nabla $flags || return
+  step pro-nabla 190 270 b --scenario $(pro_scenario pro-nabla) || return
   step pro-dense 170 240 b --scenario pro-dense || return
   step train 280 330 train || return
   step lite-nabla-eh 130 220 b --scenario lite-10s-nabla-heuristic || return

@@ -66,6 +66,15 @@ SCENARIOS: dict[str, Scenario] = {
                              (*PRO, "--resolution", "768x1280", "--offload-activations", "--nabla-density", "0.1")),
     "pro-nabla": Scenario("nabla", "Pro 512x768x61, NABLA at 10 % density, activation offload",
                           (*PRO, "--offload-activations", "--nabla-density", "0.1")),
+    "pro-hd-nabla-compiled-heuristic": Scenario("nabla", "Pro 768x1280x61, NABLA at 10 % density, activation "
+                                                "offload, compiled blocks, heuristic tiles",
+                                                (*PRO, "--resolution", "768x1280", "--offload-activations",
+                                                 "--nabla-density", "0.1", "--flex-tiling", "heuristic",
+                                                 "--compile-blocks")),
+    "pro-nabla-compiled-heuristic": Scenario("nabla", "Pro 512x768x61, NABLA at 10 % density, activation offload, "
+                                             "compiled blocks, heuristic tiles",
+                                             (*PRO, "--offload-activations", "--nabla-density", "0.1", "--flex-tiling",
+                                              "heuristic", "--compile-blocks")),
     "pro-group-offload": Scenario("memory", "Pro 512x768x61 with group offload (one block per group, stream)",
                                   (*PRO, "--group-offload", "1", "--offload-stream", "--sparse-attention", "dense")),
     "tiny-nabla-smoke": Scenario("smoke", "the tiny model under NABLA (compiled flex attention, forward and "
