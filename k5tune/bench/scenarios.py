@@ -54,6 +54,11 @@ SCENARIOS: dict[str, Scenario] = {
     "lite-10s-61f": Scenario("nabla", "the Lite 10 s transformer (NABLA P 0.9) at 512x768x61: the step "
                              "`k5tune train` on that flavour is compared with",
                              ("--flavour", "t2v-lite-sft-10s", "--modulation-bf16", "--steps", "6", "--warmup", "2")),
+    "lite-10s-61f-compiled": Scenario("nabla", "the Lite 10 s transformer (NABLA P 0.9) at 512x768x61, compiled "
+                                      "blocks, heuristic tiles: the step `k5tune train` is compared with when they "
+                                      "are its defaults", ("--flavour", "t2v-lite-sft-10s", "--modulation-bf16",
+                                                           "--steps", "6", "--warmup", "2", "--flex-tiling",
+                                                           "heuristic", "--compile-blocks")),
     "pro-dense": Scenario("nabla", "Pro 512x768x61, dense attention, activation offload (the baseline of pro-nabla)",
                           (*PRO, "--offload-activations", "--sparse-attention", "dense")),
     "pro-hd-dense": Scenario("nabla", "Pro 768x1280x61, dense attention, activation offload",
