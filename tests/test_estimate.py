@@ -272,20 +272,23 @@ def test_one_rule_recommends_for_estimate_the_wizard_and_the_ui(tmp_path, monkey
 
 
 def test_nabla_flavours_are_estimated_with_their_masks():
-    """A 10 s flavour trains under NABLA by default: its block masks are counted and its attention outputs
-    are not kept; sparse_attention: dense estimates the dense step."""
+    """A 10 s flavour trains under NABLA by default: its block masks are counted, and its compiled blocks
+    keep FlexAttention's output as dense ones keep theirs (eager blocks keep none); sparse_attention: dense
+    estimates the dense step."""
     nabla = plan_from_config(shipped_example(model_flavour="t2v-lite-sft-10s").train)
     dense = plan_from_config(shipped_example(model_flavour="t2v-lite-sft-10s", sparse_attention="dense").train)
     assert nabla.nabla is not None and dense.nabla is None
     terms = training_terms("t2v-lite-sft-10s", TrainingShape(frames=241), nabla)
     # 32 layers x 28 heads x 1464^2 block pairs, two int32 index tensors each (held as partial blocks)
-    assert terms["kept attention"] == 0 and 14 < terms["NABLA block masks"] < 16
+    assert 14 < terms["NABLA block masks"] < 16
+    kept = 32 * 93_696 * 1792 * 2 / 2**30  # a bf16 hidden state of every token, per layer
+    assert terms["kept attention"] == pytest.approx(kept)
+    eager = training_terms("t2v-lite-sft-10s", TrainingShape(frames=241), replace(nabla, compile_blocks=False))
+    assert eager["kept attention"] == 0 and eager["NABLA block masks"] == terms["NABLA block masks"]
     assert "NABLA block masks" not in training_terms("t2v-lite-sft-10s", TrainingShape(frames=241), dense)
     # compiled blocks under activation offload: the hooks move each mask's index tensors with the block's
     # other saved tensors (tests/test_nabla.py sees them moved), so they are counted in pinned CPU memory
-    from dataclasses import replace
-
-    moved = replace(nabla, compile_blocks=True, offload_activations=True)
+    moved = replace(nabla, offload_activations=True)
     moved_terms = training_terms("t2v-lite-sft-10s", TrainingShape(frames=241), moved)
     assert moved_terms["NABLA block masks"] < terms["NABLA block masks"] / 10
     unmasked = pinned_cpu_gib("t2v-lite-sft-10s", TrainingShape(frames=241), replace(moved, nabla=None))

@@ -577,9 +577,10 @@ def test_a_compiled_nabla_block_compiles_once_per_bucket_whatever_the_caption_le
     assert all(flex_tokens.count(tokens) <= 2 for tokens in (768, 1152))
 
 
-def test_nabla_blocks_compile_only_when_asked():
-    """On a GPU NABLA's blocks run eagerly unless asked (`k5tune bench --compile-blocks`): the compiled ones
-    are CPU-tested only; dense blocks compile by default."""
+def test_nabla_blocks_compile_as_dense_ones_do():
+    """On a GPU NABLA's blocks compile whole by default, as dense ones do, with torch's FlexAttention tiling
+    narrowed to the mask's blocks (no autotuning); `--no-compile-blocks` runs them eagerly and
+    `--flex-tiling autotune` benchmarks the tilings instead."""
     import argparse
 
     from k5tune.commands import bench
@@ -587,10 +588,13 @@ def test_nabla_blocks_compile_only_when_asked():
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     plans = {flags: bench._plan(parser.parse_args(["--flavour", "t2v-lite-sft-10s", *flags]))
-             for flags in [(), ("--compile-blocks",), ("--sparse-attention", "dense")]}
-    assert plans[()].nabla is not None and not plans[()].compiles_blocks(True)
-    assert plans[("--compile-blocks",)].compiles_blocks(True)
+             for flags in [(), ("--no-compile-blocks",), ("--flex-tiling", "autotune"), ("--sparse-attention", "dense")]}
+    assert plans[()].nabla is not None and plans[()].compiles_blocks(True) and plans[()].flex_tiling == "heuristic"
+    assert not plans[()].compiles_blocks(False)  # (on the CPU nothing compiles unless asked)
+    assert not plans[("--no-compile-blocks",)].compiles_blocks(True)
+    assert plans[("--flex-tiling", "autotune")].flex_tiling == "autotune"
     assert plans[("--sparse-attention", "dense")].compiles_blocks(True)
+    assert TrainingPlan().flex_tiling == "heuristic"  # what `k5tune train` runs
 
 
 @pytest.fixture

@@ -16,18 +16,19 @@
 #  1 lite-nabla-ch   Lite 10 s 512x768x241 NABLA 10 % + STA, compiled blocks, heuristic tiles (3x dense: <= 5.89 s
 #                    on the H100 of session 8)
 #  2 lite-dense      the dense step, same card
-#  3 pro-hd-nabla    Pro 768x1280x61 NABLA with the faster Lite build (session 8's eager autotuned 6.79 s when
-#                    step 1 is not faster, and then pro-hd-nabla ran in session 8), activation offload (target
-#                    >= 2.5x dense)
+#  3 pro-hd-nabla    Pro 768x1280x61 NABLA, compiled blocks, heuristic tiles, activation offload (target >= 2.5x
+#                    dense; eager blocks with autotuned tiles: 1.72x in session 8)
 #  4 pro-hd-dense    Pro 768x1280x61 dense, activation offload, one timed step
-#  5 pro-nabla       Pro 512x768x61 NABLA, the faster build (target: no slower than dense, <= 48 GiB)
+#  5 pro-nabla       Pro 512x768x61 NABLA, the same build (target: no slower than dense, <= 48 GiB)
 #  6 pro-dense       Pro 512x768x61 dense
 #  7 train           `k5tune train` on the full-size Lite 10 s transformer (its defaults), and the bench step
-#                    at its shape of the faster build (target: within 10 %). Run it only once the defaults are
-#                    that build (plan.py): when compiled blocks win, the call before it switches them.
-#  8 lite-nabla-eh   the same Lite NABLA step with eager blocks, heuristic tiles (the warps' effect alone:
+#                    at its shape of the same build (target: within 10 %)
+#  8 profile         where the Pro HD NABLA step's time goes, compiled blocks (profile_step.py)
+#  9 lite-nabla-eh   the same Lite NABLA step with eager blocks, heuristic tiles (the warps' effect alone:
 #                    9.63 s with 8 warps in session 7)
-#  9 profile         where the fastest Lite NABLA build's time goes (profile_step.py)
+# Ran 2026-12-08 (session 9, one H100, benchmarks/results/2026-12-08-s9-h100.md): step 1 (5.570 s, 3.18x the
+# dense step of the same machine, 17.688 s, run by hand after it). Compiled blocks with heuristic tiles are
+# the default since, so the later steps measure that build (the scenarios name it) and `train` runs it.
 set -u
 source benchmarks/sessions/gpu_lib.sh
 start_session
@@ -37,7 +38,7 @@ touch $STATE/bench.jsonl $STATE/rows.jsonl $STATE/tries.txt
 # On an H100 the dense baselines of session 8 stand (another H100 machine: Lite 10 s dense 17.675 s, and 17.66 s
 # on a third in session 7; Pro HD dense 32.491 s): a short device window goes to what is new. SKIP="" reruns them.
 if [[ -z ${SKIP+x} ]] && nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H100; then
-  SKIP="lite-dense pro-hd-dense"
+  SKIP="lite-nabla-ch lite-dense pro-hd-dense"  # (steps 1 and 2 ran in session 9)
 fi
 for name in ${SKIP-}; do
   grep -qx "done $name" $STATE/tries.txt || echo "done $name" >> $STATE/tries.txt
@@ -60,51 +61,32 @@ step() {
   return 0
 }
 
-# The faster Lite 10 s NABLA build: "compiled-heuristic" when this session's compiled blocks with heuristic
-# tiles beat session 8's default (eager blocks, autotuned tiles: 6.791 s on an H100), else "eager-autotune".
-faster_build() {
-  python3 - "$OUT/bench.jsonl" <<'PY'
-import json, sys
-best = None
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    if (r.get("attention") or {}).get("attention") == "nabla" and "ours" in r and r.get("frames") == 241:
-        if best is None or r["ours"]["step_s"] < best["ours"]["step_s"]:
-            best = r
-fast = best is not None and best["ours"]["step_s"] <= 6.791 and best["plan"].get("compiled_blocks")
-print("compiled-heuristic" if fast else "eager-autotune")
-PY
-}
-faster_flags() {
-  [[ $(faster_build) == compiled-heuristic ]] && echo "--flex-tiling heuristic --compile-blocks" \
-    || echo "--flex-tiling autotune --no-compile-blocks"
-}
-# the Pro NABLA scenario (pro-hd-nabla or pro-nabla) of the faster build (gpu_session_34.sh measured the
-# eager-autotune one of Pro HD)
-pro_scenario() { [[ $(faster_build) == compiled-heuristic ]] && echo "$1-compiled-heuristic" || echo "$1"; }
+# The Lite 10 s NABLA build measured fastest (session 9: compiled blocks, heuristic tiles; the default since)
+faster_flags() { echo "--flex-tiling heuristic --compile-blocks"; }
 
+# where the Pro HD NABLA step's time goes (the target the Lite build's speed-up may still miss there)
 profile() {
-  timeout $BENCH_TIMEOUT python3 benchmarks/tools/profile_step.py --flavour t2v-lite-sft-10s --frames 241 --nabla-density 0.1 \
-    --modulation-bf16 --warmup 1 $(faster_flags) > $STATE/profile.json 2>> $OUT/err.txt || { tail -5 $OUT/err.txt; return 1; }
+  timeout $BENCH_TIMEOUT python3 benchmarks/tools/profile_step.py --flavour t2v-pro-sft-5s-hd --resolution 768x1280 \
+    --offload-activations --nabla-density 0.1 --modulation-bf16 --warmup 1 $(faster_flags) > $STATE/profile.json \
+    2>> $OUT/err.txt || { tail -5 $OUT/err.txt; return 1; }
   head -c 3000 $STATE/profile.json
 }
 
 train() {
   FLAVOUR=t2v-lite-sft-10s train_lite_fullsize && cp $OUT/train.txt $OUT/train_summary.json $STATE/ \
-    && b --scenario $([[ $(faster_build) == compiled-heuristic ]] && echo lite-10s-61f-compiled || echo lite-10s-61f)
+    && b --scenario lite-10s-61f-compiled
 }
 
 run_steps() {
   step lite-nabla-ch 170 300 b --scenario lite-10s-nabla-compiled-heuristic || return
   step lite-dense 120 170 b --scenario lite-10s-dense-1 || return
-  echo "faster Lite NABLA build: $(faster_build)"
-  step pro-hd-nabla 260 360 b --scenario $(pro_scenario pro-hd-nabla) || return
+  step pro-hd-nabla 260 360 b --scenario pro-hd-nabla-compiled-heuristic || return
   step pro-hd-dense 190 280 b --scenario pro-hd-dense-1 || return
-  step pro-nabla 190 270 b --scenario $(pro_scenario pro-nabla) || return
+  step pro-nabla 190 270 b --scenario pro-nabla-compiled-heuristic || return
   step pro-dense 170 240 b --scenario pro-dense || return
   step train 280 330 train || return
+  step profile 280 360 profile || return
   step lite-nabla-eh 130 220 b --scenario lite-10s-nabla-heuristic || return
-  step profile 200 250 profile || return
   echo "all done"
 }
 run_steps

@@ -48,6 +48,14 @@ def is_bench_report(report: Any) -> bool:
 _ABSENT = object()  # a field older reports do not have: not compared
 
 
+def _compiled_blocks_asked(plan: dict) -> Any:
+    """What the run asked of compiled blocks; a run that left it to a default that was eager counts as asking
+    for eager blocks (NABLA's blocks ran eagerly by default before 2026-12-07's session 9: their scenarios
+    now say `--no-compile-blocks`)."""
+    asked = plan.get("compile_blocks", _ABSENT)
+    return False if asked is None and plan.get("compiled_blocks") is False and plan.get("nabla") else asked
+
+
 def mismatches(report: dict, args: list[str]) -> list[str]:
     """What the report says it ran that the scenario's flags would not run (empty: they agree)."""
     parser = argparse.ArgumentParser()
@@ -68,9 +76,10 @@ def mismatches(report: dict, args: list[str]) -> list[str]:
         "checkpointing": (plan.get("checkpointing"), flags.checkpointing),
         "attention kernel": (plan.get("attention"), flags.attention),
         "keep_attention_blocks": (plan.get("keep_attention_blocks", _ABSENT), flags.keep_attention_blocks),
-        "compiled blocks asked": (plan.get("compile_blocks", _ABSENT), True if flags.compile_blocks else
+        "compiled blocks asked": (_compiled_blocks_asked(plan), True if flags.compile_blocks else
                                   False if flags.no_compile_blocks or flags.no_compile else None),
-        "FlexAttention tiling": (plan.get("flex_tiling", _ABSENT), flags.flex_tiling),
+        # (a dense run records the tiling it would have used: not compared)
+        "FlexAttention tiling": (plan.get("flex_tiling", _ABSENT) if plan.get("nabla") else _ABSENT, flags.flex_tiling),
         "sparse attention": (attention.get("attention", _ABSENT) if flags.sparse_attention != "auto" else _ABSENT,
                              flags.sparse_attention),
         "NABLA density": (attention.get("fixed_density", _ABSENT), flags.nabla_density),

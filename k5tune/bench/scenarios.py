@@ -23,6 +23,8 @@ class Scenario:
 LITE = ("--modulation-bf16", "--steps", "4", "--warmup", "3")
 LITE_10S = ("--flavour", "t2v-lite-sft-10s", "--frames", "241", "--modulation-bf16", "--steps", "2", "--warmup", "1")
 PRO = ("--flavour", "t2v-pro-sft-5s-hd", "--modulation-bf16", "--steps", "2", "--warmup", "1")
+# NABLA's build before session 9 (2026-12-07), the default then: eager blocks, autotuned FlexAttention tiles
+EAGER_AUTOTUNED = ("--flex-tiling", "autotune", "--no-compile-blocks")
 
 SCENARIOS: dict[str, Scenario] = {
     "lite-stock": Scenario("speed", "Lite 512x768x61: ours beside stock diffusers + peft", (*LITE, "--compare-stock")),
@@ -40,20 +42,22 @@ SCENARIOS: dict[str, Scenario] = {
     "lite-10s-dense": Scenario("nabla", "Lite 10 s 512x768x241, dense attention", (*LITE_10S, "--sparse-attention",
                                                                                    "dense")),
     "lite-10s-nabla": Scenario("nabla", "Lite 10 s, NABLA at 10 % density plus the STA window",
-                               (*LITE_10S, "--nabla-density", "0.1")),
+                               (*LITE_10S, "--nabla-density", "0.1", *EAGER_AUTOTUNED)),
     "lite-10s-nabla-heuristic": Scenario("nabla", "Lite 10 s, NABLA at 10 % + STA, FlexAttention tiled by torch's "
                                          "heuristic narrowed to 64 (no autotuning)",
-                                         (*LITE_10S, "--nabla-density", "0.1", "--flex-tiling", "heuristic")),
+                                         (*LITE_10S, "--nabla-density", "0.1", "--flex-tiling", "heuristic",
+                                          "--no-compile-blocks")),
     "lite-10s-nabla-compiled-heuristic": Scenario("nabla", "Lite 10 s, NABLA at 10 % + STA, compiled blocks, heuristic "
                                                   "tiles", (*LITE_10S, "--nabla-density", "0.1", "--flex-tiling",
                                                             "heuristic", "--compile-blocks")),
     "lite-10s-dense-1": Scenario("nabla", "Lite 10 s dense, one timed step (a short device window's baseline)",
                                  (*LITE_10S[:-4], "--steps", "1", "--warmup", "1", "--sparse-attention", "dense")),
     "lite-10s-nabla-p09": Scenario("nabla", "Lite 10 s, NABLA as the checkpoint sets it (P 0.9; random weights "
-                                   "give a near-uniform map, so a dense-like mask)", LITE_10S),
+                                   "give a near-uniform map, so a dense-like mask)", (*LITE_10S, *EAGER_AUTOTUNED)),
     "lite-10s-61f": Scenario("nabla", "the Lite 10 s transformer (NABLA P 0.9) at 512x768x61: the step "
                              "`k5tune train` on that flavour is compared with",
-                             ("--flavour", "t2v-lite-sft-10s", "--modulation-bf16", "--steps", "6", "--warmup", "2")),
+                             ("--flavour", "t2v-lite-sft-10s", "--modulation-bf16", "--steps", "6", "--warmup", "2",
+                              *EAGER_AUTOTUNED)),
     "lite-10s-61f-compiled": Scenario("nabla", "the Lite 10 s transformer (NABLA P 0.9) at 512x768x61, compiled "
                                       "blocks, heuristic tiles: the step `k5tune train` is compared with when they "
                                       "are its defaults", ("--flavour", "t2v-lite-sft-10s", "--modulation-bf16",
@@ -68,9 +72,10 @@ SCENARIOS: dict[str, Scenario] = {
                                (*PRO[:-4], "--steps", "1", "--warmup", "1", "--resolution", "768x1280",
                                 "--offload-activations", "--sparse-attention", "dense")),
     "pro-hd-nabla": Scenario("nabla", "Pro 768x1280x61, NABLA at 10 % density, activation offload",
-                             (*PRO, "--resolution", "768x1280", "--offload-activations", "--nabla-density", "0.1")),
+                             (*PRO, "--resolution", "768x1280", "--offload-activations", "--nabla-density", "0.1",
+                              *EAGER_AUTOTUNED)),
     "pro-nabla": Scenario("nabla", "Pro 512x768x61, NABLA at 10 % density, activation offload",
-                          (*PRO, "--offload-activations", "--nabla-density", "0.1")),
+                          (*PRO, "--offload-activations", "--nabla-density", "0.1", *EAGER_AUTOTUNED)),
     "pro-hd-nabla-compiled-heuristic": Scenario("nabla", "Pro 768x1280x61, NABLA at 10 % density, activation "
                                                 "offload, compiled blocks, heuristic tiles",
                                                 (*PRO, "--resolution", "768x1280", "--offload-activations",
@@ -85,7 +90,7 @@ SCENARIOS: dict[str, Scenario] = {
     "tiny-nabla-smoke": Scenario("smoke", "the tiny model under NABLA (compiled flex attention, forward and "
                                  "backward); needs `k5tune make-tiny-model --nabla /tmp/tinyn`",
                                  ("--model", "/tmp/tinyn", "--resolution", "256x384", "--frames", "17",
-                                  "--steps", "3", "--warmup", "2", "--sparse-attention", "nabla")),
+                                  "--steps", "3", "--warmup", "2", "--sparse-attention", "nabla", *EAGER_AUTOTUNED)),
 }
 
 HISTORY_FILE = Path(__file__).with_name("history_scenarios.json")

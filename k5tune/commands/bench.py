@@ -22,12 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compile-blocks", action="store_true",
                         help="run the blocks eagerly (only their fused groups compiled)")
     parser.add_argument("--compile-blocks", action="store_true",
-                        help="compile the blocks whole under NABLA too (the mask and FlexAttention in the block's "
-                             "graph, tiled as --flex-tiling says); by default NABLA's blocks run eagerly")
-    parser.add_argument("--flex-tiling", default="autotune", choices=["autotune", "heuristic"],
-                        help="NABLA: how compiled FlexAttention finds its tiles: autotune (benchmarks candidates once "
-                             "per clip length, the default) or heuristic (torch's own tiles narrowed to the 64-token "
-                             "blocks, no autotuning)")
+                        help="compile the blocks whole (the default on a GPU; under NABLA the mask and FlexAttention "
+                             "in the block's graph, tiled as --flex-tiling says): states it in a scenario's flags")
+    parser.add_argument("--flex-tiling", default="heuristic", choices=["autotune", "heuristic"],
+                        help="NABLA: how compiled FlexAttention finds its tiles: heuristic (torch's own tiles "
+                             "narrowed to the 64-token blocks, no autotuning; the default) or autotune (benchmarks "
+                             "candidates once per clip length)")
     parser.add_argument("--output", help="also write the JSON report to this file")
     _add_suite_arguments(parser)
 

@@ -44,11 +44,12 @@ class TrainingPlan:
     compile_kernels: bool | None = None  # the fused element-wise groups
     compile_blocks: bool | None = None  # each checkpointed block whole, its checkpoint inside
     compile_backend: str = "inductor"
-    # how FlexAttention (NABLA) finds its tiles on the GPU: "autotune" benchmarks inductor's candidates
-    # once per clip length (max-autotune, the measured path); "heuristic" takes torch's own tiling
-    # narrowed to NABLA's 64-token blocks (nabla.clamp_flex_tiles; no autotuning: a shorter first step,
-    # slower steps after it, nabla.flex_compile_mode)
-    flex_tiling: str = "autotune"
+    # how FlexAttention (NABLA) finds its tiles on the GPU: "heuristic" takes torch's own tiling narrowed
+    # to NABLA's 64-token blocks, 4 warps each (nabla.clamp_flex_tiles: no autotuning; compiles inside
+    # whole blocks; Lite 10 s on an H100: 5.57 s a step, first step 55 s); "autotune" benchmarks
+    # inductor's candidates once per clip length (max-autotune; its first step ~2 minutes longer, and in
+    # whole blocks it did not build on torch 2.11: nabla.flex_compile_mode)
+    flex_tiling: str = "heuristic"
 
     @classmethod
     def from_config(cls, cfg, processes: int = 1, nabla: NablaSettings | None = None) -> TrainingPlan:
@@ -100,13 +101,9 @@ class TrainingPlan:
         if (self.checkpointing == "none" or not self.fused_kernels or not self.blocks_may_compile
                 or self.sequence_parallel > 1):
             return False
-        # NABLA's blocks compile only when asked (`k5tune bench --compile-blocks`): with heuristic tiles
-        # they build (Lite 10 s, H100: 8.14 s against 9.63 s eager at the same tiles, +9 GiB), with
-        # autotuned ones they did not in max-autotune mode (torch 2.11, H100: speed.py's
-        # _nabla_block_compile_settings), and eager blocks with FlexAttention compiled alone and
-        # autotuned are the fastest measured (6.79 s).
-        if self.nabla is not None and self.compile_blocks is not True:
-            return False
+        # NABLA's blocks compile as dense ones do: the mask and FlexAttention traced into the block's graph,
+        # FlexAttention's output kept by the selective policy (speed.py). Lite 10 s on an H100: 5.57 s a step
+        # against 6.79 s eager (FlexAttention compiled alone, autotuned), +9 GiB (the kept outputs)
         return on_gpu if self.compile_blocks is None else self.compile_blocks
 
     def compiles_anything(self, on_gpu: bool) -> bool:
