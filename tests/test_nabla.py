@@ -595,6 +595,7 @@ def test_nabla_blocks_compile_as_dense_ones_do():
     assert plans[("--flex-tiling", "autotune")].flex_tiling == "autotune"
     assert plans[("--sparse-attention", "dense")].compiles_blocks(True)
     assert TrainingPlan().flex_tiling == "heuristic"  # what `k5tune train` runs
+    assert nabla.DEFAULT_FLEX_TILING == TrainingPlan().flex_tiling  # and generation (nabla.install's default)
 
 
 @pytest.fixture

@@ -161,11 +161,12 @@ def density(mask) -> float:
 
 
 FLEX_TILINGS = ("autotune", "heuristic")
+DEFAULT_FLEX_TILING = "heuristic"  # training's (TrainingPlan.flex_tiling), generation's and validation's
 NARROWED_TILE_WARPS = 4  # warps on a tiling clamp_flex_tiles narrowed to 64 tokens
 _compiled_flex: dict = {}
 
 
-def _flex_attention(tiling: str = "autotune"):
+def _flex_attention(tiling: str = DEFAULT_FLEX_TILING):
     """FlexAttention compiled alone, for blocks that run eagerly (a compiled block traces it itself)."""
     if tiling not in _compiled_flex:
         from torch.nn.attention.flex_attention import flex_attention
@@ -247,7 +248,7 @@ def uses_flex(query: torch.Tensor) -> bool:
 
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask,
-              tiling: str = "autotune") -> torch.Tensor:
+              tiling: str = DEFAULT_FLEX_TILING) -> torch.Tensor:
     """Attention of (B, S, heads, D) tensors under a NABLA block mask -> (B, S, heads, D)."""
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
     if uses_flex(q):
@@ -304,7 +305,7 @@ class NablaAttnProcessor:
         self.record_density = False  # benchmarks: measure each mask's density (a GPU sync)
         self.last_density: float | None = None
         self.exchange = None  # sequence parallelism: the mask and attention see every token of some heads
-        self.tiling = "autotune"  # how compiled FlexAttention finds its tiles (TrainingPlan.flex_tiling)
+        self.tiling = DEFAULT_FLEX_TILING  # how compiled FlexAttention finds its tiles (TrainingPlan.flex_tiling)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, rotary_emb=None, sparse_params=None):
         if sparse_params is None or encoder_hidden_states is not None:
@@ -349,7 +350,7 @@ def self_attentions(transformer):
     return [block.self_attention for block in transformer.visual_transformer_blocks]
 
 
-def install(transformer, settings: NablaSettings, tiling: str = "autotune") -> None:
+def install(transformer, settings: NablaSettings, tiling: str = DEFAULT_FLEX_TILING) -> None:
     """NABLA processors on the visual self-attentions, and `settings` in the transformer's config, so the
     diffusers pipeline (validation) runs the same attention; `tiling`: TrainingPlan.flex_tiling."""
     check_tiling(tiling)  # (an unknown tiling fails here, before training)
