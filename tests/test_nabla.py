@@ -462,18 +462,35 @@ def _calls(graphs: list, name: str) -> int:
                if node.op == "call_function")
 
 
+def _flex_in_compiled_blocks_on_the_cpu(monkeypatch) -> None:
+    """FlexAttention inside compiled blocks on the CPU, through its reference maths (aot_eager): the block
+    mask also given as a mask_mod, which that maths honours."""
+    import torch.nn.attention.flex_attention as flex
+
+    monkeypatch.setattr(flex, "_validate_device", lambda *args: None)  # (no FlexAttention backward on the CPU)
+    monkeypatch.setattr(nabla, "uses_flex", lambda query: torch.compiler.is_compiling())
+    real_block_mask = nabla.block_mask
+
+    def block_mask_with_mask_mod(query, key, params):
+        mask = real_block_mask(query, key, params)
+        blocks = mask.to_dense().bool()
+        return flex.BlockMask.from_kv_blocks(mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks,
+                                             mask.full_kv_indices, BLOCK_SIZE=nabla.BLOCK,
+                                             mask_mod=lambda b, h, q, kv: blocks[b, h, q // nabla.BLOCK, kv // nabla.BLOCK])
+
+    monkeypatch.setattr(nabla, "block_mask", block_mask_with_mask_mod)
+
+
 @pytest.mark.parametrize("checkpointing,offload", [("selective", False), ("full", False), ("selective", True)])
 def test_compiled_blocks_train_as_eager_ones_and_keep_the_mask_for_backward(tiny_nabla_dir, monkeypatch,
                                                                            checkpointing, offload):
     """On the GPU NABLA's blocks compile whole: the mask's building and FlexAttention are traced into the
     block's graph, and the checkpointing policy keeps the mask (never rebuilt in backward) and, selective,
     FlexAttention's output (never recomputed). Here FlexAttention runs inside compiled blocks on the CPU
-    through its reference maths (aot_eager), the block mask also given as a mask_mod, which that maths
-    honours; the LoRA gradients equal the eager blocks' (SDPA under the same mask). With activation
+    through its reference maths (_flex_in_compiled_blocks_on_the_cpu); the LoRA gradients equal the eager
+    blocks' (SDPA under the same mask). With activation
     offload (the Pro scenarios' setting) what the compiled blocks keep, the mask and FlexAttention's
     output with it, waits in CPU memory and comes back for backward."""
-    import torch.nn.attention.flex_attention as flex
-
     import k5tune.train.activation_offload as activation_offload
     from tests.helpers import record_stashed_shapes
 
@@ -493,18 +510,7 @@ def test_compiled_blocks_train_as_eager_ones_and_keep_the_mask_for_backward(tiny
     build_training_model(compiled, TrainingPlan(checkpointing=checkpointing, compile_blocks=True, compile_kernels=False,
                                                 compile_backend=_capturing_backend(backward_graphs), nabla=SETTINGS,
                                                 offload_activations=offload), lora, runtime)
-    monkeypatch.setattr(flex, "_validate_device", lambda *args: None)  # (no FlexAttention backward on the CPU)
-    monkeypatch.setattr(nabla, "uses_flex", lambda query: torch.compiler.is_compiling())
-    real_block_mask = nabla.block_mask
-
-    def block_mask_with_mask_mod(query, key, params):
-        mask = real_block_mask(query, key, params)
-        blocks = mask.to_dense().bool()
-        return flex.BlockMask.from_kv_blocks(mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks,
-                                             mask.full_kv_indices, BLOCK_SIZE=nabla.BLOCK,
-                                             mask_mod=lambda b, h, q, kv: blocks[b, h, q // nabla.BLOCK, kv // nabla.BLOCK])
-
-    monkeypatch.setattr(nabla, "block_mask", block_mask_with_mask_mod)
+    _flex_in_compiled_blocks_on_the_cpu(monkeypatch)
     gradients = []
     for model in (eager, compiled):
         with step_scope(model):
@@ -523,25 +529,6 @@ def test_compiled_blocks_train_as_eager_ones_and_keep_the_mask_for_backward(tiny
     assert not offload or (stashed.count(visual) == 2 and stashed.count(kept) == 2 and stashed.count(kept[:3]) == 2
                            and stashed.count((1, 6, 12, 12)) == 2 * 2)
     assert offload or not stashed
-
-
-def _flex_in_compiled_blocks_on_the_cpu(monkeypatch) -> None:
-    """FlexAttention inside compiled blocks on the CPU, through its reference maths (aot_eager): the block
-    mask also given as a mask_mod, which that maths honours."""
-    import torch.nn.attention.flex_attention as flex
-
-    monkeypatch.setattr(flex, "_validate_device", lambda *args: None)  # (no FlexAttention backward on the CPU)
-    monkeypatch.setattr(nabla, "uses_flex", lambda query: torch.compiler.is_compiling())
-    real_block_mask = nabla.block_mask
-
-    def block_mask_with_mask_mod(query, key, params):
-        mask = real_block_mask(query, key, params)
-        blocks = mask.to_dense().bool()
-        return flex.BlockMask.from_kv_blocks(mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks,
-                                             mask.full_kv_indices, BLOCK_SIZE=nabla.BLOCK,
-                                             mask_mod=lambda b, h, q, kv: blocks[b, h, q // nabla.BLOCK, kv // nabla.BLOCK])
-
-    monkeypatch.setattr(nabla, "block_mask", block_mask_with_mask_mod)
 
 
 def test_a_compiled_nabla_block_compiles_once_per_bucket_whatever_the_caption_length(tiny_nabla_dir, monkeypatch):

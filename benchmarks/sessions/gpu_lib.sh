@@ -83,3 +83,34 @@ if best is not None:
     print(f"--flex-tiling {plan.get('flex_tiling') or 'autotune'}" + (" --compile-blocks" if plan.get("compile_blocks") else ""))
 PY
 }
+
+# Resumable sessions: one script repeated on the warm machine goes on where the last call stopped.
+# resume_steps DIR [NAME...]: DIR on the machine keeps what ran (tries.txt) and what was measured (bench.jsonl,
+# rows.jsonl, copied into $OUT); the NAMEs count as done (what earlier sessions measured).
+resume_steps() {
+  STATE=$1; shift
+  mkdir -p $STATE
+  touch $STATE/bench.jsonl $STATE/rows.jsonl $STATE/tries.txt
+  for name in "$@"; do
+    grep -qx "done $name" $STATE/tries.txt || echo "done $name" >> $STATE/tries.txt
+  done
+  cp $STATE/bench.jsonl $OUT/bench.jsonl
+  cp $STATE/rows.jsonl $OUT/rows.jsonl
+}
+
+fits() { (( SECONDS + $1 <= ${DEADLINE:-570} )) || { echo "next call: $2 (needs ${1}s)"; return 1; }; }
+
+# step NAME NEED LIMIT COMMAND...: run COMMAND, cut at LIMIT or the deadline (BENCH_TIMEOUT), unless NAME is
+# done or was tried twice; false (ending this call) when NEED seconds are not left before DEADLINE.
+step() {
+  local name=$1 need=$2 limit=$3; shift 3
+  grep -qx "done $name" $STATE/tries.txt && return 0
+  (( $(grep -cx "try $name" $STATE/tries.txt) >= 2 )) && { echo "skipped: $name (cut twice)"; return 0; }
+  fits $need $name || return 1
+  local left=$(( ${DEADLINE:-570} - SECONDS ))
+  echo "try $name" >> $STATE/tries.txt
+  echo "== $name (limit $(( limit < left ? limit : left ))s)"
+  BENCH_TIMEOUT=$(( limit < left ? limit : left )) "$@" && echo "done $name" >> $STATE/tries.txt
+  cp $OUT/bench.jsonl $OUT/rows.jsonl $STATE/  # (kept after each step: a call killed later loses nothing)
+  return 0
+}

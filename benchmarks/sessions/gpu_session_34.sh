@@ -27,30 +27,7 @@
 set -u
 source benchmarks/sessions/gpu_lib.sh
 start_session
-STATE=/tmp/k5s34
-mkdir -p $STATE
-touch $STATE/bench.jsonl $STATE/rows.jsonl $STATE/tries.txt
-for name in ${SKIP-lite-dense lite-nabla pro-hd-nabla pro-hd-dense}; do
-  grep -qx "done $name" $STATE/tries.txt || echo "done $name" >> $STATE/tries.txt
-done
-cp $STATE/bench.jsonl $OUT/bench.jsonl
-cp $STATE/rows.jsonl $OUT/rows.jsonl
-fits() { (( SECONDS + $1 <= ${DEADLINE:-570} )) || { echo "next call: $2 (needs ${1}s)"; return 1; }; }
-
-# step NAME NEED LIMIT COMMAND...: run COMMAND, cut at LIMIT or the deadline (BENCH_TIMEOUT), unless NAME is
-# done or was tried twice; false (ending this call) when NEED seconds are not left.
-step() {
-  local name=$1 need=$2 limit=$3; shift 3
-  grep -qx "done $name" $STATE/tries.txt && return 0
-  (( $(grep -cx "try $name" $STATE/tries.txt) >= 2 )) && { echo "skipped: $name (cut twice)"; return 0; }
-  fits $need $name || return 1
-  local left=$(( ${DEADLINE:-570} - SECONDS ))
-  echo "try $name" >> $STATE/tries.txt
-  echo "== $name (limit $(( limit < left ? limit : left ))s)"
-  BENCH_TIMEOUT=$(( limit < left ? limit : left )) "$@" && echo "done $name" >> $STATE/tries.txt
-  cp $OUT/bench.jsonl $OUT/rows.jsonl $STATE/  # (kept after each step: a call killed later loses nothing)
-  return 0
-}
+resume_steps /tmp/k5s34 ${SKIP-lite-dense lite-nabla pro-hd-nabla pro-hd-dense}
 
 profile() {
   timeout $BENCH_TIMEOUT python3 benchmarks/tools/profile_step.py --flavour t2v-lite-sft-10s --frames 241 --nabla-density 0.1 \

@@ -32,34 +32,12 @@
 set -u
 source benchmarks/sessions/gpu_lib.sh
 start_session
-STATE=/tmp/k5s35
-mkdir -p $STATE
-touch $STATE/bench.jsonl $STATE/rows.jsonl $STATE/tries.txt
 # On an H100 the dense baselines of session 8 stand (another H100 machine: Lite 10 s dense 17.675 s, and 17.66 s
 # on a third in session 7; Pro HD dense 32.491 s): a short device window goes to what is new. SKIP="" reruns them.
 if [[ -z ${SKIP+x} ]] && nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H100; then
   SKIP="lite-nabla-ch lite-dense pro-hd-dense"  # (steps 1 and 2 ran in session 9)
 fi
-for name in ${SKIP-}; do
-  grep -qx "done $name" $STATE/tries.txt || echo "done $name" >> $STATE/tries.txt
-done
-cp $STATE/bench.jsonl $OUT/bench.jsonl
-cp $STATE/rows.jsonl $OUT/rows.jsonl
-fits() { (( SECONDS + $1 <= ${DEADLINE:-570} )) || { echo "next call: $2 (needs ${1}s)"; return 1; }; }
-
-# step NAME NEED LIMIT COMMAND...: as in gpu_session_34.sh
-step() {
-  local name=$1 need=$2 limit=$3; shift 3
-  grep -qx "done $name" $STATE/tries.txt && return 0
-  (( $(grep -cx "try $name" $STATE/tries.txt) >= 2 )) && { echo "skipped: $name (cut twice)"; return 0; }
-  fits $need $name || return 1
-  local left=$(( ${DEADLINE:-570} - SECONDS ))
-  echo "try $name" >> $STATE/tries.txt
-  echo "== $name (limit $(( limit < left ? limit : left ))s)"
-  BENCH_TIMEOUT=$(( limit < left ? limit : left )) "$@" && echo "done $name" >> $STATE/tries.txt
-  cp $OUT/bench.jsonl $OUT/rows.jsonl $STATE/
-  return 0
-}
+resume_steps /tmp/k5s35 ${SKIP-}
 
 # The Lite 10 s NABLA build measured fastest (session 9: compiled blocks, heuristic tiles; the default since)
 faster_flags() { echo "--flex-tiling heuristic --compile-blocks"; }

@@ -23,6 +23,8 @@ class Scenario:
 LITE = ("--modulation-bf16", "--steps", "4", "--warmup", "3")
 LITE_10S = ("--flavour", "t2v-lite-sft-10s", "--frames", "241", "--modulation-bf16", "--steps", "2", "--warmup", "1")
 PRO = ("--flavour", "t2v-pro-sft-5s-hd", "--modulation-bf16", "--steps", "2", "--warmup", "1")
+# the Lite 10 s transformer at 512x768x61: the step `k5tune train` on that flavour is compared with
+LITE_10S_61F = ("--flavour", "t2v-lite-sft-10s", "--modulation-bf16", "--steps", "6", "--warmup", "2")
 # NABLA's build before session 9 (2026-12-07), the default then: eager blocks, autotuned FlexAttention tiles
 EAGER_AUTOTUNED = ("--flex-tiling", "autotune", "--no-compile-blocks")
 
@@ -56,13 +58,11 @@ SCENARIOS: dict[str, Scenario] = {
                                    "give a near-uniform map, so a dense-like mask)", (*LITE_10S, *EAGER_AUTOTUNED)),
     "lite-10s-61f": Scenario("nabla", "the Lite 10 s transformer (NABLA P 0.9) at 512x768x61: the step "
                              "`k5tune train` on that flavour is compared with",
-                             ("--flavour", "t2v-lite-sft-10s", "--modulation-bf16", "--steps", "6", "--warmup", "2",
-                              *EAGER_AUTOTUNED)),
+                             (*LITE_10S_61F, *EAGER_AUTOTUNED)),
     "lite-10s-61f-compiled": Scenario("nabla", "the Lite 10 s transformer (NABLA P 0.9) at 512x768x61, compiled "
                                       "blocks, heuristic tiles: the step `k5tune train` is compared with when they "
-                                      "are its defaults", ("--flavour", "t2v-lite-sft-10s", "--modulation-bf16",
-                                                           "--steps", "6", "--warmup", "2", "--flex-tiling",
-                                                           "heuristic", "--compile-blocks")),
+                                      "are its defaults",
+                                      (*LITE_10S_61F, "--flex-tiling", "heuristic", "--compile-blocks")),
     "pro-dense": Scenario("nabla", "Pro 512x768x61, dense attention, activation offload (the baseline of pro-nabla)",
                           (*PRO, "--offload-activations", "--sparse-attention", "dense")),
     "pro-hd-dense": Scenario("nabla", "Pro 768x1280x61, dense attention, activation offload",

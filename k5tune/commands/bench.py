@@ -13,6 +13,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from k5tune.train.plan import TrainingPlan  # (torch-free: the plan's own defaults)
+
     _add_shape_arguments(parser)
     _add_plan_arguments(parser)
     _add_memory_arguments(parser)
@@ -24,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile-blocks", action="store_true",
                         help="compile the blocks whole (the default on a GPU; under NABLA the mask and FlexAttention "
                              "in the block's graph, tiled as --flex-tiling says): states it in a scenario's flags")
-    parser.add_argument("--flex-tiling", default="heuristic", choices=["autotune", "heuristic"],
+    parser.add_argument("--flex-tiling", default=TrainingPlan.flex_tiling, choices=["autotune", "heuristic"],
                         help="NABLA: how compiled FlexAttention finds its tiles: heuristic (torch's own tiles "
                              "narrowed to the 64-token blocks, no autotuning; the default) or autotune (benchmarks "
                              "candidates once per clip length)")
