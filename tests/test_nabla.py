@@ -362,9 +362,12 @@ def test_validation_and_generate_run_the_attention_training_ran(tmp_path, monkey
         return mask
 
     monkeypatch.setattr(nabla, "block_mask", recording)
+    sized = []  # the bucket count the compiled regions' graph cache was sized for
+    monkeypatch.setattr("k5tune.train.trainer.graphs_for_buckets", sized.append)
     result = train(load_config())
     report = json.loads(result.report_json.read_text())
     assert report["buckets"] == {"384x256@5": 4} and any("NABLA attention: buckets" in n for n in report["notes"])
+    assert sized == [len(report["buckets"])]
     training = [s for s in seen if s[0]]
     validation = [s for s in seen if not s[0] and s[5] == (2, 16, 24)]
     assert training and validation and min(s[6] for s in seen) < 1.0  # sparse in both
@@ -562,6 +565,27 @@ def test_a_compiled_nabla_block_compiles_once_per_bucket_whatever_the_caption_le
     # per bucket at most two graphs (the first block's input needs no gradient, the others' do), however
     # many caption lengths it saw (three at 768 tokens)
     assert all(flex_tokens.count(tokens) <= 2 for tokens in (768, 1152))
+
+
+def test_a_run_of_many_buckets_keeps_a_compiled_nabla_graph_for_each(monkeypatch):
+    """Past dynamo's recompile limit a compiled region runs eagerly for every later shape. A NABLA block
+    compiles twice per bucket (the first block's input needs no gradient), so the limit follows the run's
+    bucket count: 40 buckets keep their compiled graphs, where the fixed 64 served ~24."""
+    from k5tune.train import speed
+
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(speed, "_expected_buckets", 1)
+    monkeypatch.setattr(speed, "_compiled_regions", {})
+    with config.patch({name: 8}):  # (torch's own way to change its config for a while)
+        speed._compiled_region(True, "aot_eager", None)
+        assert getattr(config, name) == 16  # dense regions: dynamic lengths, a few graphs
+        speed._compiled_region(True, "aot_eager", "heuristic")
+        assert getattr(config, name) == 64
+        speed.graphs_for_buckets(40)
+        assert getattr(config, name) >= 2 * 40 + 4  # both graphs of each bucket, and the text blocks' few
+        speed.graphs_for_buckets(3)
+        assert getattr(config, name) >= 2 * 40 + 4  # never lowered within the process
 
 
 def test_nabla_blocks_compile_as_dense_ones_do():

@@ -114,6 +114,26 @@ def _checkpoint_selective(module, *args, keep_blocks: int | None = None):
 # length) makes that dimension dynamic instead of compiling once per length; a NABLA block's visual token
 # count stays static (_static_visual_tokens): one graph per bucket.
 _compiled_regions: dict = {}
+_expected_buckets = 1  # the run's buckets (graphs_for_buckets), which size dynamo's graph cache per region
+
+
+def graphs_for_buckets(buckets: int) -> None:
+    """Let each compiled NABLA region (and FlexAttention compiled alone) keep a graph for every bucket of
+    the run. A NABLA block compiles once per bucket (with and without an input gradient: 2 graphs); past
+    dynamo's limit it would run eagerly for the later buckets (slower, not wrong), so the limit follows
+    the bucket count (64 serves ~24)."""
+    global _expected_buckets
+    _expected_buckets = max(1, buckets)
+    _raise_graph_limit(nabla=True)
+
+
+def _raise_graph_limit(nabla: bool) -> None:
+    # ~6 graphs per region (text/visual block, input with or without gradient, dynamic lengths; NABLA's
+    # visual blocks are static: 2 more per bucket); torch 2.6 calls the limit cache_size_limit
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    wanted = max(64, 2 * _expected_buckets + 16) if nabla else 16
+    setattr(config, name, max(getattr(config, name), wanted))
 
 
 def _compiled_region(selective: bool, backend: str, nabla_tiling: str | None = None):
@@ -121,11 +141,7 @@ def _compiled_region(selective: bool, backend: str, nabla_tiling: str | None = N
     FlexAttention traced into them: nabla.flex_compile_mode); None for dense blocks."""
     nabla = nabla_tiling is not None
     if (selective, backend, nabla_tiling) not in _compiled_regions:
-        # ~6 graphs per region (text/visual block, input with or without gradient, dynamic lengths; NABLA's
-        # visual blocks are static: as many again per bucket); torch 2.6 calls the limit cache_size_limit
-        config = torch._dynamo.config
-        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-        setattr(config, name, max(getattr(config, name), 64 if nabla else 16))
+        _raise_graph_limit(nabla)
         if nabla:  # the policies that keep the block mask (and, selective, FlexAttention's output)
             region = _compiled_selective_region if selective else _compiled_full_region
         else:

@@ -43,6 +43,7 @@ from k5tune.train.schedule import (
     plan_steps,
 )
 from k5tune.train.sequence import check_sequence_parallel, check_token_split
+from k5tune.train.speed import graphs_for_buckets
 from k5tune.train.step import micro_batch_loss, step_scope
 from k5tune.train.stop import StopRequests
 from k5tune.validate.runner import ValidationVideo, run_validation
@@ -103,8 +104,11 @@ class Trainer(CheckpointingMixin):
                                                           eval_levels(cfg.eval_noise_levels), cfg.eval_seed)
         self.report_json = stage.report_json
         self.prompts = self.cache.extra_prompts[:-1]  # validation prompts (the last one is the negative)
+        buckets = {record.bucket for record in self.records}
         if self.plan.sequence_parallel > 1:  # (before the model loads)
-            check_token_split({record.bucket for record in self.records}, self.plan.sequence_parallel)
+            check_token_split(buckets, self.plan.sequence_parallel)
+        if self.attention.nabla is not None:  # one attention graph per bucket, however many buckets
+            graphs_for_buckets(len(buckets))
 
         # 4. The transformer with LoRA, as the plan says (build.py: placement, quantisation, offload,
         #    sharding, compiled blocks).
