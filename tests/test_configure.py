@@ -336,6 +336,27 @@ def test_a_preset_resets_the_memory_keys_it_does_not_set(workdir):
     assert "enable_group_offload: removed" in terminal.output
 
 
+def test_ten_second_clips_get_the_preset_their_predicted_peak_fits(workdir):
+    """The presets are measured at 512x768x61; at the 10 s flavour's 241 frames under NABLA the wizard
+    recommends by the estimator's peaks (shown with each preset): activation offload on a 48 GB card,
+    where `40-48gb` is predicted past the card."""
+    terminal = wizard(script(flavour="t2v-lite-sft-10s", frames="241", skip=("gpu",)), gpu_detector=gpu(47.5))
+    assert "Training 512x768, 241 frames, NABLA attention" in terminal.output
+    assert "[16gb]" in next(p for p in terminal.prompts if "Memory preset" in p)
+    listed = {line.split()[1]: line for line in terminal.lines if line.strip()[:2].rstrip(".").isdigit()}
+    assert "at your shape: ~15.0 GiB predicted" in listed["16gb"]
+    assert float(listed["40-48gb"].split("at your shape: ~")[1].split()[0]) > 47.5
+    assert read("config/config.json")["offload_activations"] is True
+
+
+def test_a_shape_no_preset_fits_is_told_the_shorter_clip_that_fits(workdir):
+    terminal = wizard(script(flavour="t2v-lite-sft-10s", frames="241", skip=("gpu",)), gpu_detector=gpu(11.6))
+    assert "! no preset fits this shape on 11.6 GiB" in terminal.output
+    assert "up-to-12gb (recommended below) fits 512x768 with 97 frames" in terminal.output
+    assert "set video.num_frames 97 in the dataset file" in terminal.output
+    assert "[up-to-12gb]" in next(p for p in terminal.prompts if "Memory preset" in p)
+
+
 def test_pro_on_a_card_too_small_even_for_group_offload_recommends_lite(workdir):
     switch = {"gpu": [("Switch to t2v-lite-sft-5s", "y")]}
     terminal = wizard(script(flavour="t2v-pro-sft-5s-hd", gpu="12", after=switch))

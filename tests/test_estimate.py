@@ -28,7 +28,15 @@ from k5tune.estimate import (
     weight_count,
 )
 from k5tune.estimate.check import CHECKS, Source, check_report, measured_gib, measured_rows, shipped_example
-from k5tune.estimate.search import LITE_PRESETS, card_presets, pro_presets
+from k5tune.estimate.search import (
+    LITE_PRESETS,
+    MEMORY_PRESETS,
+    card_presets,
+    choose_preset,
+    preset_peak_gib,
+    pro_presets,
+    smaller_shapes,
+)
 from k5tune.train.plan import TrainingPlan
 
 LITE, PRO = "t2v-lite-sft-5s", "t2v-pro-sft-5s-hd"
@@ -105,6 +113,30 @@ def test_caching_with_the_guides_settings():
     bigger = TrainingShape(720, 1280, 121)
     assert vae_encode_peak_gib(bigger, "patch_conv") > 2 * vae_encode_peak_gib(shape, "patch_conv")
     assert vae_encode_peak_gib(bigger, "tiling") < vae_encode_peak_gib(shape, "tiling") + 1
+    # a 10 s clip is encoded in the same 17-frame temporal tiles as a 61-frame one: only the clip grows
+    ten_seconds = TrainingShape(512, 768, 241)
+    for variant in ("plain", "patch_conv", "tiling"):
+        assert 0 < vae_encode_peak_gib(ten_seconds, variant) - vae_encode_peak_gib(shape, variant) < 0.6
+
+
+def test_the_vae_encodes_a_long_clip_in_17_frame_tiles(tiny_model_dir):
+    """What the VAE caching estimate rests on: diffusers' HunyuanVideo VAE, as k5tune's cache calls it,
+    runs its encoder on at most 17 frames at a time (temporal tiles), so the encode's working set does
+    not grow with the clip's length; a clip of up to 16 frames is encoded whole."""
+    import torch
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    from k5tune.estimate.caching import VAE_TEMPORAL_TILE_FRAMES, vae_encoder_frames
+    from k5tune.models.kandinsky5.encoding import encode_video
+
+    vae = AutoencoderKLHunyuanVideo.from_pretrained(tiny_model_dir, subfolder="vae").eval()
+    seen: list[int] = []
+    vae.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[2]))
+    for frames in (9, 61, 241):
+        seen.clear()
+        latents = encode_video(vae, torch.zeros(1, 3, frames, 32, 32))
+        assert latents.shape[1] == (frames - 1) // 4 + 1  # the whole clip's latents
+        assert max(seen) == vae_encoder_frames(frames) == min(frames, VAE_TEMPORAL_TILE_FRAMES)
 
 
 def test_more_memory_saving_settings_predict_less():
@@ -208,7 +240,7 @@ def test_proposals(flavour, gpu, expected):
 
 def test_proposals_without_pinned_memory_and_when_nothing_fits():
     # Pro on 48 GiB without pinned CPU memory: the int8 base with full checkpointing
-    alternative = propose(PRO, TrainingShape(), 48, smaller_shapes=False, max_pinned_gib=0)
+    alternative = propose(PRO, TrainingShape(), 48, smaller=False, max_pinned_gib=0)
     assert alternative.settings == TrainingPlan("full", base_precision="int8")
     assert propose(PRO, TrainingShape(), 4) is None
     smaller = propose(LITE, TrainingShape(), 4)  # not even int8 + group offload at 512x768x61: a smaller clip
@@ -362,6 +394,48 @@ def test_the_recommended_preset_fits_the_smallest_card_of_its_class(flavour, gpu
     caching = caching_estimate(shape, preset.offload_during_startup, preset.vae == "patch_conv", preset.vae == "tiling",
                                gpu)
     assert caching.peak_gib + 1 <= gpu
+
+
+@pytest.mark.parametrize(("flavour", "gpu", "processes", "expected"), CARD_CLASSES,
+                         ids=[f"{c[0]}-{c[1]}x{c[2]}" for c in CARD_CLASSES])
+def test_at_the_presets_own_shape_the_shape_aware_recommendation_is_the_card_class(flavour, gpu, processes,
+                                                                                   expected):
+    """Given the config's shape, the recommender keeps the measured classes where the shape is theirs
+    (512x768x61, dense) or smaller: predictions only decide past what was measured."""
+    user = TrainingPlan()
+    for shape in (TrainingShape(), TrainingShape(384, 640, 33, rank=16)):
+        choice = choose_preset(flavour, gpu, processes, shape, user)
+        assert (choice.recommended, choice.fits_shape) == (expected, shape)
+
+
+TEN_SECONDS = "t2v-lite-sft-10s"
+
+
+@pytest.mark.parametrize(("gpu", "expected", "frames"), [(79.2, "80gb", 241), (47.5, "16gb", 241),
+                                                         (23.5, "16gb", 241), (11.6, "up-to-12gb", 97)])
+def test_ten_second_clips_under_nabla_get_the_preset_their_predicted_peak_fits(gpu, expected, frames):
+    """Lite 10 s at 512x768x241 under NABLA: selective checkpointing with compiled blocks is predicted at
+    ~49 GiB (48 GB cards' `40-48gb` would run out of memory), activation offload at ~15 GiB; a 12 GB card
+    fits no preset at 241 frames and is told the shorter clip its preset fits."""
+    shape = TrainingShape(512, 768, 241)
+    user = plan_from_config(shipped_example(model_flavour=TEN_SECONDS).train)
+    assert user.nabla is not None
+    choice = choose_preset(TEN_SECONDS, gpu, 1, shape, user)
+    assert choice.recommended == expected and choice.fits_shape.frames == frames
+    chosen = next(p for p in choice.presets if p.name == expected)
+    assert preset_peak_gib(TEN_SECONDS, chosen, choice.fits_shape, user) + 1 <= gpu
+    assert preset_peak_gib(TEN_SECONDS, MEMORY_PRESETS["40-48gb"], shape, user) > 47.5
+    assert card_presets(TEN_SECONDS, 47.5)[1] == "40-48gb"  # (what the classes alone said)
+
+
+def test_a_long_clip_that_fits_nothing_is_proposed_shorter_at_its_own_size_first():
+    shape = TrainingShape(512, 768, 241)
+    assert [(s.height, s.width, s.frames) for s in smaller_shapes(shape)][:5] == [
+        (512, 768, 181), (512, 768, 121), (512, 768, 97), (512, 768, 81), (512, 768, 61)]
+    assert all(s.tokens < shape.tokens for s in smaller_shapes(shape))
+    assert smaller_shapes(TrainingShape())[0].frames == 49  # (a 61-frame clip: the guide's smaller shapes)
+    proposal = propose(TEN_SECONDS, shape, 11.6, user=plan_from_config(shipped_example(model_flavour=TEN_SECONDS).train))
+    assert (proposal.shape.height, proposal.shape.width) == (512, 768) and proposal.shape.frames < 241
 
 
 @pytest.mark.parametrize("preset", [*LITE_PRESETS, *pro_presets(43, 2), *pro_presets(47.5, 2)],

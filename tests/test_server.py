@@ -589,3 +589,14 @@ def test_presets_are_the_wizards_for_the_flavour_and_card(project):
         pro = client.get("/api/presets", params={"gpu_gib": 80}).json()
         assert pro["recommended"] == configure.recommended_pro_preset(80, 1) == "pro-80gb"
         assert "pro-group-offload" in [p["name"] for p in pro["presets"]]
+        # 10 s clips under NABLA: the recommendation follows the dataset file's shape, not 512x768x61's classes
+        write_config(project, model_flavour="t2v-lite-sft-10s")
+        datasets = project / "config" / "multidatabackend.json"
+        backends = json.loads(datasets.read_text())
+        backends[0].update(resolution=512, video={"num_frames": 241})
+        datasets.write_text(json.dumps(backends))
+        ten = client.get("/api/presets", params={"gpu_gib": 47.5}).json()
+        assert ten["shape"] == ten["fits_shape"] == "512x768x241"
+        by_name = {p["name"]: p for p in ten["presets"]}
+        assert by_name["40-48gb"]["predicted_gib"] > 47.5 > by_name["16gb"]["predicted_gib"]
+        assert ten["recommended"] == "16gb" != configure.recommended_preset(47.5)

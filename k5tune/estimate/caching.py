@@ -54,22 +54,35 @@ def vae_variant(patch_conv: bool, tiling: bool) -> str:
     return "tiling" if tiling else "patch_conv" if patch_conv else "plain"  # tiles are too small to slice
 
 
-def vae_encode_peak_gib(shape: TrainingShape, variant: str) -> float:
-    """Peak of encoding one clip, scaled from the anchor of `variant`.
+# diffusers' AutoencoderKLHunyuanVideo encodes a clip of more than 16 frames in temporal tiles of 17
+# frames (use_framewise_encoding, on by default; tile_sample_min_num_frames 16, +1 causal frame): the
+# encoder's working set is one tile's, whatever the clip's length. Only the clip itself grows with it.
+VAE_TEMPORAL_TILE_FRAMES = 17
 
-    plain and patch conv: weights plus working memory proportional to the clip's pixels x frames
-    (every activation of the encoder is). Tiling: diffusers encodes fixed 256x256x16-frame tiles, so
-    only the clip itself grows with the shape; the tile working set is the anchor's remainder.
+
+def vae_encoder_frames(frames: int) -> int:
+    """The frames the VAE's encoder sees at once for a clip of `frames` frames."""
+    return frames if frames <= VAE_TEMPORAL_TILE_FRAMES - 1 else VAE_TEMPORAL_TILE_FRAMES
+
+
+def vae_encode_peak_gib(shape: TrainingShape, variant: str) -> float:
+    """Peak of encoding one clip, scaled from the anchor of `variant`: the VAE weights, the clip (bf16
+    RGB), and the working set of one encoder call.
+
+    plain and patch conv: the working set is proportional to the pixels of one temporal tile (every
+    activation of the encoder is), so a 10 s clip (241 frames) needs barely more than a 61-frame one.
+    Tiling: diffusers also cuts each temporal tile into fixed 256x256 tiles, so the working set is the
+    anchor's whatever the size.
     """
     weights = encoder_weight_gib()["vae"]
     frames, height, width = VAE_ANCHOR_SHAPE
-    anchor_pixels, pixels = frames * height * width, shape.frames * shape.height * shape.width
     clip_gib = 3 * 2 / GIB  # bf16 RGB, per pixel-frame
-    anchor = VAE_ANCHORS[variant]
-    if variant == "tiling":
-        tile_set = anchor - weights - anchor_pixels * clip_gib
-        return weights + tile_set + pixels * clip_gib
-    return weights + (anchor - weights) * pixels / anchor_pixels
+    anchor_clip, clip = frames * height * width * clip_gib, shape.frames * shape.height * shape.width * clip_gib
+    working = VAE_ANCHORS[variant] - weights - anchor_clip
+    if variant != "tiling":
+        working *= (vae_encoder_frames(shape.frames) * shape.height * shape.width
+                    / (vae_encoder_frames(frames) * height * width))
+    return weights + clip + working
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from k5tune.estimate.caching import caching_advice, caching_estimate
-from k5tune.estimate.search import candidate_settings, card_presets, config_advice, propose
+from k5tune.estimate.search import candidate_settings, choose_preset, config_advice, propose
 from k5tune.estimate.shape import TrainingShape, estimate_problem
 from k5tune.estimate.training import pinned_cpu_gib, training_peak_gib
 from k5tune.train.plan import TrainingPlan
@@ -11,8 +11,11 @@ from k5tune.train.plan import TrainingPlan
 
 def _proposal_lines(flavour: str, shape: TrainingShape, gpu_gib: float, processes: int,
                     current: TrainingPlan | None) -> list[str]:
-    # the same rule over the named presets (measured at 512x768x61): what the wizard and the web UI offer
-    preset = f"  memory preset for this card (k5tune configure, web UI): {card_presets(flavour, gpu_gib, processes)[1]}"
+    # the same rule over the named presets at this shape: what the wizard and the web UI recommend
+    choice = choose_preset(flavour, gpu_gib, processes, shape, current)
+    preset = f"  memory preset for this card (k5tune configure, web UI): {choice.recommended}"
+    if choice.fits_shape is not None and choice.fits_shape is not shape:
+        preset += f" (fits {choice.fits_shape.height}x{choice.fits_shape.width}, {choice.fits_shape.frames} frames)"
     proposal = propose(flavour, shape, gpu_gib, processes=processes, user=current)
     if proposal is None:
         return [f"nothing modelled fits {gpu_gib} GiB; use several GPUs or a smaller model", preset]
@@ -26,7 +29,7 @@ def _proposal_lines(flavour: str, shape: TrainingShape, gpu_gib: float, processe
     if pinned:
         lines.append(f"  needs {pinned * processes:.1f} GiB of pinned CPU memory"
                      + (f" ({pinned:.1f} GiB in each of {processes} processes)" if processes > 1 else ""))
-        alternative = propose(flavour, shape, gpu_gib, processes=processes, smaller_shapes=False,
+        alternative = propose(flavour, shape, gpu_gib, processes=processes, smaller=False,
                               max_pinned_gib=0, user=current)
         if alternative is not None:
             lines.append(f"  without pinned CPU memory: {alternative.settings.label()} -> {alternative.peak_gib:.1f} GiB; "

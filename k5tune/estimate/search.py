@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, TypeVar
 
-from k5tune.estimate.shape import TrainingShape
+from k5tune.estimate.caching import caching_peak_gib
+from k5tune.estimate.shape import TrainingShape, estimate_problem
 from k5tune.estimate.training import pinned_cpu_gib, training_peak_gib
 from k5tune.models.flavours import FLAVOURS
 from k5tune.train.plan import TrainingPlan
@@ -83,6 +84,15 @@ def first_fitting(candidates: Iterable[T], need_gib: Callable[[T], float | None]
 
 
 SMALLER_SHAPES = [(512, 768, 49), (480, 848, 49), (480, 848, 33), (384, 640, 33)]
+SHORTER_FRAMES = (181, 121, 97, 81, 61)  # a long clip (10 s: 241 frames) first gets shorter at its own size
+
+
+def smaller_shapes(shape: TrainingShape) -> list[TrainingShape]:
+    """What `propose` tries when nothing fits `shape`, in order: shorter clips at the same size, then the
+    guide's smaller shapes (those with fewer tokens than `shape`)."""
+    sizes = [(shape.height, shape.width, f) for f in SHORTER_FRAMES if f < shape.frames] + SMALLER_SHAPES
+    shapes = [TrainingShape(h, w, f, shape.batch, shape.rank, shape.targets) for h, w, f in sizes]
+    return [s for s in shapes if s.tokens < shape.tokens]
 
 
 class Proposal(NamedTuple):
@@ -92,17 +102,13 @@ class Proposal(NamedTuple):
 
 
 def propose(flavour: str, shape: TrainingShape, gpu_gib: float, margin_gib: float = 1.0, processes: int = 1,
-            smaller_shapes: bool = True, max_pinned_gib: float | None = None,
+            smaller: bool = True, max_pinned_gib: float | None = None,
             user: TrainingPlan | None = None) -> Proposal | None:
-    """The first (fastest) setting that fits, then, if none fits, smaller shapes (the guide's advice).
+    """The first (fastest) setting that fits, then, if none fits and `smaller`, smaller shapes
+    (smaller_shapes: shorter clips, then the guide's advice).
     `max_pinned_gib`: leave out settings that need more pinned CPU memory per process than this; `user`:
     see candidate_settings."""
-    shapes = [shape]
-    if smaller_shapes:
-        shapes += [TrainingShape(h, w, f, shape.batch, shape.rank, shape.targets) for h, w, f in SMALLER_SHAPES]
-    for candidate in shapes:
-        if candidate is not shape and candidate.tokens >= shape.tokens:
-            continue
+    for candidate in [shape, *(smaller_shapes(shape) if smaller else [])]:
         options = [s for s in candidate_settings(processes, user)
                    if max_pinned_gib is None or pinned_cpu_gib(flavour, candidate, s) <= max_pinned_gib]
         chosen = first_fitting(options, lambda s, c=candidate: training_peak_gib(flavour, c, s), gpu_gib, margin_gib)
@@ -225,11 +231,69 @@ LITE_FASTEST_FIRST = ("80gb", "40-48gb", "24-32gb", "16gb", "up-to-12gb")
 PRO_FASTEST_FIRST = ("pro-80gb", "pro-fsdp2", "pro-48gb", "pro-group-offload")
 
 
+PRESET_SHAPE = TrainingShape()  # where the presets' peaks were measured: 512x768x61, rank 32 on attention + FF
+
+
+def preset_plan(preset: MemoryPreset, user: TrainingPlan | None = None) -> TrainingPlan:
+    """The plan a preset trains: its memory choices over the user's others (attention, TREAD, kernels)."""
+    if user is None:
+        return preset.plan
+    return replace(user, **{k: getattr(preset.plan, k) for k in _MEMORY_FIELDS})
+
+
+def preset_peak_gib(flavour: str, preset: MemoryPreset, shape: TrainingShape,
+                    user: TrainingPlan | None = None) -> float | None:
+    """The estimator's peak of a preset at `shape`: the larger of training and caching (its VAE and text
+    encoder settings); None where the plan is refused (e.g. a combination the trainer does not run)."""
+    plan = preset_plan(preset, user)
+    if estimate_problem(plan) is not None:
+        return None
+    caching = caching_peak_gib(shape, preset.offload_during_startup, preset.vae == "patch_conv", preset.vae == "tiling")
+    return max(training_peak_gib(flavour, shape, plan), caching)
+
+
+# What a card needs beyond a preset's predicted peak: ~1 GiB for the CUDA context and fragmentation, and
+# 5 % of whatever the shape adds over the presets' measured shape (the estimate's largest under-prediction
+# among its --check rows is 5.2 %)
+PRESET_ROOM_GIB = 1.0
+PRESET_EXTRAPOLATION_ROOM = 0.05
+
+
+def preset_need_gib(flavour: str, preset: MemoryPreset, shape: TrainingShape | None = None,
+                    user: TrainingPlan | None = None) -> float | None:
+    """The smallest card (GiB as the card reports it) to recommend `preset` for, training `shape` under
+    the user's plan `user` (its attention, TREAD, ...): the card class its peaks were measured for at
+    512x768x61, or the estimator's peak at `shape` with room, whichever is more. A Lite 10 s clip under
+    NABLA (512x768x241) is predicted at ~49 GiB with selective checkpointing, so a 48 GB card is
+    recommended activation offload rather than `40-48gb`. None: offered, never recommended."""
+    if preset.min_card_gib is None or shape is None:
+        return preset.min_card_gib
+    here = preset_peak_gib(flavour, preset, shape, user)
+    measured = preset_peak_gib(flavour, preset, PRESET_SHAPE)
+    if here is None or measured is None:
+        return None
+    room = PRESET_ROOM_GIB + PRESET_EXTRAPOLATION_ROOM * max(0.0, here - measured)
+    return max(preset.min_card_gib, here + room)
+
+
 def _recommended(presets: list[MemoryPreset], order: tuple[str, ...], total_gib: float) -> str:
+    """By the presets' measured card classes alone (the shape they were measured at)."""
+    return _fitting_preset(presets, order, total_gib, lambda p: p.min_card_gib) or _least(presets, order)
+
+
+def _in_order(presets: list[MemoryPreset], order: tuple[str, ...]) -> list[MemoryPreset]:
     by_name = {p.name: p for p in presets}
-    candidates = [by_name[name] for name in order if name in by_name]
-    chosen = first_fitting(candidates, lambda p: p.min_card_gib, total_gib)
-    return (chosen or candidates[-1]).name  # (below every class: the one that needs least)
+    return [by_name[name] for name in order if name in by_name]
+
+
+def _fitting_preset(presets: list[MemoryPreset], order: tuple[str, ...], total_gib: float,
+                    need: Callable[[MemoryPreset], float | None]) -> str | None:
+    chosen = first_fitting(_in_order(presets, order), need, total_gib)
+    return chosen.name if chosen else None
+
+
+def _least(presets: list[MemoryPreset], order: tuple[str, ...]) -> str:
+    return _in_order(presets, order)[-1].name  # (below every class: the one that needs least)
 
 
 def recommended_preset(total_gib: float) -> str:
@@ -267,9 +331,36 @@ def recommended_pro_preset(total_gib: float, processes: int) -> str:
     return _recommended(pro_presets(total_gib, processes), PRO_FASTEST_FIRST, total_gib)
 
 
-def card_presets(flavour: str, total_gib: float, processes: int = 1) -> tuple[list[MemoryPreset], str]:
+class PresetChoice(NamedTuple):
+    presets: list[MemoryPreset]  # offered, in the wizard's order
+    recommended: str
+    # the shape the recommendation fits: the config's, else the first shorter or smaller one where a preset
+    # fits (smaller_shapes), else None (nothing fits: the card's class is recommended)
+    fits_shape: TrainingShape | None
+
+
+def choose_preset(flavour: str, total_gib: float, processes: int = 1, shape: TrainingShape | None = None,
+                  user: TrainingPlan | None = None) -> PresetChoice:
     """The presets offered for the flavour on a card of `total_gib` (per GPU, `processes` of them), and
-    the name of the recommended one."""
+    the recommended one: the fastest whose need (preset_need_gib: at the config's `shape` under its plan
+    `user` when given, else the measured card class) fits the card. Where none fits the shape, the
+    fastest that fits the first shorter clip (or smaller shape) that any preset fits; failing that, the
+    card's class."""
     if FLAVOURS[flavour].size == "pro":
-        return pro_presets(total_gib, processes), recommended_pro_preset(total_gib, processes)
-    return [p for p in LITE_PRESETS if preset_available(p)], recommended_preset(total_gib)
+        presets, order = pro_presets(total_gib, processes), PRO_FASTEST_FIRST
+    else:
+        presets, order = [p for p in LITE_PRESETS if preset_available(p)], LITE_FASTEST_FIRST
+    if shape is None:
+        return PresetChoice(presets, _recommended(presets, order, total_gib), None)
+    for candidate in [shape, *smaller_shapes(shape)]:
+        name = _fitting_preset(presets, order, total_gib, lambda p, c=candidate: preset_need_gib(flavour, p, c, user))
+        if name is not None:
+            return PresetChoice(presets, name, candidate)
+    return PresetChoice(presets, _recommended(presets, order, total_gib), None)
+
+
+def card_presets(flavour: str, total_gib: float, processes: int = 1, shape: TrainingShape | None = None,
+                 user: TrainingPlan | None = None) -> tuple[list[MemoryPreset], str]:
+    """choose_preset's offered presets and recommendation."""
+    choice = choose_preset(flavour, total_gib, processes, shape, user)
+    return choice.presets, choice.recommended

@@ -63,10 +63,14 @@ def shape_from_config(loaded, resolution: str | None = None, frames: int | None 
                       rank: int | None = None) -> TrainingShape:
     """The training shape of a loaded config: the first video dataset's resolution (the shorter side of
     a 2:3 clip, the guide's 512 -> 512x768) and frames, unless given (HEIGHTxWIDTH, frames, rank)."""
+    video = next((b for b in loaded.media_backends if b.dataset_type == "video"), None)
+    return _shape(loaded.train, video, resolution, frames, rank)
+
+
+def _shape(cfg, video, resolution: str | None = None, frames: int | None = None,
+           rank: int | None = None) -> TrainingShape:
     from k5tune.config.frames import parse_resolution, snap_resolution
 
-    cfg = loaded.train
-    video = next((b for b in loaded.media_backends if b.dataset_type == "video"), None)
     if resolution:
         height, width = snap_resolution(*parse_resolution(resolution))
     else:
@@ -76,3 +80,21 @@ def shape_from_config(loaded, resolution: str | None = None, frames: int | None 
     return TrainingShape(height, width, frames, cfg.train_batch_size, rank or cfg.lora_rank,
                          list(cfg.lora_target_modules))
 
+
+def shape_and_plan_from_values(config: dict, datasets: list) -> tuple[TrainingShape, TrainingPlan] | None:
+    """`shape_from_config` and `plan_from_config` of config.json's and the dataset file's values, as the
+    wizard holds them mid-way and the web UI reads them, without loading the files; None where they do
+    not validate yet (the recommender then goes by the presets' measured shape)."""
+    from pydantic import ValidationError
+
+    from k5tune.config.datasets import VideoBackend
+    from k5tune.config.schema import TrainConfig
+    from k5tune.errors import ConfigError
+
+    try:
+        cfg = TrainConfig(**config)
+        video = next((VideoBackend(**d) for d in datasets
+                      if isinstance(d, dict) and d.get("dataset_type") == "video" and not d.get("disabled")), None)
+        return _shape(cfg, video), plan_from_config(cfg)
+    except (ValidationError, ConfigError, ValueError, TypeError):
+        return None

@@ -11,11 +11,15 @@ from typing import Any
 from k5tune.estimate.search import (
     LITE_MIN_GIB,
     PRESET_KEYS,
+    PRESET_SHAPE,
     PRO_FSDP_OFFLOAD_BELOW_GIB,
     PRO_OFFLOAD_MIN_GIB,
     MemoryPreset,
-    card_presets,
+    choose_preset,
+    preset_need_gib,
+    preset_peak_gib,
 )
+from k5tune.estimate.shape import TrainingShape, shape_and_plan_from_values
 from k5tune.estimate.weights import GIB
 from k5tune.models.flavours import DEFAULT_FLAVOUR, FLAVOURS
 from k5tune.wizard.answers import Answers
@@ -87,10 +91,17 @@ class MemoryQuestions(Answers):
             self.io.say(f"  ! {total:.0f} GiB is below the ~4.1 GiB Lite needed at 512x768x61 with group offload "
                         "(plus the CUDA context): use a lower resolution (384) and fewer frames (33)")
 
-    def _presets(self, total: float) -> tuple[list[MemoryPreset], str]:
-        """The presets the recommender offers for the flavour and card, and the recommended one's name."""
+    def _presets(self, total: float) -> tuple[list[MemoryPreset], str, dict[str, float]]:
+        """The presets the recommender offers for the flavour and card at the answers' shape (resolution,
+        frames, attention), the recommended one's name, and each preset's predicted peak at that shape
+        where it is not the presets' measured one ({} otherwise)."""
         flavour, processes = self.config["model_flavour"], self.config.get("num_processes", 1)
-        presets, recommended = card_presets(flavour, total, processes)
+        shape, user = shape_and_plan_from_values(self.config, self.datasets) or (None, None)
+        presets, recommended, fits_shape = choose_preset(flavour, total, processes, shape, user)
+        predicted: dict[str, float] = {}
+        if shape is not None and user is not None and not _measured_shape(shape, user):
+            predicted = {p.name: peak for p in presets
+                         if (peak := preset_peak_gib(flavour, p, shape, user)) is not None}
         if FLAVOURS[flavour].size == "pro":
             self.io.say("  Pro (≈19B): " + {
                 "pro-80gb": f"it fits a {total:.0f} GiB card whole (66.2 GiB, 7.7 s/step measured on an H100)",
@@ -101,11 +112,35 @@ class MemoryQuestions(Answers):
                                 if total < PRO_FSDP_OFFLOAD_BELOW_GIB else ": 40.7 GiB per GPU on 2 H100s)"),
                 "pro-group-offload": f"on a {total:.0f} GiB card group offload streams its blocks from CPU "
                                      "memory (11.4 GiB, 9.3 s/step measured on an H100)",
-            }[recommended])
-        return presets, recommended
+            }[recommended] + (" (at 512x768x61)" if predicted else ""))
+        if predicted:
+            self._say_shape_advice(flavour, shape, user, total, presets, recommended, fits_shape)
+        return presets, recommended, predicted
+
+    def _say_shape_advice(self, flavour: str, shape: TrainingShape, user, total: float,
+                          presets: list[MemoryPreset], recommended: str, fits_shape: TrainingShape | None) -> None:
+        """What the answers' shape changes: the presets are measured at 512x768x61, so past it the
+        estimator's peaks decide; where no preset fits the shape, the shorter clip the recommendation fits."""
+        attention = ", NABLA attention" if user.nabla is not None else ""
+        self.io.say(f"  Training {shape.height}x{shape.width}, {shape.frames} frames{attention}: the presets' peaks "
+                    "there are predicted (k5tune estimate), shown with each")
+        if fits_shape is shape:
+            return
+        leanest = min((n, p.name) for p in presets if (n := preset_need_gib(flavour, p, shape, user)) is not None)
+        self.io.say(f"  ! no preset fits this shape on {total:.1f} GiB (the leanest, {leanest[1]}, is predicted "
+                    f"to need ~{leanest[0]:.0f} GiB)")
+        if fits_shape is None:
+            self.io.say("    use several GPUs, or a smaller clip: `k5tune estimate` shows what fits")
+            return
+        chosen = next(p for p in presets if p.name == recommended)
+        peak = preset_peak_gib(flavour, chosen, fits_shape, user) or 0.0
+        change = (f"video.num_frames {fits_shape.frames}" if (fits_shape.height, fits_shape.width) == (
+            shape.height, shape.width) else f"resolution {fits_shape.height}, video.num_frames {fits_shape.frames}")
+        self.io.say(f"    {recommended} (recommended below) fits {fits_shape.height}x{fits_shape.width} with "
+                    f"{fits_shape.frames} frames (~{peak:.0f} GiB predicted): set {change} in the dataset file")
 
     def _choose_preset(self, total: float) -> None:
-        presets, recommended = self._presets(total)
+        presets, recommended, predicted = self._presets(total)
         options = []
         has_current = self.existing.config_found and any(k in self.existing.config for k in PRESET_KEYS)
         if has_current:
@@ -113,7 +148,8 @@ class MemoryQuestions(Answers):
             options.append((KEEP_PRESET, f"keep the current settings ({current})"))
         for preset in presets:
             mark = " (recommended)" if preset.name == recommended else ""
-            options.append((preset.name, f"{preset.title}{mark}: {preset.note}"))
+            here = f" [at your shape: ~{predicted[preset.name]:.1f} GiB predicted]" if preset.name in predicted else ""
+            options.append((preset.name, f"{preset.title}{mark}: {preset.note}{here}"))
         choice = self.choose("Memory preset", options, KEEP_PRESET if has_current else recommended)
         if choice == KEEP_PRESET:
             return
@@ -123,6 +159,12 @@ class MemoryQuestions(Answers):
                 self.config[key] = settings[key]
             else:
                 self.config.pop(key, None)
+
+
+def _measured_shape(shape: TrainingShape, user) -> bool:
+    """Whether the presets' measured figures describe this training (512x768x61 or fewer tokens, one clip
+    a step, dense attention); past it their peaks are predicted instead."""
+    return shape.tokens <= PRESET_SHAPE.tokens and shape.batch == 1 and user.nabla is None
 
 
 def _positive_number(text: str) -> float:

@@ -1,7 +1,8 @@
 """GET /api/presets?config=&gpu_gib=: the memory presets of `k5tune configure` for the config's flavour and
 a card (the GPU nvidia-smi reports, the smallest of several, unless gpu_gib names one), the recommended
 one, and the keys a preset decides (those it does not set go back to their defaults). The same presets
-and the same recommender as the wizard: k5tune.estimate.search's."""
+and the same recommender as the wizard: k5tune.estimate.search's, at the config's shape and attention
+(its dataset file's video clips), with each preset's predicted peak there."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from k5tune.server import system
-from k5tune.server.context import DEFAULT_CONFIG, Ctx
+from k5tune.server.context import DEFAULT_CONFIG, Ctx, read_json_file
 
 router = APIRouter()
 
@@ -21,14 +22,31 @@ def _card_gib() -> float | None:
 
 @router.get("/presets")
 async def presets(ctx: Ctx, config: str = DEFAULT_CONFIG, gpu_gib: float | None = None) -> dict:
-    from k5tune.estimate.search import PRESET_KEYS, card_presets
+    total = gpu_gib if gpu_gib is not None else await run_in_threadpool(_card_gib)
+    return await run_in_threadpool(_presets, ctx, config, total)  # (the estimate imports torch once)
+
+
+def _presets(ctx, config: str, total: float | None) -> dict:
+    from k5tune.estimate.search import PRESET_KEYS, choose_preset, preset_peak_gib
+    from k5tune.estimate.shape import shape_and_plan_from_values
     from k5tune.models.flavours import DEFAULT_FLAVOUR, FLAVOURS
 
     values = ctx.config_values(config)
     flavour = values.get("model_flavour") if values.get("model_flavour") in FLAVOURS else DEFAULT_FLAVOUR
     processes = values.get("num_processes") if isinstance(values.get("num_processes"), int) else 1
-    total = gpu_gib if gpu_gib is not None else await run_in_threadpool(_card_gib)
-    offered, recommended = card_presets(flavour, total or 0.0, processes)
-    return {"flavour": flavour, "gpu_gib": total, "recommended": recommended if total else None,
+    datasets, _, _ = read_json_file(ctx.paths.resolve(ctx.dataset_path(config, None)))
+    shape, user = shape_and_plan_from_values(values, datasets if isinstance(datasets, list) else []) or (None, None)
+    choice = choose_preset(flavour, total or 0.0, processes, shape, user)
+
+    def predicted(preset) -> float | None:
+        peak = None if shape is None else preset_peak_gib(flavour, preset, shape, user)
+        return None if peak is None else round(peak, 1)
+
+    def named(s) -> str | None:
+        return None if s is None else f"{s.height}x{s.width}x{s.frames}"
+
+    return {"flavour": flavour, "gpu_gib": total, "recommended": choice.recommended if total else None,
+            "shape": named(shape), "fits_shape": named(choice.fits_shape) if total else None,
             "keys": list(PRESET_KEYS),
-            "presets": [{"name": p.name, "title": p.title, "note": p.note, "settings": p.settings} for p in offered]}
+            "presets": [{"name": p.name, "title": p.title, "note": p.note, "settings": p.settings,
+                         "predicted_gib": predicted(p)} for p in choice.presets]}

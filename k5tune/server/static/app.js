@@ -233,14 +233,19 @@ async function loadPresets() {
   if (!gib && data.gpu_gib) $("#preset-gpu").placeholder = `${data.gpu_gib.toFixed(0)} GiB`;
   $("#preset-select").replaceChildren(el("option", { value: "", text: "memory preset…" }),
     ...data.presets.map((p) => el("option", { value: p.name,
-      text: `${p.title}${p.name === data.recommended ? " (recommended)" : ""}` })));
+      text: `${p.title}${p.name === data.recommended ? " (recommended)" : ""}`
+        + (p.predicted_gib != null ? ` · ~${p.predicted_gib} GiB at ${data.shape}` : "") })));
   if (data.recommended) $("#preset-select").value = data.recommended;
   showPresetNote();
 }
 
 function showPresetNote() {
   const chosen = presetList && presetList.presets.find((p) => p.name === $("#preset-select").value);
-  $("#preset-note").textContent = chosen ? chosen.note : "";
+  // the presets are measured at 512x768x61; where none fits the dataset's clips, the shape the
+  // recommended one fits (k5tune estimate's prediction, as the wizard says it)
+  const shorter = presetList && presetList.fits_shape && presetList.fits_shape !== presetList.shape
+    ? ` · no preset fits ${presetList.shape} on this card: ${presetList.recommended} fits ${presetList.fits_shape}` : "";
+  $("#preset-note").textContent = chosen ? chosen.note + shorter : "";
   $("#preset-apply").disabled = !chosen;
 }
 
