@@ -21,6 +21,8 @@
 #  4 pro-hd-dense    Pro 768x1280x61 dense, activation offload, one timed step
 #  5 pro-nabla       Pro 512x768x61 NABLA, the same build (target: no slower than dense, <= 48 GiB)
 #  6 pro-dense       Pro 512x768x61 dense
+#  6b vae-241       the VAE encode of a 10 s clip, 512x768x241 (plain, patch conv, tiling): the estimate predicts it
+#                    at the 61-frame peak + 0.4 GiB since 2026-12-08 (17-frame temporal tiles), unmeasured
 #  7 train           `k5tune train` on the full-size Lite 10 s transformer (its defaults), and the bench step
 #                    at its shape of the same build (target: within 10 %)
 #  8 profile         where the Pro HD NABLA step's time goes, compiled blocks (profile_step.py)
@@ -50,6 +52,10 @@ profile() {
   head -c 3000 $STATE/profile.json
 }
 
+vae241() {
+  timeout $BENCH_TIMEOUT python3 benchmarks/tools/vae_encode.py --frames 241 --repeats 1 | tee $STATE/vae241.jsonl
+}
+
 train() {
   FLAVOUR=t2v-lite-sft-10s train_lite_fullsize && cp $OUT/train.txt $OUT/train_summary.json $STATE/ \
     && b --scenario lite-10s-61f-compiled
@@ -62,6 +68,7 @@ run_steps() {
   step pro-hd-dense 190 280 b --scenario pro-hd-dense-1 || return
   step pro-nabla 190 270 b --scenario pro-nabla-compiled-heuristic || return
   step pro-dense 170 240 b --scenario pro-dense || return
+  step vae-241 90 150 vae241 || return
   step train 280 330 train || return
   step profile 280 360 profile || return
   step lite-nabla-eh 130 220 b --scenario lite-10s-nabla-heuristic || return
@@ -69,5 +76,5 @@ run_steps() {
 }
 run_steps
 cp $STATE/tries.txt $OUT/
-for f in profile.json train.txt train_summary.json; do [[ -f $STATE/$f ]] && cp $STATE/$f $OUT/; done
+for f in profile.json train.txt train_summary.json vae241.jsonl; do [[ -f $STATE/$f ]] && cp $STATE/$f $OUT/; done
 exit 0
