@@ -178,3 +178,32 @@ def test_k5tune_train_with_compiled_blocks_offloads_through_the_hooks(tmp_path, 
     assert any(len(shape) == 4 for shape in stashed)  # kept attention outputs too: selective stayed
     errors = lora_errors(got, expected)
     assert max(errors.values()) < 1e-5, errors
+
+
+def test_training_warns_before_it_pins_more_cpu_memory_than_the_machine_has(tmp_path):
+    """Pinned memory cannot be swapped out: a run that pins more than the machine has is killed in its
+    first step. Before the model loads, training compares the estimate's pinned memory at its largest
+    bucket (every process on the machine together) with the machine's memory, read from the kernel."""
+    from k5tune.data.records import Bucket
+    from k5tune.estimate import plan_from_config
+    from k5tune.estimate.check import shipped_example
+    from k5tune.hostmem import HostMemory, host_memory
+    from k5tune.workflow import pinned_memory_warning
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       32823556 kB\nMemFree:         1048576 kB\nMemAvailable:   29360128 kB\n")
+    small = host_memory(meminfo)
+    assert (round(small.total_gib, 1), round(small.available_gib, 1), round(small.pinnable_gib, 1)) == (31.3, 28.0, 22.2)
+    assert host_memory(tmp_path / "missing") is None
+
+    cfg = shipped_example(model_flavour="t2v-lite-sft-10s", offload_activations=True).train
+    plan = plan_from_config(cfg)  # activation offload under NABLA: ~38 GiB pinned at 512x768x241
+    buckets = {Bucket(768, 512, 241), Bucket(512, 512, 61)}
+    assert "pin ~38 GiB of CPU memory, more than this machine can spare (31 GiB in all, ~22 GiB for pinning)" in \
+        pinned_memory_warning(cfg, plan, buckets, small)
+    assert pinned_memory_warning(cfg, plan, buckets, HostMemory(125.0, 100.0)) is None
+    assert "more than is free now (30 GiB)" in pinned_memory_warning(cfg, plan, buckets, HostMemory(125.0, 30.0))
+    assert "(38.0 GiB in each of 4 processes)" in pinned_memory_warning(cfg, plan, buckets, HostMemory(125.0, 100.0), 4)
+    assert pinned_memory_warning(cfg, plan, {Bucket(768, 512, 61)}, small) is None  # a 61-frame clip pins ~9 GiB
+    unpinned = plan_from_config(shipped_example(model_flavour="t2v-lite-sft-10s").train)
+    assert pinned_memory_warning(cfg, unpinned, buckets, small) is None  # nothing offloaded, nothing pinned

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "k5tune"
 # in flow order; a module may import its own layer and earlier ones
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"k5tune", "k5tune.errors", "k5tune.atomic", "k5tune.progress", "k5tune.runtime",
-                    "k5tune.distributed"}),
+                    "k5tune.distributed", "k5tune.hostmem"}),
     ("models", {"k5tune.models"}),  # the flavour registry and Kandinsky 5's code: config validates against it
     ("config", {"k5tune.config"}),
     ("lora", {"k5tune.lora"}),

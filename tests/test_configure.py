@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import signal
 import sys
 import time
@@ -18,6 +19,7 @@ import pytest
 from k5tune.cli import main
 from k5tune.config import load_config
 from k5tune.errors import ConfigError
+from k5tune.hostmem import HostMemory
 from k5tune.wizard import Aborted, DefaultsTerminal, GpuInfo, run_wizard
 
 # The questions in order (fragment of the prompt each one shows); optional ones are marked below.
@@ -103,9 +105,12 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def wizard(answers, gpu_detector=no_gpu, config="config/config.json", datasets=None) -> ScriptedTerminal:
+def wizard(answers, gpu_detector=no_gpu, config="config/config.json", datasets=None,
+           host: HostMemory | None = None) -> ScriptedTerminal:
+    """The wizard with scripted answers; `host`: this machine's CPU memory as the wizard sees it (None:
+    unknown, so no preset is held back for its pinned memory)."""
     terminal = ScriptedTerminal(answers)
-    run_wizard(terminal, config, datasets, gpu_detector=gpu_detector)
+    run_wizard(terminal, config, datasets, gpu_detector=gpu_detector, host_detector=lambda: host)
     assert not terminal.answers, f"unused answers: {terminal.answers}"
     return terminal
 
@@ -347,6 +352,22 @@ def test_ten_second_clips_get_the_preset_their_predicted_peak_fits(workdir):
     assert "at your shape: ~15.0 GiB predicted" in listed["16gb"]
     assert float(listed["40-48gb"].split("at your shape: ~")[1].split()[0]) > 47.5
     assert read("config/config.json")["offload_activations"] is True
+
+
+def test_a_preset_that_pins_more_cpu_memory_than_the_machine_has_is_not_recommended(workdir):
+    """Activation offload at 241 frames pins ~38 GiB of CPU memory; on a machine of 32 GB (~22 GiB for
+    pinning) the wizard says so and recommends group offload (~15 GiB pinned), which the card also fits."""
+    terminal = wizard(script(flavour="t2v-lite-sft-10s", frames="241", skip=("gpu",)), gpu_detector=gpu(47.5),
+                      host=HostMemory(31.3, 28.0))
+    assert "CPU memory: 31 GiB, ~22 GiB of it for offloading's pinned memory; not recommended, they pin more: " \
+           "16gb (~38 GiB)" in terminal.output
+    assert "[up-to-12gb]" in next(p for p in terminal.prompts if "Memory preset" in p)
+    # a machine of 64 GB holds it (asked afresh: no files written yet)
+    shutil.rmtree("config")
+    terminal = wizard(script(flavour="t2v-lite-sft-10s", frames="241", skip=("gpu",)), gpu_detector=gpu(47.5),
+                      host=HostMemory(62.6, 50.0))
+    assert "not recommended, they pin more" not in terminal.output
+    assert "[16gb]" in next(p for p in terminal.prompts if "Memory preset" in p)
 
 
 def test_a_shape_no_preset_fits_is_told_the_shorter_clip_that_fits(workdir):

@@ -6,12 +6,15 @@ import json
 import os
 import signal
 import sqlite3
+import sys
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
 from k5tune.config.schema import TrainConfig
 from k5tune.data.synthetic import write_clip
+from k5tune.hostmem import HostMemory
 from k5tune.server.app import create_app
 from k5tune.server.auth import server_token
 from tests.helpers import (
@@ -595,8 +598,15 @@ def test_presets_are_the_wizards_for_the_flavour_and_card(project):
         backends = json.loads(datasets.read_text())
         backends[0].update(resolution=512, video={"num_frames": 241})
         datasets.write_text(json.dumps(backends))
-        ten = client.get("/api/presets", params={"gpu_gib": 47.5}).json()
+        presets_route = sys.modules["k5tune.server.routes.presets"]
+        with patch.object(presets_route, "host_memory", lambda: HostMemory(125.0, 100.0)):
+            ten = client.get("/api/presets", params={"gpu_gib": 47.5}).json()
         assert ten["shape"] == ten["fits_shape"] == "512x768x241"
         by_name = {p["name"]: p for p in ten["presets"]}
         assert by_name["40-48gb"]["predicted_gib"] > 47.5 > by_name["16gb"]["predicted_gib"]
         assert ten["recommended"] == "16gb" != configure.recommended_preset(47.5)
+        # activation offload pins ~38 GiB of CPU memory at 241 frames: not on a machine of 32 GB
+        assert by_name["16gb"]["pinned_gib"] > 30 and by_name["40-48gb"]["pinned_gib"] == 0
+        with patch.object(presets_route, "host_memory", lambda: HostMemory(31.3, 28.0)):
+            small = client.get("/api/presets", params={"gpu_gib": 47.5}).json()
+        assert small["pinnable_gib"] < 30 and small["recommended"] == "up-to-12gb"

@@ -340,23 +340,34 @@ class PresetChoice(NamedTuple):
 
 
 def choose_preset(flavour: str, total_gib: float, processes: int = 1, shape: TrainingShape | None = None,
-                  user: TrainingPlan | None = None) -> PresetChoice:
+                  user: TrainingPlan | None = None, pinnable_gib: float | None = None) -> PresetChoice:
     """The presets offered for the flavour on a card of `total_gib` (per GPU, `processes` of them), and
     the recommended one: the fastest whose need (preset_need_gib: at the config's `shape` under its plan
-    `user` when given, else the measured card class) fits the card. Where none fits the shape, the
-    fastest that fits the first shorter clip (or smaller shape) that any preset fits; failing that, the
-    card's class."""
+    `user` when given, else the measured card class) fits the card, and whose pinned CPU memory (all
+    processes together) fits `pinnable_gib` when given (k5tune/hostmem.py). Where none fits the shape,
+    the fastest that fits the first shorter clip (or smaller shape) that any preset fits; failing that,
+    the card's class."""
     if FLAVOURS[flavour].size == "pro":
         presets, order = pro_presets(total_gib, processes), PRO_FASTEST_FIRST
     else:
         presets, order = [p for p in LITE_PRESETS if preset_available(p)], LITE_FASTEST_FIRST
-    if shape is None:
-        return PresetChoice(presets, _recommended(presets, order, total_gib), None)
-    for candidate in [shape, *smaller_shapes(shape)]:
-        name = _fitting_preset(presets, order, total_gib, lambda p, c=candidate: preset_need_gib(flavour, p, c, user))
+
+    def need(preset: MemoryPreset, at: TrainingShape | None) -> float | None:
+        if pinnable_gib is not None and preset_pinned_gib(flavour, preset, at, user) * processes > pinnable_gib:
+            return None
+        return preset_need_gib(flavour, preset, at, user)
+
+    for candidate in [shape, *(smaller_shapes(shape) if shape is not None else [])]:
+        name = _fitting_preset(presets, order, total_gib, lambda p, c=candidate: need(p, c))
         if name is not None:
             return PresetChoice(presets, name, candidate)
     return PresetChoice(presets, _recommended(presets, order, total_gib), None)
+
+
+def preset_pinned_gib(flavour: str, preset: MemoryPreset, shape: TrainingShape | None = None,
+                      user: TrainingPlan | None = None) -> float:
+    """The preset's pinned CPU memory per process at `shape` (default: the presets' measured shape)."""
+    return pinned_cpu_gib(flavour, shape or PRESET_SHAPE, preset_plan(preset, user))
 
 
 def card_presets(flavour: str, total_gib: float, processes: int = 1, shape: TrainingShape | None = None,

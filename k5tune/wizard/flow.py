@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from k5tune.config.loading import LoadedConfig
+from k5tune.hostmem import HostMemory, host_memory
 from k5tune.wizard.advanced import AdvancedQuestions
 from k5tune.wizard.answers import FolderSurvey, validate_together
 from k5tune.wizard.files import datasets_path_for, load_existing, write_files
@@ -36,12 +37,14 @@ class Wizard(Questions, MemoryQuestions, AdvancedQuestions):
     """Asks the questions, builds both files in memory, validates and writes them."""
 
     def __init__(self, terminal: Terminal, config_path: Path, datasets_path: Path,
-                 gpu_detector: Callable[[], GpuInfo | None] = detect_gpu, advanced: bool = False) -> None:
+                 gpu_detector: Callable[[], GpuInfo | None] = detect_gpu, advanced: bool = False,
+                 host_detector: Callable[[], HostMemory | None] = host_memory) -> None:
         self.io = terminal
         self.advanced = advanced
         self.config_path = config_path
         self.datasets_path = datasets_path
         self.detect_gpu = gpu_detector
+        self.detect_host = host_detector
         self.existing = load_existing(config_path, datasets_path)
         self.config: dict[str, Any] = copy.deepcopy(self.existing.config)
         self.datasets: list[dict[str, Any]] = copy.deepcopy(self.existing.datasets)
@@ -121,11 +124,12 @@ class Wizard(Questions, MemoryQuestions, AdvancedQuestions):
 
 def run_wizard(terminal: Terminal, config_path: str | Path, datasets_path: str | Path | None = None,
                directory: str = DEFAULT_DIRECTORY,
-               gpu_detector: Callable[[], GpuInfo | None] = detect_gpu, advanced: bool = False) -> WizardResult:
+               gpu_detector: Callable[[], GpuInfo | None] = detect_gpu, advanced: bool = False,
+               host_detector: Callable[[], HostMemory | None] = host_memory) -> WizardResult:
     """Ask, validate and write. Raises Aborted (declined), EOFError / KeyboardInterrupt (input ended)."""
     config_path = Path(config_path)
     resolved = datasets_path_for(config_path, str(datasets_path) if datasets_path else None, directory)
-    return Wizard(terminal, config_path, resolved, gpu_detector, advanced).run()
+    return Wizard(terminal, config_path, resolved, gpu_detector, advanced, host_detector).run()
 
 
 def run_command(*, yes: bool, directory: str = DEFAULT_DIRECTORY, config: str | None = None,

@@ -18,9 +18,11 @@ from k5tune.estimate.search import (
     choose_preset,
     preset_need_gib,
     preset_peak_gib,
+    preset_pinned_gib,
 )
 from k5tune.estimate.shape import TrainingShape, shape_and_plan_from_values
 from k5tune.estimate.weights import GIB
+from k5tune.hostmem import HostMemory
 from k5tune.models.flavours import DEFAULT_FLAVOUR, FLAVOURS
 from k5tune.wizard.answers import Answers
 from k5tune.wizard.terminal import BadAnswer, show
@@ -52,6 +54,7 @@ class MemoryQuestions(Answers):
     """The GPU's memory (and count), a warning where the flavour cannot fit, and the preset."""
 
     detect_gpu: Callable[[], GpuInfo | None]
+    detect_host: Callable[[], HostMemory | None]  # this machine's CPU memory: what offloading may pin
 
     def ask_memory(self) -> None:
         gpu = self.detect_gpu()
@@ -97,7 +100,10 @@ class MemoryQuestions(Answers):
         where it is not the presets' measured one ({} otherwise)."""
         flavour, processes = self.config["model_flavour"], self.config.get("num_processes", 1)
         shape, user = shape_and_plan_from_values(self.config, self.datasets) or (None, None)
-        presets, recommended, fits_shape = choose_preset(flavour, total, processes, shape, user)
+        host = self.detect_host()
+        pinnable = host.pinnable_gib if host else None
+        presets, recommended, fits_shape = choose_preset(flavour, total, processes, shape, user, pinnable)
+        self._say_pinned_limit(flavour, presets, shape, user, processes, host)
         predicted: dict[str, float] = {}
         if shape is not None and user is not None and not _measured_shape(shape, user):
             predicted = {p.name: peak for p in presets
@@ -116,6 +122,17 @@ class MemoryQuestions(Answers):
         if predicted:
             self._say_shape_advice(flavour, shape, user, total, presets, recommended, fits_shape)
         return presets, recommended, predicted
+
+    def _say_pinned_limit(self, flavour: str, presets: list[MemoryPreset], shape: TrainingShape | None, user,
+                          processes: int, host: HostMemory | None) -> None:
+        """Which presets pin more CPU memory than this machine can spare (those are not recommended)."""
+        if host is None:
+            return
+        over = [f"{p.name} (~{pinned:.0f} GiB)" for p in presets
+                if (pinned := preset_pinned_gib(flavour, p, shape, user) * processes) > host.pinnable_gib]
+        if over:
+            self.io.say(f"  CPU memory: {host.total_gib:.0f} GiB, ~{host.pinnable_gib:.0f} GiB of it for offloading's "
+                        f"pinned memory; not recommended, they pin more: {', '.join(over)}")
 
     def _say_shape_advice(self, flavour: str, shape: TrainingShape, user, total: float,
                           presets: list[MemoryPreset], recommended: str, fits_shape: TrainingShape | None) -> None:

@@ -2,13 +2,15 @@
 a card (the GPU nvidia-smi reports, the smallest of several, unless gpu_gib names one), the recommended
 one, and the keys a preset decides (those it does not set go back to their defaults). The same presets
 and the same recommender as the wizard: k5tune.estimate.search's, at the config's shape and attention
-(its dataset file's video clips), with each preset's predicted peak there."""
+(its dataset file's video clips) and within what this machine's CPU memory can pin, with each preset's
+predicted peak and pinned CPU memory there."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from k5tune.hostmem import host_memory
 from k5tune.server import system
 from k5tune.server.context import DEFAULT_CONFIG, Ctx, read_json_file
 
@@ -27,7 +29,7 @@ async def presets(ctx: Ctx, config: str = DEFAULT_CONFIG, gpu_gib: float | None 
 
 
 def _presets(ctx, config: str, total: float | None) -> dict:
-    from k5tune.estimate.search import PRESET_KEYS, choose_preset, preset_peak_gib
+    from k5tune.estimate.search import PRESET_KEYS, choose_preset, preset_peak_gib, preset_pinned_gib
     from k5tune.estimate.shape import shape_and_plan_from_values
     from k5tune.models.flavours import DEFAULT_FLAVOUR, FLAVOURS
 
@@ -36,7 +38,8 @@ def _presets(ctx, config: str, total: float | None) -> dict:
     processes = values.get("num_processes") if isinstance(values.get("num_processes"), int) else 1
     datasets, _, _ = read_json_file(ctx.paths.resolve(ctx.dataset_path(config, None)))
     shape, user = shape_and_plan_from_values(values, datasets if isinstance(datasets, list) else []) or (None, None)
-    choice = choose_preset(flavour, total or 0.0, processes, shape, user)
+    host = host_memory()  # (the server trains on this machine: its CPU memory bounds what offloading pins)
+    choice = choose_preset(flavour, total or 0.0, processes, shape, user, host.pinnable_gib if host else None)
 
     def predicted(preset) -> float | None:
         peak = None if shape is None else preset_peak_gib(flavour, preset, shape, user)
@@ -48,5 +51,8 @@ def _presets(ctx, config: str, total: float | None) -> dict:
     return {"flavour": flavour, "gpu_gib": total, "recommended": choice.recommended if total else None,
             "shape": named(shape), "fits_shape": named(choice.fits_shape) if total else None,
             "keys": list(PRESET_KEYS),
+            "pinnable_gib": None if host is None else round(host.pinnable_gib, 1),
             "presets": [{"name": p.name, "title": p.title, "note": p.note, "settings": p.settings,
-                         "predicted_gib": predicted(p)} for p in choice.presets]}
+                         "predicted_gib": predicted(p),
+                         "pinned_gib": round(preset_pinned_gib(flavour, p, shape, user) * processes, 1)}
+                        for p in choice.presets]}

@@ -234,7 +234,9 @@ async function loadPresets() {
   $("#preset-select").replaceChildren(el("option", { value: "", text: "memory preset…" }),
     ...data.presets.map((p) => el("option", { value: p.name,
       text: `${p.title}${p.name === data.recommended ? " (recommended)" : ""}`
-        + (p.predicted_gib != null ? ` · ~${p.predicted_gib} GiB at ${data.shape}` : "") })));
+        + (p.predicted_gib != null ? ` · ~${p.predicted_gib} GiB at ${data.shape}` : "")
+        + (data.pinnable_gib != null && p.pinned_gib > data.pinnable_gib
+          ? ` · pins ~${p.pinned_gib} GiB of CPU memory, this machine spares ~${data.pinnable_gib}` : "") })));
   if (data.recommended) $("#preset-select").value = data.recommended;
   showPresetNote();
 }
