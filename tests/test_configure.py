@@ -370,6 +370,17 @@ def test_a_preset_that_pins_more_cpu_memory_than_the_machine_has_is_not_recommen
     assert "[16gb]" in next(p for p in terminal.prompts if "Memory preset" in p)
 
 
+def test_pro_group_offload_on_a_machine_too_small_for_its_pinned_weights_is_warned(workdir):
+    """Pro's group offload keeps its 37 GiB of weights (and the activations: ~49 GiB in all) in pinned CPU
+    memory: on a machine of 32 GB it is still the only preset for a 24 GB card, and the wizard says the
+    run would be killed (not that the card is too small)."""
+    terminal = wizard(script(flavour="t2v-pro-sft-5s-hd", skip=("gpu",)), gpu_detector=gpu(23.5),
+                      host=HostMemory(31.3, 28.0))
+    assert "! nothing else fits the card, but pro-group-offload needs ~49 GiB of pinned CPU memory" in terminal.output
+    assert "no preset fits this shape" not in terminal.output
+    assert "[pro-group-offload]" in next(p for p in terminal.prompts if "Memory preset" in p)
+
+
 def test_a_shape_no_preset_fits_is_told_the_shorter_clip_that_fits(workdir):
     terminal = wizard(script(flavour="t2v-lite-sft-10s", frames="241", skip=("gpu",)), gpu_detector=gpu(11.6))
     assert "! no preset fits this shape on 11.6 GiB" in terminal.output

@@ -370,8 +370,8 @@ def preset_pinned_gib(flavour: str, preset: MemoryPreset, shape: TrainingShape |
     return pinned_cpu_gib(flavour, shape or PRESET_SHAPE, preset_plan(preset, user))
 
 
-def card_presets(flavour: str, total_gib: float, processes: int = 1, shape: TrainingShape | None = None,
-                 user: TrainingPlan | None = None) -> tuple[list[MemoryPreset], str]:
-    """choose_preset's offered presets and recommendation."""
-    choice = choose_preset(flavour, total_gib, processes, shape, user)
+def card_presets(flavour: str, total_gib: float, processes: int = 1) -> tuple[list[MemoryPreset], str]:
+    """The presets offered and the recommended one by the measured card classes alone (choose_preset
+    with no shape)."""
+    choice = choose_preset(flavour, total_gib, processes)
     return choice.presets, choice.recommended

@@ -103,7 +103,7 @@ class MemoryQuestions(Answers):
         host = self.detect_host()
         pinnable = host.pinnable_gib if host else None
         presets, recommended, fits_shape = choose_preset(flavour, total, processes, shape, user, pinnable)
-        self._say_pinned_limit(flavour, presets, shape, user, processes, host)
+        self._say_pinned_limit(flavour, presets, recommended, shape, user, processes, host)
         predicted: dict[str, float] = {}
         if shape is not None and user is not None and not _measured_shape(shape, user):
             predicted = {p.name: peak for p in presets
@@ -123,16 +123,23 @@ class MemoryQuestions(Answers):
             self._say_shape_advice(flavour, shape, user, total, presets, recommended, fits_shape)
         return presets, recommended, predicted
 
-    def _say_pinned_limit(self, flavour: str, presets: list[MemoryPreset], shape: TrainingShape | None, user,
-                          processes: int, host: HostMemory | None) -> None:
-        """Which presets pin more CPU memory than this machine can spare (those are not recommended)."""
+    def _say_pinned_limit(self, flavour: str, presets: list[MemoryPreset], recommended: str,
+                          shape: TrainingShape | None, user, processes: int, host: HostMemory | None) -> None:
+        """Which presets pin more CPU memory than this machine can spare (those are not recommended,
+        unless no preset is left for the card: then the warning says the recommended one will not fit)."""
         if host is None:
             return
-        over = [f"{p.name} (~{pinned:.0f} GiB)" for p in presets
-                if (pinned := preset_pinned_gib(flavour, p, shape, user) * processes) > host.pinnable_gib]
-        if over:
-            self.io.say(f"  CPU memory: {host.total_gib:.0f} GiB, ~{host.pinnable_gib:.0f} GiB of it for offloading's "
-                        f"pinned memory; not recommended, they pin more: {', '.join(over)}")
+        over = {p.name: pinned for p in presets
+                if (pinned := preset_pinned_gib(flavour, p, shape, user) * processes) > host.pinnable_gib}
+        if not over:
+            return
+        self.io.say(f"  CPU memory: {host.total_gib:.0f} GiB, ~{host.pinnable_gib:.0f} GiB of it for offloading's "
+                    "pinned memory; not recommended, they pin more: "
+                    + ", ".join(f"{name} (~{pinned:.0f} GiB)" for name, pinned in over.items()))
+        if recommended in over:
+            self.io.say(f"  ! nothing else fits the card, but {recommended} needs ~{over[recommended]:.0f} GiB of pinned "
+                        "CPU memory: with less the run is killed in its first step (more CPU memory, a "
+                        "larger card, or several GPUs)")
 
     def _say_shape_advice(self, flavour: str, shape: TrainingShape, user, total: float,
                           presets: list[MemoryPreset], recommended: str, fits_shape: TrainingShape | None) -> None:
@@ -144,6 +151,8 @@ class MemoryQuestions(Answers):
         if fits_shape is shape:
             return
         leanest = min((n, p.name) for p in presets if (n := preset_need_gib(flavour, p, shape, user)) is not None)
+        if leanest[0] <= total:  # the card holds it: CPU memory held the presets back (_say_pinned_limit said)
+            return
         self.io.say(f"  ! no preset fits this shape on {total:.1f} GiB (the leanest, {leanest[1]}, is predicted "
                     f"to need ~{leanest[0]:.0f} GiB)")
         if fits_shape is None:
