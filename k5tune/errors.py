@@ -22,3 +22,7 @@ class ConfigError(K5TuneError):
 
 class DatasetError(K5TuneError):
     """A dataset that cannot be used (no clips left, unreadable folder...)."""
+
+
+class OutOfGpuMemory(K5TuneError):
+    """Training ran out of GPU memory: the message says what would fit (estimate/preflight.py)."""

@@ -11,14 +11,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from k5tune.cache.result import CacheStage
 from k5tune.cache.stage import run_cache_stage
-from k5tune.hostmem import HostMemory, host_memory, pinned_memory_problem
+from k5tune.errors import OutOfGpuMemory
+from k5tune.estimate.preflight import gpu_memory_warning, out_of_memory_message, pinned_memory_warning
+from k5tune.hostmem import host_memory
 from k5tune.progress import Progress, SilentProgress
 from k5tune.runtime import Runtime
 from k5tune.train.events import EventLog, EventProgress, events_path, failure
 from k5tune.train.outputs import TrainResult
-from k5tune.train.plan import TrainingPlan
 from k5tune.train.trainer import Trainer
 
 
@@ -35,12 +38,15 @@ def train(loaded, progress: Progress | None = None, device: str | None = None) -
         stage = run_cache_stage(loaded, trainer.runtime, trainer.progress, trainer.dist,
                                 trainer.attention.spatial_multiple)
         trainer.progress.log(stage.summary())
+        buckets = {record.bucket for record in stage.records}
         if trainer.runtime.device.type == "cuda":  # (before the model loads: pinning starts with it)
-            warning = pinned_memory_warning(loaded.train, trainer.plan, {r.bucket for r in stage.records},
-                                            host_memory(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-            if warning:
+            for warning in preflight_warnings(loaded.train, trainer.plan, buckets, trainer.runtime.device):
                 trainer.progress.log(f"warning: {warning}")
-        result = trainer.run(stage)
+        try:
+            result = trainer.run(stage)
+        except torch.OutOfMemoryError as exc:  # (a GPU allocator's) torch's report above, then what would fit
+            raise OutOfGpuMemory(out_of_memory_message(loaded.train, trainer.plan, buckets,
+                                                       card_gib(trainer.runtime.device))) from exc
     except BaseException as exc:
         events.emit("end", **failure(exc))
         events.close()
@@ -52,18 +58,18 @@ def train(loaded, progress: Progress | None = None, device: str | None = None) -
     return result
 
 
-def pinned_memory_warning(cfg, plan: TrainingPlan, buckets, memory: HostMemory | None,
-                          processes: int = 1) -> str | None:
-    """Group offload and activation offload pin CPU memory (k5tune/hostmem.py): the estimate's pinned
-    memory at the largest bucket, per process, against this machine's (None: it fits, or nothing pins)."""
-    if not (plan.offload_activations or plan.group_offload) or not buckets:
-        return None
-    from k5tune.estimate import TrainingShape, pinned_cpu_gib
+def preflight_warnings(cfg, plan, buckets, device) -> list[str]:
+    """The estimate's word on this run before the model loads: GPU memory, and the CPU memory
+    offloading pins (every process on this machine together)."""
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    warnings = [gpu_memory_warning(cfg, plan, buckets, card_gib(device)),
+                pinned_memory_warning(cfg, plan, buckets, host_memory(), processes)]
+    return [w for w in warnings if w]
 
-    largest = max(buckets, key=lambda b: b.width * b.height * b.frames)
-    shape = TrainingShape(largest.height, largest.width, largest.frames, cfg.train_batch_size, cfg.lora_rank,
-                          list(cfg.lora_target_modules))
-    return pinned_memory_problem(pinned_cpu_gib(cfg.model_flavour, shape, plan), memory, processes)
+
+def card_gib(device) -> float:
+    """The training GPU's memory in GiB."""
+    return torch.cuda.get_device_properties(device).total_memory / 2**30
 
 
 def cache(loaded, progress: Progress | None = None) -> CacheStage:

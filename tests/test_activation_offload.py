@@ -187,8 +187,8 @@ def test_training_warns_before_it_pins_more_cpu_memory_than_the_machine_has(tmp_
     from k5tune.data.records import Bucket
     from k5tune.estimate import plan_from_config
     from k5tune.estimate.check import shipped_example
+    from k5tune.estimate.preflight import pinned_memory_warning
     from k5tune.hostmem import HostMemory, host_memory
-    from k5tune.workflow import pinned_memory_warning
 
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       32823556 kB\nMemFree:         1048576 kB\nMemAvailable:   29360128 kB\n")
@@ -207,3 +207,48 @@ def test_training_warns_before_it_pins_more_cpu_memory_than_the_machine_has(tmp_
     assert pinned_memory_warning(cfg, plan, {Bucket(768, 512, 61)}, small) is None  # a 61-frame clip pins ~9 GiB
     unpinned = plan_from_config(shipped_example(model_flavour="t2v-lite-sft-10s").train)
     assert pinned_memory_warning(cfg, unpinned, buckets, small) is None  # nothing offloaded, nothing pinned
+
+
+def test_training_warns_before_it_starts_when_the_predicted_peak_exceeds_the_card(tmp_path):
+    """The estimate (within 5 % of every H100 measurement) at the run's largest bucket against the card:
+    Lite 10 s under NABLA with selective checkpointing (the shipped example: rank 32 on attention) is predicted at ~48.8 GiB, past a 48 GB card, and the
+    warning names what fits there."""
+    from k5tune.data.records import Bucket
+    from k5tune.estimate import plan_from_config
+    from k5tune.estimate.check import shipped_example
+    from k5tune.estimate.preflight import gpu_memory_warning
+
+    cfg = shipped_example(model_flavour="t2v-lite-sft-10s", lora_rank=32).train
+    plan = plan_from_config(cfg)
+    buckets = {Bucket(768, 512, 241), Bucket(768, 512, 61)}
+    warning = gpu_memory_warning(cfg, plan, buckets, 47.5)
+    assert "the estimate puts training at ~48.8 GiB" in warning and "(768x512@241), more than the card's 47.5 GiB" in warning
+    assert 'What fits (selective checkpointing, activation offload' in warning
+    assert '"offload_activations": true' in warning
+    assert gpu_memory_warning(cfg, plan, buckets, 79.2) is None
+    assert gpu_memory_warning(cfg, plan, {Bucket(768, 512, 61)}, 47.5) is None
+
+
+def test_a_run_out_of_gpu_memory_ends_with_what_fits(tmp_path, monkeypatch, tiny_model_dir):
+    """torch's out-of-memory error becomes k5tune's: the card, the estimate at the largest bucket and the
+    config keys that fit (exit code 2, recorded as the run's failure)."""
+    from k5tune import workflow
+    from k5tune.config import load_config
+    from k5tune.errors import OutOfGpuMemory
+    from k5tune.train.trainer import Trainer
+    from tests.helpers import make_project
+
+    folder = make_project(tmp_path, tiny_model_dir, {"max_train_steps": 2, "model_flavour": "t2v-lite-sft-5s"},
+                          datasets={"resolution": 48})
+    monkeypatch.chdir(folder)
+
+    def out_of_memory(self, stage):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "run", out_of_memory)
+    monkeypatch.setattr(workflow, "card_gib", lambda device: 11.6)
+    with pytest.raises(OutOfGpuMemory, match=r"training ran out of GPU memory \(the card has 11.6 GiB\); the "
+                       r"estimate puts this config at ~[\d.]+ GiB at its largest bucket \(64x48@17\)") as raised:
+        workflow.train(load_config())
+    assert raised.value.exit_code == 2 and isinstance(raised.value.__cause__, torch.OutOfMemoryError)
+    assert "resume_from_checkpoint: latest" in str(raised.value)

@@ -1,0 +1,74 @@
+"""What the estimate says about one run on this machine: asked by `k5tune train` once its buckets are
+known (after caching, before the model loads), and again when a step runs out of GPU memory.
+
+Before: whether the predicted training peak at the largest bucket fits the card, and whether the CPU
+memory offloading pins fits the machine (k5tune/hostmem.py): warnings, since the run may still fit.
+After an out-of-memory error: what would fit, as config keys, instead of torch's allocator report.
+"""
+
+from __future__ import annotations
+
+from k5tune.estimate.search import config_advice, propose
+from k5tune.estimate.shape import TrainingShape, estimate_problem
+from k5tune.estimate.training import pinned_cpu_gib, training_peak_gib
+from k5tune.hostmem import HostMemory, pinned_memory_problem
+from k5tune.train.plan import TrainingPlan
+
+
+def largest_shape(cfg, buckets) -> tuple[TrainingShape, str] | None:
+    """The training shape of the run's largest bucket (most pixels x frames) and the bucket's name."""
+    if not buckets:
+        return None
+    largest = max(buckets, key=lambda b: b.width * b.height * b.frames)
+    return (TrainingShape(largest.height, largest.width, largest.frames, cfg.train_batch_size, cfg.lora_rank,
+                          list(cfg.lora_target_modules)), largest.name)
+
+
+def pinned_memory_warning(cfg, plan: TrainingPlan, buckets, memory: HostMemory | None,
+                          processes: int = 1) -> str | None:
+    """Group offload and activation offload pin CPU memory: the estimate's pinned memory at the largest
+    bucket, per process (`processes` on this machine), against the machine's (None: it fits, or
+    nothing pins)."""
+    largest = largest_shape(cfg, buckets)
+    if not (plan.offload_activations or plan.group_offload) or largest is None:
+        return None
+    return pinned_memory_problem(pinned_cpu_gib(cfg.model_flavour, largest[0], plan), memory, processes)
+
+
+def gpu_memory_warning(cfg, plan: TrainingPlan, buckets, card_gib: float) -> str | None:
+    """The estimate's training peak at the largest bucket against the card's memory (None: it fits, or
+    the plan is one the estimate does not model)."""
+    largest = largest_shape(cfg, buckets)
+    if largest is None or estimate_problem(plan) is not None:
+        return None
+    shape, name = largest
+    peak = training_peak_gib(cfg.model_flavour, shape, plan)
+    if peak <= card_gib:
+        return None
+    return (f"the estimate puts training at ~{peak:.1f} GiB at the largest bucket ({name}), more than the card's "
+            f"{card_gib:.1f} GiB: it will likely run out of memory. {fitting_advice(cfg, plan, shape, card_gib)}")
+
+
+def fitting_advice(cfg, plan: TrainingPlan, shape: TrainingShape, card_gib: float) -> str:
+    """What `k5tune estimate --gpu-memory` would propose for this shape and card, in a sentence."""
+    proposal = propose(cfg.model_flavour, shape, card_gib, processes=cfg.num_processes, user=plan)
+    if proposal is None:
+        return "Nothing the estimate models fits this card: several GPUs (fsdp_enable) or a Lite flavour."
+    advice = f"What fits ({proposal.settings.label()}, ~{proposal.peak_gib:.1f} GiB): {config_advice(proposal.settings, plan)}"
+    if proposal.shape is not shape:
+        advice += (f"; in the dataset file a smaller clip, resolution {proposal.shape.height} with "
+                   f"video.num_frames {proposal.shape.frames}")
+    return advice + " (`k5tune estimate --gpu-memory` lists the options)."
+
+
+def out_of_memory_message(cfg, plan: TrainingPlan, buckets, card_gib: float) -> str:
+    """The error a run that ran out of GPU memory ends with: the card, the largest bucket, what fits."""
+    largest = largest_shape(cfg, buckets)
+    message = f"training ran out of GPU memory (the card has {card_gib:.1f} GiB)"
+    if largest is None or estimate_problem(plan) is not None:
+        return message + "; `k5tune estimate --gpu-memory` proposes settings that fit"
+    shape, name = largest
+    peak = training_peak_gib(cfg.model_flavour, shape, plan)
+    return (f"{message}; the estimate puts this config at ~{peak:.1f} GiB at its largest bucket ({name}). "
+            f"{fitting_advice(cfg, plan, shape, card_gib)} The last checkpoint, if any, resumes with "
+            "resume_from_checkpoint: latest.")
