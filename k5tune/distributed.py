@@ -24,6 +24,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # processes on this machine (they share its CPU memory)
 
     @property
     def is_main(self) -> bool:
@@ -92,7 +93,8 @@ def init_from_env() -> Dist:
             dist.init_process_group(backend="nccl", device_id=torch.device("cuda", local_rank))
         else:
             dist.init_process_group(backend="gloo")
-    return Dist(rank=rank, world=world, local_rank=local_rank)
+    return Dist(rank=rank, world=world, local_rank=local_rank,
+                local_world=int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
 
 
 def shutdown() -> None:

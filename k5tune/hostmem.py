@@ -29,14 +29,30 @@ class HostMemory:
         return max(0.0, self.total_gib * (1 - OTHER_SHARE) - OTHER_GIB)
 
 
-def host_memory(meminfo: Path = Path("/proc/meminfo")) -> HostMemory | None:
-    """This machine's memory (Linux), or None where it cannot be read."""
+# A container's memory limit (cgroup v2, then v1): pinned pages count against it, and /proc/meminfo shows
+# the host's memory, not the container's
+CGROUP_LIMITS = ((Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")),
+                 (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"), Path("/sys/fs/cgroup/memory/memory.usage_in_bytes")))
+
+
+def host_memory(meminfo: Path = Path("/proc/meminfo"), cgroups=CGROUP_LIMITS) -> HostMemory | None:
+    """This machine's memory (Linux), within its container's limit where one is set; None where it
+    cannot be read."""
     try:
         fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
         kib = {name: int(fields[name].split()[0]) for name in ("MemTotal", "MemAvailable")}
     except (OSError, KeyError, ValueError, IndexError):
         return None
-    return HostMemory(kib["MemTotal"] / 2**20, kib["MemAvailable"] / 2**20)
+    total, available = kib["MemTotal"] / 2**20, kib["MemAvailable"] / 2**20
+    for limit_file, usage_file in cgroups:
+        try:
+            limit, usage = int(limit_file.read_text().strip()) / 2**30, int(usage_file.read_text().strip()) / 2**30
+        except (OSError, ValueError):  # ("max": no limit; a missing file: not this cgroup version)
+            continue
+        if limit < total:
+            total, available = limit, min(available, max(0.0, limit - usage))
+        break
+    return HostMemory(total, available)
 
 
 def pinned_memory_problem(need_gib: float, memory: HostMemory | None, processes: int = 1) -> str | None:

@@ -8,7 +8,6 @@ structured events (train/events.py) from its first check to its outcome.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -40,13 +39,15 @@ def train(loaded, progress: Progress | None = None, device: str | None = None) -
         trainer.progress.log(stage.summary())
         buckets = {record.bucket for record in stage.records}
         if trainer.runtime.device.type == "cuda":  # (before the model loads: pinning starts with it)
-            for warning in preflight_warnings(loaded.train, trainer.plan, buckets, trainer.runtime.device):
+            for warning in preflight_warnings(loaded.train, trainer.plan, buckets, trainer.runtime.device,
+                                              trainer.dist):
                 trainer.progress.log(f"warning: {warning}")
         try:
             result = trainer.run(stage)
-        except torch.OutOfMemoryError as exc:  # (a GPU allocator's) torch's report above, then what would fit
+        except torch.OutOfMemoryError as exc:  # (a GPU allocator's) torch's first line, and what would fit
             raise OutOfGpuMemory(out_of_memory_message(loaded.train, trainer.plan, buckets,
-                                                       card_gib(trainer.runtime.device))) from exc
+                                                       card_gib(trainer.runtime.device), exc,
+                                                       trainer.dist.world)) from exc
     except BaseException as exc:
         events.emit("end", **failure(exc))
         events.close()
@@ -58,12 +59,11 @@ def train(loaded, progress: Progress | None = None, device: str | None = None) -
     return result
 
 
-def preflight_warnings(cfg, plan, buckets, device) -> list[str]:
+def preflight_warnings(cfg, plan, buckets, device, dist) -> list[str]:
     """The estimate's word on this run before the model loads: GPU memory, and the CPU memory
     offloading pins (every process on this machine together)."""
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    warnings = [gpu_memory_warning(cfg, plan, buckets, card_gib(device)),
-                pinned_memory_warning(cfg, plan, buckets, host_memory(), processes)]
+    warnings = [gpu_memory_warning(cfg, plan, buckets, card_gib(device), dist.world),
+                pinned_memory_warning(cfg, plan, buckets, host_memory(), dist.local_world)]
     return [w for w in warnings if w]
 
 

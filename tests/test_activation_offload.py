@@ -192,9 +192,17 @@ def test_training_warns_before_it_pins_more_cpu_memory_than_the_machine_has(tmp_
 
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       32823556 kB\nMemFree:         1048576 kB\nMemAvailable:   29360128 kB\n")
-    small = host_memory(meminfo)
+    no_cgroup = ((tmp_path / "none", tmp_path / "none"),)
+    small = host_memory(meminfo, no_cgroup)
     assert (round(small.total_gib, 1), round(small.available_gib, 1), round(small.pinnable_gib, 1)) == (31.3, 28.0, 22.2)
     assert host_memory(tmp_path / "missing") is None
+    # inside a container the limit counts, not the host's memory (cgroup v2: "max" is no limit)
+    (tmp_path / "memory.max").write_text(f"{16 * 2**30}\n")
+    (tmp_path / "memory.current").write_text(f"{4 * 2**30}\n")
+    limited = host_memory(meminfo, ((tmp_path / "memory.max", tmp_path / "memory.current"),))
+    assert (limited.total_gib, limited.available_gib) == (16.0, 12.0)
+    (tmp_path / "memory.max").write_text("max\n")
+    assert host_memory(meminfo, ((tmp_path / "memory.max", tmp_path / "memory.current"),)) == small
 
     cfg = shipped_example(model_flavour="t2v-lite-sft-10s", offload_activations=True).train
     plan = plan_from_config(cfg)  # activation offload under NABLA: ~38 GiB pinned at 512x768x241
@@ -230,8 +238,9 @@ def test_training_warns_before_it_starts_when_the_predicted_peak_exceeds_the_car
 
 
 def test_a_run_out_of_gpu_memory_ends_with_what_fits(tmp_path, monkeypatch, tiny_model_dir):
-    """torch's out-of-memory error becomes k5tune's: the card, the estimate at the largest bucket and the
-    config keys that fit (exit code 2, recorded as the run's failure)."""
+    """torch's out-of-memory error becomes k5tune's, keeping torch's first line: the card, the estimate at
+    the largest bucket, and the config keys that fit, or, where the estimate expects the config to fit,
+    what else takes memory (exit code 2, recorded as the run's failure)."""
     from k5tune import workflow
     from k5tune.config import load_config
     from k5tune.errors import OutOfGpuMemory
@@ -247,8 +256,26 @@ def test_a_run_out_of_gpu_memory_ends_with_what_fits(tmp_path, monkeypatch, tiny
 
     monkeypatch.setattr(Trainer, "run", out_of_memory)
     monkeypatch.setattr(workflow, "card_gib", lambda device: 11.6)
-    with pytest.raises(OutOfGpuMemory, match=r"training ran out of GPU memory \(the card has 11.6 GiB\); the "
-                       r"estimate puts this config at ~[\d.]+ GiB at its largest bucket \(64x48@17\)") as raised:
+    with pytest.raises(OutOfGpuMemory) as raised:
         workflow.train(load_config())
+    message = str(raised.value)
+    assert message.startswith("the run ran out of GPU memory (the card has 11.6 GiB; torch: CUDA out of memory. "
+                              "Tried to allocate 2.00 GiB); the estimate puts this config at ~")
+    assert "at its largest bucket (64x48@17)" in message
+    # the estimate expects Lite's tiny clips to fit 11.6 GiB: something else took the memory
+    assert "It expects training to fit, so something else took the memory" in message
     assert raised.value.exit_code == 2 and isinstance(raised.value.__cause__, torch.OutOfMemoryError)
-    assert "resume_from_checkpoint: latest" in str(raised.value)
+    assert "resume_from_checkpoint: latest" in message
+    # a card the config does not fit: what does
+    monkeypatch.setattr(workflow, "card_gib", lambda device: 4.0)
+    with pytest.raises(OutOfGpuMemory, match=r"at its largest bucket \(64x48@17\)\. What fits \(.*\): config.json: "):
+        workflow.train(load_config())
+
+
+def test_the_advice_names_the_shorter_side_of_a_portrait_clip():
+    from k5tune.estimate.search import dataset_change
+    from k5tune.estimate.shape import TrainingShape
+
+    portrait = TrainingShape(768, 512, 241)
+    assert dataset_change(portrait, TrainingShape(768, 512, 121)) == "video.num_frames 121"
+    assert dataset_change(portrait, TrainingShape(768, 480, 49)) == "resolution 480, video.num_frames 49"

@@ -377,8 +377,21 @@ def test_pro_group_offload_on_a_machine_too_small_for_its_pinned_weights_is_warn
     terminal = wizard(script(flavour="t2v-pro-sft-5s-hd", skip=("gpu",)), gpu_detector=gpu(23.5),
                       host=HostMemory(31.3, 28.0))
     assert "! nothing else fits the card, but pro-group-offload needs ~49 GiB of pinned CPU memory" in terminal.output
-    assert "no preset fits this shape" not in terminal.output
+    assert "no preset fits this shape within this machine's CPU memory" in terminal.output
+    assert "no preset fits this shape on 23.5 GiB" not in terminal.output  # (the card is not what is short)
     assert "[pro-group-offload]" in next(p for p in terminal.prompts if "Memory preset" in p)
+
+
+def test_cpu_memory_too_small_for_any_preset_at_the_shape_gets_the_shorter_clip(workdir):
+    """Two 48 GB cards on a 15 GB machine: at 241 frames the presets the cards hold pin more than the
+    machine spares, so the recommendation is for the shorter clip whose preset fits both."""
+    terminal = wizard(script(flavour="t2v-lite-sft-10s", frames="241", skip=("gpu",), gpus="2"),
+                      gpu_detector=gpu(47.5, count=2), host=HostMemory(15.0, 12.0))
+    assert "! no preset fits this shape within this machine's CPU memory" in terminal.output
+    advice = next(line for line in terminal.lines if "(recommended below) fits 512x768 with" in line)
+    recommended, frames = advice.split()[0], int(advice.split(" with ")[1].split()[0])
+    assert frames < 241 and f"set video.num_frames {frames} in the dataset file" in advice
+    assert f"[{recommended}]" in next(p for p in terminal.prompts if "Memory preset" in p)
 
 
 def test_a_shape_no_preset_fits_is_told_the_shorter_clip_that_fits(workdir):

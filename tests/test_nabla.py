@@ -577,15 +577,19 @@ def test_a_run_of_many_buckets_keeps_a_compiled_nabla_graph_for_each(monkeypatch
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     monkeypatch.setattr(speed, "_expected_buckets", 1)
     monkeypatch.setattr(speed, "_compiled_regions", {})
-    with config.patch({name: 8}):  # (torch's own way to change its config for a while)
+    total = "accumulated_recompile_limit" if hasattr(config, "accumulated_recompile_limit") else \
+        "accumulated_cache_size_limit"
+    with config.patch({name: 8, total: 256}):  # (torch's own way to change its config for a while)
         speed._compiled_region(True, "aot_eager", None)
         assert getattr(config, name) == 16  # dense regions: dynamic lengths, a few graphs
         speed._compiled_region(True, "aot_eager", "heuristic")
         assert getattr(config, name) == 64
         speed.graphs_for_buckets(40)
         assert getattr(config, name) >= 2 * 40 + 4  # both graphs of each bucket, and the text blocks' few
+        speed.graphs_for_buckets(150)  # past the cap over all of a code object's graphs too
+        assert getattr(config, name) >= 2 * 150 + 4 and getattr(config, total) >= getattr(config, name)
         speed.graphs_for_buckets(3)
-        assert getattr(config, name) >= 2 * 40 + 4  # never lowered within the process
+        assert getattr(config, name) >= 2 * 150 + 4  # never lowered within the process
 
 
 def test_nabla_blocks_compile_as_dense_ones_do():

@@ -582,7 +582,9 @@ def test_runs_list_their_dataset_and_steps_and_resume_from_a_chosen_checkpoint(t
 def test_presets_are_the_wizards_for_the_flavour_and_card(project):
     from k5tune.estimate import search as configure  # the wizard's presets and recommender
 
-    with serve(project) as client:
+    presets_route = sys.modules["k5tune.server.routes.presets"]
+    big_machine = patch.object(presets_route, "host_memory", lambda: HostMemory(125.0, 100.0))
+    with serve(project) as client, big_machine:
         lite = client.get("/api/presets", params={"gpu_gib": 16}).json()
         assert lite["recommended"] == configure.recommended_preset(16) == "16gb"
         assert [p["name"] for p in lite["presets"]] == [p.name for p in configure.LITE_PRESETS
@@ -598,15 +600,20 @@ def test_presets_are_the_wizards_for_the_flavour_and_card(project):
         backends = json.loads(datasets.read_text())
         backends[0].update(resolution=512, video={"num_frames": 241})
         datasets.write_text(json.dumps(backends))
-        presets_route = sys.modules["k5tune.server.routes.presets"]
-        with patch.object(presets_route, "host_memory", lambda: HostMemory(125.0, 100.0)):
-            ten = client.get("/api/presets", params={"gpu_gib": 47.5}).json()
+        ten = client.get("/api/presets", params={"gpu_gib": 47.5}).json()
         assert ten["shape"] == ten["fits_shape"] == "512x768x241"
         by_name = {p["name"]: p for p in ten["presets"]}
         assert by_name["40-48gb"]["predicted_gib"] > 47.5 > by_name["16gb"]["predicted_gib"]
         assert ten["recommended"] == "16gb" != configure.recommended_preset(47.5)
         # activation offload pins ~38 GiB of CPU memory at 241 frames: not on a machine of 32 GB
         assert by_name["16gb"]["pinned_gib"] > 30 and by_name["40-48gb"]["pinned_gib"] == 0
+        assert not any(p["held_back"] for p in ten["presets"])
         with patch.object(presets_route, "host_memory", lambda: HostMemory(31.3, 28.0)):
             small = client.get("/api/presets", params={"gpu_gib": 47.5}).json()
         assert small["pinnable_gib"] < 30 and small["recommended"] == "up-to-12gb"
+        assert [p["name"] for p in small["presets"] if p["held_back"]] == ["16gb"]
+        # a dataset file outside the project is not read: the presets' measured shape stands
+        write_config(project, data_backend_config=str(project.parent / "elsewhere.json"))
+        outside = client.get("/api/presets", params={"gpu_gib": 47.5})
+        assert outside.status_code == 200 and outside.json()["shape"] is None
+        assert outside.json()["recommended"] == "40-48gb"

@@ -11,7 +11,8 @@ from k5tune.train.plan import TrainingPlan
 
 def _proposal_lines(flavour: str, shape: TrainingShape, gpu_gib: float, processes: int,
                     current: TrainingPlan | None) -> list[str]:
-    # the same rule over the named presets at this shape: what the wizard and the web UI recommend
+    # the same rule over the named presets at this shape, as the wizard and the web UI apply it (they also
+    # hold back presets that pin more CPU memory than their machine spares: --gpu-memory may name another)
     choice = choose_preset(flavour, gpu_gib, processes, shape, current)
     preset = f"  memory preset for this card (k5tune configure, web UI): {choice.recommended}"
     if choice.fits_shape is not None and choice.fits_shape is not shape:

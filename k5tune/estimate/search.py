@@ -3,8 +3,10 @@
 One rule (`first_fitting`): of candidates given fastest first, the first whose memory need fits the
 card. `estimate` applies it to candidates of k5tune/train/plan.py's TrainingPlan, their need the
 predicted peak at the config's shape (`propose`); the wizard and the web UI to the same plans as named
-presets, with the caching settings each needs, their need the smallest card their measured peaks fit
-(`card_presets`; `k5tune estimate --gpu-memory` names that preset too). The presets' figures
+presets, with the caching settings each needs (`choose_preset`; `k5tune estimate --gpu-memory` names
+that preset too): their need the smallest card their measured peaks fit at 512x768x61, or past that
+shape the predicted peak at the config's shape and attention with room (`preset_need_gib`), within the
+CPU memory the machine can pin (k5tune/hostmem.py). The presets' figures
 were measured on an H100 (benchmarks/results/2026-11-27-h100.md), Lite at 512x768, 61 frames, LoRA
 rank 32 on attention + feed-forward: selective checkpointing 1.73 s/step, 12.5 GiB; with activation
 offload 1.74 s, 7.2 GiB (`k5tune train`, run 25); full 2.03 s, 10.4 GiB; int8 base 1.96 s, 10.4 GiB;
@@ -337,6 +339,11 @@ class PresetChoice(NamedTuple):
     # the shape the recommendation fits: the config's, else the first shorter or smaller one where a preset
     # fits (smaller_shapes), else None (nothing fits: the card's class is recommended)
     fits_shape: TrainingShape | None
+    # presets held back because they pin more CPU memory than `pinnable_gib`, with their pinned GiB (all
+    # processes), at fits_shape (else the config's shape)
+    held_back: dict[str, float]
+    # whether CPU memory, not the card, kept every preset from the config's shape
+    cpu_bound: bool = False
 
 
 def choose_preset(flavour: str, total_gib: float, processes: int = 1, shape: TrainingShape | None = None,
@@ -352,16 +359,34 @@ def choose_preset(flavour: str, total_gib: float, processes: int = 1, shape: Tra
     else:
         presets, order = [p for p in LITE_PRESETS if preset_available(p)], LITE_FASTEST_FIRST
 
-    def need(preset: MemoryPreset, at: TrainingShape | None) -> float | None:
-        if pinnable_gib is not None and preset_pinned_gib(flavour, preset, at, user) * processes > pinnable_gib:
-            return None
-        return preset_need_gib(flavour, preset, at, user)
+    def pinned_over(at: TrainingShape | None) -> dict[str, float]:
+        if pinnable_gib is None:
+            return {}
+        pinned = {p.name: preset_pinned_gib(flavour, p, at, user) * processes for p in presets}
+        return {name: gib for name, gib in pinned.items() if gib > pinnable_gib}
 
-    for candidate in [shape, *(smaller_shapes(shape) if shape is not None else [])]:
-        name = _fitting_preset(presets, order, total_gib, lambda p, c=candidate: need(p, c))
+    def fitting(at: TrainingShape | None, over: dict[str, float]) -> str | None:
+        return _fitting_preset(presets, order, total_gib,
+                               lambda p: None if p.name in over else preset_need_gib(flavour, p, at, user))
+
+    over = pinned_over(shape)
+    name = fitting(shape, over)
+    if name is not None:
+        return PresetChoice(presets, name, shape, over)
+    cpu_bound = fitting(shape, {}) is not None  # the card holds a preset at this shape, the machine does not
+    for candidate in smaller_shapes(shape) if shape is not None else []:
+        held = pinned_over(candidate)
+        name = fitting(candidate, held)
         if name is not None:
-            return PresetChoice(presets, name, candidate)
-    return PresetChoice(presets, _recommended(presets, order, total_gib), None)
+            return PresetChoice(presets, name, candidate, held, cpu_bound)
+    return PresetChoice(presets, _recommended(presets, order, total_gib), None, over, cpu_bound)
+
+
+def dataset_change(shape: TrainingShape, fits: TrainingShape) -> str:
+    """The dataset keys that take a clip of `shape` to `fits` (the shorter side is `resolution`)."""
+    if (fits.height, fits.width) == (shape.height, shape.width):
+        return f"video.num_frames {fits.frames}"
+    return f"resolution {min(fits.height, fits.width)}, video.num_frames {fits.frames}"
 
 
 def preset_pinned_gib(flavour: str, preset: MemoryPreset, shape: TrainingShape | None = None,

@@ -84,7 +84,7 @@ def _shape(cfg, video, resolution: str | None = None, frames: int | None = None,
 def shape_and_plan_from_values(config: dict, datasets: list) -> tuple[TrainingShape, TrainingPlan] | None:
     """`shape_from_config` and `plan_from_config` of config.json's and the dataset file's values, as the
     wizard holds them mid-way and the web UI reads them, without loading the files; None where they do
-    not validate yet (the recommender then goes by the presets' measured shape)."""
+    not validate yet or hold no video dataset (the recommender then goes by the presets' measured shape)."""
     from pydantic import ValidationError
 
     from k5tune.config.datasets import VideoBackend
@@ -95,6 +95,8 @@ def shape_and_plan_from_values(config: dict, datasets: list) -> tuple[TrainingSh
         cfg = TrainConfig(**config)
         video = next((VideoBackend(**d) for d in datasets
                       if isinstance(d, dict) and d.get("dataset_type") == "video" and not d.get("disabled")), None)
+        if video is None:  # (images only, or no dataset yet: the presets' measured shape stands)
+            return None
         return _shape(cfg, video), plan_from_config(cfg)
     except (ValidationError, ConfigError, ValueError, TypeError):
         return None

@@ -134,6 +134,11 @@ def _raise_graph_limit(nabla: bool) -> None:
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     wanted = max(64, 2 * _expected_buckets + 16) if nabla else 16
     setattr(config, name, max(getattr(config, name), wanted))
+    # and the cap over all of a code object's graphs (256 by default; the compiled regions share code)
+    total = "accumulated_recompile_limit" if hasattr(config, "accumulated_recompile_limit") else \
+        "accumulated_cache_size_limit"
+    if hasattr(config, total):
+        setattr(config, total, max(getattr(config, total), 4 * wanted))
 
 
 def _compiled_region(selective: bool, backend: str, nabla_tiling: str | None = None):

@@ -15,10 +15,11 @@ from k5tune.estimate.search import (
     PRO_FSDP_OFFLOAD_BELOW_GIB,
     PRO_OFFLOAD_MIN_GIB,
     MemoryPreset,
+    PresetChoice,
     choose_preset,
+    dataset_change,
     preset_need_gib,
     preset_peak_gib,
-    preset_pinned_gib,
 )
 from k5tune.estimate.shape import TrainingShape, shape_and_plan_from_values
 from k5tune.estimate.weights import GIB
@@ -101,12 +102,12 @@ class MemoryQuestions(Answers):
         flavour, processes = self.config["model_flavour"], self.config.get("num_processes", 1)
         shape, user = shape_and_plan_from_values(self.config, self.datasets) or (None, None)
         host = self.detect_host()
-        pinnable = host.pinnable_gib if host else None
-        presets, recommended, fits_shape = choose_preset(flavour, total, processes, shape, user, pinnable)
-        self._say_pinned_limit(flavour, presets, recommended, shape, user, processes, host)
+        choice = choose_preset(flavour, total, processes, shape, user, host.pinnable_gib if host else None)
+        recommended = choice.recommended
         predicted: dict[str, float] = {}
-        if shape is not None and user is not None and not _measured_shape(shape, user):
-            predicted = {p.name: peak for p in presets
+        if shape is not None and (not _measured_shape(shape, user)
+                                  or recommended != choose_preset(flavour, total, processes).recommended):
+            predicted = {p.name: peak for p in choice.presets
                          if (peak := preset_peak_gib(flavour, p, shape, user)) is not None}
         if FLAVOURS[flavour].size == "pro":
             self.io.say("  Pro (≈19B): " + {
@@ -120,50 +121,46 @@ class MemoryQuestions(Answers):
                                      "memory (11.4 GiB, 9.3 s/step measured on an H100)",
             }[recommended] + (" (at 512x768x61)" if predicted else ""))
         if predicted:
-            self._say_shape_advice(flavour, shape, user, total, presets, recommended, fits_shape)
-        return presets, recommended, predicted
+            attention = ", NABLA attention" if user.nabla is not None else ""
+            self.io.say(f"  Training {shape.height}x{shape.width}, {shape.frames} frames{attention} (rank {shape.rank}, "
+                        f"batch {shape.batch}): the presets' peaks there are predicted (k5tune estimate), shown with each")
+        self._say_pinned_limit(choice, host)
+        if shape is not None and choice.fits_shape is not shape:
+            self._say_shape_advice(flavour, shape, user, total, choice)
+        return choice.presets, recommended, predicted
 
-    def _say_pinned_limit(self, flavour: str, presets: list[MemoryPreset], recommended: str,
-                          shape: TrainingShape | None, user, processes: int, host: HostMemory | None) -> None:
+    def _say_pinned_limit(self, choice: PresetChoice, host: HostMemory | None) -> None:
         """Which presets pin more CPU memory than this machine can spare (those are not recommended,
         unless no preset is left for the card: then the warning says the recommended one will not fit)."""
-        if host is None:
-            return
-        over = {p.name: pinned for p in presets
-                if (pinned := preset_pinned_gib(flavour, p, shape, user) * processes) > host.pinnable_gib}
-        if not over:
+        if host is None or not choice.held_back:
             return
         self.io.say(f"  CPU memory: {host.total_gib:.0f} GiB, ~{host.pinnable_gib:.0f} GiB of it for offloading's "
                     "pinned memory; not recommended, they pin more: "
-                    + ", ".join(f"{name} (~{pinned:.0f} GiB)" for name, pinned in over.items()))
-        if recommended in over:
-            self.io.say(f"  ! nothing else fits the card, but {recommended} needs ~{over[recommended]:.0f} GiB of pinned "
-                        "CPU memory: with less the run is killed in its first step (more CPU memory, a "
-                        "larger card, or several GPUs)")
+                    + ", ".join(f"{name} (~{pinned:.0f} GiB)" for name, pinned in choice.held_back.items()))
+        if choice.recommended in choice.held_back:
+            self.io.say(f"  ! nothing else fits the card, but {choice.recommended} needs "
+                        f"~{choice.held_back[choice.recommended]:.0f} GiB of pinned CPU memory: with less the run is "
+                        "killed in its first step (more CPU memory, fewer frames, a larger card, or several GPUs)")
 
-    def _say_shape_advice(self, flavour: str, shape: TrainingShape, user, total: float,
-                          presets: list[MemoryPreset], recommended: str, fits_shape: TrainingShape | None) -> None:
-        """What the answers' shape changes: the presets are measured at 512x768x61, so past it the
-        estimator's peaks decide; where no preset fits the shape, the shorter clip the recommendation fits."""
-        attention = ", NABLA attention" if user.nabla is not None else ""
-        self.io.say(f"  Training {shape.height}x{shape.width}, {shape.frames} frames{attention}: the presets' peaks "
-                    "there are predicted (k5tune estimate), shown with each")
-        if fits_shape is shape:
-            return
-        leanest = min((n, p.name) for p in presets if (n := preset_need_gib(flavour, p, shape, user)) is not None)
-        if leanest[0] <= total:  # the card holds it: CPU memory held the presets back (_say_pinned_limit said)
-            return
-        self.io.say(f"  ! no preset fits this shape on {total:.1f} GiB (the leanest, {leanest[1]}, is predicted "
-                    f"to need ~{leanest[0]:.0f} GiB)")
-        if fits_shape is None:
+    def _say_shape_advice(self, flavour: str, shape: TrainingShape, user, total: float, choice: PresetChoice) -> None:
+        """No preset fits the answers' shape (on the card, or within the CPU memory it may pin): the
+        shorter clip the recommendation fits."""
+        if choice.cpu_bound:
+            self.io.say("  ! no preset fits this shape within this machine's CPU memory (the ones the card holds "
+                        "pin more than it can spare)")
+        else:
+            leanest = min((n, p.name) for p in choice.presets
+                          if (n := preset_need_gib(flavour, p, shape, user)) is not None)
+            self.io.say(f"  ! no preset fits this shape on {total:.1f} GiB (the leanest, {leanest[1]}, is predicted "
+                        f"to need ~{leanest[0]:.0f} GiB)")
+        fits = choice.fits_shape
+        if fits is None:
             self.io.say("    use several GPUs, or a smaller clip: `k5tune estimate` shows what fits")
             return
-        chosen = next(p for p in presets if p.name == recommended)
-        peak = preset_peak_gib(flavour, chosen, fits_shape, user) or 0.0
-        change = (f"video.num_frames {fits_shape.frames}" if (fits_shape.height, fits_shape.width) == (
-            shape.height, shape.width) else f"resolution {fits_shape.height}, video.num_frames {fits_shape.frames}")
-        self.io.say(f"    {recommended} (recommended below) fits {fits_shape.height}x{fits_shape.width} with "
-                    f"{fits_shape.frames} frames (~{peak:.0f} GiB predicted): set {change} in the dataset file")
+        chosen = next(p for p in choice.presets if p.name == choice.recommended)
+        peak = preset_peak_gib(flavour, chosen, fits, user) or 0.0
+        self.io.say(f"    {choice.recommended} (recommended below) fits {fits.height}x{fits.width} with {fits.frames} "
+                    f"frames (~{peak:.0f} GiB predicted): set {dataset_change(shape, fits)} in the dataset file")
 
     def _choose_preset(self, total: float) -> None:
         presets, recommended, predicted = self._presets(total)
@@ -189,8 +186,10 @@ class MemoryQuestions(Answers):
 
 def _measured_shape(shape: TrainingShape, user) -> bool:
     """Whether the presets' measured figures describe this training (512x768x61 or fewer tokens, one clip
-    a step, dense attention); past it their peaks are predicted instead."""
-    return shape.tokens <= PRESET_SHAPE.tokens and shape.batch == 1 and user.nabla is None
+    a step, LoRA rank 32 or less on attention + feed-forward at most, dense attention, no TREAD); past it
+    their peaks are predicted instead."""
+    return (shape.tokens <= PRESET_SHAPE.tokens and shape.batch == 1 and shape.rank <= PRESET_SHAPE.rank
+            and set(shape.targets) <= set(PRESET_SHAPE.targets) and user.nabla is None and not user.tread)
 
 
 def _positive_number(text: str) -> float:

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from k5tune.hostmem import host_memory
 from k5tune.server import system
 from k5tune.server.context import DEFAULT_CONFIG, Ctx, read_json_file
+from k5tune.server.paths import PathRefused
 
 router = APIRouter()
 
@@ -36,10 +37,14 @@ def _presets(ctx, config: str, total: float | None) -> dict:
     values = ctx.config_values(config)
     flavour = values.get("model_flavour") if values.get("model_flavour") in FLAVOURS else DEFAULT_FLAVOUR
     processes = values.get("num_processes") if isinstance(values.get("num_processes"), int) else 1
-    datasets, _, _ = read_json_file(ctx.paths.resolve(ctx.dataset_path(config, None)))
-    shape, user = shape_and_plan_from_values(values, datasets if isinstance(datasets, list) else []) or (None, None)
+    try:  # the dataset file's clips give the shape (one outside the project or unreadable: none)
+        datasets, _, _ = read_json_file(ctx.paths.resolve(ctx.dataset_path(config, None)))
+    except PathRefused:
+        datasets = None
+    shape, user = (shape_and_plan_from_values(values, datasets) if isinstance(datasets, list) else None) or (None, None)
     host = host_memory()  # (the server trains on this machine: its CPU memory bounds what offloading pins)
-    choice = choose_preset(flavour, total or 0.0, processes, shape, user, host.pinnable_gib if host else None)
+    choice = (choose_preset(flavour, total, processes, shape, user, host.pinnable_gib if host else None) if total
+              else choose_preset(flavour, 0.0, processes))  # (no card: the presets alone, nothing recommended)
 
     def predicted(preset) -> float | None:
         peak = None if shape is None else preset_peak_gib(flavour, preset, shape, user)
@@ -52,7 +57,9 @@ def _presets(ctx, config: str, total: float | None) -> dict:
             "shape": named(shape), "fits_shape": named(choice.fits_shape) if total else None,
             "keys": list(PRESET_KEYS),
             "pinnable_gib": None if host is None else round(host.pinnable_gib, 1),
+            "cpu_bound": choice.cpu_bound,
             "presets": [{"name": p.name, "title": p.title, "note": p.note, "settings": p.settings,
                          "predicted_gib": predicted(p),
-                         "pinned_gib": round(preset_pinned_gib(flavour, p, shape, user) * processes, 1)}
+                         "pinned_gib": round(preset_pinned_gib(flavour, p, shape, user) * processes, 1),
+                         "held_back": p.name in choice.held_back}
                         for p in choice.presets]}

@@ -235,8 +235,7 @@ async function loadPresets() {
     ...data.presets.map((p) => el("option", { value: p.name,
       text: `${p.title}${p.name === data.recommended ? " (recommended)" : ""}`
         + (p.predicted_gib != null ? ` · ~${p.predicted_gib} GiB at ${data.shape}` : "")
-        + (data.pinnable_gib != null && p.pinned_gib > data.pinnable_gib
-          ? ` · pins ~${p.pinned_gib} GiB of CPU memory, this machine spares ~${data.pinnable_gib}` : "") })));
+        + (p.held_back ? ` · pins ~${p.pinned_gib} GiB of CPU memory, this machine spares ~${data.pinnable_gib}` : "") })));
   if (data.recommended) $("#preset-select").value = data.recommended;
   showPresetNote();
 }
@@ -246,7 +245,8 @@ function showPresetNote() {
   // the presets are measured at 512x768x61; where none fits the dataset's clips, the shape the
   // recommended one fits (k5tune estimate's prediction, as the wizard says it)
   const shorter = presetList && presetList.fits_shape && presetList.fits_shape !== presetList.shape
-    ? ` · no preset fits ${presetList.shape} on this card: ${presetList.recommended} fits ${presetList.fits_shape}` : "";
+    ? ` · no preset fits ${presetList.shape} ${presetList.cpu_bound ? "within this machine's CPU memory" : "on this card"}: `
+      + `${presetList.recommended} fits ${presetList.fits_shape}` : "";
   $("#preset-note").textContent = chosen ? chosen.note + shorter : "";
   $("#preset-apply").disabled = !chosen;
 }
