@@ -63,22 +63,26 @@ def test_shared_inputs_and_weights_are_not_moved(tiny_model_dir, monkeypatch):
     """RoPE, the text and the time embedding live on beside every block; the frozen weights are the
     model's own: none of them is copied out."""
     monkeypatch.setattr(activation_offload, "MIN_OFFLOADED_ELEMENTS", 1)
-    stashed_ids: list[int] = []
-    shared_ids: set[int] = set()
+    # the tensors themselves are kept (not only their addresses), so no storage is freed and its address
+    # reused by another tensor during the step: equal addresses then mean the same storage
+    stashed: list[torch.Tensor] = []
+    shared: list[torch.Tensor] = []
     original, original_around = activation_offload.StashedTensor.__init__, activation_offload.SavedActivationOffload.around
 
     def recording_init(self, tensor, stream, arena=None):
-        stashed_ids.append(tensor.untyped_storage().data_ptr())
+        stashed.append(tensor)
         original(self, tensor, stream, arena)
 
     def recording_around(self, block, args):
-        shared_ids.update(a.untyped_storage().data_ptr() for a in args[1:] if isinstance(a, torch.Tensor))
+        shared.extend(a for a in args[1:] if isinstance(a, torch.Tensor))
         return original_around(self, block, args)
 
     monkeypatch.setattr(activation_offload.StashedTensor, "__init__", recording_init)
     monkeypatch.setattr(activation_offload.SavedActivationOffload, "around", recording_around)
     _, moved = _compiled_pair(tiny_model_dir, "selective")
     loss_and_grads(moved.train(), torch.float32)
+    stashed_ids = {t.untyped_storage().data_ptr() for t in stashed}
+    shared_ids = {t.untyped_storage().data_ptr() for t in shared}
     weights = {p.untyped_storage().data_ptr() for p in moved.parameters()}
     assert stashed_ids and shared_ids and not weights.intersection(stashed_ids)
     assert not shared_ids.intersection(stashed_ids)

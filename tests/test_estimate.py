@@ -28,15 +28,15 @@ from k5tune.estimate import (
     weight_count,
 )
 from k5tune.estimate.check import CHECKS, Source, check_report, measured_gib, measured_rows, shipped_example
-from k5tune.estimate.search import (
+from k5tune.estimate.presets import (
     LITE_PRESETS,
     MEMORY_PRESETS,
     card_presets,
     choose_preset,
     preset_peak_gib,
     pro_presets,
-    smaller_shapes,
 )
+from k5tune.estimate.search import smaller_shapes
 from k5tune.train.plan import TrainingPlan
 
 LITE, PRO = "t2v-lite-sft-5s", "t2v-pro-sft-5s-hd"
@@ -377,7 +377,7 @@ def test_estimate_check_prints_the_table(capsys):
     assert check_report() in out
 
 
-# The wizard's presets are the recommender's plans, named for a card class (estimate/search.py).
+# The wizard's presets are the recommender's plans, named for a card class (estimate/presets.py).
 CARD_CLASSES = [(LITE, 5.5, 1, "up-to-12gb"), (LITE, 13, 1, "16gb"), (LITE, 18, 1, "24-32gb"), (LITE, 38, 1, "40-48gb"),
                 (LITE, 70, 1, "80gb"), (PRO, 13, 1, "pro-group-offload"), (PRO, 42, 2, "pro-fsdp2"),
                 (PRO, 47, 1, "pro-48gb"), (PRO, 70, 1, "pro-80gb")]

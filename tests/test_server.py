@@ -580,7 +580,7 @@ def test_runs_list_their_dataset_and_steps_and_resume_from_a_chosen_checkpoint(t
 
 
 def test_presets_are_the_wizards_for_the_flavour_and_card(project):
-    from k5tune.estimate import search as configure  # the wizard's presets and recommender
+    from k5tune.estimate import presets as configure  # the wizard's presets and recommender
 
     presets_route = sys.modules["k5tune.server.routes.presets"]
     big_machine = patch.object(presets_route, "host_memory", lambda: HostMemory(125.0, 100.0))

@@ -4,7 +4,8 @@ The training model is built from counts, not guesses (weights.py: the real class
 device; training.py: LoRA state, block inputs, kept attention, the recompute working set), for a
 k5tune/train/plan.py TrainingPlan, whose decisions (what compiles, what is offloaded and how, what is
 recomputed) the estimate asks rather than re-deciding. caching.py models the two caching phases;
-search.py is THE recommender (estimate, the wizard and the web UI ask it); report.py prints.
+search.py is THE recommender (estimate, the wizard and the web UI ask it; presets.py names its plans for
+the wizard and the web UI); preflight.py checks a run against its card and machine; report.py prints.
 
 Three constants are fitted, each on ONE measurement (H100, benchmarks/results/2026-11-27-h100.md):
 TRANSIENT_PER_TOKEN_DIM (the recompute working set; Lite, full checkpointing, run 3),

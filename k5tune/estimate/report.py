@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from k5tune.estimate.caching import caching_advice, caching_estimate
-from k5tune.estimate.search import candidate_settings, choose_preset, config_advice, propose
+from k5tune.estimate.presets import choose_preset
+from k5tune.estimate.search import candidate_settings, config_advice, propose
 from k5tune.estimate.shape import TrainingShape, estimate_problem
 from k5tune.estimate.training import pinned_cpu_gib, training_peak_gib
 from k5tune.train.plan import TrainingPlan

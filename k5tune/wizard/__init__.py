@@ -4,7 +4,7 @@ Existing files are read tolerantly and their values offered as defaults; keys th
 about are kept (files.py). Every answer is checked with the real schema (the code `k5tune train` uses)
 and asked again with its message; both files are validated together with `load_config` before anything
 is written (answers.py), then written atomically (files.py). The memory preset comes from the
-estimator's recommender (memory.py asks k5tune/estimate/search.py); flow.py holds the question order.
+estimator's recommender (memory.py asks k5tune/estimate/presets.py); flow.py holds the question order.
 
 Terminal I/O goes through a `Terminal` (terminal.py) so tests can script the answers; `--yes` is a
 terminal that answers every question with its default.

@@ -1,5 +1,5 @@
 """The memory question: the GPU (detected, or asked), and a preset from the estimator's recommender
-(k5tune/estimate/search.py), which offers the plans for the flavour and card and names the one to take.
+(k5tune/estimate/presets.py), which offers the plans for the flavour and card and names the one to take.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from k5tune.estimate.search import (
+from k5tune.estimate.presets import (
     LITE_MIN_GIB,
     PRESET_KEYS,
     PRESET_SHAPE,
@@ -17,10 +17,10 @@ from k5tune.estimate.search import (
     MemoryPreset,
     PresetChoice,
     choose_preset,
-    dataset_change,
     preset_need_gib,
     preset_peak_gib,
 )
+from k5tune.estimate.search import dataset_change
 from k5tune.estimate.shape import TrainingShape, shape_and_plan_from_values
 from k5tune.estimate.weights import GIB
 from k5tune.hostmem import HostMemory

@@ -1,7 +1,7 @@
 """GET /api/presets?config=&gpu_gib=: the memory presets of `k5tune configure` for the config's flavour and
 a card (the GPU nvidia-smi reports, the smallest of several, unless gpu_gib names one), the recommended
 one, and the keys a preset decides (those it does not set go back to their defaults). The same presets
-and the same recommender as the wizard: k5tune.estimate.search's, at the config's shape and attention
+and the same recommender as the wizard: k5tune.estimate.presets', at the config's shape and attention
 (its dataset file's video clips) and within what this machine's CPU memory can pin, with each preset's
 predicted peak and pinned CPU memory there."""
 
@@ -30,7 +30,7 @@ async def presets(ctx: Ctx, config: str = DEFAULT_CONFIG, gpu_gib: float | None 
 
 
 def _presets(ctx, config: str, total: float | None) -> dict:
-    from k5tune.estimate.search import PRESET_KEYS, choose_preset, preset_peak_gib, preset_pinned_gib
+    from k5tune.estimate.presets import PRESET_KEYS, choose_preset, preset_peak_gib, preset_pinned_gib
     from k5tune.estimate.shape import shape_and_plan_from_values
     from k5tune.models.flavours import DEFAULT_FLAVOUR, FLAVOURS
 
