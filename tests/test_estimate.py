@@ -31,7 +31,6 @@ from k5tune.estimate.check import CHECKS, Source, check_report, measured_gib, me
 from k5tune.estimate.presets import (
     LITE_PRESETS,
     MEMORY_PRESETS,
-    card_presets,
     choose_preset,
     preset_peak_gib,
     pro_presets,
@@ -300,7 +299,7 @@ def test_one_rule_recommends_for_estimate_the_wizard_and_the_ui(tmp_path, monkey
         assert main(["estimate", "--gpu-memory", str(gpu)]) == 0
         out = capsys.readouterr().out
         assert f"memory preset for this card (k5tune configure, web UI): {preset}" in out
-        assert card_presets(LITE, gpu)[1] == preset
+        assert choose_preset(LITE, gpu).recommended == preset
 
 
 def test_nabla_flavours_are_estimated_with_their_masks():
@@ -386,7 +385,8 @@ CARD_CLASSES = [(LITE, 5.5, 1, "up-to-12gb"), (LITE, 13, 1, "16gb"), (LITE, 18, 
 @pytest.mark.parametrize(("flavour", "gpu", "processes", "expected"), CARD_CLASSES,
                          ids=[f"{c[0]}-{c[1]}x{c[2]}" for c in CARD_CLASSES])
 def test_the_recommended_preset_fits_the_smallest_card_of_its_class(flavour, gpu, processes, expected):
-    presets, recommended = card_presets(flavour, gpu, processes)
+    choice = choose_preset(flavour, gpu, processes)
+    presets, recommended = choice.presets, choice.recommended
     assert recommended == expected
     preset = next(p for p in presets if p.name == recommended)
     shape = TrainingShape()
@@ -425,7 +425,7 @@ def test_ten_second_clips_under_nabla_get_the_preset_their_predicted_peak_fits(g
     chosen = next(p for p in choice.presets if p.name == expected)
     assert preset_peak_gib(TEN_SECONDS, chosen, choice.fits_shape, user) + 1 <= gpu
     assert preset_peak_gib(TEN_SECONDS, MEMORY_PRESETS["40-48gb"], shape, user) > 47.5
-    assert card_presets(TEN_SECONDS, 47.5)[1] == "40-48gb"  # (what the classes alone said)
+    assert choose_preset(TEN_SECONDS, 47.5).recommended == "40-48gb"  # (what the classes alone said)
 
 
 def test_a_long_clip_that_fits_nothing_is_proposed_shorter_at_its_own_size_first():

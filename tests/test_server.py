@@ -586,13 +586,13 @@ def test_presets_are_the_wizards_for_the_flavour_and_card(project):
     big_machine = patch.object(presets_route, "host_memory", lambda: HostMemory(125.0, 100.0))
     with serve(project) as client, big_machine:
         lite = client.get("/api/presets", params={"gpu_gib": 16}).json()
-        assert lite["recommended"] == configure.recommended_preset(16) == "16gb"
+        assert lite["recommended"] == configure.choose_preset("t2v-lite-sft-5s", 16).recommended == "16gb"
         assert [p["name"] for p in lite["presets"]] == [p.name for p in configure.LITE_PRESETS
                                                        if configure.preset_available(p)]
         assert lite["keys"] == list(configure.PRESET_KEYS) and lite["flavour"] == "t2v-lite-sft-5s"
         write_config(project, model_flavour="t2v-pro-sft-5s-hd")
         pro = client.get("/api/presets", params={"gpu_gib": 80}).json()
-        assert pro["recommended"] == configure.recommended_pro_preset(80, 1) == "pro-80gb"
+        assert pro["recommended"] == configure.choose_preset("t2v-pro-sft-5s-hd", 80, 1).recommended == "pro-80gb"
         assert "pro-group-offload" in [p["name"] for p in pro["presets"]]
         # 10 s clips under NABLA: the recommendation follows the dataset file's shape, not 512x768x61's classes
         write_config(project, model_flavour="t2v-lite-sft-10s")
@@ -604,7 +604,7 @@ def test_presets_are_the_wizards_for_the_flavour_and_card(project):
         assert ten["shape"] == ten["fits_shape"] == "512x768x241"
         by_name = {p["name"]: p for p in ten["presets"]}
         assert by_name["40-48gb"]["predicted_gib"] > 47.5 > by_name["16gb"]["predicted_gib"]
-        assert ten["recommended"] == "16gb" != configure.recommended_preset(47.5)
+        assert ten["recommended"] == "16gb" != configure.choose_preset("t2v-lite-sft-10s", 47.5).recommended
         # activation offload pins ~38 GiB of CPU memory at 241 frames: not on a machine of 32 GB
         assert by_name["16gb"]["pinned_gib"] > 30 and by_name["40-48gb"]["pinned_gib"] == 0
         assert not any(p["held_back"] for p in ten["presets"])

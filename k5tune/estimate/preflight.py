@@ -3,13 +3,13 @@ known (after caching, before the model loads), and again when a step runs out of
 
 Before: whether the predicted training peak at the largest bucket fits the card, and whether the CPU
 memory offloading pins fits the machine (k5tune/hostmem.py): warnings, since the run may still fit.
-After an out-of-memory error: what would fit, as config keys, instead of torch's allocator report.
+After an out-of-memory error: torch's first line, then what would fit, as config keys.
 """
 
 from __future__ import annotations
 
 from k5tune.estimate.search import config_advice, dataset_change, propose
-from k5tune.estimate.shape import TrainingShape, estimate_problem
+from k5tune.estimate.shape import TrainingShape, estimate_problem, shape_of
 from k5tune.estimate.training import pinned_cpu_gib, training_peak_gib
 from k5tune.hostmem import HostMemory, pinned_memory_problem
 from k5tune.train.plan import TrainingPlan
@@ -20,8 +20,16 @@ def largest_shape(cfg, buckets) -> tuple[TrainingShape, str] | None:
     if not buckets:
         return None
     largest = max(buckets, key=lambda b: b.width * b.height * b.frames)
-    return (TrainingShape(largest.height, largest.width, largest.frames, cfg.train_batch_size, cfg.lora_rank,
-                          list(cfg.lora_target_modules)), largest.name)
+    return shape_of(cfg, largest.height, largest.width, largest.frames), largest.name
+
+
+def _largest_peak(cfg, plan: TrainingPlan, buckets) -> tuple[TrainingShape, str, float] | None:
+    """The largest bucket's shape and name, and the estimate's training peak there (None: no buckets,
+    or a plan the estimate does not model)."""
+    largest = largest_shape(cfg, buckets)
+    if largest is None or estimate_problem(plan) is not None:
+        return None
+    return (*largest, training_peak_gib(cfg.model_flavour, largest[0], plan))
 
 
 def pinned_memory_warning(cfg, plan: TrainingPlan, buckets, memory: HostMemory | None,
@@ -38,13 +46,10 @@ def pinned_memory_warning(cfg, plan: TrainingPlan, buckets, memory: HostMemory |
 def gpu_memory_warning(cfg, plan: TrainingPlan, buckets, card_gib: float, processes: int = 1) -> str | None:
     """The estimate's training peak at the largest bucket against the card's memory (None: it fits, or
     the plan is one the estimate does not model)."""
-    largest = largest_shape(cfg, buckets)
-    if largest is None or estimate_problem(plan) is not None:
+    largest = _largest_peak(cfg, plan, buckets)
+    if largest is None or largest[2] <= card_gib:
         return None
-    shape, name = largest
-    peak = training_peak_gib(cfg.model_flavour, shape, plan)
-    if peak <= card_gib:
-        return None
+    shape, name, peak = largest
     return (f"the estimate puts training at ~{peak:.1f} GiB at the largest bucket ({name}), more than the card's "
             f"{card_gib:.1f} GiB: it will likely run out of memory. "
             + fitting_advice(cfg, plan, shape, card_gib, processes))
@@ -69,11 +74,10 @@ def out_of_memory_message(cfg, plan: TrainingPlan, buckets, card_gib: float, err
     torch_says = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     message = f"the run ran out of GPU memory (the card has {card_gib:.1f} GiB; torch: {torch_says})"
     resume = " The last checkpoint, if any, resumes with resume_from_checkpoint: latest."
-    largest = largest_shape(cfg, buckets)
-    if largest is None or estimate_problem(plan) is not None:
+    largest = _largest_peak(cfg, plan, buckets)
+    if largest is None:
         return message + "; `k5tune estimate --gpu-memory` proposes settings that fit." + resume
-    shape, name = largest
-    peak = training_peak_gib(cfg.model_flavour, shape, plan)
+    shape, name, peak = largest
     message += f"; the estimate puts this config at ~{peak:.1f} GiB at its largest bucket ({name})."
     if peak + 1.0 <= card_gib:  # (the estimate's room, as `propose` leaves it)
         return (message + " It expects training to fit, so something else took the memory: another process on "

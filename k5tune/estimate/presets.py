@@ -188,10 +188,6 @@ def _fitting_preset(presets: list[MemoryPreset], order: tuple[str, ...], total_g
     return chosen.name if chosen else None
 
 
-def recommended_preset(total_gib: float) -> str:
-    return _recommended(list(LITE_PRESETS), LITE_FASTEST_FIRST, total_gib)
-
-
 def pro_presets(total_gib: float, processes: int) -> list[MemoryPreset]:
     """Pro (≈19B, 40 GiB of bf16 weights): measured on H100s at 512x768x61, rank 32."""
     presets = [MemoryPreset(
@@ -217,10 +213,6 @@ def pro_presets(total_gib: float, processes: int) -> list[MemoryPreset]:
         "everything on the GPU, selective checkpointing: 66.2 GiB at 7.7 s/step", min_card_gib=PRO_MIN_GIB,
     ))
     return presets
-
-
-def recommended_pro_preset(total_gib: float, processes: int) -> str:
-    return _recommended(pro_presets(total_gib, processes), PRO_FASTEST_FIRST, total_gib)
 
 
 class PresetChoice(NamedTuple):
@@ -276,10 +268,3 @@ def preset_pinned_gib(flavour: str, preset: MemoryPreset, shape: TrainingShape |
                       user: TrainingPlan | None = None) -> float:
     """The preset's pinned CPU memory per process at `shape` (default: the presets' measured shape)."""
     return pinned_cpu_gib(flavour, shape or PRESET_SHAPE, preset_plan(preset, user))
-
-
-def card_presets(flavour: str, total_gib: float, processes: int = 1) -> tuple[list[MemoryPreset], str]:
-    """The presets offered and the recommended one by the measured card classes alone (choose_preset
-    with no shape)."""
-    choice = choose_preset(flavour, total_gib, processes)
-    return choice.presets, choice.recommended

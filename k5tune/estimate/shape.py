@@ -77,6 +77,11 @@ def _shape(cfg, video, resolution: str | None = None, frames: int | None = None,
         short = video.resolution if video else 512
         height, width = snap_resolution(short, round(short * 1.5))
     frames = frames or (video.video.num_frames if video else cfg.validation_num_video_frames)
+    return shape_of(cfg, height, width, frames, rank)
+
+
+def shape_of(cfg, height: int, width: int, frames: int, rank: int | None = None) -> TrainingShape:
+    """A clip of HEIGHTxWIDTHxFRAMES trained as the config says (batch, LoRA rank and targets)."""
     return TrainingShape(height, width, frames, cfg.train_batch_size, rank or cfg.lora_rank,
                          list(cfg.lora_target_modules))
 

@@ -114,25 +114,22 @@ def _checkpoint_selective(module, *args, keep_blocks: int | None = None):
 # length) makes that dimension dynamic instead of compiling once per length; a NABLA block's visual token
 # count stays static (_static_visual_tokens): one graph per bucket.
 _compiled_regions: dict = {}
-_expected_buckets = 1  # the run's buckets (graphs_for_buckets), which size dynamo's graph cache per region
 
 
 def graphs_for_buckets(buckets: int) -> None:
     """Let each compiled NABLA region (and FlexAttention compiled alone) keep a graph for every bucket of
     the run. A NABLA block compiles once per bucket (with and without an input gradient: 2 graphs); past
     dynamo's limit it would run eagerly for the later buckets (slower, not wrong), so the limit follows
-    the bucket count (64 serves ~24)."""
-    global _expected_buckets
-    _expected_buckets = max(1, buckets)
-    _raise_graph_limit(nabla=True)
+    the bucket count (64 serves ~24). Limits only ever rise, so a region compiled later keeps this one."""
+    _raise_graph_limit(max(64, 2 * buckets + 16))
 
 
-def _raise_graph_limit(nabla: bool) -> None:
-    # ~6 graphs per region (text/visual block, input with or without gradient, dynamic lengths; NABLA's
-    # visual blocks are static: 2 more per bucket); torch 2.6 calls the limit cache_size_limit
+def _raise_graph_limit(wanted: int) -> None:
+    """dynamo's graphs per compiled region at least `wanted`: ~6 for a region (text/visual block, input
+    with or without gradient, dynamic lengths), 2 more per bucket for NABLA's static visual blocks;
+    torch 2.6 calls the limit cache_size_limit."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    wanted = max(64, 2 * _expected_buckets + 16) if nabla else 16
     setattr(config, name, max(getattr(config, name), wanted))
     # and the cap over all of a code object's graphs (256 by default; the compiled regions share code)
     total = "accumulated_recompile_limit" if hasattr(config, "accumulated_recompile_limit") else \
@@ -146,7 +143,7 @@ def _compiled_region(selective: bool, backend: str, nabla_tiling: str | None = N
     FlexAttention traced into them: nabla.flex_compile_mode); None for dense blocks."""
     nabla = nabla_tiling is not None
     if (selective, backend, nabla_tiling) not in _compiled_regions:
-        _raise_graph_limit(nabla)
+        _raise_graph_limit(64 if nabla else 16)
         if nabla:  # the policies that keep the block mask (and, selective, FlexAttention's output)
             region = _compiled_selective_region if selective else _compiled_full_region
         else:
